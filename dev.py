@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Set-up and entry point for a fresh machine with only Python >= 3.11 and pip.
+
+    python3 dev.py train [rnn-jax train options]   # the main job: a real training run on the CPU
+    python3 dev.py test  [pytest options]          # the test suite (add --slow for the slower stage)
+
+Each command first makes ``.venv`` beside this file and installs the package into it (again only
+when setup.cfg or pyproject.toml changed), then runs inside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VENV = os.path.join(ROOT, ".venv")
+BIN = os.path.join(VENV, "Scripts" if os.name == "nt" else "bin")
+PYTHON = os.path.join(BIN, "python")
+
+
+def _stamp() -> str:
+    digest = hashlib.sha256()
+    for name in ("setup.cfg", "pyproject.toml"):
+        with open(os.path.join(ROOT, name), "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def ensure_environment() -> None:
+    """Creates .venv and installs rnn-jax with its test extras, unless that is already done."""
+    if sys.version_info < (3, 11):
+        sys.exit(f"dev.py: rnn-jax needs Python >= 3.11, this is {sys.version.split()[0]}")
+    stamp_file = os.path.join(VENV, ".rnn-jax-installed")
+    if os.path.exists(stamp_file):
+        with open(stamp_file) as f:
+            if f.read() == _stamp():
+                return
+    if not os.path.exists(PYTHON):
+        print(f"dev.py: creating {VENV}", flush=True)
+        try:
+            venv.EnvBuilder(with_pip=True).create(VENV)
+        except Exception as error:  # e.g. Debian without python3-venv
+            sys.exit(
+                f"dev.py: could not create a virtual environment ({error}); "
+                "on Debian/Ubuntu install it with: apt-get install python3-venv"
+            )
+    print("dev.py: installing rnn-jax and its dependencies into .venv (first run only)", flush=True)
+    subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "--upgrade", "pip"], check=True)
+    subprocess.run([PYTHON, "-m", "pip", "install", "--quiet", "-e", f"{ROOT}[test]"], check=True)
+    with open(stamp_file, "w") as f:
+        f.write(_stamp())
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("train", "test"):
+        print(__doc__)
+        return 2
+    command, rest = argv[0], argv[1:]
+    ensure_environment()
+    env = dict(os.environ)
+    if command == "train":
+        return subprocess.call([os.path.join(BIN, "rnn-jax"), "train", *rest], cwd=ROOT, env=env)
+    marker = "slow" if "--slow" in rest else "not slow"
+    rest = ["-m", marker, *(a for a in rest if a != "--slow")]
+    return subprocess.call([PYTHON, "-m", "pytest", *rest], cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,54 @@
+"""Argument checks at the API edge: each error names the argument, what was expected and what came."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def positive_int(name: str, value: object) -> int:
+    """``value`` as an int, or a ValueError when it is not an integer >= 1."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+    return int(value)
+
+
+def rank(name: str, array: jax.Array, expected: int, letters: str) -> None:
+    """Raises ValueError unless ``array`` has rank ``expected`` (shape letters ``letters``)."""
+    if jnp.ndim(array) != expected:
+        raise ValueError(
+            f"{name}: expected rank {expected} [{letters}], got rank {jnp.ndim(array)} with shape {jnp.shape(array)}"
+        )
+
+
+def dim(name: str, array: jax.Array, axis: int, expected: int, what: str) -> None:
+    """Raises ValueError unless ``array.shape[axis] == expected``."""
+    got = jnp.shape(array)[axis]
+    if got != expected:
+        raise ValueError(f"{name}: expected {what} = {expected} on axis {axis}, got {got} (shape {jnp.shape(array)})")
+
+
+def floating(name: str, array: jax.Array) -> None:
+    """Raises TypeError unless ``array`` has a floating dtype."""
+    if not jnp.issubdtype(jnp.result_type(array), jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype, got {jnp.result_type(array)}")
+
+
+def is_concrete(array: object) -> bool:
+    """True when ``array``'s values are known now (not a tracer inside jit/grad/vmap)."""
+    return not isinstance(array, jax.core.Tracer)
+
+
+def finite(name: str, array: jax.Array) -> None:
+    """Raises ValueError naming the first non-finite entry of a concrete ``array``."""
+    if not is_concrete(array):
+        return
+    values = np.asarray(array)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(
+            f"{name}: expected finite values, found {int(bad.sum())} NaN/Inf entries; "
+            f"first at index {index} = {values[index]}"
+        )

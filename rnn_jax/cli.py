@@ -1,0 +1,159 @@
+"""The command line: ``rnn-jax train``.
+
+The options are generated from the config dataclasses (`rnn_jax.config`): each field is a
+``--field-name`` option with the field's type, default, choices and help text. The CLI only
+parses, wires up output files and printing, and calls the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import sys
+import types
+import typing
+from typing import Any, Literal
+
+from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
+
+
+def _optional_of(hint: Any) -> Any:
+    """``X`` for ``X | None``, else None."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return None
+
+
+def _parser_for(hint: Any, optional: bool):
+    def parse(text: str):
+        if optional and text.lower() == "none":
+            return None
+        return hint(text)
+
+    parse.__name__ = getattr(hint, "__name__", "value")
+    return parse
+
+
+def add_dataclass_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """Adds one ``--name`` option per field of the dataclass ``cls``."""
+    title = cls.__name__.removesuffix("Config").lower() + " options"
+    group = parser.add_argument_group(title, (cls.__doc__ or "").strip().splitlines()[0])
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f.metadata.get("help", "")
+        inner = _optional_of(hint)
+        optional = inner is not None
+        hint = inner if optional else hint
+        if hint is bool:
+            group.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=f.default, help=help_text
+            )
+        elif typing.get_origin(hint) is Literal:
+            group.add_argument(flag, dest=f.name, choices=typing.get_args(hint), default=f.default, help=help_text)
+        else:
+            group.add_argument(
+                flag,
+                dest=f.name,
+                type=_parser_for(hint, optional),
+                default=f.default,
+                metavar=f.metadata.get("metavar", hint.__name__.upper()),
+                help=help_text,
+            )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The `Config` the parsed options describe."""
+    values = vars(args)
+
+    def build(cls):
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
+
+    return Config(model=build(ModelConfig), task=build(TaskConfig), optim=build(OptimConfig), run=build(RunConfig))
+
+
+def _train(args: argparse.Namespace) -> int:
+    import jax
+
+    config = config_from_args(args)
+    if config.model.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+    out = config.run.out or os.path.join(
+        "runs", f"{config.task.task}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    )
+    from rnn_jax import plotting
+    from rnn_jax.train import TrainingDiverged, train_and_evaluate
+
+    print(
+        f"rnn-jax train: {config.model.model} (H={config.model.hidden}, {config.model.activation}) on "
+        f"{config.task.task} (T={config.task.seq_len}, B={config.task.batch_size}), "
+        f"{config.optim.optimizer} lr={config.optim.learning_rate}, clip={config.optim.clip}, "
+        f"{config.run.steps} steps, seed {config.run.seed}, backend {jax.default_backend()}"
+    )
+    try:
+        summary = train_and_evaluate(config, out)
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        print(f"metrics so far: {os.path.join(out, 'metrics.jsonl')}", file=sys.stderr)
+        return 1
+    plot = os.path.join(out, "loss_curve.png")
+    plotting.loss_curve(
+        summary["records"],
+        plot,
+        baseline=summary["baseline"]["loss"],
+        title=f"{config.model.model} on {config.task.task} (T={config.task.seq_len})",
+    )
+    _print_summary(summary)
+    print(f"wrote {os.path.join(out, 'metrics.jsonl')}, {os.path.join(out, 'summary.json')}, {plot}")
+    return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    print("\nresult")
+    print(f"  final train loss   {summary['final_train']['loss']:.5g}")
+    for name, value in summary["final_eval"].items():
+        base = summary["baseline"].get(name)
+        note = f"   (trivial baseline {base:.4g})" if base is not None else ""
+        print(f"  eval {name:<18} {value:.5g}{note}")
+    print(
+        f"  speed              {summary['steps_per_second']:.1f} steps/s "
+        f"(compile {summary['compile_s']:.2f} s, train {summary['train_seconds']:.1f} s)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rnn-jax",
+        description="Recurrent networks as pure JAX functions: train, check gradients, benchmark.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser(
+        "train",
+        help="train a model on a task, with progress, metrics.jsonl, summary.json and a loss-curve PNG",
+        description="Train a recurrent network with BPTT (jax.grad through lax.scan) and a clipped optax "
+        "optimiser. Writes OUT/metrics.jsonl (one JSON line per log/eval), OUT/summary.json and "
+        "OUT/loss_curve.png.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    for cls in (ModelConfig, TaskConfig, OptimConfig, RunConfig):
+        add_dataclass_options(train, cls)
+    train.set_defaults(handler=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, TypeError) as error:
+        parser.exit(2, f"rnn-jax {args.command}: error: {error}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

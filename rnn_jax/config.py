@@ -1,0 +1,101 @@
+"""Configuration: one frozen dataclass per concern (model, task, optimiser, run).
+
+Every field carries its help text in ``metadata["help"]``; the command line is generated from
+these dataclasses (`rnn_jax.cli`), so a new field is a new option with no second copy to keep.
+Field names are unique across the four classes, so each option is a plain ``--name``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+def _help(text: str, metavar: str | None = None, **kwargs):
+    metadata = {"help": text} if metavar is None else {"help": text, "metavar": metavar}
+    return field(metadata=metadata, **kwargs)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which recurrent network, its sizes and its initialisation."""
+
+    model: Literal["elman"] = _help("the recurrent cell", default="elman")
+    hidden: int = _help("state size H", default=64)
+    activation: Literal["tanh", "sigmoid", "relu", "identity"] = _help("the state non-linearity phi", default="tanh")
+    input_init: Literal["glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal", "orthogonal"] = _help(
+        "initialiser of W_x and W_y", default="glorot_uniform"
+    )
+    recurrent_init: Literal[
+        "orthogonal", "identity", "glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal"
+    ] = _help("initialiser of W_s ('identity' with relu is the IRNN)", default="orthogonal")
+    recurrent_scale: float = _help("factor applied to W_s after drawing it", default=1.0)
+    spectral_radius: float | None = _help("rescale W_s to this spectral radius", default=None)
+    dtype: Literal["float32", "float64", "bfloat16"] = _help("parameter and compute dtype", default="float32")
+    unroll: int = _help("time steps per scan loop iteration (lax.scan's unroll)", default=1)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    """Which task, and the shape of its batches."""
+
+    task: Literal["adding", "xor"] = _help(
+        "adding: sum of two marked numbers (many-to-one); xor: Elman's temporal XOR (next-bit prediction)",
+        default="adding",
+    )
+    seq_len: int = _help("sequence length T", default=50)
+    min_len: int | None = _help(
+        "adding only: draw each sequence's length uniformly from [min_len, seq_len] (padded batches)", default=None
+    )
+    batch_size: int = _help("sequences per training batch B", default=64)
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """The optimiser, built as one ``optax.chain(clip, optimizer)`` by `rnn_jax.optim.make_optimizer`."""
+
+    optimizer: Literal["sgd", "adam", "adagrad", "rmsprop"] = _help("the update rule", default="adam")
+    learning_rate: float = _help("peak learning rate", default=1e-3)
+    momentum: float = _help("sgd only: heavy-ball momentum (0 = plain SGD)", default=0.9)
+    schedule: Literal["constant", "cosine", "warmup_cosine", "exponential"] = _help(
+        "learning-rate schedule over the run (optax.schedules)", default="constant"
+    )
+    warmup_steps: int = _help("warmup_cosine only: linear warm-up steps", default=0)
+    decay_rate: float = _help("exponential only: factor reached at the last step", default=0.1)
+    clip: Literal["none", "value", "global_norm"] = _help(
+        "gradient clipping: elementwise to [-t, t] (min-char-rnn), or by global norm (Pascanu et al. 2013)",
+        default="global_norm",
+    )
+    clip_threshold: float = _help("clipping threshold t", default=1.0)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """How long to train, how often to report, and where results go."""
+
+    steps: int = _help("training steps (one batch each)", default=10000)
+    seed: int = _help("seed of the initial parameters and of every batch", default=0)
+    eval_every: int = _help("evaluate on held-out batches every N steps (and at the end)", default=1000)
+    eval_batches: int = _help("held-out batches per evaluation", default=8)
+    log_every: int = _help("write a metrics line every N steps", default=50)
+    out: str | None = _help(
+        "directory for metrics.jsonl, summary.json and the loss curve (None: runs/TASK-DATE-TIME)",
+        metavar="DIR",
+        default=None,
+    )
+    progress: bool = _help("show a progress bar", default=True)
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a training run needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready nested dict."""
+        return dataclasses.asdict(self)

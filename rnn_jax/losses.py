@@ -1,0 +1,88 @@
+"""Losses over exactly the valid steps of a (possibly padded) batch.
+
+With a mask m_t (1 where step t of a sequence is valid and carries a target, 0 elsewhere):
+
+    squared error   E = sum_t m_t |d_t - y_t|^2                  (reduction="sum", the textbook's)
+                    E / (sum_t m_t * O)                          (reduction="mean": per valid entry)
+    cross-entropy   E = sum_t m_t (-log softmax(y_t)[d_t])      (reduction="sum")
+                    E / sum_t m_t                                (reduction="mean": per valid step)
+
+The mask has the outputs' shape without the last axis, [T, B] for many-to-many; many-to-one
+is the same loss with a mask that selects each sequence's last step (or on [B, O] outputs).
+A mask with no valid entry gives a loss of 0, never 0/0.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Reduction = Literal["sum", "mean"]
+
+
+def _mask_and_count(mask: jax.Array | None, shape: tuple[int, ...], dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+    if mask is None:
+        mask = jnp.ones(shape, dtype)
+    else:
+        if jnp.shape(mask) != shape:
+            raise ValueError(f"mask: expected shape {shape} (the outputs' shape without O), got {jnp.shape(mask)}")
+        mask = jnp.asarray(mask).astype(dtype)
+    return mask, jnp.sum(mask)
+
+
+def _reduce(per_step: jax.Array, mask: jax.Array, count: jax.Array, per_count: int, reduction: Reduction) -> jax.Array:
+    total = jnp.sum(per_step * mask)
+    if reduction == "sum":
+        return total
+    if reduction == "mean":
+        return total / jnp.maximum(count * per_count, 1)
+    raise ValueError(f"reduction: expected 'sum' or 'mean', got {reduction!r}")
+
+
+def squared_error(
+    outputs: jax.Array, targets: jax.Array, mask: jax.Array | None = None, reduction: Reduction = "mean"
+) -> jax.Array:
+    """Masked squared error.
+
+    Args:
+      outputs: y, [..., O] (e.g. [T, B, O]).
+      targets: d, the same shape as ``outputs``.
+      mask: [...] (e.g. [T, B]), bool or 0/1; None means every step counts.
+      reduction: "sum" (E = sum_t |d_t - y_t|^2) or "mean" (per valid entry).
+
+    Returns:
+      A scalar in the outputs' dtype.
+    """
+    if jnp.shape(targets) != jnp.shape(outputs):
+        raise ValueError(f"targets: expected the outputs' shape {jnp.shape(outputs)}, got {jnp.shape(targets)}")
+    mask, count = _mask_and_count(mask, outputs.shape[:-1], outputs.dtype)
+    per_step = jnp.sum(jnp.square(targets - outputs), axis=-1)
+    return _reduce(per_step, mask, count, outputs.shape[-1], reduction)
+
+
+def cross_entropy(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None, reduction: Reduction = "mean"
+) -> jax.Array:
+    """Masked softmax cross-entropy with integer class labels.
+
+    Args:
+      logits: y, [..., O].
+      labels: [...] integers in [0, O).
+      mask: [...], bool or 0/1; None means every step counts.
+      reduction: "sum" or "mean" (per valid step).
+
+    Returns:
+      A scalar in the logits' dtype.
+    """
+    if jnp.shape(labels) != jnp.shape(logits)[:-1]:
+        raise ValueError(
+            f"labels: expected shape {jnp.shape(logits)[:-1]} (the logits' without O), got {jnp.shape(labels)}"
+        )
+    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+        raise TypeError(f"labels: expected integer class indices, got dtype {jnp.result_type(labels)}")
+    mask, count = _mask_and_count(mask, logits.shape[:-1], logits.dtype)
+    per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return _reduce(per_step, mask, count, 1, reduction)

@@ -1,0 +1,95 @@
+"""The optimiser: one factory, one ``optax.chain(clip, optimizer)``.
+
+Clipping happens before the update rule sees the gradient:
+  none         g unchanged;
+  value        g_i <- min(max(g_i, -t), t) element-wise (min-char-rnn clips to [-5, 5]);
+  global_norm  g <- g * t / ||g|| when ||g|| > t, the norm taken over every parameter at once
+               (Pascanu, Mikolov & Bengio 2013, Algorithm 1).
+
+References:
+  Pascanu, R., Mikolov, T. & Bengio, Y. (2013). On the difficulty of training recurrent
+  neural networks. ICML.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from rnn_jax.config import OptimConfig
+
+_SCHEDULES = {
+    "constant": lambda config, lr, total: optax.constant_schedule(lr),
+    "cosine": lambda config, lr, total: optax.cosine_decay_schedule(lr, decay_steps=total),
+    "warmup_cosine": lambda config, lr, total: optax.warmup_cosine_decay_schedule(
+        0.0, lr, warmup_steps=config.warmup_steps, decay_steps=max(total, config.warmup_steps + 1)
+    ),
+    "exponential": lambda config, lr, total: optax.exponential_decay(
+        lr, transition_steps=total, decay_rate=config.decay_rate
+    ),
+}
+
+
+def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) -> optax.Schedule:
+    """The learning rate as a function of the step, from optax.schedules.
+
+    Raises:
+      ValueError: for an unknown schedule, or a decaying one without ``total_steps``.
+    """
+    if config.schedule not in _SCHEDULES:
+        raise ValueError(f"schedule: expected one of {list(_SCHEDULES)}, got {config.schedule!r}")
+    if config.schedule != "constant" and (total_steps is None or total_steps < 1):
+        raise ValueError(
+            f"total_steps: the {config.schedule!r} schedule decays over the run and needs its length "
+            f"(a positive number of steps), got {total_steps!r}"
+        )
+    return _SCHEDULES[config.schedule](config, config.learning_rate, total_steps)
+
+
+def _clip(config: OptimConfig) -> optax.GradientTransformation:
+    if config.clip == "none":
+        return optax.identity()
+    if not config.clip_threshold > 0:
+        raise ValueError(f"clip_threshold: expected a value > 0, got {config.clip_threshold}")
+    if config.clip == "value":
+        return optax.clip(config.clip_threshold)
+    if config.clip == "global_norm":
+        return optax.clip_by_global_norm(config.clip_threshold)
+    raise ValueError(f"clip: expected 'none', 'value' or 'global_norm', got {config.clip!r}")
+
+
+_RULES = {
+    "sgd": lambda config, lr: optax.sgd(lr, momentum=config.momentum or None),
+    "adam": lambda config, lr: optax.adam(lr),
+    "adagrad": lambda config, lr: optax.adagrad(lr),
+    "rmsprop": lambda config, lr: optax.rmsprop(lr),
+}
+
+
+def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax.GradientTransformation:
+    """``optax.chain(clip, optimizer)`` with the configured schedule over ``total_steps``.
+
+    Args:
+      config: the optimiser's configuration.
+      total_steps: the run's length; needed by every schedule but "constant".
+
+    Raises:
+      ValueError: for an unknown optimiser, clip or schedule name, a non-positive learning
+        rate or threshold, or a decaying schedule without ``total_steps``.
+    """
+    if config.optimizer not in _RULES:
+        raise ValueError(f"optimizer: expected 'sgd', 'adam', 'adagrad' or 'rmsprop', got {config.optimizer!r}")
+    if not config.learning_rate > 0:
+        raise ValueError(f"learning_rate: expected a value > 0, got {config.learning_rate}")
+    clip = _clip(config)
+    return optax.chain(clip, _RULES[config.optimizer](config, learning_rate_schedule(config, total_steps)))
+
+
+def clip_fired(config: OptimConfig, grads) -> jax.Array:
+    """Whether the configured clipping changes ``grads`` (a bool scalar; False for clip="none")."""
+    if config.clip == "global_norm":
+        return optax.tree.norm(grads) > config.clip_threshold
+    if config.clip == "value":
+        return jnp.any(jnp.stack([jnp.any(jnp.abs(g) > config.clip_threshold) for g in jax.tree.leaves(grads)]))
+    return jnp.asarray(False)

@@ -1,0 +1,53 @@
+"""The interface every task implements, and the loss that goes with it."""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple, Protocol
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax import losses
+
+LossKind = Literal["squared_error", "cross_entropy"]
+
+
+class Batch(NamedTuple):
+    """One batch of sequences, time-major, padded to a common length T."""
+
+    inputs: jax.Array  # [T, B, D]  float
+    targets: jax.Array  # [T, B, O] float (squared error) or [T, B] int (cross-entropy)
+    mask: jax.Array  # [T, B] bool: the steps whose output is scored
+    lengths: jax.Array  # [B] int32: valid input steps; the state is frozen past them
+
+
+class Task(Protocol):
+    """A source of batches with a loss, metrics and a trivial baseline.
+
+    ``batch`` is a pure function of its key, so it can run inside `jax.jit`.
+    """
+
+    name: str
+    input_size: int  # D
+    output_size: int  # O
+    loss: LossKind
+
+    def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype) -> Batch: ...
+
+    def metrics(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]: ...
+
+    def baseline(self) -> dict[str, float]: ...
+
+
+def loss(kind: LossKind, outputs: jax.Array, batch: Batch) -> jax.Array:
+    """The task's loss, a mean over exactly the scored steps (``batch.mask``).
+
+    bfloat16 outputs are scored in float32.
+    """
+    if outputs.dtype == jnp.bfloat16:
+        outputs = outputs.astype(jnp.float32)
+    if kind == "squared_error":
+        return losses.squared_error(outputs, batch.targets, batch.mask, reduction="mean")
+    if kind == "cross_entropy":
+        return losses.cross_entropy(outputs, batch.targets, batch.mask, reduction="mean")
+    raise ValueError(f"loss: expected 'squared_error' or 'cross_entropy', got {kind!r}")

@@ -1,0 +1,257 @@
+"""Unrolling a cell through time with `jax.lax.scan`.
+
+For the Elman cell, `unroll` computes, for t = 1 .. T,
+
+    s_t = phi(x_t W_x + s_{t-1} W_s + b_s),   y_t = s_t W_y + b_y,   s_0 = initial_state
+
+and with ``lengths`` (or a ``mask``) a sequence's state is frozen past its end:
+
+    for t in range(T):
+        s_new, y_t = step(params, s, x[t])
+        s = s_new if t < lengths[b] else s          # per sequence b
+        y_t = y_t if t < lengths[b] else 0
+        states[t], outputs[t] = s, y_t
+
+so ``final_state`` is each sequence's state at its last valid step, the outputs past the end
+are zeros (as in PyTorch's padded sequences), and the losses score only the valid steps.
+
+The three shapes of the literature:
+  many-to-many  the outputs at every step, ``Unrolled.outputs`` [T, B, O];
+  many-to-one   the output at each sequence's last valid step, `last_valid` [B, O]
+                (or, equivalently, a loss mask that selects only that step);
+  one-to-many   `generate`: feed each output (or a sample from it) back as the next input.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax import _checks
+from rnn_jax.cells import elman
+
+
+class Unrolled(NamedTuple):
+    """The result of `unroll` (time-major unless ``time_major=False`` was asked for)."""
+
+    outputs: jax.Array  # [T, B, O]  y_t
+    states: jax.Array  # [T, B, H]  s_t (frozen past each sequence's end)
+    final_state: jax.Array  # [B, H]  s at each sequence's last valid step
+
+
+def sequence_mask(lengths: jax.Array, num_steps: int) -> jax.Array:
+    """The validity mask of a padded batch: ``mask[t, b] = t < lengths[b]``.
+
+    Args:
+      lengths: [B] integer lengths.
+      num_steps: T.
+
+    Returns:
+      [T, B] bool.
+    """
+    lengths = jnp.asarray(lengths)
+    return jnp.arange(num_steps, dtype=lengths.dtype)[:, None] < lengths[None, :]
+
+
+def last_valid(sequence: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Each sequence's entry at its last valid step ``lengths[b] - 1`` (many-to-one).
+
+    Args:
+      sequence: [T, B, ...] time-major.
+      lengths: [B] integers in [1, T].
+
+    Returns:
+      [B, ...].
+    """
+    batch = jnp.arange(sequence.shape[1])
+    return sequence[jnp.asarray(lengths) - 1, batch]
+
+
+def _check_lengths(lengths: jax.Array, num_steps: int, batch: int) -> jax.Array:
+    lengths = jnp.asarray(lengths)
+    _checks.rank("lengths", lengths, 1, "B")
+    _checks.dim("lengths", lengths, 0, batch, "the batch size B")
+    if not jnp.issubdtype(lengths.dtype, jnp.integer):
+        raise TypeError(f"lengths: expected an integer dtype, got {lengths.dtype}")
+    if _checks.is_concrete(lengths) and lengths.size:
+        values = np.asarray(lengths)
+        low, high = int(values.min()), int(values.max())
+        if low < 0 or high > num_steps:
+            raise ValueError(f"lengths: expected every length in [0, T={num_steps}], got values in [{low}, {high}]")
+    return lengths
+
+
+def _resolve_mask(mask: jax.Array | None, lengths: jax.Array | None, num_steps: int, batch: int) -> jax.Array | None:
+    if mask is not None and lengths is not None:
+        raise ValueError("mask, lengths: give one of them, not both")
+    if lengths is not None:
+        return sequence_mask(_check_lengths(lengths, num_steps, batch), num_steps)
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        _checks.rank("mask", mask, 2, "T, B")
+        if mask.shape != (num_steps, batch):
+            raise ValueError(f"mask: expected shape [T, B] = {(num_steps, batch)}, got {mask.shape}")
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"mask: expected dtype bool, got {mask.dtype}")
+    return mask
+
+
+def unroll(
+    params: elman.ElmanParams,
+    xs: jax.Array,
+    *,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    initial_state: jax.Array | None = None,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    unroll: int = 1,
+    time_major: bool = True,
+    check_finite: bool = False,
+    cell=elman,
+) -> Unrolled:
+    """Runs ``cell.step`` over a batch of sequences with `jax.lax.scan`.
+
+    Args:
+      params: the cell's parameters (`ElmanParams` for the default cell).
+      xs: inputs, [T, B, D] (or [B, T, D] with ``time_major=False``), floating.
+      activation: phi, by name or as a callable.
+      initial_state: s_0, [B, H]; zeros by default.
+      lengths: [B] integer lengths in [0, T]; past its length a sequence's state is frozen.
+      mask: [T, B] bool, the alternative to ``lengths``: the state updates only where True.
+      unroll: scan's unroll factor (time steps per loop iteration), >= 1.
+      time_major: False when ``xs`` is batch-first; the outputs are then batch-first too.
+      check_finite: raise if ``xs`` (or ``initial_state``) holds NaN or Inf (concrete inputs only).
+      cell: the module providing ``step`` and ``initial_state``.
+
+    Returns:
+      `Unrolled` (outputs [T, B, O], states [T, B, H], final_state [B, H]).
+
+    Raises:
+      ValueError / TypeError naming the argument, on a wrong rank, width, dtype or length.
+    """
+    _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
+    _checks.floating("xs", xs)
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)
+    num_steps, batch, width = xs.shape
+    input_size = params.w_x.shape[0]
+    if width != input_size:
+        raise ValueError(f"xs: expected input width D = {input_size} (params.w_x is {params.w_x.shape}), got {width}")
+    unroll = _checks.positive_int("unroll", unroll)
+    if initial_state is None:
+        initial_state = cell.initial_state(params, batch)
+    else:
+        expected = jax.tree.map(jnp.shape, cell.initial_state(params, batch))
+        if jax.tree.map(jnp.shape, initial_state) != expected:
+            raise ValueError(
+                f"initial_state: expected shape {expected} ([B, H]), got {jax.tree.map(jnp.shape, initial_state)}"
+            )
+    if check_finite:
+        _checks.finite("xs", xs)
+        jax.tree.map(functools.partial(_checks.finite, "initial_state"), initial_state)
+    mask = _resolve_mask(mask, lengths, num_steps, batch)
+    cell_step = functools.partial(cell.step, params, activation=activation)
+
+    if mask is None:
+
+        def body(carry, x_t):
+            new, y_t = cell_step(carry, x_t)
+            return new, (new, y_t)
+
+        final, (states, outputs) = jax.lax.scan(body, initial_state, xs, unroll=unroll)
+    else:
+
+        def body(carry, inputs):
+            x_t, valid_t = inputs
+            new, y_t = cell_step(carry, x_t)
+            keep = valid_t[:, None]
+            new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, carry)
+            return new, (new, jnp.where(keep, y_t, jnp.zeros_like(y_t)))
+
+        final, (states, outputs) = jax.lax.scan(body, initial_state, (xs, mask), unroll=unroll)
+
+    if not time_major:
+        outputs, states = jnp.swapaxes(outputs, 0, 1), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), states)
+    return Unrolled(outputs, states, final)
+
+
+Feedback = Literal["sample", "argmax", "output"]
+
+
+class Generated(NamedTuple):
+    """The result of `generate` (time-major)."""
+
+    inputs: jax.Array  # [N, B, D]  x_t fed in at each step (the first is ``first_input``)
+    outputs: jax.Array  # [N, B, O]  y_t
+    states: jax.Array  # [N, B, H]  s_t
+
+
+def generate(
+    params: elman.ElmanParams,
+    key: jax.Array,
+    first_input: jax.Array,
+    num_steps: int,
+    *,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    initial_state: jax.Array | None = None,
+    feedback: Feedback = "sample",
+    temperature: float = 1.0,
+    cell=elman,
+) -> Generated:
+    """One-to-many: runs the network for ``num_steps`` steps, feeding each output back in.
+
+        x_1 = first_input
+        s_t, y_t = step(params, s_{t-1}, x_t)
+        x_{t+1} = one_hot(sample from softmax(y_t / temperature))   feedback="sample"
+                  one_hot(argmax y_t)                               feedback="argmax"
+                  y_t                                               feedback="output"
+
+    Args:
+      params: the cell's parameters; O must equal D for the output to be fed back.
+      key: PRNG key; step t samples with ``fold_in(key, t)``.
+      first_input: x_1, [B, D].
+      num_steps: N >= 1.
+      activation: phi.
+      initial_state: s_0, [B, H]; zeros by default.
+      feedback: how an output becomes the next input.
+      temperature: softmax temperature for ``feedback="sample"`` (> 0).
+      cell: the module providing ``step`` and ``initial_state``.
+
+    Returns:
+      `Generated` (inputs [N, B, D], outputs [N, B, O], states [N, B, H]).
+    """
+    _checks.rank("first_input", first_input, 2, "B, D")
+    num_steps = _checks.positive_int("num_steps", num_steps)
+    d, _, o = params.w_x.shape[0], params.w_s.shape[0], params.w_y.shape[1]
+    _checks.dim("first_input", first_input, 1, d, "the input width D")
+    if o != d:
+        raise ValueError(f"generate: the output width O = {o} must equal the input width D = {d} to feed it back")
+    if feedback not in ("sample", "argmax", "output"):
+        raise ValueError(f"feedback: expected 'sample', 'argmax' or 'output', got {feedback!r}")
+    if not temperature > 0:
+        raise ValueError(f"temperature: expected a value > 0, got {temperature}")
+    if initial_state is None:
+        initial_state = cell.initial_state(params, first_input.shape[0])
+    cell_step = functools.partial(cell.step, params, activation=activation)
+
+    def next_input(y: jax.Array, t: jax.Array) -> jax.Array:
+        if feedback == "output":
+            return y
+        if feedback == "argmax":
+            index = jnp.argmax(y, axis=-1)
+        else:
+            index = jax.random.categorical(jax.random.fold_in(key, t), y / temperature, axis=-1)
+        return jax.nn.one_hot(index, o, dtype=y.dtype)
+
+    def body(carry, t):
+        s, x = carry
+        s, y = cell_step(s, x)
+        return (s, next_input(y, t)), (x, y, s)
+
+    _, (inputs, outputs, states) = jax.lax.scan(body, (initial_state, first_input), jnp.arange(num_steps))
+    return Generated(inputs, outputs, states)

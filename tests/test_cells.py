@@ -1,0 +1,102 @@
+"""The Elman cell: parameters, initialisers, the step equation, dtypes."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as rj
+from rnn_jax import initializers
+
+
+def test_params_have_the_textbook_names_and_shapes(key):
+    p = rj.elman.init(key, 3, 5, 2)
+    assert rj.ElmanParams._fields == ("w_x", "w_s", "b_s", "w_y", "b_y")
+    assert [leaf.shape for leaf in p] == [(3, 5), (5, 5), (5,), (5, 2), (2,)]
+    assert p.sizes == (3, 5, 2)
+    assert all(leaf.dtype == jnp.float32 for leaf in p)
+
+
+def test_step_is_the_elman_equation(key):
+    p = rj.elman.init(key, 3, 5, 2)
+    p = p._replace(b_s=jnp.full((5,), 0.1), b_y=jnp.full((2,), -0.2))
+    s_prev = jax.random.normal(jax.random.key(1), (4, 5))
+    x = jax.random.normal(jax.random.key(2), (4, 3))
+    s, y = rj.elman.step(p, s_prev, x, activation="sigmoid")
+    pn = [np.asarray(a, np.float64) for a in p]
+    want_s = 1 / (1 + np.exp(-(np.asarray(x) @ pn[0] + np.asarray(s_prev) @ pn[1] + pn[2])))
+    np.testing.assert_allclose(s, want_s, rtol=1e-5)
+    np.testing.assert_allclose(y, want_s @ pn[3] + pn[4], rtol=1e-5, atol=1e-6)
+
+
+def test_step_accepts_any_callable_activation(key):
+    p = rj.elman.init(key, 3, 5, 2)
+    s_prev, x = jnp.zeros((1, 5)), jnp.ones((1, 3))
+    s, _ = rj.elman.step(p, s_prev, x, activation=jnp.sin)
+    np.testing.assert_allclose(s, jnp.sin(x @ p.w_x), rtol=1e-6)
+
+
+def test_orthogonal_recurrent_matrix_is_orthogonal(key):
+    w = rj.elman.init(key, 3, 16, 2).w_s
+    np.testing.assert_allclose(w.T @ w, np.eye(16), atol=1e-5)
+
+
+def test_identity_init_is_the_irnn(key):
+    p = rj.elman.init(key, 3, 6, 2, recurrent_init="identity", recurrent_scale=0.5)
+    np.testing.assert_array_equal(p.w_s, 0.5 * np.eye(6))
+
+
+@pytest.mark.parametrize("radius", [0.5, 1.0, 1.5])
+def test_rescale_to_spectral_radius(key, radius):
+    p = rj.elman.init(key, 3, 20, 2, recurrent_init="glorot_normal", spectral_radius=radius)
+    eigenvalues = np.linalg.eigvals(np.asarray(p.w_s, np.float64))
+    np.testing.assert_allclose(np.max(np.abs(eigenvalues)), radius, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal"])
+def test_scaled_initialisers_have_their_variance(key, name):
+    fan_in, fan_out = 200, 300
+    w = np.asarray(initializers.matrix(key, name, (fan_in, fan_out), jnp.float32))
+    want = 2 / (fan_in + fan_out) if name.startswith("glorot") else 1 / fan_in
+    np.testing.assert_allclose(w.var(), want, rtol=0.05)
+
+
+def test_initialisation_is_a_pure_function_of_the_key(key):
+    a, b = rj.elman.init(key, 3, 5, 2), rj.elman.init(key, 3, 5, 2)
+    c = rj.elman.init(jax.random.key(1), 3, 5, 2)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    assert not np.array_equal(a.w_x, c.w_x)
+    # each matrix gets its own sub-key: W_x and W_y are not drawn from the same stream
+    assert not np.allclose(a.w_x[:, :2], a.w_y[:3, :2])
+
+
+def test_dtypes(key, x64):
+    for dtype in (jnp.float64, jnp.bfloat16):
+        p = rj.elman.init(key, 3, 5, 2, dtype=dtype)
+        assert all(leaf.dtype == dtype for leaf in p)
+        out = rj.unroll(p, jnp.ones((4, 2, 3), dtype)).outputs
+        assert out.dtype == dtype and bool(jnp.isfinite(out).all())
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ((0, 5, 2), {}, r"input_size: expected a positive integer, got 0"),
+        ((3, -1, 2), {}, r"hidden_size: expected a positive integer, got -1"),
+        ((3, 5, 2.5), {}, r"output_size: expected a positive integer, got 2.5"),
+        ((3, 5, 2), {"recurrent_init": "eye"}, r"init: expected one of .*got 'eye'"),
+        ((3, 5, 2), {"input_init": "identity"}, r"input_init: 'identity' applies only to the recurrent matrix"),
+        ((3, 5, 2), {"spectral_radius": -1.0}, r"spectral_radius: expected a value >= 0"),
+        ((3, 5, 2), {"dtype": jnp.int32}, r"dtype: expected a floating dtype"),
+    ],
+)
+def test_bad_sizes_and_names_get_clear_errors(key, args, kwargs, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        rj.elman.init(key, *args, **kwargs)
+
+
+def test_float64_without_x64_is_a_clear_error(key):
+    with pytest.raises(ValueError, match=r"dtype: float64 needs 64-bit JAX"):
+        rj.elman.init(key, 3, 5, 2, dtype=jnp.float64)

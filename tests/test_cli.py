@@ -1,0 +1,114 @@
+"""The command line: options generated from the configs, files written, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from rnn_jax import cli
+from rnn_jax.config import Config
+
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's adam (see conftest)
+
+
+def test_every_config_field_is_an_option_with_help():
+    parser = cli.build_parser()
+    args = parser.parse_args(["train"])
+    assert cli.config_from_args(args) == Config()  # the defaults are the dataclasses' defaults
+    text = subprocess.run(
+        [sys.executable, "-m", "rnn_jax", "train", "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    for option in (
+        "--task",
+        "--hidden",
+        "--activation",
+        "--clip",
+        "--optimizer",
+        "--steps",
+        "--seed",
+        "--dtype",
+        "--out",
+        "--min-len",
+        "--spectral-radius",
+        "--no-progress",
+    ):
+        assert option in text
+    assert "Elman's temporal XOR" in text  # the help texts come through
+
+
+def test_train_writes_metrics_summary_and_plot(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main(
+        [
+            "train",
+            "--task",
+            "xor",
+            "--seq-len",
+            "12",
+            "--hidden",
+            "4",
+            "--steps",
+            "30",
+            "--eval-every",
+            "15",
+            "--log-every",
+            "10",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "eval accuracy_xor_bits" in printed and "steps/s" in printed
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [10, 20, 30]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["config"]["task"]["task"] == "xor" and summary["status"] == "completed"
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_divergence_exits_non_zero_with_the_step(tmp_path, capsys):
+    code = cli.main(
+        [
+            "train",
+            "--activation",
+            "identity",
+            "--recurrent-init",
+            "glorot_normal",
+            "--spectral-radius",
+            "3",
+            "--seq-len",
+            "90",
+            "--clip",
+            "none",
+            "--steps",
+            "5",
+            "--no-progress",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    assert code == 1
+    assert "training diverged at step 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--task", "copy"], "argument --task: invalid choice: 'copy'"),
+        (["--hidden", "0"], "hidden_size: expected a positive integer, got 0"),
+        (["--hidden", "many"], "argument --hidden: invalid int value: 'many'"),
+        (["--task", "xor", "--min-len", "3"], "min_len: the xor task has fixed-length streams"),
+        (["--learning-rate", "-1"], "learning_rate: expected a value > 0, got -1.0"),
+        (["--steps", "0"], "steps: expected a positive integer, got 0"),
+    ],
+)
+def test_bad_options_exit_2_with_a_clear_message(tmp_path, capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--no-progress", "--out", str(tmp_path), *argv])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,72 @@
+"""Losses reduce over exactly the valid steps."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as rj
+
+
+def _data(key):
+    k1, k2, k3 = jax.random.split(key, 3)
+    outputs = jax.random.normal(k1, (5, 3, 4))
+    targets = jax.random.normal(k2, (5, 3, 4))
+    labels = jax.random.randint(k3, (5, 3), 0, 4)
+    mask = rj.sequence_mask(jnp.array([5, 2, 0], jnp.int32), 5)
+    return outputs, targets, labels, mask
+
+
+def test_squared_error_sum_is_the_textbook_sum(key):
+    outputs, targets, _, mask = _data(key)
+    want = sum(
+        float(np.sum((np.asarray(targets)[t, b] - np.asarray(outputs)[t, b]) ** 2))
+        for t in range(5)
+        for b in range(3)
+        if mask[t, b]
+    )
+    np.testing.assert_allclose(rj.squared_error(outputs, targets, mask, "sum"), want, rtol=1e-6)
+    # the mean is per valid entry: 7 valid steps times O = 4 outputs
+    np.testing.assert_allclose(rj.squared_error(outputs, targets, mask, "mean"), want / (7 * 4), rtol=1e-6)
+
+
+def test_cross_entropy_counts_only_valid_steps(key):
+    outputs, _, labels, mask = _data(key)
+    logp = np.asarray(jax.nn.log_softmax(outputs))
+    terms = [-logp[t, b, labels[t, b]] for t in range(5) for b in range(3) if mask[t, b]]
+    np.testing.assert_allclose(rj.cross_entropy(outputs, labels, mask, "sum"), sum(terms), rtol=1e-6)
+    np.testing.assert_allclose(rj.cross_entropy(outputs, labels, mask, "mean"), np.mean(terms), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "cross_entropy"])
+def test_masked_entries_do_not_matter(key, loss):
+    outputs, targets, labels, mask = _data(key)
+    noisy = jnp.where(mask[..., None], outputs, 1e4)
+    if loss == "squared_error":
+        a = rj.squared_error(outputs, targets, mask)
+        b = rj.squared_error(noisy, jnp.where(mask[..., None], targets, -3.0), mask)
+    else:
+        a = rj.cross_entropy(outputs, labels, mask)
+        b = rj.cross_entropy(noisy, jnp.where(mask, labels, 0), mask)
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_empty_mask_gives_zero_not_nan(key):
+    outputs, targets, labels, _ = _data(key)
+    empty = jnp.zeros((5, 3), bool)
+    assert float(rj.squared_error(outputs, targets, empty)) == 0.0
+    assert float(rj.cross_entropy(outputs, labels, empty)) == 0.0
+
+
+def test_bad_shapes_get_clear_errors(key):
+    outputs, targets, labels, mask = _data(key)
+    with pytest.raises(ValueError, match=r"targets: expected the outputs' shape \(5, 3, 4\), got \(5, 3\)"):
+        rj.squared_error(outputs, targets[..., 0])
+    with pytest.raises(ValueError, match=r"mask: expected shape \(5, 3\)"):
+        rj.squared_error(outputs, targets, mask[:, :2])
+    with pytest.raises(TypeError, match=r"labels: expected integer class indices"):
+        rj.cross_entropy(outputs, labels.astype(jnp.float32))
+    with pytest.raises(ValueError, match=r"reduction: expected 'sum' or 'mean', got 'max'"):
+        rj.squared_error(outputs, targets, reduction="max")

@@ -1,0 +1,107 @@
+"""The optimiser factory: clipping invariants, every rule and schedule, clip_fired, bad names."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rnn_jax as rj
+from rnn_jax.optim import learning_rate_schedule
+
+
+def _grads(key, scale):
+    k1, k2 = jax.random.split(key)
+    return {"a": scale * jax.random.normal(k1, (4, 3)), "b": scale * jax.random.normal(k2, (3,))}
+
+
+def _clip_only(clip, threshold):
+    """The chain with sgd(lr=1, no momentum) makes the update -clipped(g): the clip is visible directly."""
+    config = rj.OptimConfig(
+        optimizer="sgd", learning_rate=1.0, momentum=0.0, schedule="constant", clip=clip, clip_threshold=threshold
+    )
+    return rj.make_optimizer(config)
+
+
+@pytest.mark.parametrize("scale", [0.01, 10.0])
+def test_global_norm_clip_sets_the_norm_to_the_threshold_and_keeps_direction(key, scale):
+    grads = _grads(key, scale)
+    opt = _clip_only("global_norm", 1.0)
+    updates, _ = opt.update(grads, opt.init(grads))
+    clipped = jax.tree.map(lambda u: -u, updates)
+    norm, new_norm = float(optax.tree.norm(grads)), float(optax.tree.norm(clipped))
+    if norm > 1.0:
+        np.testing.assert_allclose(new_norm, 1.0, rtol=1e-5)
+    else:
+        np.testing.assert_allclose(new_norm, norm, rtol=1e-6)
+    flat = jnp.concatenate([g.ravel() for g in jax.tree.leaves(grads)])
+    flat_clipped = jnp.concatenate([g.ravel() for g in jax.tree.leaves(clipped)])
+    cosine = float(flat @ flat_clipped / (jnp.linalg.norm(flat) * jnp.linalg.norm(flat_clipped)))
+    np.testing.assert_allclose(cosine, 1.0, rtol=1e-6)
+    assert bool(rj.clip_fired(dataclasses.replace(rj.OptimConfig(), clip_threshold=1.0), grads)) == (norm > 1.0)
+
+
+def test_value_clip_bounds_every_element(key):
+    grads = _grads(key, 10.0)
+    opt = _clip_only("value", 5.0)
+    updates, _ = opt.update(grads, opt.init(grads))
+    for g, u in zip(jax.tree.leaves(grads), jax.tree.leaves(updates), strict=True):
+        assert float(jnp.max(jnp.abs(u))) <= 5.0
+        np.testing.assert_allclose(-u, jnp.clip(g, -5.0, 5.0))
+    config = rj.OptimConfig(clip="value", clip_threshold=5.0)
+    assert bool(rj.clip_fired(config, grads)) == bool(
+        max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads)) > 5
+    )
+    assert not bool(rj.clip_fired(config, _grads(key, 0.01)))
+
+
+def test_no_clip_passes_gradients_through(key):
+    grads = _grads(key, 100.0)
+    opt = _clip_only("none", 1.0)
+    updates, _ = opt.update(grads, opt.init(grads))
+    jax.tree.map(lambda g, u: np.testing.assert_allclose(-u, g), grads, updates)
+    assert not bool(rj.clip_fired(rj.OptimConfig(clip="none"), grads))
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adagrad", "rmsprop"])
+@pytest.mark.parametrize("schedule", ["constant", "cosine", "warmup_cosine", "exponential"])
+def test_every_rule_and_schedule_descends_a_quadratic(standard_promotion, optimizer, schedule):
+    config = rj.OptimConfig(optimizer=optimizer, learning_rate=0.05, schedule=schedule, warmup_steps=5)
+    opt = rj.make_optimizer(config, total_steps=100)
+    params = {"w": jnp.array([3.0, -2.0])}
+    state = opt.init(params)
+    loss = lambda p: jnp.sum(jnp.square(p["w"]))  # noqa: E731
+    start = float(loss(params))
+    for _ in range(100):
+        updates, state = opt.update(jax.grad(loss)(params), state, params)
+        params = optax.apply_updates(params, updates)
+    assert float(loss(params)) < 0.9 * start
+
+
+def test_schedules_follow_optax():
+    cosine = learning_rate_schedule(rj.OptimConfig(learning_rate=0.1, schedule="cosine"), 100)
+    np.testing.assert_allclose([cosine(0), cosine(50), cosine(100)], [0.1, 0.05, 0.0], atol=1e-7)
+    warm = learning_rate_schedule(rj.OptimConfig(learning_rate=0.1, schedule="warmup_cosine", warmup_steps=10), 100)
+    np.testing.assert_allclose([warm(0), warm(5), warm(10)], [0.0, 0.05, 0.1], atol=1e-7)
+    expo = learning_rate_schedule(rj.OptimConfig(learning_rate=0.1, schedule="exponential", decay_rate=0.1), 100)
+    np.testing.assert_allclose(expo(100), 0.01, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"optimizer": "lbfgs"}, r"optimizer: expected 'sgd', 'adam', 'adagrad' or 'rmsprop', got 'lbfgs'"),
+        ({"clip": "norm"}, r"clip: expected 'none', 'value' or 'global_norm', got 'norm'"),
+        ({"schedule": "step"}, r"schedule: expected .* got 'step'"),
+        ({"learning_rate": 0.0}, r"learning_rate: expected a value > 0, got 0.0"),
+        ({"clip_threshold": -1.0}, r"clip_threshold: expected a value > 0, got -1.0"),
+        ({"schedule": "cosine"}, r"total_steps: the 'cosine' schedule decays over the run and needs its length"),
+    ],
+)
+def test_bad_optimiser_config_gets_a_clear_error(changes, message):
+    with pytest.raises(ValueError, match=message):
+        rj.make_optimizer(dataclasses.replace(rj.OptimConfig(), **changes))

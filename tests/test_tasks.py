@@ -1,0 +1,75 @@
+"""The built-in tasks generate what their docstrings say."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rnn_jax import tasks
+from rnn_jax.config import TaskConfig
+
+
+def test_temporal_xor_every_third_bit_is_the_xor_of_the_two_before(key):
+    task = tasks.TemporalXOR(seq_len=31)
+    batch = task.batch(key, 16)
+    assert batch.inputs.shape == (31, 16, 1) and batch.targets.shape == (31, 16)
+    stream = np.concatenate([np.asarray(batch.inputs[:1, :, 0], np.int32), np.asarray(batch.targets)])  # [T + 1, B]
+    np.testing.assert_array_equal(stream[2::3], stream[0::3][: len(stream[2::3])] ^ stream[1::3][: len(stream[2::3])])
+    # the targets flagged predictable are exactly those XOR bits: target t is stream bit t + 1
+    assert [t for t in range(31) if task.predictable()[t]] == [t for t in range(31) if (t + 1) % 3 == 2]
+    # inputs are the stream shifted by one step
+    np.testing.assert_array_equal(np.asarray(batch.inputs[1:, :, 0], np.int32), np.asarray(batch.targets[:-1]))
+
+
+def test_temporal_xor_free_bits_are_fair_coins(key):
+    batch = tasks.TemporalXOR(seq_len=60).batch(key, 500)
+    free = np.asarray(batch.targets)[~tasks.TemporalXOR(seq_len=60).predictable()]
+    assert abs(free.mean() - 0.5) < 0.02
+
+
+@pytest.mark.parametrize("min_len", [None, 6])
+def test_adding_has_two_markers_one_per_half_and_the_sum_as_target(key, min_len):
+    task = tasks.Adding(seq_len=12, min_len=min_len)
+    batch = task.batch(key, 200)
+    inputs, targets, mask, lengths = (np.asarray(a) for a in batch)
+    assert inputs.shape == (12, 200, 2) and targets.shape == (12, 200, 1)
+    for b in range(200):
+        length = lengths[b]
+        markers = np.flatnonzero(inputs[:, b, 1])
+        assert len(markers) == 2 and markers[0] < length // 2 <= markers[1] < length
+        np.testing.assert_allclose(targets[length - 1, b, 0], inputs[markers, b, 0].sum(), rtol=1e-6)
+        assert mask[:, b].sum() == 1 and mask[length - 1, b]
+        assert not inputs[length:, b].any()  # padding is zero
+    if min_len is not None:
+        assert lengths.min() >= 6 and lengths.max() <= 12 and len(set(lengths.tolist())) > 1
+
+
+def test_adding_constant_baseline_is_one_sixth(key):
+    batch = tasks.Adding(seq_len=10).batch(key, 20000)
+    constant = jnp.ones_like(batch.targets)
+    mse = float(tasks.loss("squared_error", constant, batch))
+    np.testing.assert_allclose(mse, tasks.Adding().baseline()["mse"], rtol=0.03)
+
+
+def test_batches_are_a_pure_function_of_the_key(key):
+    task = tasks.Adding(seq_len=8, min_len=4)
+    a, b = task.batch(key, 4), task.batch(key, 4)
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+    c = task.batch(jax.random.key(1), 4)
+    assert not np.array_equal(a.inputs, c.inputs)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (TaskConfig(task="copy"), r"task: expected one of \['adding', 'xor'\], got 'copy'"),
+        (TaskConfig(task="xor", min_len=3), r"min_len: the xor task has fixed-length streams"),
+        (TaskConfig(task="adding", seq_len=10, min_len=11), r"min_len: expected a value in \[2, seq_len=10\], got 11"),
+        (TaskConfig(task="adding", seq_len=0), r"seq_len: expected a positive integer, got 0"),
+    ],
+)
+def test_bad_task_config_gets_a_clear_error(config, message):
+    with pytest.raises(ValueError, match=message):
+        tasks.make(config)

@@ -1,0 +1,156 @@
+"""The jitted train step and the train loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import rnn_jax as rj
+from rnn_jax import tasks, train
+from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
+
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's adam (see conftest)
+
+
+def _config(**sections) -> Config:
+    base = Config(
+        model=ModelConfig(hidden=8),
+        task=TaskConfig(task="adding", seq_len=10, batch_size=16),
+        optim=OptimConfig(learning_rate=1e-2, schedule="constant"),
+        run=RunConfig(steps=20, eval_every=10, log_every=5, eval_batches=2, progress=False),
+    )
+    return dataclasses.replace(base, **{k: dataclasses.replace(getattr(base, k), **v) for k, v in sections.items()})
+
+
+def _state_and_step(config):
+    task = tasks.make(config.task)
+    params = train.init_params(config.model, task, jax.random.key(0))
+    optimizer = rj.make_optimizer(config.optim, config.run.steps)
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    return task, state, train.make_train_step(config, task, optimizer)
+
+
+def test_one_step_changes_every_parameter_and_reports_the_unclipped_norm():
+    config = _config(optim={"clip": "global_norm", "clip_threshold": 1e-3})
+    task, state, step = _state_and_step(config)
+    before = jax.device_get(state.params)
+    batch = task.batch(jax.random.key(1), 16)
+    grads = jax.grad(train.make_loss_fn(config.model, task))(state.params, batch)
+    state, metrics = step(state, batch)
+    for name, old, new in zip(before._fields, before, state.params, strict=True):
+        assert not np.allclose(old, new), f"{name} did not change"
+    np.testing.assert_allclose(metrics.grad_norm, optax.tree.norm(grads), rtol=1e-5)
+    assert bool(metrics.clipped) and bool(metrics.finite) and int(state.step) == 1
+
+
+def test_train_step_is_traced_once():
+    config = _config()
+    task, state, step = _state_and_step(config)
+    for i in range(4):
+        state, _ = step(state, task.batch(jax.random.key(i), 16))
+    assert step._cache_size() == 1
+
+
+def test_a_non_finite_step_is_not_applied():
+    config = _config()
+    task, state, step = _state_and_step(config)
+    batch = task.batch(jax.random.key(1), 16)
+    poisoned = batch._replace(inputs=batch.inputs.at[0, 0, 0].set(jnp.nan))
+    before = jax.device_get(state)
+    state, metrics = step(state, poisoned)
+    assert not bool(metrics.finite)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), before)
+
+
+def test_divergence_stops_the_run_with_the_step_and_keeps_what_was_written(tmp_path):
+    # a linear recurrence with spectral radius 3 over 90 steps overflows float32 (3**90 ~ 1e43) at once
+    config = _config(
+        model={"activation": "identity", "recurrent_init": "glorot_normal", "spectral_radius": 3.0},
+        task={"seq_len": 90},
+        optim={"clip": "none"},
+    )
+    with pytest.raises(train.TrainingDiverged, match=r"training diverged at step 1: loss = (inf|nan)") as info:
+        train.train_and_evaluate(config, str(tmp_path))
+    assert info.value.step == 1 and info.value.params is not None
+    assert all(bool(jnp.isfinite(p).all()) for p in info.value.params)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["diverged_at_step"] == 1
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["kind"] == "diverged" and lines[-1]["step"] == 1
+
+
+def test_runs_are_deterministic_for_a_seed():
+    config = _config()
+    a, b = train.train_and_evaluate(config), train.train_and_evaluate(config)
+    jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+    assert a["final_eval"] == b["final_eval"]
+    c = train.train_and_evaluate(_config(run={"seed": 1}))
+    assert c["final_eval"] != a["final_eval"]
+
+
+def test_files_and_records(tmp_path):
+    config = _config()
+    summary = train.train_and_evaluate(config, str(tmp_path))
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if r["kind"] == "train"] == [5, 10, 15, 20]
+    assert [r["step"] for r in lines if r["kind"] == "eval"] == [10, 20]
+    assert {"loss", "grad_norm", "clip_fraction", "learning_rate"} <= set(lines[0])
+    written = json.loads((tmp_path / "summary.json").read_text())
+    assert written["status"] == "completed" and written["config"] == config.to_dict()
+    assert written["final_eval"] == summary["final_eval"] and written["steps_per_second"] > 0
+
+
+def test_temporal_xor_learns_the_predictable_bits():
+    """Chance is 1/2 on every bit; a net that learned XOR is near-perfect on every third bit and
+    stays at chance on the coin flips (which no model can predict). 0.9 and [0.4, 0.6] leave room
+    for the 2048 held-out sequences' sampling noise (+-0.01) while a non-learner cannot pass."""
+    config = _config(
+        model={"hidden": 8},
+        task={"task": "xor", "seq_len": 30, "batch_size": 32},
+        run={"steps": 1500, "eval_every": 1500, "log_every": 100, "eval_batches": 64},
+    )
+    result = train.train_and_evaluate(config)["final_eval"]
+    assert result["accuracy_xor_bits"] >= 0.9
+    assert 0.4 <= result["accuracy_other_bits"] <= 0.6
+    assert result["loss"] < 0.55  # chance is ln 2 = 0.693; the best possible is (2/3) ln 2 = 0.462
+
+
+@pytest.mark.parametrize("min_len", [None, 6])
+def test_adding_problem_beats_the_constant_baseline(min_len):
+    """The constant predictor scores MSE 1/6; below 0.3 x 1/6 = 0.05 the net must be using the marked values."""
+    config = _config(
+        model={"hidden": 32},
+        task={"seq_len": 10, "min_len": min_len, "batch_size": 64},
+        run={"steps": 1500, "eval_every": 1500, "log_every": 100, "eval_batches": 16},
+    )
+    result = train.train_and_evaluate(config)
+    assert result["final_eval"]["mse"] < 0.3 * result["baseline"]["mse"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
+def test_other_dtypes_train(dtype):
+    with jax.enable_x64(dtype == "float64"):
+        result = train.train_and_evaluate(_config(model={"dtype": dtype}, run={"steps": 200, "eval_every": 200}))
+        assert all(leaf.dtype == train.DTYPES[dtype] for leaf in result["params"])
+    assert result["final_eval"]["loss"] < result["baseline"]["loss"]
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"run": {"steps": 0}}, r"steps: expected a positive integer, got 0"),
+        ({"task": {"batch_size": -2}}, r"batch_size: expected a positive integer, got -2"),
+        ({"model": {"hidden": 0}}, r"hidden_size: expected a positive integer, got 0"),
+        ({"model": {"model": "transformer"}}, r"model: expected 'elman', got 'transformer'"),
+        ({"optim": {"optimizer": "lion"}}, r"optimizer: expected .*got 'lion'"),
+    ],
+)
+def test_bad_config_gets_a_clear_error(sections, message):
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(_config(**sections))
