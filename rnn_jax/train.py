@@ -26,8 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import tasks
-from rnn_jax.cells import elman
+from rnn_jax import cells, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import unroll
@@ -39,7 +38,7 @@ class TrainState(NamedTuple):
     """Everything that changes from one step to the next."""
 
     step: jax.Array  # [] int32: updates applied so far
-    params: elman.ElmanParams
+    params: Any  # the cell's Params pytree (ElmanParams for the Elman network)
     opt_state: optax.OptState
 
 
@@ -67,13 +66,12 @@ class TrainingDiverged(RuntimeError):
         )
 
 
-def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> elman.ElmanParams:
+def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> Any:
     """The model's initial parameters for ``task``'s input and output sizes."""
-    if config.model != "elman":
-        raise ValueError(f"model: expected 'elman', got {config.model!r}")
+    cell = cells.get(config.model)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {config.dtype!r}")
-    return elman.init(
+    return cell.init(
         key,
         task.input_size,
         config.hidden,
@@ -86,17 +84,17 @@ def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> elman.
     )
 
 
-def forward(config: ModelConfig, params: elman.ElmanParams, batch: tasks.Batch) -> jax.Array:
+def forward(config: ModelConfig, params: Any, batch: tasks.Batch) -> jax.Array:
     """The outputs y, [T, B, O], of the model on ``batch`` (state frozen past each length)."""
     return unroll(
         params, batch.inputs, activation=config.activation, lengths=batch.lengths, unroll=config.unroll
     ).outputs
 
 
-def make_loss_fn(config: ModelConfig, task: tasks.Task) -> Callable[[elman.ElmanParams, tasks.Batch], jax.Array]:
+def make_loss_fn(config: ModelConfig, task: tasks.Task) -> Callable[[Any, tasks.Batch], jax.Array]:
     """``params, batch -> loss``: the task's loss of the unrolled model."""
 
-    def loss_fn(params: elman.ElmanParams, batch: tasks.Batch) -> jax.Array:
+    def loss_fn(params: Any, batch: tasks.Batch) -> jax.Array:
         return tasks.loss(task.loss, forward(config, params, batch), batch)
 
     return loss_fn
@@ -122,7 +120,7 @@ def make_train_step(config: Config, task: tasks.Task, optimizer: optax.GradientT
 def make_evaluate(config: ModelConfig, task: tasks.Task):
     """The jitted ``(params, batch) -> dict`` of the loss and the task's metrics."""
 
-    def evaluate(params: elman.ElmanParams, batch: tasks.Batch) -> dict[str, jax.Array]:
+    def evaluate(params: Any, batch: tasks.Batch) -> dict[str, jax.Array]:
         outputs = forward(config, params, batch)
         return {"loss": tasks.loss(task.loss, outputs, batch), **task.metrics(outputs.astype(jnp.float32), batch)}
 

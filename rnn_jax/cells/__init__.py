@@ -1,5 +1,33 @@
-"""Recurrent cells. Each module holds a Params NamedTuple, ``init`` and a carry-first ``step``."""
+"""Recurrent cells, one module each, all with the same interface.
+
+Each cell module provides:
+  ``Params``                                a NamedTuple pytree whose first field ``w_x`` is [D, ...];
+  ``init(key, input_size, hidden_size, output_size, *, input_init, recurrent_init,
+         recurrent_scale, spectral_radius, dtype, ...)``   the parameters, a pure function of the key;
+  ``initial_state(params, batch_size)``     the zero carry (a [B, H] array, or a tuple of them);
+  ``step(params, carry, x, *, activation)`` one time step ``-> (carry, y)``, carry first, so that
+                                            `jax.lax.scan` unrolls it with no adapter.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
 
 from rnn_jax.cells import elman
 
-__all__ = ["elman"]
+CELLS: dict[str, ModuleType] = {"elman": elman}
+
+
+def get(name: str) -> ModuleType:
+    """The cell module called ``name``.
+
+    Raises:
+      ValueError: for an unknown name, listing the known ones.
+    """
+    try:
+        return CELLS[name]
+    except KeyError:
+        raise ValueError(f"model: expected one of {sorted(CELLS)}, got {name!r}") from None
+
+
+__all__ = ["CELLS", "elman", "get"]

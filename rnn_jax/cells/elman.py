@@ -38,6 +38,9 @@ class ElmanParams(NamedTuple):
         return self.w_x.shape[0], self.w_s.shape[0], self.w_y.shape[1]
 
 
+Params = ElmanParams
+
+
 def init(
     key: jax.Array,
     input_size: int,
