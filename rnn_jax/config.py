@@ -34,6 +34,10 @@ class ModelConfig:
     spectral_radius: float | None = _help("rescale W_s to this spectral radius", default=None)
     dtype: Literal["float32", "float64", "bfloat16"] = _help("parameter and compute dtype", default="float32")
     unroll: int = _help("time steps per scan loop iteration (lax.scan's unroll)", default=1)
+    backward: Literal["autodiff", "bptt"] = _help(
+        "gradients by jax.grad through the scan, or by the hand-derived BPTT equations (custom VJP; elman only)",
+        default="autodiff",
+    )
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,13 @@ class RunConfig:
         default=None,
     )
     progress: bool = _help("show a progress bar", default=True)
+    tbptt_k1: int | None = _help(
+        "truncated BPTT over one long stream per sequence (xor): update every k1 steps (None: full BPTT per batch)",
+        default=None,
+    )
+    tbptt_k2: int | None = _help(
+        "truncated BPTT: gradients flow back at most k2 >= k1 steps (default: k2 = k1)", default=None
+    )
 
 
 @dataclass(frozen=True)
@@ -99,3 +110,36 @@ class Config:
     def to_dict(self) -> dict:
         """A JSON-ready nested dict."""
         return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class GradcheckConfig:
+    """What `rnn_jax.gradcheck.check_gradients` compares, and on which model."""
+
+    model: Literal["elman"] = _help("the recurrent cell (the hand-derived BPTT exists for elman)", default="elman")
+    activation: Literal["tanh", "sigmoid", "relu", "identity", "random"] = _help(
+        "phi; 'random' draws one per trial", default="random"
+    )
+    input_size: int = _help("D", default=3)
+    hidden: int = _help("H", default=5)
+    output_size: int = _help("O", default=2)
+    seq_len: int = _help("T", default=6)
+    batch_size: int = _help("B", default=3)
+    lengths: Literal["full", "variable", "random"] = _help(
+        "'variable': lengths drawn from [0, T] (padded batch); 'random': either, per trial", default="random"
+    )
+    loss: Literal["squared_error", "cross_entropy", "random"] = _help("the loss; 'random' draws one", default="random")
+    reduction: Literal["sum", "mean"] = _help("the loss's reduction", default="mean")
+    tbptt_k1: int | None = _help("also check TBPTT(k1, k2): update every k1 steps", default=None)
+    tbptt_k2: int | None = _help("... with gradients flowing back at most k2 steps (k1 <= k2)", default=None)
+    trials: int = _help(
+        "configurations to check; with more than 1, each trial draws D, H, O, T, B from [1, the given value] "
+        "(T from [k2, ...] with TBPTT) and every 'random' choice; the report gives the worst case",
+        default=1,
+    )
+    seed: int = _help("seed of the parameters, data and trials", default=0)
+    max_entries: int = _help(
+        "finite differences on every entry of a parameter up to this size, random directions beyond", default=256
+    )
+    directions: int = _help("random directions for forward mode and for large parameters", default=8)
+    fd_step: float = _help("central-difference step h", default=1e-5)

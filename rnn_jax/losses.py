@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 
 Reduction = Literal["sum", "mean"]
+LossName = Literal["squared_error", "cross_entropy"]
 
 
 def _mask_and_count(mask: jax.Array | None, shape: tuple[int, ...], dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
@@ -86,3 +87,18 @@ def cross_entropy(
     mask, count = _mask_and_count(mask, logits.shape[:-1], logits.dtype)
     per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return _reduce(per_step, mask, count, 1, reduction)
+
+
+def by_name(
+    name: LossName, outputs: jax.Array, targets: jax.Array, mask: jax.Array | None = None, reduction: Reduction = "mean"
+) -> jax.Array:
+    """`squared_error` or `cross_entropy`, chosen by name; bfloat16 outputs are scored in float32."""
+    if outputs.dtype == jnp.bfloat16:
+        outputs = outputs.astype(jnp.float32)
+        if name == "squared_error":
+            targets = targets.astype(jnp.float32)
+    if name == "squared_error":
+        return squared_error(outputs, targets, mask, reduction)
+    if name == "cross_entropy":
+        return cross_entropy(outputs, targets, mask, reduction)
+    raise ValueError(f"loss: expected 'squared_error' or 'cross_entropy', got {name!r}")

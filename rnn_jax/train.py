@@ -14,6 +14,7 @@ training on NaN and the last good parameters are kept.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import cells, tasks
+from rnn_jax import bptt, cells, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import unroll
@@ -100,21 +101,52 @@ def make_loss_fn(config: ModelConfig, task: tasks.Task) -> Callable[[Any, tasks.
     return loss_fn
 
 
+def _apply_update(
+    config: Config, optimizer, state: TrainState, loss: jax.Array, grads
+) -> tuple[TrainState, StepMetrics]:
+    """grad -> clip -> update -> apply; a non-finite loss or gradient leaves ``state`` unchanged."""
+    grad_norm = optax.tree.norm(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    stepped = TrainState(state.step + 1, params, opt_state)
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, state)
+    return new_state, StepMetrics(loss, grad_norm, clip_fired(config.optim, grads), finite)
+
+
 def make_train_step(config: Config, task: tasks.Task, optimizer: optax.GradientTransformation):
     """The jitted ``(state, batch) -> (state, StepMetrics)``, with ``state`` donated."""
     loss_fn = make_loss_fn(config.model, task)
 
     def train_step(state: TrainState, batch: tasks.Batch) -> tuple[TrainState, StepMetrics]:
         loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
-        grad_norm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        stepped = TrainState(state.step + 1, params, opt_state)
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, state)
-        return new_state, StepMetrics(loss, grad_norm, clip_fired(config.optim, grads), finite)
+        return _apply_update(config, optimizer, state, loss, grads)
 
     return jax.jit(train_step, donate_argnums=0)
+
+
+def make_tbptt_step(config: Config, task: tasks.Task, optimizer: optax.GradientTransformation, k1: int, k2: int):
+    """The jitted TBPTT(k1, k2) update ``(state, entering, padded_inputs, padded_targets, index) ->
+    (state, carried, StepMetrics)``: window ``index`` of a `bptt.pad_stream`-ed stream, its loss on
+    the last k1 steps, gradients back at most k2 steps from the carried (fixed) entering state."""
+    cell = cells.get(config.model.model)
+
+    def tbptt_step(state, entering, padded_inputs, padded_targets, index):
+        inputs = bptt.window(padded_inputs, index, k1, k2)
+        targets = bptt.window(padded_targets, index, k1, k2)
+        valid, scored = bptt.window_masks(index, k1, k2, inputs.shape[1])
+        objective = functools.partial(
+            bptt.truncated_loss, k1=k1, loss=task.loss, activation=config.model.activation,
+            backward=config.model.backward, cell=cell,
+        )  # fmt: skip
+        (loss, carried), grads = jax.value_and_grad(objective, has_aux=True)(
+            state.params, entering, inputs, targets, valid, scored
+        )
+        new_state, metrics = _apply_update(config, optimizer, state, loss, grads)
+        carried = jax.tree.map(lambda c, e: jnp.where(metrics.finite, c, e), carried, entering)
+        return new_state, carried, metrics
+
+    return jax.jit(tbptt_step, donate_argnums=0)
 
 
 def make_evaluate(config: ModelConfig, task: tasks.Task):
@@ -191,10 +223,9 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     optimizer = make_optimizer(config.optim, run.steps)
     schedule_lr = learning_rate_schedule(config.optim, run.steps)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-    train_step = make_train_step(config, task, optimizer)
     evaluate = make_evaluate(config.model, task)
-    make_batch = jax.jit(lambda key: task.batch(key, config.task.batch_size, dtype))
     eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
+    advance = _make_advance(config, task, optimizer, params, k_train, dtype)
 
     sink = _Sink(workdir)
     summary: dict[str, Any] = {"status": "running", "config": config.to_dict(), "baseline": task.baseline()}
@@ -231,16 +262,16 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         last_eval = _floats(evaluate(state.params, eval_set))
         sink.write({"kind": "eval", "step": step, **last_eval})
 
-    compile_start = time.perf_counter()
-    train_step.lower(state, make_batch(jax.random.fold_in(k_train, 0))).compile()
-    summary["compile_s"] = time.perf_counter() - compile_start
-
     bar = progress_lib.Bar(run.steps, enabled=run.progress, description=f"train {task.name}")
     start = time.perf_counter()
     try:
         with bar:
             for step in range(1, run.steps + 1):
-                state, metrics = train_step(state, make_batch(jax.random.fold_in(k_train, step)))
+                state, metrics = advance(state, step)
+                if step == 1:  # the first step includes compilation: time it apart
+                    jax.block_until_ready(metrics)
+                    summary["compile_s"] = time.perf_counter() - start
+                    start = time.perf_counter()
                 pending.append(metrics)
                 if step % run.log_every == 0 or step == run.steps:
                     flush(step)
@@ -260,11 +291,37 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         steps=run.steps,
         final_train=last_train,
         final_eval=last_eval,
-        steps_per_second=run.steps / elapsed,
+        steps_per_second=(run.steps - 1) / elapsed if run.steps > 1 else float("nan"),
         train_seconds=elapsed,
     )
     _write_summary(workdir, summary)
     return {**summary, "params": state.params, "records": sink.records}
+
+
+def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.Array, dtype):
+    """``advance(state, step) -> (state, StepMetrics)``: one update, on a fresh batch or the stream's next window."""
+    run = config.run
+    if run.tbptt_k1 is None:
+        if run.tbptt_k2 is not None:
+            raise ValueError("tbptt_k2: needs tbptt_k1 as well (the number of steps per update)")
+        train_step = make_train_step(config, task, optimizer)
+        make_batch = jax.jit(lambda k: task.batch(k, config.task.batch_size, dtype))
+        return lambda state, step: train_step(state, make_batch(jax.random.fold_in(key, step)))
+
+    k1, k2 = bptt.check_truncation(run.tbptt_k1, run.tbptt_k2 or run.tbptt_k1)
+    if not hasattr(task, "stream"):
+        raise ValueError(f"tbptt_k1: the {task.name!r} task has no stream to truncate; streaming tasks: xor")
+    stream = task.stream(key, config.task.batch_size, run.steps * k1, dtype)
+    padded_inputs, padded_targets = bptt.pad_stream(stream.inputs, k1, k2), bptt.pad_stream(stream.targets, k1, k2)
+    tbptt_step = make_tbptt_step(config, task, optimizer, k1, k2)
+    carried = [cells.get(config.model.model).initial_state(params, config.task.batch_size)]
+
+    def advance(state, step):
+        index = jnp.asarray(step - 1, jnp.int32)
+        state, carried[0], metrics = tbptt_step(state, carried[0], padded_inputs, padded_targets, index)
+        return state, metrics
+
+    return advance
 
 
 def _write_summary(workdir: str | None, summary: dict[str, Any]) -> None:

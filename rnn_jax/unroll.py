@@ -101,6 +101,34 @@ def _resolve_mask(mask: jax.Array | None, lengths: jax.Array | None, num_steps: 
     return mask
 
 
+def scan(
+    cell_step: Callable, initial_state, xs: jax.Array, mask: jax.Array | None, unroll: int = 1
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The scan at the heart of `unroll`: ``(outputs [T, B, O], states [T, B, H], final_state)``.
+
+    ``cell_step(carry, x_t) -> (carry, y_t)``; with a ``mask`` [T, B] the carry is frozen and
+    the output zeroed wherever the mask is False. No argument checking: `unroll` does that.
+    """
+    if mask is None:
+
+        def body(carry, x_t):
+            new, y_t = cell_step(carry, x_t)
+            return new, (new, y_t)
+
+        final, (states, outputs) = jax.lax.scan(body, initial_state, xs, unroll=unroll)
+    else:
+
+        def body(carry, inputs):
+            x_t, valid_t = inputs
+            new, y_t = cell_step(carry, x_t)
+            keep = valid_t[:, None]
+            new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, carry)
+            return new, (new, jnp.where(keep, y_t, jnp.zeros_like(y_t)))
+
+        final, (states, outputs) = jax.lax.scan(body, initial_state, (xs, mask), unroll=unroll)
+    return outputs, states, final
+
+
 def unroll(
     params: elman.ElmanParams,
     xs: jax.Array,
@@ -112,6 +140,7 @@ def unroll(
     unroll: int = 1,
     time_major: bool = True,
     check_finite: bool = False,
+    backward: Literal["autodiff", "bptt"] = "autodiff",
     cell=elman,
 ) -> Unrolled:
     """Runs ``cell.step`` over a batch of sequences with `jax.lax.scan`.
@@ -126,6 +155,9 @@ def unroll(
       unroll: scan's unroll factor (time steps per loop iteration), >= 1.
       time_major: False when ``xs`` is batch-first; the outputs are then batch-first too.
       check_finite: raise if ``xs`` (or ``initial_state``) holds NaN or Inf (concrete inputs only).
+      backward: how gradients through the unroll are computed: "autodiff" (`jax.grad`
+        differentiates the scan) or "bptt" (the hand-derived BPTT equations of `rnn_jax.bptt`
+        as a `jax.custom_vjp`; Elman only). The forward values are the same.
       cell: the module providing ``step`` and ``initial_state``.
 
     Returns:
@@ -155,26 +187,17 @@ def unroll(
         _checks.finite("xs", xs)
         jax.tree.map(functools.partial(_checks.finite, "initial_state"), initial_state)
     mask = _resolve_mask(mask, lengths, num_steps, batch)
-    cell_step = functools.partial(cell.step, params, activation=activation)
+    if backward == "bptt":
+        from rnn_jax import bptt  # bptt sits on this module; imported here to keep the arrow one way
 
-    if mask is None:
-
-        def body(carry, x_t):
-            new, y_t = cell_step(carry, x_t)
-            return new, (new, y_t)
-
-        final, (states, outputs) = jax.lax.scan(body, initial_state, xs, unroll=unroll)
+        if cell is not elman:
+            raise ValueError(f"backward: 'bptt' is derived for the Elman cell only, got cell {cell.__name__}")
+        outputs, states, final = bptt.elman_scan(params, xs, initial_state, mask, activation, unroll)
+    elif backward == "autodiff":
+        cell_step = functools.partial(cell.step, params, activation=activation)
+        outputs, states, final = scan(cell_step, initial_state, xs, mask, unroll)
     else:
-
-        def body(carry, inputs):
-            x_t, valid_t = inputs
-            new, y_t = cell_step(carry, x_t)
-            keep = valid_t[:, None]
-            new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, carry)
-            return new, (new, jnp.where(keep, y_t, jnp.zeros_like(y_t)))
-
-        final, (states, outputs) = jax.lax.scan(body, initial_state, (xs, mask), unroll=unroll)
-
+        raise ValueError(f"backward: expected 'autodiff' or 'bptt', got {backward!r}")
     if not time_major:
         outputs, states = jnp.swapaxes(outputs, 0, 1), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), states)
     return Unrolled(outputs, states, final)

@@ -154,3 +154,47 @@ def test_other_dtypes_train(dtype):
 def test_bad_config_gets_a_clear_error(sections, message):
     with pytest.raises(ValueError, match=message):
         train.train_and_evaluate(_config(**sections))
+
+
+def test_tbptt_over_the_xor_stream_learns():
+    """TBPTT(3, 6) over one long stream per sequence: the XOR bits are learned (chance 0.5), the state is carried."""
+    config = _config(
+        task={"task": "xor", "seq_len": 30, "batch_size": 32},
+        optim={"learning_rate": 1e-2},
+        run={"steps": 1000, "eval_every": 1000, "log_every": 100, "eval_batches": 32, "tbptt_k1": 3, "tbptt_k2": 6},
+    )
+    result = train.train_and_evaluate(config)
+    assert result["final_eval"]["accuracy_xor_bits"] >= 0.9
+    assert result["config"]["run"]["tbptt_k1"] == 3
+
+
+def test_tbptt_updates_equal_the_library_truncated_gradients():
+    """The train loop's first TBPTT update applies exactly bptt.tbptt_gradients' first window gradient (SGD, lr 1)."""
+    from rnn_jax import bptt
+
+    config = _config(
+        task={"task": "xor", "seq_len": 12, "batch_size": 4},
+        optim={"optimizer": "sgd", "momentum": 0.0, "learning_rate": 1.0, "clip": "none"},
+        run={"steps": 1, "eval_every": 1, "log_every": 1, "tbptt_k1": 2, "tbptt_k2": 4},
+    )
+    task = tasks.make(config.task)
+    k_init, k_train, _ = train._keys(config.run.seed)
+    params = train.init_params(config.model, task, k_init)
+    stream = task.stream(k_train, 4, 2, jnp.float32)
+    _, grads, _ = bptt.tbptt_gradients(params, stream.inputs, stream.targets, 2, 4, loss="cross_entropy")
+    after = train.train_and_evaluate(config)["params"]
+    want = jax.tree.map(lambda p, g: p - g[0], params, grads)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), after, want)
+
+
+@pytest.mark.parametrize(
+    ("run", "task", "message"),
+    [
+        ({"tbptt_k1": 2}, {"task": "adding"}, r"tbptt_k1: the 'adding' task has no stream to truncate"),
+        ({"tbptt_k2": 2}, {"task": "xor"}, r"tbptt_k2: needs tbptt_k1 as well"),
+        ({"tbptt_k1": 3, "tbptt_k2": 2}, {"task": "xor"}, r"k1 <= k2"),
+    ],
+)
+def test_bad_tbptt_options_get_clear_errors(run, task, message):
+    with pytest.raises(ValueError, match=message):
+        train.train_and_evaluate(_config(run=run, task=task))

@@ -40,14 +40,5 @@ class Task(Protocol):
 
 
 def loss(kind: LossKind, outputs: jax.Array, batch: Batch) -> jax.Array:
-    """The task's loss, a mean over exactly the scored steps (``batch.mask``).
-
-    bfloat16 outputs are scored in float32.
-    """
-    if outputs.dtype == jnp.bfloat16:
-        outputs = outputs.astype(jnp.float32)
-    if kind == "squared_error":
-        return losses.squared_error(outputs, batch.targets, batch.mask, reduction="mean")
-    if kind == "cross_entropy":
-        return losses.cross_entropy(outputs, batch.targets, batch.mask, reduction="mean")
-    raise ValueError(f"loss: expected 'squared_error' or 'cross_entropy', got {kind!r}")
+    """The task's loss, a mean over exactly the scored steps (``batch.mask``)."""
+    return losses.by_name(kind, outputs, batch.targets, batch.mask, reduction="mean")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import jax
@@ -51,6 +52,10 @@ class TemporalXOR:
             mask=jnp.ones((self.seq_len, batch_size), bool),
             lengths=jnp.full((batch_size,), self.seq_len, jnp.int32),
         )
+
+    def stream(self, key: jax.Array, batch_size: int, length: int, dtype: jnp.dtype = jnp.float32) -> Batch:
+        """B independent streams of ``length`` steps (for truncated BPTT): a batch with T = length."""
+        return dataclasses.replace(self, seq_len=length).batch(key, batch_size, dtype)
 
     def metrics(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
         """Accuracy on the predictable (XOR) targets and on the coin-flip targets."""

@@ -1,0 +1,486 @@
+"""Backpropagation through time for the Elman network, written out by hand; truncated BPTT.
+
+For pre_t = x_t W_x + s_{t-1} W_s + b_s, s_t = phi(pre_t), y_t = s_t W_y + b_y and a loss
+E = sum_t E_t(y_t), with g_t = dE/dy_t the output error:
+
+    dE/dW_y = sum_t s_t^T g_t                        dE/db_y = sum_t g_t            (one step)
+    delta_t = (g_t W_y^T + delta_{t+1} W_s^T) * phi'(pre_t),      delta_{T+1} = 0   (reverse time)
+    dE/dW_s = sum_t s_{t-1}^T delta_t                dE/dW_x = sum_t x_t^T delta_t
+    dE/db_s = sum_t delta_t                          dE/ds_0 = delta_1 W_s^T
+
+The reverse-time `lax.scan` carries only ``delta_t W_s^T``; the weight gradients then come out
+of single large matrix products over all T * B rows (``[H, T B] @ [T B, H]``), not one small
+update per step. With a validity mask m_t (a sequence's state is frozen past its end,
+s_t = m_t phi(pre_t) + (1 - m_t) s_{t-1}, and its outputs are zero there), the recursion
+becomes
+
+    a_t     = m_t g_t W_y^T + dE/ds_t|_direct + c_t          (c_T = dE/ds_T from the final state)
+    delta_t = m_t a_t * phi'(pre_t)
+    c_{t-1} = delta_t W_s^T + (1 - m_t) a_t
+
+so a frozen step passes its gradient straight through to the state it copied.
+
+`elman_scan` is the same forward pass with these equations as its `jax.custom_vjp`;
+``rnn_jax.unroll(..., backward="bptt")`` selects it, so training can run on either path.
+
+Truncated BPTT, TBPTT(k1, k2) (Williams & Peng 1990; Sutskever 2013, sec. 2.8.6): every k1
+steps of a long stream, the weights are updated with the gradient of the loss on those k1
+steps, flowing back at most k2 >= k1 steps; the state entering each window of k2 steps is
+carried over from the previous window and held fixed (no gradient through it). k1 = k2 is the
+chunked form common in frameworks; k1 = k2 = 1 is Elman's (1990) copy-back context layer.
+
+References:
+  Rumelhart, Hinton & Williams (1986); Werbos (1990), Backpropagation through time.
+  Williams, R. J. & Peng, J. (1990). Neural Computation 2(4), 490-501.
+  Sutskever, I. (2013). Training recurrent neural networks. PhD thesis, University of Toronto.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax import _checks, activations, losses
+from rnn_jax.cells import elman
+from rnn_jax.cells.elman import ElmanParams
+from rnn_jax.unroll import scan, sequence_mask, unroll
+
+LossName = losses.LossName
+
+
+# ------------------------------------------------------------------ the output error g_t = dE/dy_t
+
+
+def output_errors(
+    loss: LossName, outputs: jax.Array, targets: jax.Array, mask: jax.Array | None, reduction: str = "mean"
+) -> jax.Array:
+    """g_t = dE/dy_t, by hand, for the losses of `rnn_jax.losses`.
+
+        squared error   E = sum_t m_t |d_t - y_t|^2       g_t = 2 m_t (y_t - d_t)
+        cross-entropy   E = -sum_t m_t log softmax(y_t)[d_t]   g_t = m_t (softmax(y_t) - onehot(d_t))
+
+    each divided by the same count as the loss for ``reduction="mean"``.
+
+    Args:
+      loss: "squared_error" or "cross_entropy".
+      outputs: y, [T, B, O].
+      targets: d, [T, B, O] (squared error) or integer labels [T, B] (cross-entropy).
+      mask: [T, B] bool (or None: every step).
+      reduction: "sum" or "mean", as in `rnn_jax.losses`.
+
+    Returns:
+      [T, B, O].
+    """
+    dtype = outputs.dtype
+    m = jnp.ones(outputs.shape[:-1], dtype) if mask is None else mask.astype(dtype)
+    count = jnp.maximum(jnp.sum(m), 1)
+    if loss == "squared_error":
+        g = 2 * (outputs - targets)
+        per = count * outputs.shape[-1]
+    elif loss == "cross_entropy":
+        g = jax.nn.softmax(outputs, axis=-1) - jax.nn.one_hot(targets, outputs.shape[-1], dtype=dtype)
+        per = count
+    else:
+        raise ValueError(f"loss: expected 'squared_error' or 'cross_entropy', got {loss!r}")
+    g = g * m[..., None]
+    if reduction == "mean":
+        return g / per
+    if reduction == "sum":
+        return g
+    raise ValueError(f"reduction: expected 'sum' or 'mean', got {reduction!r}")
+
+
+loss_value = losses.by_name
+
+
+# ------------------------------------------------------------------ the backward pass
+
+
+def activation_derivative(activation: activations.Activation, pre: jax.Array | None, s: jax.Array) -> jax.Array:
+    """phi'(pre_t) for the backward pass (a module-level function, so a test can plant a bug here)."""
+    return activations.derivative(activation, pre, s)
+
+
+class Gradients(NamedTuple):
+    """What `backward` returns."""
+
+    params: ElmanParams  # dE/dW_x [D, H], dE/dW_s [H, H], dE/db_s [H], dE/dW_y [H, O], dE/db_y [O]
+    inputs: jax.Array  # dE/dx_t, [T, B, D]
+    initial_state: jax.Array  # dE/ds_0, [B, H]
+
+
+def _previous_states(initial_state: jax.Array, states: jax.Array) -> jax.Array:
+    """s_{t-1} for t = 1 .. T: [T, B, H]."""
+    return jnp.concatenate([initial_state[None], states[:-1]], axis=0)
+
+
+def _deltas(
+    params: ElmanParams,
+    direct: jax.Array,
+    dphi: jax.Array,
+    m: jax.Array | None,
+    final_error: jax.Array,
+    unroll: int,
+) -> tuple[jax.Array, jax.Array]:
+    """The reverse-time recursion: (dE/ds_0 [B, H], delta [T, B, H]) from the direct errors [T, B, H]."""
+    w_s_t = params.w_s.T
+    if m is None:
+
+        def body(carry, inputs):
+            direct_t, dphi_t = inputs
+            delta = (direct_t + carry) * dphi_t
+            return delta @ w_s_t, delta
+
+        return jax.lax.scan(body, final_error, (direct, dphi), reverse=True, unroll=unroll)
+
+    def masked_body(carry, inputs):
+        direct_t, dphi_t, m_t = inputs
+        total = direct_t + carry
+        delta = m_t * total * dphi_t
+        return delta @ w_s_t + (1 - m_t) * total, delta
+
+    return jax.lax.scan(masked_body, final_error, (direct, dphi, m), reverse=True, unroll=unroll)
+
+
+def _errors(params, xs, initial_state, mask, states, output_error, state_error, final_state_error, activation, unroll):
+    """(g_t masked [T, B, O], delta_t [T, B, H], dE/ds_0 [B, H]): the error signals of the backward pass."""
+    act = activations.get(activation)
+    m = None if mask is None else mask.astype(states.dtype)[..., None]  # [T, B, 1]
+    g_y = output_error if m is None else output_error * m
+    direct = g_y @ params.w_y.T  # [T, B, H]
+    if state_error is not None:
+        direct = direct + state_error
+    pre = None
+    if act.derivative_from_output is None:  # a user callable: phi' needs the pre-activation
+        s_prev = _previous_states(initial_state, states)
+        pre = xs @ params.w_x + s_prev @ params.w_s + params.b_s[None, None, :]
+    dphi = activation_derivative(act, pre, states)
+    final_error = jnp.zeros_like(initial_state) if final_state_error is None else final_state_error
+    initial_error, deltas = _deltas(params, direct, dphi, m, final_error, unroll)
+    return g_y, deltas, initial_error
+
+
+def backward(
+    params: ElmanParams,
+    xs: jax.Array,
+    initial_state: jax.Array,
+    mask: jax.Array | None,
+    states: jax.Array,
+    output_error: jax.Array,
+    *,
+    state_error: jax.Array | None = None,
+    final_state_error: jax.Array | None = None,
+    activation: str | Callable | activations.Activation = "tanh",
+    unroll: int = 1,
+) -> Gradients:
+    """The BPTT equations: every gradient from the output errors and the forward states.
+
+    Args:
+      params: the weights of the forward pass.
+      xs: inputs x_t, [T, B, D].
+      initial_state: s_0, [B, H].
+      mask: [T, B] bool validity (state frozen and output zero where False), or None.
+      states: s_t from the forward pass, [T, B, H].
+      output_error: g_t = dE/dy_t, [T, B, O].
+      state_error: dE/ds_t where the loss also reads the states directly, [T, B, H] (or None).
+      final_state_error: dE/ds_T from a use of the final state, [B, H] (or None).
+      activation: phi.
+      unroll: the reverse scan's unroll factor.
+
+    Returns:
+      `Gradients` (params, inputs [T, B, D], initial_state [B, H]).
+    """
+    num_steps, batch, hidden = states.shape
+    rows = num_steps * batch
+    g_y, deltas, initial_error = _errors(
+        params, xs, initial_state, mask, states, output_error, state_error, final_state_error, activation, unroll
+    )
+    s_prev = _previous_states(initial_state, states)
+    flat_deltas = deltas.reshape(rows, hidden)
+    flat_g = g_y.reshape(rows, g_y.shape[-1])
+    grads = ElmanParams(
+        w_x=xs.reshape(rows, xs.shape[-1]).T @ flat_deltas,
+        w_s=s_prev.reshape(rows, hidden).T @ flat_deltas,
+        b_s=jnp.sum(flat_deltas, axis=0),
+        w_y=states.reshape(rows, hidden).T @ flat_g,
+        b_y=jnp.sum(flat_g, axis=0),
+    )
+    return Gradients(grads, deltas @ params.w_x.T, initial_error)
+
+
+# ------------------------------------------------------------------ the custom-VJP unroll
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def elman_scan(params, xs, initial_state, mask, activation, unroll):
+    """The Elman unroll ``(outputs, states, final_state)`` whose VJP is `backward`.
+
+    The arguments are those of `rnn_jax.unroll.scan`, already checked by `rnn_jax.unroll`
+    (use ``unroll(..., backward="bptt")``).
+    """
+    return scan(functools.partial(elman.step, params, activation=activation), initial_state, xs, mask, unroll)
+
+
+def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll):
+    outputs, states, final = elman_scan(params, xs, initial_state, mask, activation, unroll)
+    return (outputs, states, final), (params, xs, initial_state, mask, states)
+
+
+def _elman_scan_bwd(activation, unroll, residuals, cotangents):
+    params, xs, initial_state, mask, states = residuals
+    g_outputs, g_states, g_final = cotangents
+    grads = backward(
+        params,
+        xs,
+        initial_state,
+        mask,
+        states,
+        g_outputs,
+        state_error=g_states,
+        final_state_error=g_final,
+        activation=activation,
+        unroll=unroll,
+    )
+    return grads.params, grads.inputs, grads.initial_state, None
+
+
+elman_scan.defvjp(_elman_scan_fwd, _elman_scan_bwd)
+
+
+# ------------------------------------------------------------------ the whole gradient, by hand
+
+
+def _state_mask(xs, lengths, mask):
+    if lengths is not None:
+        return sequence_mask(lengths, xs.shape[0])
+    return mask
+
+
+def loss_and_gradients(
+    params: ElmanParams,
+    xs: jax.Array,
+    targets: jax.Array,
+    *,
+    loss: LossName = "squared_error",
+    reduction: str = "mean",
+    activation: str | Callable = "tanh",
+    initial_state: jax.Array | None = None,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    loss_mask: jax.Array | None = None,
+) -> tuple[jax.Array, ElmanParams]:
+    """The loss and dE/dparams by the hand-derived equations, with no use of `jax.grad`.
+
+    Args:
+      params: the weights.
+      xs: [T, B, D].
+      targets: [T, B, O] (squared error) or integer labels [T, B] (cross-entropy).
+      loss, reduction: as in `rnn_jax.losses`.
+      activation: phi.
+      initial_state: s_0 [B, H] (zeros by default).
+      lengths, mask: the sequences' validity, as in `rnn_jax.unroll`.
+      loss_mask: the steps that are scored, [T, B] (default: the valid steps).
+
+    Returns:
+      (E, gradients as `ElmanParams`).
+    """
+    run = unroll(params, xs, activation=activation, initial_state=initial_state, lengths=lengths, mask=mask)
+    state_mask = _state_mask(xs, lengths, mask)
+    scored = state_mask if loss_mask is None else loss_mask
+    s0 = elman.initial_state(params, xs.shape[1]) if initial_state is None else initial_state
+    g = output_errors(loss, run.outputs, targets, scored, reduction)
+    grads = backward(params, xs, s0, state_mask, run.states, g, activation=activation)
+    return loss_value(loss, run.outputs, targets, scored, reduction), grads.params
+
+
+def per_lag_contributions(
+    params: ElmanParams,
+    xs: jax.Array,
+    targets: jax.Array,
+    *,
+    loss: LossName = "squared_error",
+    reduction: str = "mean",
+    activation: str | Callable = "tanh",
+    initial_state: jax.Array | None = None,
+    lengths: jax.Array | None = None,
+    mask: jax.Array | None = None,
+    loss_mask: jax.Array | None = None,
+) -> jax.Array:
+    """The terms of the chain-rule sum for dE/dW_s, by the loss step t and the lag k.
+
+        dE/dW_s = sum_t dE_t/dW_s,     dE_t/dW_s = sum_{k=0}^{t-1} s_{t-k-1}^T delta^{(t)}_{t-k}
+
+    where delta^{(t)} is the error of the loss at step t alone, propagated back k steps. This is
+    what a vanishing-gradient study plots: how much of the update the loss at t receives from
+    k steps back. It costs T backward passes and T * T * H * H numbers: meant for small
+    problems.
+
+    Args:
+      as `loss_and_gradients`.
+
+    Returns:
+      [T, T, H, H]: entry [t, k] is the contribution of lag k to dE_t/dW_s (zero for k > t).
+      Its sum over t and k is dE/dW_s.
+    """
+    run = unroll(params, xs, activation=activation, initial_state=initial_state, lengths=lengths, mask=mask)
+    state_mask = _state_mask(xs, lengths, mask)
+    scored = state_mask if loss_mask is None else loss_mask
+    s0 = elman.initial_state(params, xs.shape[1]) if initial_state is None else initial_state
+    g = output_errors(loss, run.outputs, targets, scored, reduction)
+    num_steps = xs.shape[0]
+    s_prev = _previous_states(s0, run.states)
+
+    def contributions(t):
+        only_t = jnp.where((jnp.arange(num_steps) == t)[:, None, None], g, jnp.zeros_like(g))
+        _, deltas, _ = _errors(params, xs, s0, state_mask, run.states, only_t, None, None, activation, 1)
+        by_step = jnp.einsum("jbh,jbk->jhk", s_prev, deltas)  # [T (step j), H, H]
+        lags = t - jnp.arange(num_steps)  # step j = t - k
+        return jnp.where((lags >= 0)[:, None, None], by_step[jnp.clip(lags, 0, num_steps - 1)], 0)
+
+    return jax.vmap(contributions)(jnp.arange(num_steps))
+
+
+# ------------------------------------------------------------------ truncated BPTT
+
+
+class Windows(NamedTuple):
+    """The TBPTT(k1, k2) windows of a stream, stacked: U = N / k1 windows of k2 steps each."""
+
+    inputs: jax.Array  # [U, k2, B, D]
+    targets: jax.Array  # [U, k2, B, O] or [U, k2, B]
+    valid: jax.Array  # [U, k2, B] bool: False before the stream's start (state held at s_0)
+    scored: jax.Array  # [U, k2, B] bool: the last k1 steps, whose loss drives the update
+
+
+def check_truncation(k1: int, k2: int) -> tuple[int, int]:
+    """Raises ValueError unless 1 <= k1 <= k2."""
+    k1 = _checks.positive_int("k1", k1)
+    k2 = _checks.positive_int("k2", k2)
+    if k1 > k2:
+        raise ValueError(f"k1, k2: TBPTT(k1, k2) needs k1 <= k2 (update every k1 steps, back k2), got {k1} > {k2}")
+    return k1, k2
+
+
+def pad_stream(stream: jax.Array, k1: int, k2: int) -> jax.Array:
+    """The stream [N, B, ...] with k2 - k1 zero steps in front, so that every window has k2 steps."""
+    return jnp.pad(stream, [(k2 - k1, 0)] + [(0, 0)] * (stream.ndim - 1))
+
+
+def window(padded_stream: jax.Array, index: jax.Array | int, k1: int, k2: int) -> jax.Array:
+    """Window ``index`` of a `pad_stream`-ed stream: the stream's steps [index k1 - (k2 - k1), (index + 1) k1).
+
+    Steps before the stream's start are the padding zeros (and invalid, see `window_masks`).
+    """
+    return jax.lax.dynamic_slice_in_dim(padded_stream, index * k1, k2, axis=0)
+
+
+def window_masks(index: jax.Array | int, k1: int, k2: int, batch: int) -> tuple[jax.Array, jax.Array]:
+    """(valid [k2, B], scored [k2, B]) of window ``index``: see `Windows`."""
+    position = jnp.arange(k2, dtype=jnp.result_type(index))
+    valid = index * k1 - (k2 - k1) + position >= 0
+    scored = position >= k2 - k1
+    return jnp.broadcast_to(valid[:, None], (k2, batch)), jnp.broadcast_to(scored[:, None], (k2, batch))
+
+
+def windows(inputs: jax.Array, targets: jax.Array, k1: int, k2: int) -> Windows:
+    """All TBPTT(k1, k2) windows of a stream (inputs [N, B, D], targets [N, B, ...]); N must be a multiple of k1."""
+    k1, k2 = check_truncation(k1, k2)
+    num_steps, batch = inputs.shape[:2]
+    if num_steps % k1:
+        raise ValueError(f"k1: the stream length N = {num_steps} must be a multiple of k1 = {k1}")
+    index = jnp.arange(num_steps // k1)
+    masks = jax.vmap(lambda i: window_masks(i, k1, k2, batch))(index)
+    padded_inputs, padded_targets = pad_stream(inputs, k1, k2), pad_stream(targets, k1, k2)
+    return Windows(
+        inputs=jax.vmap(lambda i: window(padded_inputs, i, k1, k2))(index),
+        targets=jax.vmap(lambda i: window(padded_targets, i, k1, k2))(index),
+        valid=masks[0],
+        scored=masks[1],
+    )
+
+
+def truncated_loss(
+    params,
+    entering_state: jax.Array,
+    inputs: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    scored: jax.Array,
+    *,
+    k1: int,
+    loss: LossName = "squared_error",
+    reduction: str = "mean",
+    activation: str | Callable = "tanh",
+    backward: Literal["autodiff", "bptt"] = "autodiff",
+    cell=elman,
+) -> tuple[jax.Array, jax.Array]:
+    """The truncated objective of one window, and the state to carry into the next window.
+
+    The state entering the window is held fixed (`jax.lax.stop_gradient`), so the gradient of
+    this loss flows back at most k2 = len(window) steps.
+
+    Args:
+      params: the weights.
+      entering_state: the state before the window's first step, [B, H] (a constant).
+      inputs, targets, valid, scored: one window (see `Windows`), [k2, B, ...].
+      k1: steps per update; the carried state is the one after the window's k1-th step.
+      loss, reduction, activation, backward, cell: as in `rnn_jax.unroll` and `rnn_jax.losses`.
+
+    Returns:
+      (loss on the scored steps, the state entering the next window [B, H]).
+    """
+    entering_state = jax.tree.map(jax.lax.stop_gradient, entering_state)
+    run = unroll(
+        params, inputs, activation=activation, initial_state=entering_state, mask=valid, backward=backward, cell=cell
+    )
+    carried = jax.tree.map(lambda s: jax.lax.stop_gradient(s[k1 - 1]), run.states)
+    return loss_value(loss, run.outputs, targets, scored, reduction), carried
+
+
+def tbptt_gradients(
+    params,
+    inputs: jax.Array,
+    targets: jax.Array,
+    k1: int,
+    k2: int,
+    *,
+    loss: LossName = "squared_error",
+    reduction: str = "mean",
+    activation: str | Callable = "tanh",
+    backward: Literal["autodiff", "bptt"] = "autodiff",
+    initial_state: jax.Array | None = None,
+    cell=elman,
+) -> tuple[jax.Array, object, jax.Array]:
+    """The gradient of every TBPTT(k1, k2) update of a stream, at fixed parameters.
+
+    What training would apply at each update if the weights did not change in between; with
+    k2 >= N and reduction="sum", their sum is the full BPTT gradient of the whole stream's loss.
+
+    Args:
+      params: the weights.
+      inputs: the stream, [N, B, D] (N a multiple of k1).
+      targets: [N, B, O] or [N, B].
+      k1, k2: update every k1 steps, back at most k2 steps (1 <= k1 <= k2).
+      loss, reduction, activation, backward, cell: as in `truncated_loss`.
+      initial_state: s_0, [B, H] (zeros by default).
+
+    Returns:
+      (losses [U], gradients stacked on a leading axis [U, ...], the carried state after the
+      last window [B, H]).
+    """
+    w = windows(inputs, targets, k1, k2)
+    s0 = cell.initial_state(params, inputs.shape[1]) if initial_state is None else initial_state
+    objective = functools.partial(
+        truncated_loss, k1=k1, loss=loss, reduction=reduction, activation=activation, backward=backward, cell=cell
+    )
+
+    def body(carry, win):
+        (value, carried), grads = jax.value_and_grad(objective, has_aux=True)(params, carry, *win)
+        return carried, (value, grads)
+
+    final, (values, grads) = jax.lax.scan(body, s0, tuple(w))
+    return values, grads, final

@@ -1,0 +1,215 @@
+"""The hand-derived BPTT, its custom VJP, the per-lag terms and truncated BPTT, against independent oracles.
+
+Property-based (hypothesis) over random sizes, lengths, activations, masks and losses, in float64.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import rnn_jax as rj
+from rnn_jax import bptt
+
+SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@st.composite
+def problems(draw, stream=False):
+    d, h, o = draw(st.integers(1, 4)), draw(st.integers(1, 5)), draw(st.integers(1, 3))
+    t, b = draw(st.integers(1, 7)), draw(st.integers(1, 3))
+    activation = draw(st.sampled_from(["tanh", "sigmoid", "relu", "identity"]))
+    loss = draw(st.sampled_from(["squared_error", "cross_entropy"]))
+    reduction = draw(st.sampled_from(["sum", "mean"]))
+    lengths = None if stream or draw(st.booleans()) else draw(st.lists(st.integers(0, t), min_size=b, max_size=b))
+    seed = draw(st.integers(0, 2**16))
+    return d, h, o, t, b, activation, loss, reduction, lengths, seed
+
+
+def _make(problem):
+    d, h, o, t, b, activation, loss, reduction, lengths, seed = problem
+    keys = jax.random.split(jax.random.key(seed), 5)
+    params = rj.elman.init(keys[0], d, h, o, dtype=jnp.float64)
+    params = params._replace(
+        b_s=0.1 * jax.random.normal(keys[1], (h,), jnp.float64), b_y=0.1 * jax.random.normal(keys[2], (o,), jnp.float64)
+    )
+    xs = jax.random.normal(keys[3], (t, b, d), jnp.float64)
+    if loss == "cross_entropy":
+        targets = jax.random.randint(keys[4], (t, b), 0, o)
+    else:
+        targets = jax.random.normal(keys[4], (t, b, o), jnp.float64)
+    lengths = None if lengths is None else jnp.asarray(lengths, jnp.int32)
+    return params, xs, targets, lengths, activation, loss, reduction
+
+
+def _autodiff(params, xs, targets, lengths, activation, loss, reduction, backward="autodiff"):
+    mask = None if lengths is None else rj.sequence_mask(lengths, xs.shape[0])
+
+    def f(p):
+        out = rj.unroll(p, xs, activation=activation, lengths=lengths, backward=backward).outputs
+        return rj.losses.by_name(loss, out, targets, mask, reduction)
+
+    return jax.value_and_grad(f)(params)
+
+
+@SETTINGS
+@given(problems())
+def test_hand_bptt_equals_jax_grad(x64, problem):
+    params, xs, targets, lengths, activation, loss, reduction = _make(problem)
+    value, reference = _autodiff(params, xs, targets, lengths, activation, loss, reduction)
+    by_hand_value, by_hand = bptt.loss_and_gradients(
+        params, xs, targets, loss=loss, reduction=reduction, activation=activation, lengths=lengths
+    )
+    np.testing.assert_allclose(by_hand_value, value, rtol=1e-12)
+    chex.assert_trees_all_close(by_hand, reference, rtol=1e-10, atol=1e-13)
+
+
+@SETTINGS
+@given(problems())
+def test_custom_vjp_path_equals_autodiff(x64, problem):
+    params, xs, targets, lengths, activation, loss, reduction = _make(problem)
+    chex.assert_trees_all_close(
+        _autodiff(params, xs, targets, lengths, activation, loss, reduction, backward="bptt"),
+        _autodiff(params, xs, targets, lengths, activation, loss, reduction),
+        rtol=1e-10,
+        atol=1e-13,
+    )
+
+
+def test_custom_vjp_gives_input_and_initial_state_gradients(key, x64):
+    params = rj.elman.init(key, 3, 4, 2, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (5, 2, 3), jnp.float64)
+    s0 = 0.3 * jnp.ones((2, 4), jnp.float64)
+    lengths = jnp.array([5, 2], jnp.int32)
+
+    def f(xs, s0, backward):
+        run = rj.unroll(params, xs, initial_state=s0, lengths=lengths, backward=backward, activation=jnp.sin)
+        # outputs, all states and the final state all feed the loss
+        return jnp.sum(run.outputs**2) + jnp.sum(jnp.cos(run.states)) + jnp.sum(run.final_state**3)
+
+    chex.assert_trees_all_close(
+        jax.grad(f, argnums=(0, 1))(xs, s0, "bptt"), jax.grad(f, argnums=(0, 1))(xs, s0, "autodiff"), rtol=1e-10
+    )
+
+
+@SETTINGS
+@given(problems())
+def test_per_lag_contributions_sum_to_the_total(x64, problem):
+    params, xs, targets, lengths, activation, loss, reduction = _make(problem)
+    terms = bptt.per_lag_contributions(
+        params, xs, targets, loss=loss, reduction=reduction, activation=activation, lengths=lengths
+    )
+    t, h = xs.shape[0], params.w_s.shape[0]
+    assert terms.shape == (t, t, h, h)
+    _, reference = _autodiff(params, xs, targets, lengths, activation, loss, reduction)
+    np.testing.assert_allclose(terms.sum(axis=(0, 1)), reference.w_s, rtol=1e-9, atol=1e-13)
+    # no lag reaches before the start: the term [t, k] vanishes for k >= t (s_{t-k-1} would precede s_0's step)
+    upper = np.triu(np.ones((t, t), bool), k=0)  # k >= t  <=>  index [t, k] on or above the diagonal
+    np.testing.assert_array_equal(np.asarray(terms)[upper], 0.0)
+
+
+def test_per_lag_term_is_the_chain_rule_product(key, x64):
+    """For a linear net (identity phi) the lag-k term of the loss at t is s_{t-k-1}^T g_t W_y^T (W_s^T)^k."""
+    params = rj.elman.init(key, 2, 3, 2, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (5, 1, 2), jnp.float64)
+    targets = jax.random.normal(jax.random.key(2), (5, 1, 2), jnp.float64)
+    terms = bptt.per_lag_contributions(params, xs, targets, activation="identity", reduction="sum")
+    run = rj.unroll(params, xs, activation="identity")
+    s_prev = np.concatenate([np.zeros((1, 1, 3)), np.asarray(run.states[:-1])])
+    g = 2 * (np.asarray(run.outputs) - np.asarray(targets))
+    w_s, w_y = np.asarray(params.w_s), np.asarray(params.w_y)
+    t, k = 4, 2
+    want = s_prev[t - k].T @ (g[t] @ w_y.T @ np.linalg.matrix_power(w_s.T, k))
+    np.testing.assert_allclose(terms[t, k], want, rtol=1e-12)
+
+
+@SETTINGS
+@given(problems(stream=True), st.integers(1, 3))
+def test_tbptt_with_k2_at_least_T_equals_full_bptt(x64, problem, k1):
+    params, xs, targets, _, activation, loss, _ = _make(problem)
+    t = xs.shape[0] - xs.shape[0] % k1
+    if t == 0:
+        return
+    xs, targets = xs[:t], targets[:t]
+    _, full = _autodiff(params, xs, targets, None, activation, loss, "sum")
+    for backward in ("autodiff", "bptt"):
+        _, grads, _ = bptt.tbptt_gradients(
+            params, xs, targets, k1, t, loss=loss, reduction="sum", activation=activation, backward=backward
+        )
+        chex.assert_trees_all_close(jax.tree.map(lambda g: g.sum(0), grads), full, rtol=1e-10, atol=1e-13)
+
+
+def test_tbptt_window_carry_is_explicit(key, x64):
+    """The state carried out of a window is the full-stream state entering the next window (the forward pass
+    is not truncated): window u + 1 starts at stream step (u + 1) k1 - (k2 - k1)."""
+    params = rj.elman.init(key, 1, 4, 2, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(1), (12, 2, 1), jnp.float64)
+    targets = jax.random.randint(jax.random.key(2), (12, 2), 0, 2)
+    k1, k2 = 3, 5
+    w = bptt.windows(xs, targets, k1, k2)
+    assert w.inputs.shape == (4, 5, 2, 1)
+    full = rj.unroll(params, xs)
+    state = jnp.zeros((2, 4), jnp.float64)
+    for u in range(4):
+        _, state = bptt.truncated_loss(params, state, *(a[u] for a in w), k1=k1, loss="cross_entropy")
+        next_start = (u + 1) * k1 - (k2 - k1)
+        chex.assert_trees_all_close(state, full.states[next_start - 1], rtol=1e-12)
+    # window 0 is front-padded: k2 - k1 = 2 invalid steps, then the first k1 = 3 scored steps
+    np.testing.assert_array_equal(w.valid[0, :, 0], [False, False, True, True, True])
+    np.testing.assert_array_equal(w.scored[1, :, 0], [False, False, True, True, True])
+    np.testing.assert_array_equal(w.inputs[1, :, :, 0], xs[1:6, :, 0])
+
+
+def test_truncated_gradient_differs_from_the_full_one(key, x64):
+    """Truncation is real: with k2 < T the truncated gradient is not the full one (so its FD check means something)."""
+    params = rj.elman.init(key, 2, 4, 2, dtype=jnp.float64, recurrent_scale=1.2)
+    xs = jax.random.normal(jax.random.key(1), (8, 2, 2), jnp.float64)
+    targets = jax.random.normal(jax.random.key(2), (8, 2, 2), jnp.float64)
+    _, full = _autodiff(params, xs, targets, None, "tanh", "squared_error", "sum")
+    _, grads, _ = bptt.tbptt_gradients(params, xs, targets, 2, 2, reduction="sum")
+    assert not np.allclose(grads.w_s.sum(0), full.w_s, rtol=1e-3)
+
+
+@pytest.mark.parametrize(("k1", "k2", "message"), [(3, 2, r"k1 <= k2"), (0, 2, r"k1: expected a positive integer")])
+def test_bad_truncation_gets_a_clear_error(k1, k2, message):
+    with pytest.raises(ValueError, match=message):
+        bptt.check_truncation(k1, k2)
+
+
+def test_stream_length_must_be_a_multiple_of_k1():
+    with pytest.raises(ValueError, match=r"stream length N = 7 must be a multiple of k1 = 3"):
+        bptt.windows(jnp.zeros((7, 1, 1)), jnp.zeros((7, 1, 1)), 3, 3)
+
+
+def test_bptt_backward_is_elman_only(key):
+    class NotElman:
+        __name__ = "lstm"
+        initial_state = staticmethod(rj.elman.initial_state)
+
+    params = rj.elman.init(key, 2, 3, 1)
+    with pytest.raises(ValueError, match=r"backward: 'bptt' is derived for the Elman cell only"):
+        rj.unroll(params, jnp.zeros((3, 1, 2)), backward="bptt", cell=NotElman())
+    with pytest.raises(ValueError, match=r"backward: expected 'autodiff' or 'bptt', got 'rtrl'"):
+        rj.unroll(params, jnp.zeros((3, 1, 2)), backward="rtrl")
+
+
+def test_train_step_on_the_bptt_path_matches_autodiff(standard_promotion):
+    from rnn_jax import train
+    from rnn_jax.config import Config, ModelConfig, RunConfig, TaskConfig
+
+    def run(backward):
+        config = Config(
+            model=ModelConfig(hidden=6, backward=backward),
+            task=TaskConfig(seq_len=8, batch_size=8, min_len=4),
+            run=RunConfig(steps=30, eval_every=30, log_every=10, progress=False),
+        )
+        return train.train_and_evaluate(config)
+
+    a, b = run("autodiff"), run("bptt")
+    chex.assert_trees_all_close(a["params"], b["params"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(a["final_eval"]["loss"], b["final_eval"]["loss"], rtol=1e-4)

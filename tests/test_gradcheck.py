@@ -1,0 +1,93 @@
+"""The gradient checker passes on correct code and, above all, fails on planted bugs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from rnn_jax import bptt, cli, gradcheck
+from rnn_jax.config import GradcheckConfig
+
+QUICK = GradcheckConfig(trials=2, seed=3, hidden=4, seq_len=5)
+PAIRS = {"bptt vs autodiff", "custom_vjp vs autodiff", "forward vs autodiff", "autodiff vs finite_diff"}
+
+
+def test_every_path_agrees_and_the_report_says_so():
+    report = gradcheck.check_gradients(dataclasses.replace(QUICK, tbptt_k1=2, tbptt_k2=3))
+    assert report.passed, gradcheck.format_table(report)
+    worst = report.worst()
+    assert PAIRS | {
+        "tbptt custom_vjp vs tbptt autodiff",
+        "tbptt autodiff vs finite_diff of truncated objective",
+    } == set(worst)
+    for pair, c in worst.items():
+        assert c.max_rel <= c.tolerance, pair
+    # the analytic paths agree to round-off, far inside their tolerance
+    assert worst["bptt vs autodiff"].max_rel < 1e-13
+    text = gradcheck.format_table(report)
+    assert "PASSED" in text and "w_s" in text
+
+
+def test_a_dropped_activation_derivative_is_caught(monkeypatch):
+    """Plant a bug in the hand-derived BPTT (phi' replaced by 1): the checker must fail exactly those paths."""
+    monkeypatch.setattr(bptt, "activation_derivative", lambda act, pre, s: jnp.ones_like(s))
+    config = dataclasses.replace(QUICK, activation="tanh")
+    report = gradcheck.check_gradients(config)
+    assert not report.passed
+    failed = {f"{c.method} vs {c.reference}" for c in report.comparisons if not c.passed}
+    assert failed == {"bptt vs autodiff", "custom_vjp vs autodiff"}
+    assert report.worst()["bptt vs autodiff"].max_rel > 1e-3
+    assert "largest disagreement: " in gradcheck.explain(report)
+
+
+def test_a_truncation_bug_is_caught(monkeypatch):
+    """Plant a bug in TBPTT (a window's front padding run as real steps): the truncated check must fail."""
+
+    def all_valid(index, k1, k2, batch):
+        valid, scored = window_masks(index, k1, k2, batch)
+        return jnp.ones_like(valid), scored
+
+    window_masks = bptt.window_masks
+    monkeypatch.setattr(bptt, "window_masks", all_valid)
+    report = gradcheck.check_gradients(dataclasses.replace(QUICK, tbptt_k1=1, tbptt_k2=3, activation="tanh"))
+    failed = {f"{c.method} vs {c.reference}" for c in report.comparisons if not c.passed}
+    assert "tbptt autodiff vs finite_diff of truncated objective" in failed
+    assert "autodiff vs finite_diff" not in failed  # the untruncated paths are unaffected
+
+
+def test_cli_writes_json_and_exits_by_the_verdict(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "out.json"
+    assert cli.main(["gradcheck", "--trials", "2", "--seq-len", "4", "--json", str(path), "--explain"]) == 0
+    printed = capsys.readouterr().out
+    assert "PASSED" in printed and "largest disagreement" in printed
+    data = json.loads(path.read_text())
+    assert data["passed"] is True and len(data["trials"]) == 2
+    assert set(data["worst"]) == PAIRS
+    assert all(set(c) >= {"param", "max_abs", "max_rel", "tolerance", "passed"} for c in data["comparisons"])
+    monkeypatch.setattr(bptt, "activation_derivative", lambda act, pre, s: jnp.ones_like(s))
+    assert cli.main(["gradcheck", "--activation", "sigmoid", "--seq-len", "4"]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"trials": 0}, r"trials: expected a positive integer, got 0"),
+        ({"tbptt_k1": 3, "tbptt_k2": 2}, r"k1 <= k2"),
+        ({"tbptt_k1": 3}, r"tbptt_k1, tbptt_k2: give both or neither"),
+        ({"model": "transformer"}, r"model: expected one of"),
+        ({"fd_step": 0.0}, r"fd_step: expected a value > 0"),
+    ],
+)
+def test_bad_options_get_clear_errors(changes, message):
+    with pytest.raises(ValueError, match=message):
+        gradcheck.check_gradients(dataclasses.replace(QUICK, **changes))
+
+
+def test_the_checker_leaves_64_bit_mode_as_it_found_it():
+    gradcheck.check_gradients(dataclasses.replace(QUICK, trials=1))
+    assert jnp.zeros(1).dtype == jnp.float32 and not jax.config.jax_enable_x64
