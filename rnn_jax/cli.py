@@ -138,10 +138,12 @@ def _train(args: argparse.Namespace) -> int:
 def _print_summary(summary: dict[str, Any]) -> None:
     print("\nresult")
     print(f"  final train loss   {summary['final_train']['loss']:.5g}")
-    for name, value in summary["final_eval"].items():
-        base = summary["baseline"].get(name)
-        note = f"   (trivial baseline {base:.4g})" if base is not None else ""
-        print(f"  eval {name:<18} {value:.5g}{note}")
+    split = "validation" if "final_test" in summary else "eval"
+    for prefix, results in ((split, summary["final_eval"]), ("test", summary.get("final_test", {}))):
+        for name, value in results.items():
+            base = summary["baseline"].get(name)
+            note = f"   (trivial baseline {base:.4g})" if base is not None else ""
+            print(f"  {prefix} {name:<18} {value:.5g}{note}")
     print(
         f"  speed              {summary['steps_per_second']:.1f} steps/s "
         f"(compile {summary['compile_s']:.2f} s, train {summary['train_seconds']:.1f} s)"

@@ -44,8 +44,10 @@ class ModelConfig:
 class TaskConfig:
     """Which task, and the shape of its batches."""
 
-    task: Literal["adding", "xor"] = _help(
-        "adding: sum of two marked numbers (many-to-one); xor: Elman's temporal XOR (next-bit prediction)",
+    task: Literal["adding", "xor", "shakespeare", "sunspots", "japanese-vowels"] = _help(
+        "adding: sum of two marked numbers (many-to-one); xor: Elman's temporal XOR (next-bit prediction); "
+        "shakespeare: character-level language model (needs rnn-jax[data]); sunspots: one-month-ahead forecasting; "
+        "japanese-vowels: speaker classification from variable-length utterances",
         default="adding",
     )
     seq_len: int = _help("sequence length T", default=50)

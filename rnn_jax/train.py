@@ -85,18 +85,25 @@ def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> Any:
     )
 
 
-def forward(config: ModelConfig, params: Any, batch: tasks.Batch) -> jax.Array:
+def forward(config: ModelConfig, task: tasks.Task, params: Any, batch: tasks.Batch) -> jax.Array:
     """The outputs y, [T, B, O], of the model on ``batch`` (state frozen past each length)."""
-    return unroll(
-        params, batch.inputs, activation=config.activation, lengths=batch.lengths, unroll=config.unroll
-    ).outputs
+    run = unroll(
+        params,
+        tasks.features(task, batch.inputs, DTYPES[config.dtype]),
+        activation=config.activation,
+        lengths=batch.lengths,
+        unroll=config.unroll,
+        backward=config.backward,
+        cell=cells.get(config.model),
+    )
+    return run.outputs
 
 
 def make_loss_fn(config: ModelConfig, task: tasks.Task) -> Callable[[Any, tasks.Batch], jax.Array]:
     """``params, batch -> loss``: the task's loss of the unrolled model."""
 
     def loss_fn(params: Any, batch: tasks.Batch) -> jax.Array:
-        return tasks.loss(task.loss, forward(config, params, batch), batch)
+        return tasks.loss(task.loss, forward(config, task, params, batch), batch)
 
     return loss_fn
 
@@ -132,7 +139,7 @@ def make_tbptt_step(config: Config, task: tasks.Task, optimizer: optax.GradientT
     cell = cells.get(config.model.model)
 
     def tbptt_step(state, entering, padded_inputs, padded_targets, index):
-        inputs = bptt.window(padded_inputs, index, k1, k2)
+        inputs = tasks.features(task, bptt.window(padded_inputs, index, k1, k2), DTYPES[config.model.dtype])
         targets = bptt.window(padded_targets, index, k1, k2)
         valid, scored = bptt.window_masks(index, k1, k2, inputs.shape[1])
         objective = functools.partial(
@@ -153,7 +160,7 @@ def make_evaluate(config: ModelConfig, task: tasks.Task):
     """The jitted ``(params, batch) -> dict`` of the loss and the task's metrics."""
 
     def evaluate(params: Any, batch: tasks.Batch) -> dict[str, jax.Array]:
-        outputs = forward(config, params, batch)
+        outputs = forward(config, task, params, batch)
         return {"loss": tasks.loss(task.loss, outputs, batch), **task.metrics(outputs.astype(jnp.float32), batch)}
 
     return jax.jit(evaluate)
@@ -224,7 +231,10 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     schedule_lr = learning_rate_schedule(config.optim, run.steps)
     state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
     evaluate = make_evaluate(config.model, task)
-    eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
+    if hasattr(task, "eval_batch"):  # real data: the validation split periodically, the test split at the end
+        eval_set = task.eval_batch("validation", dtype)
+    else:
+        eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
     advance = _make_advance(config, task, optimizer, params, k_train, dtype)
 
     sink = _Sink(workdir)
@@ -285,6 +295,9 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         sink.close()
         raise
     elapsed = time.perf_counter() - start
+    if hasattr(task, "eval_batch"):
+        summary["final_test"] = _floats(evaluate(state.params, task.eval_batch("test", dtype)))
+        sink.write({"kind": "test", "step": run.steps, **summary["final_test"]})
     sink.close()
     summary.update(
         status="completed",

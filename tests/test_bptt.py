@@ -198,7 +198,7 @@ def test_bptt_backward_is_elman_only(key):
         rj.unroll(params, jnp.zeros((3, 1, 2)), backward="rtrl")
 
 
-def test_train_step_on_the_bptt_path_matches_autodiff(standard_promotion):
+def test_train_step_on_the_bptt_path_matches_autodiff(standard_promotion, monkeypatch):
     from rnn_jax import train
     from rnn_jax.config import Config, ModelConfig, RunConfig, TaskConfig
 
@@ -213,3 +213,7 @@ def test_train_step_on_the_bptt_path_matches_autodiff(standard_promotion):
     a, b = run("autodiff"), run("bptt")
     chex.assert_trees_all_close(a["params"], b["params"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(a["final_eval"]["loss"], b["final_eval"]["loss"], rtol=1e-4)
+    # and the bptt run really took the hand-derived path: a bug planted there changes its result
+    monkeypatch.setattr(bptt, "activation_derivative", lambda act, pre, s: jnp.ones_like(s))
+    planted = run("bptt")
+    assert not np.allclose(planted["params"].w_s, b["params"].w_s, rtol=1e-3)

