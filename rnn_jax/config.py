@@ -21,7 +21,9 @@ def _help(text: str, metavar: str | None = None, **kwargs):
 class ModelConfig:
     """Which recurrent network, its sizes and its initialisation."""
 
-    model: Literal["elman"] = _help("the recurrent cell", default="elman")
+    model: Literal["elman", "lstm", "gru"] = _help(
+        "the recurrent cell: elman, lstm (with forget gate) or gru", default="elman"
+    )
     hidden: int = _help("state size H", default=64)
     activation: Literal["tanh", "sigmoid", "relu", "identity"] = _help("the state non-linearity phi", default="tanh")
     input_init: Literal["glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal", "orthogonal"] = _help(

@@ -5,6 +5,7 @@ Each cell module provides:
   ``init(key, input_size, hidden_size, output_size, *, input_init, recurrent_init,
          recurrent_scale, spectral_radius, dtype, ...)``   the parameters, a pure function of the key;
   ``initial_state(params, batch_size)``     the zero carry (a [B, H] array, or a tuple of them);
+  (registered in `CELLS`: "elman" [B, H]; "lstm" an LSTMState (h, c) of two [B, H]; "gru" [B, H])
   ``step(params, carry, x, *, activation)`` one time step ``-> (carry, y)``, carry first, so that
                                             `jax.lax.scan` unrolls it with no adapter.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from rnn_jax.cells import elman
+from rnn_jax.cells import elman, gru, lstm
 
-CELLS: dict[str, ModuleType] = {"elman": elman}
+CELLS: dict[str, ModuleType] = {"elman": elman, "lstm": lstm, "gru": gru}
 
 
 def get(name: str) -> ModuleType:
@@ -30,4 +31,4 @@ def get(name: str) -> ModuleType:
         raise ValueError(f"model: expected one of {sorted(CELLS)}, got {name!r}") from None
 
 
-__all__ = ["CELLS", "elman", "get"]
+__all__ = ["CELLS", "elman", "get", "gru", "lstm"]
