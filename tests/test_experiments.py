@@ -21,6 +21,7 @@ def _run(name: str, out) -> dict:
 
 FIGURES = {
     "vanishing_gradients": ["elman_gradient_vs_lag.png", "gated_gradient_vs_lag.png", "pascanu_bound.png"],
+    "exploding_gradients": ["loss_curves.png", "grad_norm_curves.png"],
 }
 
 
@@ -42,3 +43,17 @@ def test_vanishing_gradients_quick(tmp_path):
     assert isinstance(claims["a_tanh_standard_init_loses_gradient_within_10_steps"]["holds"], bool)
     assert claims["b_pascanu_bound_holds"]["holds"] is True  # a theorem: a False here is a bug
     assert isinstance(results["runtime_s"], float)
+
+
+def test_exploding_gradients_quick(tmp_path):
+    results = _run("exploding_gradients", tmp_path)
+    assert results["config"]["quick"] is True
+    seeds = results["config"]["seeds"]
+    assert [row["variant"] for row in results["table"]][0] == "no clipping"
+    for row in results["table"]:
+        assert row["seeds"] == seeds and 0 <= row["diverged"] <= seeds and 0 <= row["below_baseline"] <= seeds
+        assert 0.0 <= row["mean_clip_fraction"] <= 1.0 and isinstance(row["max_grad_norm"], float)
+    assert len(results["runs"]) == seeds * len(results["table"])
+    for run in results["runs"]:
+        assert len(run["steps"]) == len(run["train_loss"]) == len(run["grad_norm"])
+        assert run["diverged_at_step"] is None or isinstance(run["diverged_at_step"], int)
