@@ -42,8 +42,9 @@ class ModelConfig:
 class TaskConfig:
     """Which task, and the shape of its batches."""
 
-    task: Literal["adding", "xor"] = _help(
-        "adding: sum of two marked numbers (many-to-one); xor: Elman's temporal XOR (next-bit prediction)",
+    task: Literal["adding", "xor", "temporal_order"] = _help(
+        "adding: sum of two marked numbers (many-to-one); xor: Elman's temporal XOR (next-bit prediction); "
+        "temporal_order: the order of two symbols A/B among distractors (4 classes, Pascanu et al. 2013)",
         default="adding",
     )
     seq_len: int = _help("sequence length T", default=50)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from rnn_jax.config import TaskConfig
 from rnn_jax.tasks.base import Batch, Task, loss
-from rnn_jax.tasks.synthetic import Adding, TemporalXOR
+from rnn_jax.tasks.synthetic import Adding, TemporalOrder, TemporalXOR
 
-TASKS = ("adding", "xor")
+TASKS = ("adding", "xor", "temporal_order")
 
 
 def make(config: TaskConfig) -> Task:
@@ -21,7 +21,11 @@ def make(config: TaskConfig) -> Task:
         if config.min_len is not None:
             raise ValueError("min_len: the xor task has fixed-length streams; drop --min-len")
         return TemporalXOR(seq_len=config.seq_len)
+    if config.task == "temporal_order":
+        if config.min_len is not None:
+            raise ValueError("min_len: the temporal_order task has fixed-length sequences; drop --min-len")
+        return TemporalOrder(seq_len=config.seq_len)
     raise ValueError(f"task: expected one of {list(TASKS)}, got {config.task!r}")
 
 
-__all__ = ["TASKS", "Adding", "Batch", "Task", "TemporalXOR", "loss", "make"]
+__all__ = ["TASKS", "Adding", "Batch", "Task", "TemporalOrder", "TemporalXOR", "loss", "make"]
