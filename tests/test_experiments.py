@@ -22,6 +22,7 @@ def _run(name: str, out) -> dict:
 FIGURES = {
     "vanishing_gradients": ["elman_gradient_vs_lag.png", "gated_gradient_vs_lag.png", "pascanu_bound.png"],
     "exploding_gradients": ["loss_curves.png", "grad_norm_curves.png"],
+    "long_dependencies": ["success_vs_length.png"],
 }
 
 
@@ -57,3 +58,21 @@ def test_exploding_gradients_quick(tmp_path):
     for run in results["runs"]:
         assert len(run["steps"]) == len(run["train_loss"]) == len(run["grad_norm"])
         assert run["diverged_at_step"] is None or isinstance(run["diverged_at_step"], int)
+
+
+def test_long_dependencies_quick(tmp_path):
+    results = _run("long_dependencies", tmp_path)
+    config = results["config"]
+    assert config["quick"] is True and config["baselines"]["adding"] == pytest.approx(1 / 6)
+    cells = {(r["task"], r["model"], r["seq_len"]) for r in results["table"]}
+    assert cells == {
+        (task, model, t)
+        for task in ("adding", "temporal_order")
+        for model in ("elman", "irnn", "lstm", "gru")
+        for t in config["lengths"]
+    }
+    for row in results["table"]:
+        assert 0.0 <= row["success_rate"] <= 1.0
+        assert row["median_final_eval_loss"] is None or isinstance(row["median_final_eval_loss"], float)
+    assert len(results["runs"]) == len(results["table"]) * config["seeds"]
+    assert all(isinstance(run["success"], bool) for run in results["runs"])
