@@ -205,9 +205,11 @@ def _figures(out, results) -> None:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=100)
+    models = list(dict.fromkeys(row["model"] for row in results["gated"]))
     for row in results["gated"]:
         style = "--" if row["stage"] == "init" else "-"
-        ax.semilogy(lags, row["relative_norm_by_lag"], style, label=f"{row['model']} ({row['stage']})")
+        colour = f"C{models.index(row['model'])}"
+        ax.semilogy(lags, row["relative_norm_by_lag"], style, color=colour, label=f"{row['model']} ({row['stage']})")
     ax.axhline(RATIO, color="gray", linestyle=":", linewidth=1)
     ax.set_xlabel("lag T - t")
     ax.set_ylabel("||dE_T/ds_t|| / ||dE_T/ds_T||")
