@@ -5,9 +5,11 @@ Each cell module provides:
   ``init(key, input_size, hidden_size, output_size, *, input_init, recurrent_init,
          recurrent_scale, spectral_radius, dtype, ...)``   the parameters, a pure function of the key;
   ``initial_state(params, batch_size)``     the zero carry (a [B, H] array, or a tuple of them);
-  (registered in `CELLS`: "elman" [B, H]; "lstm" an LSTMState (h, c) of two [B, H]; "gru" [B, H])
   ``step(params, carry, x, *, activation)`` one time step ``-> (carry, y)``, carry first, so that
                                             `jax.lax.scan` unrolls it with no adapter.
+
+Registered in `CELLS`: "elman" (carry [B, H]), "lstm" (carry an ``LSTMState(h, c)`` of two [B, H]) and "gru"
+(carry [B, H]).
 """
 
 from __future__ import annotations
