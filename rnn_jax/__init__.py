@@ -18,8 +18,8 @@ Sequences are time-major ``[T, B, D]`` inside the library. Functions at the API 
 batch-first ``[B, T, D]`` with ``time_major=False`` and convert once.
 """
 
-from rnn_jax import activations, initializers
-from rnn_jax.cells import elman
+from rnn_jax import activations, diagnostics, initializers
+from rnn_jax.cells import elman, gru, lstm
 from rnn_jax.cells.elman import ElmanParams
 from rnn_jax.losses import cross_entropy, squared_error
 from rnn_jax.optim import OptimConfig, clip_fired, make_optimizer
@@ -32,10 +32,13 @@ __all__ = [
     "activations",
     "clip_fired",
     "cross_entropy",
+    "diagnostics",
     "elman",
     "generate",
+    "gru",
     "initializers",
     "last_valid",
+    "lstm",
     "make_optimizer",
     "sequence_mask",
     "squared_error",

@@ -21,7 +21,9 @@ def _help(text: str, metavar: str | None = None, **kwargs):
 class ModelConfig:
     """Which recurrent network, its sizes and its initialisation."""
 
-    model: Literal["elman"] = _help("the recurrent cell", default="elman")
+    model: Literal["elman", "lstm", "gru"] = _help(
+        "the recurrent cell: elman, lstm (with forget gate) or gru", default="elman"
+    )
     hidden: int = _help("state size H", default=64)
     activation: Literal["tanh", "sigmoid", "relu", "identity"] = _help("the state non-linearity phi", default="tanh")
     input_init: Literal["glorot_uniform", "glorot_normal", "lecun_uniform", "lecun_normal", "orthogonal"] = _help(
@@ -44,8 +46,9 @@ class ModelConfig:
 class TaskConfig:
     """Which task, and the shape of its batches."""
 
-    task: Literal["adding", "xor", "shakespeare", "sunspots", "japanese-vowels"] = _help(
+    task: Literal["adding", "xor", "temporal_order", "shakespeare", "sunspots", "japanese-vowels"] = _help(
         "adding: sum of two marked numbers (many-to-one); xor: Elman's temporal XOR (next-bit prediction); "
+        "temporal_order: the order of two symbols A/B among distractors (4 classes, Pascanu et al. 2013); "
         "shakespeare: character-level language model (needs rnn-jax[data]); sunspots: one-month-ahead forecasting; "
         "japanese-vowels: speaker classification from variable-length utterances",
         default="adding",

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import bptt, cells, tasks
+from rnn_jax import bptt, cells, diagnostics, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import unroll
@@ -202,9 +202,11 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
 
     Every ``log_every`` steps a line ``{"kind": "train", "step", "loss", "grad_norm",
     "clip_fraction", "learning_rate"}`` (means over the steps since the last line), and every
-    ``eval_every`` steps and at the end a line ``{"kind": "eval", "step", "loss", ...metrics}``,
-    are written to ``workdir/metrics.jsonl``; the returned summary is also written to
-    ``workdir/summary.json``. The run is a deterministic function of ``config``.
+    ``eval_every`` steps and at the end a line ``{"kind": "eval", "step", "loss", ...metrics,
+    "recurrent_largest_singular_value", "recurrent_spectral_radius"}`` (of W_s for Elman, of the
+    first gate block of W_s for LSTM (input gate i) and GRU (reset gate r); see
+    `rnn_jax.diagnostics.recurrent_spectrum`), are written to ``workdir/metrics.jsonl``; the
+    returned summary is also written to ``workdir/summary.json``. The run is a deterministic function of ``config``.
 
     Returns:
       The summary: status, final train and eval metrics, the task's trivial baseline,
@@ -270,7 +272,9 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     def run_eval(step: int) -> None:
         nonlocal last_eval
         last_eval = _floats(evaluate(state.params, eval_set))
-        sink.write({"kind": "eval", "step": step, **last_eval})
+        spectrum = diagnostics.recurrent_spectrum(state.params)  # W_s; for LSTM/GRU its first gate block (i / r)
+        recurrent = {f"recurrent_{name}": value for name, value in spectrum.items()}
+        sink.write({"kind": "eval", "step": step, **last_eval, **recurrent})
 
     bar = progress_lib.Bar(run.steps, enabled=run.progress, description=f"train {task.name}")
     start = time.perf_counter()

@@ -7,15 +7,18 @@ Each cell module provides:
   ``initial_state(params, batch_size)``     the zero carry (a [B, H] array, or a tuple of them);
   ``step(params, carry, x, *, activation)`` one time step ``-> (carry, y)``, carry first, so that
                                             `jax.lax.scan` unrolls it with no adapter.
+
+Registered in `CELLS`: "elman" (carry [B, H]), "lstm" (carry an ``LSTMState(h, c)`` of two [B, H]) and "gru"
+(carry [B, H]).
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
-from rnn_jax.cells import elman
+from rnn_jax.cells import elman, gru, lstm
 
-CELLS: dict[str, ModuleType] = {"elman": elman}
+CELLS: dict[str, ModuleType] = {"elman": elman, "lstm": lstm, "gru": gru}
 
 
 def get(name: str) -> ModuleType:
@@ -30,4 +33,4 @@ def get(name: str) -> ModuleType:
         raise ValueError(f"model: expected one of {sorted(CELLS)}, got {name!r}") from None
 
 
-__all__ = ["CELLS", "elman", "get"]
+__all__ = ["CELLS", "elman", "get", "gru", "lstm"]

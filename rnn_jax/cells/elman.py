@@ -20,7 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import _checks, activations, initializers
+from rnn_jax import activations, initializers
+from rnn_jax.cells import _common
 
 
 class ElmanParams(NamedTuple):
@@ -69,15 +70,7 @@ def init(
     Returns:
       ElmanParams with w_x [D, H], w_s [H, H], b_s [H], w_y [H, O], b_y [O].
     """
-    d = _checks.positive_int("input_size", input_size)
-    h = _checks.positive_int("hidden_size", hidden_size)
-    o = _checks.positive_int("output_size", output_size)
-    if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"dtype: expected a floating dtype, got {jnp.dtype(dtype)}")
-    if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
-        raise ValueError("dtype: float64 needs 64-bit JAX; run with jax.config.update('jax_enable_x64', True)")
-    if input_init == "identity":
-        raise ValueError("input_init: 'identity' applies only to the recurrent matrix (recurrent_init)")
+    d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
     k_x, k_s, k_y = jax.random.split(key, 3)
     w_s = initializers.matrix(k_s, recurrent_init, (h, h), dtype, recurrent_scale)
     if spectral_radius is not None:

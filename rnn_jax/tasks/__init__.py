@@ -5,9 +5,9 @@ from __future__ import annotations
 from rnn_jax.config import TaskConfig
 from rnn_jax.tasks.base import Batch, Task, features, loss
 from rnn_jax.tasks.real import JapaneseVowels, Shakespeare, Sunspots
-from rnn_jax.tasks.synthetic import Adding, TemporalXOR
+from rnn_jax.tasks.synthetic import Adding, TemporalOrder, TemporalXOR
 
-TASKS = ("adding", "xor", "shakespeare", "sunspots", "japanese-vowels")
+TASKS = ("adding", "xor", "temporal_order", "shakespeare", "sunspots", "japanese-vowels")
 
 
 def make(config: TaskConfig) -> Task:
@@ -24,6 +24,8 @@ def make(config: TaskConfig) -> Task:
         return TemporalXOR(seq_len=config.seq_len)
     if config.min_len is not None:
         raise ValueError(f"min_len: only the adding task draws lengths; {config.task} has its own")
+    if config.task == "temporal_order":
+        return TemporalOrder(seq_len=config.seq_len)
     if config.task == "shakespeare":
         return Shakespeare(seq_len=config.seq_len)
     if config.task == "sunspots":
@@ -34,6 +36,6 @@ def make(config: TaskConfig) -> Task:
 
 
 __all__ = [
-    "TASKS", "Adding", "Batch", "JapaneseVowels", "Shakespeare", "Sunspots", "Task", "TemporalXOR", "features", "loss",
-    "make",
+    "TASKS", "Adding", "Batch", "JapaneseVowels", "Shakespeare", "Sunspots", "Task", "TemporalOrder", "TemporalXOR",
+    "features", "loss", "make",
 ]  # fmt: skip

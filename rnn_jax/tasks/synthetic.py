@@ -140,3 +140,69 @@ class Adding:
     def baseline(self) -> dict[str, float]:
         """The constant predictor 1: MSE 1/6."""
         return {"loss": 1.0 / 6.0, "mse": 1.0 / 6.0}
+
+
+@dataclass(frozen=True)
+class TemporalOrder:
+    """The temporal-order task: which of A and B came first, read out at the last step (4 classes).
+
+    Each step is one of 6 one-hot symbols: A (0), B (1) and four distractors (2-5). Every step holds a
+    random distractor except two: one position drawn from [0.1 T, 0.2 T) and one from [0.5 T, 0.6 T),
+    each holding A or B. The class of the sequence, read out at the last step (many-to-one,
+    cross-entropy on 4 logits), is the ordered pair: AA = 0, AB = 1, BA = 2, BB = 3. The four classes
+    are equally likely, so chance is accuracy 1/4 and cross-entropy ln 4. Pascanu et al. count a
+    model as successful under 1% misclassified on 10,000 fresh sequences.
+
+    References:
+      Hochreiter, S. & Schmidhuber, J. (1997). Long short-term memory. Neural Computation 9(8)
+      (Experiment 6a).
+      Pascanu, R., Mikolov, T. & Bengio, Y. (2013). On the difficulty of training recurrent
+      neural networks. ICML (this generator).
+    """
+
+    seq_len: int = 50
+    name: str = "temporal_order"
+    input_size: int = 6
+    output_size: int = 4
+    loss: str = "cross_entropy"
+
+    def __post_init__(self):
+        _checks.positive_int("seq_len", self.seq_len)
+        if self.seq_len < 10:
+            raise ValueError(f"seq_len: the temporal-order task needs at least 10 steps, got {self.seq_len}")
+
+    def windows(self) -> tuple[tuple[int, int], tuple[int, int]]:
+        """The [low, high) ranges of the two relevant positions."""
+        t = self.seq_len
+        first = (int(0.1 * t), max(int(0.2 * t), int(0.1 * t) + 1))
+        second = (int(0.5 * t), max(int(0.6 * t), int(0.5 * t) + 1))
+        return first, second
+
+    def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Batch:
+        """Inputs [T, B, 6] one-hot, integer class targets [T, B] (scored at the last step only)."""
+        k_noise, k_first, k_second, k_symbols = jax.random.split(key, 4)
+        num_steps = self.seq_len
+        (low1, high1), (low2, high2) = self.windows()
+        symbols = jax.random.randint(k_noise, (num_steps, batch_size), 2, 6, jnp.int32)  # distractors
+        first = jax.random.randint(k_first, (batch_size,), low1, high1, jnp.int32)
+        second = jax.random.randint(k_second, (batch_size,), low2, high2, jnp.int32)
+        which = jax.random.randint(k_symbols, (2, batch_size), 0, 2, jnp.int32)  # 0 = A, 1 = B
+        steps = jnp.arange(num_steps, dtype=jnp.int32)[:, None]
+        symbols = jnp.where(steps == first[None, :], which[0][None, :], symbols)
+        symbols = jnp.where(steps == second[None, :], which[1][None, :], symbols)
+        label = 2 * which[0] + which[1]  # [B]: AA 0, AB 1, BA 2, BB 3
+        return Batch(
+            inputs=jax.nn.one_hot(symbols, 6, dtype=dtype),
+            targets=jnp.broadcast_to(label[None, :], (num_steps, batch_size)),
+            mask=jnp.broadcast_to(steps == num_steps - 1, (num_steps, batch_size)),
+            lengths=jnp.full((batch_size,), num_steps, jnp.int32),
+        )
+
+    def metrics(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
+        """Accuracy of the class read out at the last step."""
+        correct = jnp.argmax(outputs[-1], axis=-1) == batch.targets[-1]
+        return {"accuracy": jnp.mean(correct.astype(jnp.float32))}
+
+    def baseline(self) -> dict[str, float]:
+        """Chance: accuracy 1/4, cross-entropy ln 4."""
+        return {"loss": float(np.log(4.0)), "accuracy": 0.25}

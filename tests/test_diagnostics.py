@@ -1,0 +1,151 @@
+"""Gradient diagnostics: gradient versus lag, Jacobian products, spectrum, and Pascanu et al.'s bound."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as rj
+from rnn_jax import diagnostics
+from rnn_jax.cells import gru, lstm
+
+T, B, D, H, O = 8, 3, 2, 5, 1
+
+
+def _inputs(dtype=jnp.float32):
+    return jax.random.normal(jax.random.key(7), (T, B, D), dtype)
+
+
+def test_linear_recurrence_jacobian_products_are_matrix_powers(key, x64):
+    """With identity activation ds_k/ds_0 = (W_s^T)^k, whatever the inputs."""
+    params = rj.elman.init(key, D, H, O, recurrent_init="glorot_normal", spectral_radius=1.2, dtype=jnp.float64)
+    singular = diagnostics.jacobian_product_singular_values(params, _inputs(jnp.float64), activation="identity")
+    assert singular.shape == (T, B, H)
+    w_t = np.asarray(params.w_s).T
+    for k in range(1, T + 1):
+        want = np.linalg.svd(np.linalg.matrix_power(w_t, k), compute_uv=False)
+        for b in range(B):
+            np.testing.assert_allclose(singular[k - 1, b], want, rtol=1e-9, atol=1e-12 * want[0])
+            np.testing.assert_allclose(singular[k - 1, b, 0], np.linalg.norm(np.linalg.matrix_power(w_t, k), 2))
+
+
+def test_step_jacobian_of_elman_is_diag_phi_prime_times_w_s_transposed(key, x64):
+    params = rj.elman.init(key, D, H, O, dtype=jnp.float64)._replace(b_s=jnp.linspace(-0.5, 0.5, H))
+    xs = _inputs(jnp.float64)
+    jacobians = diagnostics.step_jacobians(params, xs, activation="tanh")
+    states = np.asarray(rj.unroll(params, xs).states)
+    w_s = np.asarray(params.w_s)
+    for t in (0, 3, T - 1):
+        for b in range(B):
+            want = np.diag(1 - states[t, b] ** 2) @ w_s.T
+            np.testing.assert_allclose(jacobians[t, b], want, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("cell", [rj.elman, lstm, gru], ids=["elman", "lstm", "gru"])
+def test_state_gradients_equal_a_perturbed_rerun(key, x64, cell):
+    """||dE_T/ds_t|| from the perturbation formulation equals the chain rule with `step_jacobians`:
+    dE_T/ds_t = dE_T/ds_T J_T ... J_{t+1}."""
+    params = cell.init(key, D, H, O, dtype=jnp.float64)
+    xs = _inputs(jnp.float64)
+    targets = jnp.ones((B, O), jnp.float64)
+    norms = np.asarray(diagnostics.state_gradient_norms(params, xs, targets, cell=cell))
+    assert norms.shape == (T, B)
+    jacobians = np.asarray(diagnostics.step_jacobians(params, xs, cell=cell))
+    final = rj.unroll(params, xs, cell=cell).final_state
+
+    def end_loss(carry):
+        return jnp.sum(diagnostics.squared_error_at_end(diagnostics.readout(params, carry), targets))
+
+    g_final = jax.grad(end_loss)(final)
+    row = np.concatenate([np.asarray(leaf) for leaf in jax.tree.leaves(g_final)], axis=-1)  # [B, N]
+    for lag in range(T):
+        np.testing.assert_allclose(norms[lag], np.linalg.norm(row, axis=-1), rtol=1e-9)
+        row = np.einsum("bi,bik->bk", row, jacobians[T - 1 - lag])
+
+
+def test_small_recurrent_weights_lose_the_gradient(key):
+    params = rj.elman.init(key, D, H, O, recurrent_init="glorot_normal", spectral_radius=0.3)
+    norms = diagnostics.state_gradient_norms(params, _inputs(), jnp.ones((B, O)))
+    mean = np.asarray(norms).mean(axis=1)
+    assert np.all(np.diff(mean) < 0)
+    assert diagnostics.gradient_horizon(mean) is not None
+
+
+def test_gradient_horizon():
+    assert diagnostics.gradient_horizon(np.array([1.0, 0.1, 0.01, 0.001, 1e-4])) == 4
+    assert diagnostics.gradient_horizon(np.array([2.0, 1.0, 0.5])) is None
+    assert diagnostics.gradient_horizon(np.array([1.0, 0.5, 0.2]), ratio=0.3) == 2
+    with pytest.raises(ValueError, match=r"norms_by_lag: expected a non-empty rank-1 array"):
+        diagnostics.gradient_horizon(np.ones((2, 2)))
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("radius", [0.5, 1.0, 2.0])
+def test_pascanu_bound_holds_on_random_nets(activation, seed, radius):
+    k_p, k_x, k_b = jax.random.split(jax.random.key(seed), 3)
+    params = rj.elman.init(k_p, D, H, O, recurrent_init="glorot_normal", spectral_radius=radius)
+    params = params._replace(b_s=jax.random.normal(k_b, (H,)))
+    xs = jax.random.normal(k_x, (T, B, D))
+    check = diagnostics.pascanu_bound_check(params, xs, activation=activation)
+    assert check.holds, (check.product_norms, check.bound)
+    np.testing.assert_array_equal(check.lags, np.arange(1, T + 1))
+    np.testing.assert_allclose(check.bound, check.eta ** np.arange(1, T + 1), rtol=1e-12)
+
+
+def test_pascanu_bound_is_tight_for_an_orthogonal_linear_recurrence(key):
+    """Identity activation (gamma = 1), orthogonal W_s scaled by 0.9: every product's norm is exactly 0.9^k."""
+    params = rj.elman.init(key, D, H, O, recurrent_scale=0.9)
+    check = diagnostics.pascanu_bound_check(params, _inputs(), activation="identity")
+    assert check.holds
+    np.testing.assert_allclose(check.product_norms, check.bound, rtol=1e-4)
+
+
+def test_a_wrong_bound_would_be_caught(key):
+    """The check can fail: scaling eta down by a half makes it false on a net whose products do not shrink that fast."""
+    params = rj.elman.init(key, D, H, O, recurrent_scale=0.9)
+    check = diagnostics.pascanu_bound_check(params, _inputs(), activation="identity")
+    assert not np.all(check.product_norms <= (0.5 * check.eta) ** check.lags)
+
+
+@pytest.mark.parametrize(("cell", "blocks"), [(rj.elman, 1), (lstm, 4), (gru, 3)], ids=["elman", "lstm", "gru"])
+def test_recurrent_matrix_and_spectrum(key, cell, blocks):
+    params = cell.init(key, D, H, O, recurrent_init="glorot_normal", spectral_radius=0.8)
+    for block in range(blocks):
+        w = np.asarray(diagnostics.recurrent_matrix(params, block), np.float64)
+        assert w.shape == (H, H)
+        spectrum = diagnostics.recurrent_spectrum(params, block)
+        np.testing.assert_allclose(spectrum["spectral_radius"], 0.8, rtol=1e-5)
+        np.testing.assert_allclose(spectrum["largest_singular_value"], np.linalg.svd(w, compute_uv=False)[0], rtol=1e-6)
+        assert spectrum["largest_singular_value"] >= spectrum["spectral_radius"] * (1 - 1e-6)
+    with pytest.raises(ValueError, match=rf"block: expected an integer in \[0, {blocks}\)"):
+        diagnostics.recurrent_matrix(params, blocks)
+
+
+def test_bound_check_rejects_gated_cells_and_unbounded_activations(key):
+    with pytest.raises(TypeError, match=r"params: expected ElmanParams"):
+        diagnostics.pascanu_bound_check(lstm.init(key, D, H, O), _inputs())
+    with pytest.raises(ValueError, match=r"activation: expected a named activation with a finite bound"):
+        diagnostics.pascanu_bound_check(rj.elman.init(key, D, H, O), _inputs(), activation=jnp.sin)
+
+
+@pytest.mark.usefixtures("standard_promotion")  # optax's adam (see conftest)
+@pytest.mark.parametrize("model", ["elman", "lstm"])
+def test_eval_records_track_the_recurrent_spectrum(model):
+    from rnn_jax import train
+    from rnn_jax.config import Config, ModelConfig, RunConfig, TaskConfig
+
+    config = Config(
+        model=ModelConfig(model=model, hidden=6),
+        task=TaskConfig(seq_len=6, batch_size=8),
+        run=RunConfig(steps=20, eval_every=10, log_every=10, eval_batches=1, progress=False),
+    )
+    result = train.train_and_evaluate(config)
+    evals = [r for r in result["records"] if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [10, 20]
+    last = diagnostics.recurrent_spectrum(result["params"])
+    assert evals[-1]["recurrent_largest_singular_value"] == pytest.approx(last["largest_singular_value"])
+    assert evals[-1]["recurrent_spectral_radius"] == pytest.approx(last["spectral_radius"])
+    assert evals[0]["recurrent_spectral_radius"] != evals[-1]["recurrent_spectral_radius"]  # it is tracked

@@ -1,0 +1,78 @@
+"""Each study's --quick mode runs end to end into a temporary folder and writes what its docstring promises."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow  # each --quick run takes about a minute on 2 CPU cores
+
+
+def _run(name: str, out) -> dict:
+    subprocess.run([sys.executable, "-m", f"experiments.{name}", "--quick", "--out", str(out)], check=True)
+    for figure in FIGURES[name]:
+        assert (out / figure).stat().st_size > 0, figure
+    assert (out / "summary.md").read_text().startswith("# ")
+    return json.loads((out / "results.json").read_text())
+
+
+FIGURES = {
+    "vanishing_gradients": ["elman_gradient_vs_lag.png", "gated_gradient_vs_lag.png", "pascanu_bound.png"],
+    "exploding_gradients": ["loss_curves.png", "grad_norm_curves.png"],
+    "long_dependencies": ["success_vs_length.png"],
+}
+
+
+def test_vanishing_gradients_quick(tmp_path):
+    results = _run("vanishing_gradients", tmp_path)
+    assert results["config"]["quick"] is True
+    num_steps = results["config"]["seq_len"]
+    assert len(results["elman"]) == 3 * 5
+    for row in results["elman"]:
+        assert row["activation"] in ("tanh", "sigmoid", "relu") and isinstance(row["spectral_radius"], float)
+        assert row["horizon"] is None or (isinstance(row["horizon"], int) and 1 <= row["horizon"] < num_steps)
+        assert len(row["relative_norm_by_lag"]) == num_steps and row["relative_norm_by_lag"][0] == pytest.approx(1.0)
+    assert {(r["model"], r["stage"]) for r in results["gated"]} == {
+        (m, s) for m in ("lstm", "gru", "elman") for s in ("init", "trained")
+    }
+    assert all(isinstance(r["eval_mse"], float) for r in results["gated"] if r["stage"] == "trained")
+    assert len(results["bound"]) == 2 * 5 and all(isinstance(r["holds"], bool) for r in results["bound"])
+    claims = results["claims"]
+    assert isinstance(claims["a_tanh_standard_init_loses_gradient_within_10_steps"]["holds"], bool)
+    assert claims["b_pascanu_bound_holds"]["holds"] is True  # a theorem: a False here is a bug
+    assert isinstance(results["runtime_s"], float)
+
+
+def test_exploding_gradients_quick(tmp_path):
+    results = _run("exploding_gradients", tmp_path)
+    assert results["config"]["quick"] is True
+    seeds = results["config"]["seeds"]
+    assert [row["variant"] for row in results["table"]][0] == "no clipping"
+    for row in results["table"]:
+        assert row["seeds"] == seeds and 0 <= row["diverged"] <= seeds and 0 <= row["below_baseline"] <= seeds
+        assert 0.0 <= row["mean_clip_fraction"] <= 1.0 and isinstance(row["max_grad_norm"], float)
+    assert len(results["runs"]) == seeds * len(results["table"])
+    for run in results["runs"]:
+        assert len(run["steps"]) == len(run["train_loss"]) == len(run["grad_norm"])
+        assert run["diverged_at_step"] is None or isinstance(run["diverged_at_step"], int)
+
+
+def test_long_dependencies_quick(tmp_path):
+    results = _run("long_dependencies", tmp_path)
+    config = results["config"]
+    assert config["quick"] is True and config["baselines"]["adding"] == pytest.approx(1 / 6)
+    cells = {(r["task"], r["model"], r["seq_len"]) for r in results["table"]}
+    assert cells == {
+        (task, model, t)
+        for task in ("adding", "temporal_order")
+        for model in ("elman", "irnn", "lstm", "gru")
+        for t in config["lengths"]
+    }
+    for row in results["table"]:
+        assert 0.0 <= row["success_rate"] <= 1.0
+        assert row["median_final_eval_loss"] is None or isinstance(row["median_final_eval_loss"], float)
+    assert len(results["runs"]) == len(results["table"]) * config["seeds"]
+    assert all(isinstance(run["success"], bool) for run in results["runs"])
