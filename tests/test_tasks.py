@@ -66,7 +66,7 @@ def test_batches_are_a_pure_function_of_the_key(key):
     [
         (
             TaskConfig(task="copy"),
-            r"task: expected one of \['adding', 'xor', 'temporal_order', 'shakespeare', 'sunspots', 'japanese-vowels'\], got 'copy'",
+            r"task: expected one of \['adding', 'xor', 'temporal_order', .*'japanese-vowels'\], got 'copy'",
         ),
         (TaskConfig(task="xor", min_len=3), r"min_len: the xor task has fixed-length streams"),
         (TaskConfig(task="adding", seq_len=10, min_len=11), r"min_len: expected a value in \[2, seq_len=10\], got 11"),
