@@ -121,7 +121,9 @@ class Config:
 class GradcheckConfig:
     """What `rnn_jax.gradcheck.check_gradients` compares, and on which model."""
 
-    model: Literal["elman"] = _help("the recurrent cell (the hand-derived BPTT exists for elman)", default="elman")
+    model: Literal["elman", "lstm", "gru"] = _help(
+        "the recurrent cell (the hand-derived BPTT and custom-VJP checks exist for elman)", default="elman"
+    )
     activation: Literal["tanh", "sigmoid", "relu", "identity", "random"] = _help(
         "phi; 'random' draws one per trial", default="random"
     )

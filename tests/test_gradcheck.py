@@ -91,3 +91,14 @@ def test_bad_options_get_clear_errors(changes, message):
 def test_the_checker_leaves_64_bit_mode_as_it_found_it():
     gradcheck.check_gradients(dataclasses.replace(QUICK, trials=1))
     assert jnp.zeros(1).dtype == jnp.float32 and not jax.config.jax_enable_x64
+
+
+@pytest.mark.parametrize("model", ["lstm", "gru"])
+def test_gated_cells_pass_the_checker(model):
+    """LSTM and GRU go through the same checker: forward mode and finite differences against autodiff, and TBPTT."""
+    report = gradcheck.check_gradients(
+        dataclasses.replace(QUICK, model=model, trials=1, activation="tanh", tbptt_k1=2, tbptt_k2=3)
+    )
+    assert report.passed, gradcheck.format_table(report)
+    assert {"forward vs autodiff", "autodiff vs finite_diff"} <= set(report.worst())
+    assert "bptt vs autodiff" not in report.worst()  # the hand-derived equations are the Elman network's
