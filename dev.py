@@ -2,7 +2,7 @@
 """Set-up and entry point for a fresh machine with only Python >= 3.11 and pip.
 
     python3 dev.py train [rnn-jax train options]   # the main job: a real training run on the CPU
-    python3 dev.py test  [pytest options]          # the test suite (add --slow for the slower stage)
+    python3 dev.py test  [pytest options]          # the test suite: the default stage, then the slow stage
 
 Each command first makes ``.venv`` beside this file and installs the package into it (again only
 when setup.cfg or pyproject.toml changed), then runs inside it.
@@ -64,9 +64,20 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     if command == "train":
         return subprocess.call([os.path.join(BIN, "rnn-jax"), "train", *rest], cwd=ROOT, env=env)
-    marker = "slow" if "--slow" in rest else "not slow"
-    rest = ["-m", marker, *(a for a in rest if a != "--slow")]
-    return subprocess.call([PYTHON, "-m", "pytest", *rest], cwd=ROOT, env=env)
+    # Stage 1: the default suite (a few minutes). Stage 2: the slow tests (the studies' --quick runs), only
+    # when stage 1 passed. --fast runs stage 1 alone; --slow runs stage 2 alone.
+    stages = ["not slow", "slow"]
+    if "--fast" in rest:
+        stages = ["not slow"]
+    if "--slow" in rest:
+        stages = ["slow"]
+    rest = [a for a in rest if a not in ("--fast", "--slow")]
+    for marker in stages:
+        print(f"dev.py: test stage '-m {marker}'", flush=True)
+        code = subprocess.call([PYTHON, "-m", "pytest", "-m", marker, *rest], cwd=ROOT, env=env)
+        if code != 0:
+            return code
+    return 0
 
 
 if __name__ == "__main__":

