@@ -181,8 +181,6 @@ class _Sink:
         self.records: list[dict[str, Any]] = []
         self._file = self._events = None
         if workdir is None:
-            if tensorboard:
-                raise ValueError("tensorboard: needs an output directory for the event files")
             return
         os.makedirs(workdir, exist_ok=True)
         path = os.path.join(workdir, "metrics.jsonl")
@@ -193,9 +191,10 @@ class _Sink:
             with open(path + ".tmp", "w") as f:
                 f.writelines(json.dumps(record) + "\n" for record in self.records)
             os.replace(path + ".tmp", path)
-        self._file = open(path, "a")  # noqa: SIM115 (closed in close())
         if tensorboard:
-            self._events = _event_writer(workdir, purge_step=None if resume_after is None else resume_after + 1)
+            purge_step = None if resume_after is None else resume_after + 1  # hides what a killed run wrote after
+            self._events = _tensorboard_writer()(logdir=workdir, purge_step=purge_step)
+        self._file = open(path, "a")  # noqa: SIM115 (closed in close())
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
@@ -220,8 +219,8 @@ class _Sink:
             self._events.close()
 
 
-def _event_writer(workdir: str, purge_step: int | None):
-    """A tensorboardX writer into ``workdir``; ``purge_step`` hides the events a killed run wrote from there on."""
+def _tensorboard_writer():
+    """tensorboardX's ``SummaryWriter`` (TensorBoard event files without TensorFlow), or a clear error."""
     try:
         from tensorboardX import SummaryWriter
     except ImportError as error:
@@ -229,7 +228,7 @@ def _event_writer(workdir: str, purge_step: int | None):
             "tensorboard: the event writer needs tensorboardX, which is not installed; "
             "install it with `pip install 'rnn-jax[tensorboard]'` (or `pip install tensorboardX`)"
         ) from error
-    return SummaryWriter(logdir=workdir, purge_step=purge_step)
+    return SummaryWriter
 
 
 def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, Any]:
@@ -267,6 +266,10 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         raise ValueError(f"batch_size: expected a positive integer, got {config.task.batch_size!r}")
     if run.resume and workdir is None:
         raise ValueError("resume: needs the output directory of the run to continue")
+    if run.tensorboard:
+        if workdir is None:
+            raise ValueError("tensorboard: needs an output directory for the event files")
+        _tensorboard_writer()  # fails now, not after the compilation, when tensorboardX is missing
     task = tasks.make(config.task)
     k_init, k_train, k_eval = _keys(run.seed)
     params = init_params(config.model, task, k_init)
