@@ -89,6 +89,24 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
     return differences
 
 
+def open_run(workdir: str | None, config: Any, start: Position) -> tuple[Checkpoints | None, Position]:
+    """The run's `Checkpoints` (None without a ``workdir``) and the position to start from: the newest
+    checkpoint when ``config.run.resume`` and there is one, else ``start`` (which also serves as the template)."""
+    if workdir is None:
+        return None, start
+    run = config.run
+    checkpoints = Checkpoints(
+        directory_of(workdir), config, every=run.checkpoint_every, keep=run.keep_checkpoints, resume=run.resume
+    )
+    if not run.resume:
+        return checkpoints, start
+    try:
+        return checkpoints, checkpoints.restore_latest(start) or start
+    except BaseException:
+        checkpoints.close()
+        raise
+
+
 class Checkpoints:
     """The checkpoints of one run: ``save`` every ``every`` steps and at the last, ``restore_latest``.
 

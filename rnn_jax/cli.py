@@ -129,7 +129,9 @@ def _train(args: argparse.Namespace) -> int:
     except (CheckpointError, ImportError) as error:
         print(f"rnn-jax train: error: {error}", file=sys.stderr)
         return 2
-    if "resumed_from_step" in summary:
+    if summary.get("resumed_from_step") == 0:
+        print(f"--resume: no checkpoint in {out}, so the run started from step 0")
+    elif "resumed_from_step" in summary:
         print(f"resumed from the checkpoint of step {summary['resumed_from_step']} in {out}")
     plot = os.path.join(out, "loss_curve.png")
     plotting.loss_curve(

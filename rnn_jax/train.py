@@ -280,16 +280,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     evaluate = make_evaluate(config.model, task)
     eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
     advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype)
-    position = checkpoint.Position(state, carried, jax.random.key_data(k_train))
-
-    checkpoints = None
-    if workdir is not None:
-        checkpoints = checkpoint.Checkpoints(
-            checkpoint.directory_of(workdir), config, every=run.checkpoint_every, keep=run.keep_checkpoints,
-            resume=run.resume,
-        )  # fmt: skip
-        if run.resume:
-            position = checkpoints.restore_latest(position) or position
+    start = checkpoint.Position(state, carried, jax.random.key_data(k_train))
+    checkpoints, position = checkpoint.open_run(workdir, config, start)  # with --resume: the newest checkpoint
     state, carried = position.state, position.carried
     resumed_from = int(state.step)
 
