@@ -280,8 +280,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     evaluate = make_evaluate(config.model, task)
     eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
     advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype)
-    start = checkpoint.Position(state, carried, jax.random.key_data(k_train))
-    checkpoints, position = checkpoint.open_run(workdir, config, start)  # with --resume: the newest checkpoint
+    initial = checkpoint.Position(state, carried, jax.random.key_data(k_train))
+    checkpoints, position = checkpoint.open_run(workdir, config, initial)  # with --resume: the newest checkpoint
     state, carried = position.state, position.carried
     resumed_from = int(state.step)
 

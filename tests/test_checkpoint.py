@@ -251,12 +251,13 @@ def test_resume_needs_a_directory_and_tensorboard_says_how_to_install(tmp_path, 
 
 
 def _scalars(workdir) -> dict[str, list[int]]:
-    """The steps of every scalar in ``workdir``'s event files (TFRecord framing: length, crc, event, crc)."""
+    """The steps of every scalar in ``workdir``'s event files (TFRecord framing: length, crc, event, crc),
+    and under "purge" the steps of session starts (from which TensorBoard drops the older events)."""
     import struct
 
     from tensorboardX.proto import event_pb2
 
-    steps: dict[str, list[int]] = {}
+    steps: dict[str, list[int]] = {"purge": []}
     for path in sorted(pathlib.Path(workdir).glob("events.out.tfevents.*")):
         data, offset = path.read_bytes(), 0
         while offset < len(data):
@@ -265,12 +266,18 @@ def _scalars(workdir) -> dict[str, list[int]]:
             offset += 12 + length + 4
             for value in event.summary.value:
                 steps.setdefault(value.tag, []).append(event.step)
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                steps["purge"].append(event.step)
     return steps
 
 
-def test_tensorboard_scalars_are_written_beside_the_metrics(tmp_path):
+def test_tensorboard_scalars_are_written_beside_the_metrics_and_a_resume_purges_the_later_ones(tmp_path):
     pytest.importorskip("tensorboardX")
     train.train_and_evaluate(_config(run={"tensorboard": True}), str(tmp_path))
     scalars = _scalars(tmp_path)
     assert scalars["train/loss"] == [3, 4, 6, 8, 9, 12] == [s for k, s in _lines(tmp_path) if k == "train"]
     assert scalars["eval/loss"] == [6, 12] and scalars["train/grad_norm"] == scalars["train/loss"]
+    for step in (8, 12):
+        shutil.rmtree(tmp_path / "checkpoints" / str(step))
+    train.train_and_evaluate(_config(run={"tensorboard": True, "resume": True}), str(tmp_path))
+    assert _scalars(tmp_path)["purge"] == [5]  # TensorBoard hides the first run's events from step 5 on
