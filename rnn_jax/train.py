@@ -173,8 +173,8 @@ class _Sink:
     """Appends JSON lines to ``workdir/metrics.jsonl`` (or nowhere without a workdir), and with
     ``tensorboard`` their numbers as TensorBoard scalars (``KIND/NAME``) to event files beside it.
 
-    ``resume_after`` (a resumed run's checkpoint step) keeps the lines up to that step and drops
-    the later ones, which the resumed run writes again; None starts a new file.
+    ``resume_after`` (a resumed run's checkpoint step) keeps the train and eval lines up to that step
+    and drops the rest, which the resumed run writes again; None starts a new file.
     """
 
     def __init__(self, workdir: str | None, resume_after: int | None = None, tensorboard: bool = False):
@@ -187,7 +187,7 @@ class _Sink:
         if resume_after is not None and os.path.exists(path):
             with open(path) as f:
                 lines = [json.loads(line) for line in f if line.strip()]
-            self.records = [r for r in lines if r["step"] <= resume_after and r["kind"] != "diverged"]
+            self.records = [r for r in lines if r["step"] <= resume_after and r["kind"] in ("train", "eval")]
             with open(path + ".tmp", "w") as f:
                 f.writelines(json.dumps(record) + "\n" for record in self.records)
             os.replace(path + ".tmp", path)
