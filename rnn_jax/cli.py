@@ -105,9 +105,12 @@ def _train(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     if config.model.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    if config.run.resume and config.run.out is None:
+        raise ValueError("--resume: needs --out DIR, the directory of the run to continue")
     out = config.run.out or os.path.join(
         "runs", f"{config.task.task}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
+    from rnn_jax.checkpoint import CheckpointError
     from rnn_jax.train import TrainingDiverged, train_and_evaluate
 
     print(
@@ -122,6 +125,13 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         print(f"metrics so far: {os.path.join(out, 'metrics.jsonl')}", file=sys.stderr)
         return 1
+    except (CheckpointError, ImportError) as error:
+        print(f"rnn-jax train: error: {error}", file=sys.stderr)
+        return 2
+    if summary.get("resumed_from_step") == 0:
+        print(f"--resume: no checkpoint in {out}, so the run started from step 0")
+    elif "resumed_from_step" in summary:
+        print(f"resumed from the checkpoint of step {summary['resumed_from_step']} in {out}")
     from rnn_jax import report
 
     summary = report.finish(config, summary, out)
@@ -158,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         "train",
         help="train a model on a task, with progress, metrics.jsonl, summary.json and a loss-curve PNG",
         description="Train a recurrent network with BPTT (jax.grad through lax.scan) and a clipped optax "
-        "optimiser. Writes OUT/metrics.jsonl (one JSON line per log/eval), OUT/summary.json and "
-        "OUT/loss_curve.png.",
+        "optimiser. Writes OUT/metrics.jsonl (one JSON line per log/eval), OUT/summary.json, "
+        "OUT/loss_curve.png and checkpoints of the whole training position in OUT/checkpoints, from which "
+        "--resume continues a stopped run to the same result.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for cls in (ModelConfig, TaskConfig, OptimConfig, RunConfig):

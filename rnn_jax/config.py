@@ -101,6 +101,26 @@ class RunConfig:
     tbptt_k2: int | None = _help(
         "truncated BPTT: gradients flow back at most k2 >= k1 steps (default: k2 = k1)", default=None
     )
+    tbptt_reset_every: int | None = _help(
+        "truncated BPTT: reset the carried state to s_0 every N updates, so that the net also learns to start "
+        "from s_0 (without it, a net trained on one endless stream can fail from the zero state it is "
+        "evaluated and sampled from)",
+        default=None,
+    )
+    checkpoint_every: int = _help(
+        "save the whole training position to OUT/checkpoints every N steps and always at the last step "
+        "(0: only at the last step)",
+        default=1000,
+    )
+    keep_checkpoints: int = _help("keep the newest N checkpoints", default=3)
+    resume: bool = _help(
+        "continue from the newest checkpoint in --out (from step 0 when there is none), to the same result as a "
+        "run that was never stopped",
+        default=False,
+    )
+    tensorboard: bool = _help(
+        "also write the metrics as TensorBoard scalars beside metrics.jsonl (needs tensorboardX)", default=False
+    )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import bptt, cells, diagnostics, tasks
+from rnn_jax import bptt, cells, checkpoint, diagnostics, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import unroll
@@ -177,24 +177,65 @@ def _floats(tree: dict[str, Any]) -> dict[str, float]:
 
 
 class _Sink:
-    """Appends JSON lines to ``workdir/metrics.jsonl`` (or nowhere without a workdir)."""
+    """Appends JSON lines to ``workdir/metrics.jsonl`` (or nowhere without a workdir), and with
+    ``tensorboard`` their numbers as TensorBoard scalars (``KIND/NAME``) to event files beside it.
 
-    def __init__(self, workdir: str | None):
+    ``resume_after`` (a resumed run's checkpoint step) keeps the train and eval lines up to that step
+    and drops the rest, which the resumed run writes again; None starts a new file.
+    """
+
+    def __init__(self, workdir: str | None, resume_after: int | None = None, tensorboard: bool = False):
         self.records: list[dict[str, Any]] = []
-        self._file = None
-        if workdir is not None:
-            os.makedirs(workdir, exist_ok=True)
-            self._file = open(os.path.join(workdir, "metrics.jsonl"), "w")  # noqa: SIM115 (closed in close())
+        self._file = self._events = None
+        if workdir is None:
+            return
+        os.makedirs(workdir, exist_ok=True)
+        path = os.path.join(workdir, "metrics.jsonl")
+        if resume_after is not None and os.path.exists(path):
+            with open(path) as f:
+                lines = [json.loads(line) for line in f if line.strip()]
+            self.records = [r for r in lines if r["step"] <= resume_after and r["kind"] in ("train", "eval")]
+            with open(path + ".tmp", "w") as f:
+                f.writelines(json.dumps(record) + "\n" for record in self.records)
+            os.replace(path + ".tmp", path)
+        if tensorboard:
+            purge_step = None if resume_after is None else resume_after + 1  # hides what a killed run wrote after
+            self._events = _tensorboard_writer()(logdir=workdir, purge_step=purge_step)
+        self._file = open(path, "a")  # noqa: SIM115 (closed in close())
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
+        if self._events is not None:
+            for name, value in record.items():
+                if name not in ("kind", "step") and isinstance(value, int | float):
+                    self._events.add_scalar(f"{record['kind']}/{name}", value, record["step"])
+            self._events.flush()
+
+    def last(self, kind: str) -> dict[str, float]:
+        """The numbers of the newest record of ``kind`` ({} when there is none)."""
+        found = [r for r in self.records if r["kind"] == kind]
+        return {k: v for k, v in found[-1].items() if k not in ("kind", "step")} if found else {}
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
+        if self._events is not None:
+            self._events.close()
+
+
+def _tensorboard_writer():
+    """tensorboardX's ``SummaryWriter`` (TensorBoard event files without TensorFlow), or a clear error."""
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError as error:
+        raise ImportError(
+            "tensorboard: the event writer needs tensorboardX, which is not installed; "
+            "install it with `pip install 'rnn-jax[tensorboard]'` (or `pip install tensorboardX`)"
+        ) from error
+    return SummaryWriter
 
 
 def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, Any]:
@@ -208,6 +249,11 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     `rnn_jax.diagnostics.recurrent_spectrum`), are written to ``workdir/metrics.jsonl``; the
     returned summary is also written to ``workdir/summary.json``. The run is a deterministic function of ``config``.
 
+    With a ``workdir``, the training position is checkpointed to ``workdir/checkpoints`` every
+    ``checkpoint_every`` steps and at the end (`rnn_jax.checkpoint`); with ``resume`` the run goes on
+    from the newest checkpoint there (from step 0 when there is none), to the same final parameters,
+    bit for bit, as a run that was never stopped, and metrics.jsonl continues from that step.
+
     Returns:
       The summary: status, final train and eval metrics, the task's trivial baseline,
       steps per second, compile time, the parameters (``"params"``, not written to JSON)
@@ -216,6 +262,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     Raises:
       TrainingDiverged: when the loss or gradient becomes NaN or Inf (after the metrics and a
         summary with ``"status": "diverged"`` have been written).
+      checkpoint.CheckpointError: ``resume`` found a damaged or incompatible checkpoint, or a new
+        run's ``workdir`` already holds checkpoints.
     """
     from rnn_jax import progress as progress_lib  # the only UI piece; kept out of import time
 
@@ -225,6 +273,12 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
             raise ValueError(f"{name}: expected a positive integer, got {getattr(run, name)!r}")
     if not isinstance(config.task.batch_size, int) or config.task.batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {config.task.batch_size!r}")
+    if run.resume and workdir is None:
+        raise ValueError("resume: needs the output directory of the run to continue")
+    if run.tensorboard:
+        if workdir is None:
+            raise ValueError("tensorboard: needs an output directory for the event files")
+        _tensorboard_writer()  # fails now, not after the compilation, when tensorboardX is missing
     task = tasks.make(config.task)
     k_init, k_train, k_eval = _keys(run.seed)
     params = init_params(config.model, task, k_init)
@@ -237,13 +291,20 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         eval_set = task.eval_batch("validation", dtype)
     else:
         eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
-    advance = _make_advance(config, task, optimizer, params, k_train, dtype)
+    advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype)
+    initial = checkpoint.Position(state, carried, jax.random.key_data(k_train))
+    checkpoints, position = checkpoint.open_run(workdir, config, initial)  # with --resume: the newest checkpoint
+    state, carried = position.state, position.carried
+    resumed_from = int(state.step)
 
-    sink = _Sink(workdir)
+    sink = _Sink(workdir, resume_after=resumed_from if run.resume else None, tensorboard=run.tensorboard)
     summary: dict[str, Any] = {"status": "running", "config": config.to_dict(), "baseline": task.baseline()}
+    if run.resume:
+        summary["resumed_from_step"] = resumed_from
     pending: list[StepMetrics] = []
-    last_train: dict[str, float] = {}
-    last_eval: dict[str, float] = {}
+    last_train: dict[str, float] = sink.last("train")
+    # the eval lines also carry the recurrent spectrum, which final_eval leaves out
+    last_eval: dict[str, float] = {k: v for k, v in sink.last("eval").items() if not k.startswith("recurrent_")}
 
     def flush(step: int) -> None:
         nonlocal last_train
@@ -277,38 +338,45 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         sink.write({"kind": "eval", "step": step, **last_eval, **recurrent})
 
     bar = progress_lib.Bar(run.steps, enabled=run.progress, description=f"train {task.name}")
+    summary["compile_s"] = float("nan")
     start = time.perf_counter()
     try:
         with bar:
-            for step in range(1, run.steps + 1):
-                state, metrics = advance(state, step)
-                if step == 1:  # the first step includes compilation: time it apart
+            for step in range(resumed_from + 1, run.steps + 1):
+                state, carried, metrics = advance(state, carried, step)
+                if step == resumed_from + 1:  # the first step includes compilation: time it apart
                     jax.block_until_ready(metrics)
                     summary["compile_s"] = time.perf_counter() - start
                     start = time.perf_counter()
                 pending.append(metrics)
-                if step % run.log_every == 0 or step == run.steps:
-                    flush(step)
+                save_checkpoint = checkpoints is not None and checkpoints.due(step, run.steps)
+                if step % run.log_every == 0 or step == run.steps or save_checkpoint:
+                    flush(step)  # also at a checkpoint, so that a resumed run writes the same lines
                     bar.update(step, loss=last_train["loss"])
                 if step % run.eval_every == 0 or step == run.steps:
                     run_eval(step)
                     bar.update(step, eval_loss=last_eval["loss"])
+                if save_checkpoint:  # last: every line up to this step is written before it
+                    checkpoints.save(checkpoint.Position(state, carried, position.key))
+        elapsed = time.perf_counter() - start
+        if hasattr(task, "eval_batch"):  # real data: the held-out test split, once, at the end
+            summary["final_test"] = _floats(evaluate(state.params, task.eval_batch("test", dtype)))
+            sink.write({"kind": "test", "step": run.steps, **summary["final_test"]})
     except TrainingDiverged as error:
         summary.update(status="diverged", diverged_at_step=error.step, final_eval=last_eval)
         _write_summary(workdir, summary)
-        sink.close()
         raise
-    elapsed = time.perf_counter() - start
-    if hasattr(task, "eval_batch"):
-        summary["final_test"] = _floats(evaluate(state.params, task.eval_batch("test", dtype)))
-        sink.write({"kind": "test", "step": run.steps, **summary["final_test"]})
-    sink.close()
+    finally:
+        sink.close()
+        if checkpoints is not None:
+            checkpoints.close()
+    steps_run = run.steps - resumed_from
     summary.update(
         status="completed",
         steps=run.steps,
         final_train=last_train,
         final_eval=last_eval,
-        steps_per_second=(run.steps - 1) / elapsed if run.steps > 1 else float("nan"),
+        steps_per_second=(steps_run - 1) / elapsed if steps_run > 1 else float("nan"),
         train_seconds=elapsed,
     )
     _write_summary(workdir, summary)
@@ -316,14 +384,24 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
 
 
 def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.Array, dtype):
-    """``advance(state, step) -> (state, StepMetrics)``: one update, on a fresh batch or the stream's next window."""
+    """``advance(state, carried, step) -> (state, carried, StepMetrics)``: one update, on a fresh batch
+    ``fold_in(key, step)`` or on window ``step`` of the stream, and the initial ``carried``.
+
+    ``carried`` is the state entering the next TBPTT window, and ``()`` on the random-batch path; with
+    ``state.step`` it is the whole position of the data, which is what a checkpoint saves.
+    """
     run = config.run
     if run.tbptt_k1 is None:
         if run.tbptt_k2 is not None:
             raise ValueError("tbptt_k2: needs tbptt_k1 as well (the number of steps per update)")
         train_step = make_train_step(config, task, optimizer)
         make_batch = jax.jit(lambda k: task.batch(k, config.task.batch_size, dtype))
-        return lambda state, step: train_step(state, make_batch(jax.random.fold_in(key, step)))
+
+        def advance_on_batches(state, carried, step):
+            state, metrics = train_step(state, make_batch(jax.random.fold_in(key, step)))
+            return state, carried, metrics
+
+        return advance_on_batches, ()
 
     k1, k2 = bptt.check_truncation(run.tbptt_k1, run.tbptt_k2 or run.tbptt_k1)
     if not hasattr(task, "stream"):
@@ -331,14 +409,15 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
     stream = task.stream(key, config.task.batch_size, run.steps * k1, dtype)
     padded_inputs, padded_targets = bptt.pad_stream(stream.inputs, k1, k2), bptt.pad_stream(stream.targets, k1, k2)
     tbptt_step = make_tbptt_step(config, task, optimizer, k1, k2)
-    carried = [cells.get(config.model.model).initial_state(params, config.task.batch_size)]
 
-    def advance(state, step):
-        index = jnp.asarray(step - 1, jnp.int32)
-        state, carried[0], metrics = tbptt_step(state, carried[0], padded_inputs, padded_targets, index)
-        return state, metrics
+    zero_state = cells.get(config.model.model).initial_state(params, config.task.batch_size)
 
-    return advance
+    def advance_on_windows(state, carried, step):
+        if run.tbptt_reset_every and (step - 1) % run.tbptt_reset_every == 0:
+            carried = zero_state  # the net must also learn to start from s_0, as it does at evaluation
+        return tbptt_step(state, carried, padded_inputs, padded_targets, jnp.asarray(step - 1, jnp.int32))
+
+    return advance_on_windows, zero_state
 
 
 def _write_summary(workdir: str | None, summary: dict[str, Any]) -> None:

@@ -1,0 +1,200 @@
+"""Checkpoints of the whole training position, written and read with orbax-checkpoint.
+
+A checkpoint is everything the train loop needs to go on at step ``n + 1`` exactly as if it had
+never stopped (`Position`): the `TrainState` (step ``n``, parameters, optimiser state), the state
+carried into the next TBPTT window (empty on the random-batch path, whose batch ``n + 1`` is drawn
+from ``fold_in(key, n + 1)``; the window index is the step), and the raw data of the RNG key of the
+training batches. Beside it, in the same step directory, a JSON record holds the format version, the
+run's config and a SHA-256 digest of every array, so that a checkpoint is refused, with an error
+naming its directory, when it was written by another format, by an incompatible config, or has been
+damaged since (orbax itself does not check array contents).
+
+Layout: ``WORKDIR/checkpoints/<step>/{state, meta}``, the last ``keep`` steps kept by orbax's
+`CheckpointManager`. A save is written into ``<step>.orbax-checkpoint-tmp-*`` and renamed to ``<step>``
+only when complete (orbax's atomic finalisation on a local file system), so a process killed at any
+moment, during a save included, leaves the earlier checkpoints untouched and at most an unfinished
+temporary directory, which is ignored and removed by the next run. (No fsync is made: the guarantee
+covers a killed process, not a power cut.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+FORMAT_VERSION = 1
+
+# Run options that may differ between a run and its resumption: they change what is reported or
+# where, never the sequence of updates. Every other field of the config must be equal.
+RESUMABLE_CHANGES = frozenset(
+    {
+        "out",
+        "progress",
+        "resume",
+        "log_every",
+        "eval_every",
+        "eval_batches",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "tensorboard",
+    }
+)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or restored; the message names the directory and the reason."""
+
+
+class Position(NamedTuple):
+    """Everything a run needs to continue at the next step exactly as if it had never stopped."""
+
+    state: Any  # train.TrainState: step [] int32, params, opt_state
+    carried: Any  # TBPTT: the state entering the next window (the cell's carry, [B, H] leaves); else ()
+    key: jax.Array  # [2] uint32: jax.random.key_data of the training batches' (or stream's) key
+
+
+def directory_of(workdir: str) -> str:
+    """Where a run writing to ``workdir`` keeps its checkpoints."""
+    return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+def digest(tree: Any) -> str:
+    """SHA-256 over every leaf's dtype, shape and bytes, in the tree's order."""
+    sha = hashlib.sha256()
+    for leaf in jax.tree.leaves(jax.device_get(tree)):
+        array = np.asarray(leaf)
+        sha.update(f"{array.dtype}{array.shape}".encode())
+        sha.update(np.ascontiguousarray(array).tobytes())
+    return sha.hexdigest()
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``"section.field: checkpoint A, now B"`` for every field that differs and must not."""
+    differences = []
+    for section in sorted(set(saved) | set(current)):
+        old, new = saved.get(section, {}), current.get(section, {})
+        for name in sorted(set(old) | set(new)):
+            if section == "run" and name in RESUMABLE_CHANGES:
+                continue
+            if old.get(name, "<absent>") != new.get(name, "<absent>"):
+                differences.append(
+                    f"{section}.{name}: checkpoint {old.get(name, '<absent>')!r}, now {new.get(name, '<absent>')!r}"
+                )
+    return differences
+
+
+def open_run(workdir: str | None, config: Any, start: Position) -> tuple[Checkpoints | None, Position]:
+    """The run's `Checkpoints` (None without a ``workdir``) and the position to start from: the newest
+    checkpoint when ``config.run.resume`` and there is one, else ``start`` (which also serves as the template)."""
+    if workdir is None:
+        return None, start
+    run = config.run
+    checkpoints = Checkpoints(
+        directory_of(workdir), config, every=run.checkpoint_every, keep=run.keep_checkpoints, resume=run.resume
+    )
+    if not run.resume:
+        return checkpoints, start
+    try:
+        return checkpoints, checkpoints.restore_latest(start) or start
+    except BaseException:
+        checkpoints.close()
+        raise
+
+
+class Checkpoints:
+    """The checkpoints of one run: ``save`` every ``every`` steps and at the last, ``restore_latest``.
+
+    Args:
+      directory: the checkpoint directory (`directory_of(workdir)`).
+      config: the run's `Config` (a dataclass); stored with every checkpoint and checked on restore.
+      every: save at every multiple of this step (0: only at the last step).
+      keep: how many of the most recent checkpoints to keep (>= 1).
+      resume: whether the run continues from this directory; without it, a directory that already
+        holds checkpoints is refused rather than mixed with a new run.
+    """
+
+    def __init__(self, directory: str, config: Any, *, every: int, keep: int, resume: bool):
+        if not isinstance(every, int) or every < 0:
+            raise ValueError(f"checkpoint_every: expected a non-negative integer, got {every!r}")
+        if not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep_checkpoints: expected a positive integer, got {keep!r}")
+        self.directory, self.every = directory, every
+        self._config = dataclasses.asdict(config)
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False
+        )
+        self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+        latest = self._manager.latest_step()
+        if not resume and latest is not None:
+            self._manager.close()
+            raise CheckpointError(
+                f"{directory} already holds checkpoints (latest step {latest}): pass --resume to continue that run, "
+                "or choose another --out"
+            )
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None."""
+        return self._manager.latest_step()
+
+    def due(self, step: int, last_step: int) -> bool:
+        """Whether the loop saves after ``step``."""
+        return step == last_step or (self.every > 0 and step % self.every == 0)
+
+    def save(self, position: Position) -> None:
+        """Writes ``position`` as the checkpoint of its step (blocking; atomic on completion)."""
+        step = int(position.state.step)
+        meta = {"format_version": FORMAT_VERSION, "step": step, "config": self._config, "digest": digest(position)}
+        self._manager.save(
+            step, args=ocp.args.Composite(state=ocp.args.StandardSave(position), meta=ocp.args.JsonSave(meta))
+        )
+
+    def restore_latest(self, template: Position) -> Position | None:
+        """The newest checkpoint, in the structure, dtypes and shapes of ``template``; None when there is none.
+
+        Raises:
+          CheckpointError: the checkpoint has another format version, was written by an incompatible
+            config or another RNG key, cannot be read, or does not match its digest.
+        """
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        where = os.path.join(self.directory, str(step))
+        meta = self._read(step, where, meta=ocp.args.JsonRestore())["meta"]
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            version = meta.get("format_version") if isinstance(meta, dict) else None
+            raise CheckpointError(
+                f"{where}: checkpoint format version {version!r}, this rnn-jax reads version {FORMAT_VERSION}"
+            )
+        differences = config_differences(meta.get("config", {}), self._config)
+        if differences:
+            raise CheckpointError(
+                f"{where}: written by an incompatible config, so resuming could not reproduce the run: "
+                + "; ".join(differences)
+            )
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        position = Position(*self._read(step, where, state=ocp.args.StandardRestore(abstract))["state"])
+        if digest(position) != meta.get("digest"):
+            raise CheckpointError(f"{where}: the arrays do not match the digest written with them (corrupted)")
+        if int(position.state.step) != step:
+            raise CheckpointError(f"{where}: holds step {int(position.state.step)}, expected {step}")
+        if not np.array_equal(jax.device_get(position.key), jax.device_get(template.key)):
+            raise CheckpointError(f"{where}: written with another RNG key (another seed or PRNG implementation)")
+        return position
+
+    def _read(self, step: int, where: str, **items) -> dict[str, Any]:
+        try:
+            return self._manager.restore(step, args=ocp.args.Composite(**items))
+        except Exception as error:  # orbax and tensorstore raise many types for damaged files
+            raise CheckpointError(
+                f"{where}: cannot read the checkpoint ({type(error).__name__}: {str(error)[:300]}); it is damaged "
+                "or incomplete. Delete this step's directory to resume from the one before."
+            ) from error
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,283 @@
+"""Checkpoints and resume: a resumed run ends bit for bit where an uninterrupted one does, a kill at any
+moment (during a save included) never damages the newest complete checkpoint, and damaged or
+incompatible checkpoints are refused with an error that names the directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from rnn_jax import checkpoint, train
+from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
+
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's adam (see conftest)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(**sections) -> Config:
+    base = Config(
+        model=ModelConfig(hidden=6),
+        task=TaskConfig(task="adding", seq_len=6, batch_size=4),
+        optim=OptimConfig(learning_rate=1e-2),
+        run=RunConfig(steps=12, eval_every=6, log_every=3, eval_batches=1, progress=False, checkpoint_every=4),
+    )
+    return dataclasses.replace(base, **{k: dataclasses.replace(getattr(base, k), **v) for k, v in sections.items()})
+
+
+BATCHES = {}
+TBPTT = {"task": {"task": "xor", "seq_len": 6}, "run": {"tbptt_k1": 2, "tbptt_k2": 4}}
+
+
+def _steps(workdir) -> list[int]:
+    return sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def _lines(workdir) -> list[tuple[str, int]]:
+    return [(r["kind"], r["step"]) for r in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())]
+
+
+def _restore_final(config: Config, workdir) -> checkpoint.Position:
+    """The newest checkpoint of ``workdir``, read back as the run's own `Position`."""
+    from rnn_jax import optim, tasks
+
+    task = tasks.make(config.task)
+    k_init, k_train, _ = train._keys(config.run.seed)
+    params = train.init_params(config.model, task, k_init)
+    optimizer = optim.make_optimizer(config.optim, config.run.steps)
+    _, carried = train._make_advance(config, task, optimizer, params, k_train, train.DTYPES[config.model.dtype])
+    state = train.TrainState(jax.numpy.zeros((), jax.numpy.int32), params, optimizer.init(params))
+    template = checkpoint.Position(state, carried, jax.random.key_data(k_train))
+    run = dataclasses.replace(config.run, resume=True)
+    checkpoints = checkpoint.Checkpoints(
+        checkpoint.directory_of(str(workdir)), dataclasses.replace(config, run=run), every=1, keep=1, resume=True
+    )
+    try:
+        return checkpoints.restore_latest(template)
+    finally:
+        checkpoints.close()
+
+
+def _assert_trees_equal(a, b) -> None:
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
+
+
+@pytest.mark.parametrize("path", [BATCHES, TBPTT], ids=["random-batches", "tbptt"])
+def test_resumed_run_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path, path):
+    """Run 12 steps with checkpoints at 4, 8, 12; keep only step 4 (as if killed just after it) and resume."""
+    config = _config(**path)
+    whole = train.train_and_evaluate(config, str(tmp_path / "whole"))
+    whole_lines = _lines(tmp_path / "whole")
+    assert _steps(tmp_path / "whole") == [4, 8, 12]
+
+    shutil.copytree(tmp_path / "whole", tmp_path / "cut")
+    for step in (8, 12):
+        shutil.rmtree(tmp_path / "cut" / "checkpoints" / str(step))
+    resume = _config(**{**path, "run": {**path.get("run", {}), "resume": True}})
+    resumed = train.train_and_evaluate(resume, str(tmp_path / "cut"))
+
+    assert resumed["resumed_from_step"] == 4
+    _assert_trees_equal(resumed["params"], whole["params"])
+    _assert_trees_equal(_restore_final(config, tmp_path / "cut"), _restore_final(config, tmp_path / "whole"))
+    assert _lines(tmp_path / "cut") == whole_lines  # lines after step 4 dropped, then written once again
+    assert resumed["final_eval"] == whole["final_eval"] and resumed["final_train"] == whole["final_train"]
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path):
+    config = _config()
+    whole = train.train_and_evaluate(config, str(tmp_path))
+    again = train.train_and_evaluate(_config(run={"resume": True}), str(tmp_path))
+    _assert_trees_equal(again["params"], whole["params"])
+    assert again["final_eval"] == whole["final_eval"] and again["resumed_from_step"] == 12
+
+
+def test_only_the_newest_checkpoints_are_kept(tmp_path):
+    train.train_and_evaluate(_config(run={"checkpoint_every": 2, "keep_checkpoints": 2}), str(tmp_path))
+    assert _steps(tmp_path) == [10, 12]
+
+
+def test_a_new_run_refuses_a_directory_that_holds_checkpoints(tmp_path):
+    train.train_and_evaluate(_config(), str(tmp_path))
+    with pytest.raises(checkpoint.CheckpointError, match=r"already holds checkpoints \(latest step 12\).*--resume"):
+        train.train_and_evaluate(_config(), str(tmp_path))
+
+
+def test_an_incompatible_config_is_refused(tmp_path):
+    train.train_and_evaluate(_config(), str(tmp_path))
+    resume = _config(model={"hidden": 7}, optim={"learning_rate": 0.1}, run={"resume": True, "log_every": 1})
+    message = (
+        r"incompatible config.*model\.hidden: checkpoint 6, now 7; optim\.learning_rate: checkpoint 0\.01, now 0\.1"
+    )
+    with pytest.raises(checkpoint.CheckpointError, match=message) as info:
+        train.train_and_evaluate(resume, str(tmp_path))
+    assert str(tmp_path / "checkpoints" / "12") in str(info.value)
+    assert "log_every" not in str(info.value)  # a reporting option may change
+
+
+def test_another_format_version_is_refused(tmp_path, monkeypatch):
+    train.train_and_evaluate(_config(), str(tmp_path))
+    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", checkpoint.FORMAT_VERSION + 1)
+    with pytest.raises(
+        checkpoint.CheckpointError, match=r"checkpoints/12: checkpoint format version 1, .* reads version 2"
+    ):
+        train.train_and_evaluate(_config(run={"resume": True}), str(tmp_path))
+
+
+def _run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m rnn_jax ARGS`` in a subprocess (orbax's stray reader threads after a failed read stay there)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-m", "rnn_jax", *args], env=env, cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip-bytes", "delete-metadata"])
+def test_a_damaged_checkpoint_is_reported_not_loaded(tmp_path, damage):
+    train.train_and_evaluate(_config(), str(tmp_path))
+    step_dir = tmp_path / "checkpoints" / "12"
+    data_files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files
+    for path in data_files:  # tensorstore's OCDBT files that hold the arrays
+        data = bytearray(path.read_bytes())
+        if damage == "truncate":
+            del data[len(data) // 2 :]
+        elif damage == "flip-bytes":
+            data[len(data) // 2 : len(data) // 2 + 8] = bytes(
+                b ^ 0xFF for b in data[len(data) // 2 : len(data) // 2 + 8]
+            )
+        path.write_bytes(bytes(data))
+    if damage == "delete-metadata":
+        (step_dir / "meta" / "metadata").unlink()
+    result = _run_cli(*_cli(tmp_path, "--resume", steps=12, checkpoint_every=4, log_every=3, eval_every=6))
+    assert result.returncode == 2, result.stderr
+    # (tensorstore's readers still in flight may print "Event loop is closed" tracebacks beside it)
+    [message] = [line for line in result.stderr.splitlines() if line.startswith("rnn-jax train: error:")]
+    assert message.startswith(f"rnn-jax train: error: {step_dir}: ")
+    assert "cannot read the checkpoint" in message or "do not match the digest" in message
+
+
+def _cli(workdir, *extra: str, steps=400, checkpoint_every=20, log_every=20, eval_every=200) -> list[str]:
+    """The command line of `_config`'s run (with these run options)."""
+    return [
+        "train", "--task", "adding", "--seq-len", "6", "--batch-size", "4", "--hidden", "6",
+        "--learning-rate", "0.01", "--steps", str(steps), "--log-every", str(log_every), "--eval-every",
+        str(eval_every), "--eval-batches", "1", "--checkpoint-every", str(checkpoint_every),
+        "--keep-checkpoints", "2", "--no-progress", "--out", str(workdir), *extra,
+    ]  # fmt: skip
+
+
+def _cli_config(**run) -> Config:
+    return _config(run={"steps": 400, "log_every": 20, "eval_every": 200, "checkpoint_every": 20, **run})
+
+
+def _python(code: str, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, cwd=ROOT)
+
+
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    workdir = tmp_path / "run"
+    child = _python("import sys; from rnn_jax.cli import main; sys.exit(main(sys.argv[1:]))", *_cli(workdir))
+    deadline = time.monotonic() + 120
+    while child.poll() is None and time.monotonic() < deadline:
+        if (workdir / "checkpoints").is_dir() and any(s >= 60 for s in _steps(workdir)):
+            child.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert child.wait() == -signal.SIGKILL, "the run ended before it could be killed; give it more steps"
+    killed_at = max(_steps(workdir))
+    assert killed_at < 400
+
+    from rnn_jax.cli import main
+
+    assert main(_cli(workdir, "--resume")) == 0
+    whole = train.train_and_evaluate(_cli_config(), str(tmp_path / "whole"))
+    _assert_trees_equal(_restore_final(_cli_config(), workdir).state.params, whole["params"])
+    assert _lines(workdir) == _lines(tmp_path / "whole")
+    assert json.loads((workdir / "summary.json").read_text())["resumed_from_step"] >= killed_at
+
+
+def test_a_kill_during_a_save_leaves_the_previous_checkpoint_good(tmp_path):
+    """SIGKILL just before orbax renames the finished temporary directory of step 60 into place: the
+    newest complete checkpoint (40) is untouched, the leftover is ignored, and resuming ends as if never stopped."""
+    workdir = tmp_path / "run"
+    child = _python(
+        """
+        import os, signal, sys
+        from orbax.checkpoint._src.path import atomicity
+        rename = atomicity.async_path.rename
+
+        async def rename_or_die(src, dst, *args, **kwargs):
+            if os.path.basename(str(dst)) == "60":  # step 60's data is all written, not yet in place
+                os.kill(os.getpid(), signal.SIGKILL)
+            return await rename(src, dst, *args, **kwargs)
+
+        atomicity.async_path.rename = rename_or_die
+        from rnn_jax.cli import main
+        sys.exit(main(sys.argv[1:]))
+        """,
+        *_cli(workdir),
+    )
+    assert child.wait(timeout=120) == -signal.SIGKILL
+    leftovers = [p.name for p in (workdir / "checkpoints").iterdir() if not p.name.isdigit()]
+    assert any(name.startswith("60.orbax-checkpoint-tmp") for name in leftovers), leftovers
+    assert _steps(workdir) == [20, 40]
+
+    from rnn_jax.cli import main
+
+    assert main(_cli(workdir, "--resume")) == 0
+    whole = train.train_and_evaluate(_cli_config(), str(tmp_path / "whole"))
+    _assert_trees_equal(_restore_final(_cli_config(), workdir).state.params, whole["params"])
+    assert json.loads((workdir / "summary.json").read_text())["resumed_from_step"] == 40
+    assert not any("tmp" in p.name for p in (workdir / "checkpoints").iterdir())
+
+
+def test_resume_needs_a_directory_and_tensorboard_says_how_to_install(tmp_path, monkeypatch):
+    with pytest.raises(ValueError, match=r"resume: needs the output directory"):
+        train.train_and_evaluate(_config(run={"resume": True}))
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # as if not installed
+    with pytest.raises(ImportError, match=r"tensorboard: .*needs tensorboardX.*pip install"):
+        train.train_and_evaluate(_config(run={"tensorboard": True}), str(tmp_path))
+
+
+def _scalars(workdir) -> dict[str, list[int]]:
+    """The steps of every scalar in ``workdir``'s event files (TFRecord framing: length, crc, event, crc),
+    and under "purge" the steps of session starts (from which TensorBoard drops the older events)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    steps: dict[str, list[int]] = {"purge": []}
+    for path in sorted(pathlib.Path(workdir).glob("events.out.tfevents.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                steps.setdefault(value.tag, []).append(event.step)
+            if event.HasField("session_log") and event.session_log.status == event_pb2.SessionLog.START:
+                steps["purge"].append(event.step)
+    return steps
+
+
+def test_tensorboard_scalars_are_written_beside_the_metrics_and_a_resume_purges_the_later_ones(tmp_path):
+    pytest.importorskip("tensorboardX")
+    train.train_and_evaluate(_config(run={"tensorboard": True}), str(tmp_path))
+    scalars = _scalars(tmp_path)
+    assert scalars["train/loss"] == [3, 4, 6, 8, 9, 12] == [s for k, s in _lines(tmp_path) if k == "train"]
+    assert scalars["eval/loss"] == [6, 12] and scalars["train/grad_norm"] == scalars["train/loss"]
+    for step in (8, 12):
+        shutil.rmtree(tmp_path / "checkpoints" / str(step))
+    train.train_and_evaluate(_config(run={"tensorboard": True, "resume": True}), str(tmp_path))
+    assert _scalars(tmp_path)["purge"] == [5]  # TensorBoard hides the first run's events from step 5 on
