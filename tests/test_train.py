@@ -198,3 +198,24 @@ def test_tbptt_updates_equal_the_library_truncated_gradients():
 def test_bad_tbptt_options_get_clear_errors(run, task, message):
     with pytest.raises(ValueError, match=message):
         train.train_and_evaluate(_config(run=run, task=task))
+
+
+def test_tbptt_reset_every_starts_windows_from_s0():
+    """With --tbptt-reset-every 3, updates 1, 4, 7, ... start from s_0 whatever state is carried in; others do not."""
+    config = _config(
+        task={"task": "xor", "seq_len": 12, "batch_size": 2},
+        run={"steps": 6, "tbptt_k1": 2, "tbptt_reset_every": 3},
+    )
+    task = tasks.make(config.task)
+    params = train.init_params(config.model, task, jax.random.key(0))
+    optimizer = rj.make_optimizer(config.optim, config.run.steps)
+    advance, zero = train._make_advance(config, task, optimizer, params, jax.random.key(1), jnp.float32)
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    other = jnp.full_like(zero, 0.5)
+
+    def after(step, carried):
+        new_state, new_carried, metrics = advance(jax.tree.map(jnp.copy, state), carried, step)
+        return jax.device_get((new_state.params, new_carried, metrics.loss))
+
+    jax.tree.map(np.testing.assert_array_equal, after(4, other), after(4, zero))  # reset: the carry is ignored
+    assert float(after(5, other)[2]) != float(after(5, zero)[2])  # no reset: the carry matters
