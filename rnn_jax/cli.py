@@ -158,6 +158,30 @@ def _print_summary(summary: dict[str, Any]) -> None:
     )
 
 
+def _sample(args: argparse.Namespace) -> int:
+    import jax
+
+    from rnn_jax import report, tasks
+    from rnn_jax.checkpoint import CheckpointError
+    from rnn_jax.train import load_trained
+
+    try:
+        config, params = load_trained(args.checkpoint)
+    except (FileNotFoundError, CheckpointError) as error:
+        print(f"rnn-jax sample: error: {error}", file=sys.stderr)
+        return 2
+    task = tasks.make(config.task)
+    if not hasattr(task, "decode"):
+        raise ValueError(f"--checkpoint: the run trained on {config.task.task!r}; sampling needs a text task")
+    if args.length < 1 or not args.temperature > 0:
+        raise ValueError(f"--length, --temperature: expected >= 1 and > 0, got {args.length} and {args.temperature}")
+    prime = args.prime.encode().decode("unicode_escape")  # so that '\n' on the command line is a newline
+    text = report.generate_text(config.model, task, params, jax.random.key(args.seed), prime=prime,
+                                length=args.length, temperature=args.temperature)  # fmt: skip
+    print(prime + text)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rnn-jax",
@@ -192,6 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", metavar="PATH", default=None, help="also write the full report as JSON")
     check.add_argument("--explain", action="store_true", help="show the largest disagreement and where it occurred")
     check.set_defaults(handler=_gradcheck)
+
+    sample = commands.add_parser(
+        "sample",
+        help="generate text from a trained character-level model (the --out directory of rnn-jax train)",
+        description="Load the newest checkpoint of a text run (rnn-jax train --task shakespeare --out DIR) and "
+        "print text sampled from it after reading a prime.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sample.add_argument("--checkpoint", metavar="DIR", required=True, help="the run's --out directory")
+    sample.add_argument("--prime", default="ROMEO:\\n", help="text the model reads first ('\\n' is a newline)")
+    sample.add_argument("--length", type=int, default=500, help="characters to generate")
+    sample.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (lower: safer)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the sampling")
+    sample.set_defaults(handler=_sample)
     return parser
 
 

@@ -136,6 +136,22 @@ class Config:
         """A JSON-ready nested dict."""
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Config:
+        """The inverse of `to_dict` (as stored in summary.json).
+
+        Raises:
+          ValueError: when a section or field is unknown (a config from another version).
+        """
+        sections = {}
+        for f in dataclasses.fields(cls):
+            try:
+                sections[f.name] = f.default_factory()
+                sections[f.name] = type(sections[f.name])(**data.get(f.name, {}))
+            except TypeError as error:
+                raise ValueError(f"config: the stored {f.name!r} section does not fit this rnn-jax ({error})") from None
+        return cls(**sections)
+
 
 @dataclass(frozen=True)
 class GradcheckConfig:

@@ -420,6 +420,42 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
     return advance_on_windows, zero_state
 
 
+def load_trained(workdir: str) -> tuple[Config, Any]:
+    """The config (from ``workdir/summary.json``) and the parameters of the newest checkpoint of a run.
+
+    Raises:
+      FileNotFoundError: when ``workdir`` holds no summary.json.
+      checkpoint.CheckpointError: when it holds no readable checkpoint.
+    """
+    path = os.path.join(workdir, "summary.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: not found; --checkpoint expects the --out directory of an rnn-jax train run")
+    with open(path) as f:
+        config = Config.from_dict(json.load(f)["config"])
+    task = tasks.make(config.task)
+    k_init, k_train, _ = _keys(config.run.seed)
+    params = init_params(config.model, task, k_init)
+    optimizer = make_optimizer(config.optim, config.run.steps)
+    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    carried = (
+        ()
+        if config.run.tbptt_k1 is None
+        else cells.get(config.model.model).initial_state(params, config.task.batch_size)
+    )
+    template = checkpoint.Position(state, carried, jax.random.key_data(k_train))
+    run = config.run
+    checkpoints = checkpoint.Checkpoints(
+        checkpoint.directory_of(workdir), config, every=run.checkpoint_every, keep=run.keep_checkpoints, resume=True
+    )
+    try:
+        position = checkpoints.restore_latest(template)
+    finally:
+        checkpoints.close()
+    if position is None:
+        raise checkpoint.CheckpointError(f"{checkpoint.directory_of(workdir)}: no checkpoint to load")
+    return config, position.state.params
+
+
 def _write_summary(workdir: str | None, summary: dict[str, Any]) -> None:
     if workdir is None:
         return

