@@ -101,6 +101,11 @@ class RunConfig:
     tbptt_k2: int | None = _help(
         "truncated BPTT: gradients flow back at most k2 >= k1 steps (default: k2 = k1)", default=None
     )
+    devices: int | None = _help(
+        "data parallel: split each batch over the first N devices, parameters replicated (None: all devices)",
+        metavar="N",
+        default=None,
+    )
 
 
 @dataclass(frozen=True)

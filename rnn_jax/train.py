@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import bptt, cells, diagnostics, tasks
+from rnn_jax import bptt, cells, diagnostics, distributed, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import unroll
@@ -226,18 +226,21 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     if not isinstance(config.task.batch_size, int) or config.task.batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {config.task.batch_size!r}")
     task = tasks.make(config.task)
+    mesh = distributed.make_mesh(run.devices)  # data parallel: each batch split over the mesh, the state replicated
+    distributed.check_batch_size(config.task.batch_size, mesh)
     k_init, k_train, k_eval = _keys(run.seed)
     params = init_params(config.model, task, k_init)
     dtype = DTYPES[config.model.dtype]
     optimizer = make_optimizer(config.optim, run.steps)
     schedule_lr = learning_rate_schedule(config.optim, run.steps)
-    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params)), mesh)
     evaluate = make_evaluate(config.model, task)
     if hasattr(task, "eval_batch"):  # real data: the validation split periodically, the test split at the end
         eval_set = task.eval_batch("validation", dtype)
     else:
         eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
-    advance = _make_advance(config, task, optimizer, params, k_train, dtype)
+    eval_set = distributed.shard_or_replicate(eval_set, mesh)
+    advance = _make_advance(config, task, optimizer, params, k_train, dtype, mesh)
 
     sink = _Sink(workdir)
     summary: dict[str, Any] = {"status": "running", "config": config.to_dict(), "baseline": task.baseline()}
@@ -300,7 +303,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         raise
     elapsed = time.perf_counter() - start
     if hasattr(task, "eval_batch"):
-        summary["final_test"] = _floats(evaluate(state.params, task.eval_batch("test", dtype)))
+        test_set = distributed.shard_or_replicate(task.eval_batch("test", dtype), mesh)
+        summary["final_test"] = _floats(evaluate(state.params, test_set))
         sink.write({"kind": "test", "step": run.steps, **summary["final_test"]})
     sink.close()
     summary.update(
@@ -315,23 +319,29 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     return {**summary, "params": state.params, "records": sink.records}
 
 
-def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.Array, dtype):
-    """``advance(state, step) -> (state, StepMetrics)``: one update, on a fresh batch or the stream's next window."""
+def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.Array, dtype, mesh):
+    """``advance(state, step) -> (state, StepMetrics)``: one update, on a fresh batch or the stream's next window.
+
+    Batches (and a TBPTT stream and carry) are split along B over ``mesh`` (`rnn_jax.distributed`).
+    """
     run = config.run
     if run.tbptt_k1 is None:
         if run.tbptt_k2 is not None:
             raise ValueError("tbptt_k2: needs tbptt_k1 as well (the number of steps per update)")
         train_step = make_train_step(config, task, optimizer)
         make_batch = jax.jit(lambda k: task.batch(k, config.task.batch_size, dtype))
-        return lambda state, step: train_step(state, make_batch(jax.random.fold_in(key, step)))
+        return lambda state, step: train_step(
+            state, distributed.shard_batch(make_batch(jax.random.fold_in(key, step)), mesh)
+        )
 
     k1, k2 = bptt.check_truncation(run.tbptt_k1, run.tbptt_k2 or run.tbptt_k1)
     if not hasattr(task, "stream"):
         raise ValueError(f"tbptt_k1: the {task.name!r} task has no stream to truncate; streaming tasks: xor")
     stream = task.stream(key, config.task.batch_size, run.steps * k1, dtype)
     padded_inputs, padded_targets = bptt.pad_stream(stream.inputs, k1, k2), bptt.pad_stream(stream.targets, k1, k2)
+    padded_inputs, padded_targets = distributed.shard((padded_inputs, padded_targets), mesh, axis=1)  # [N, B, ...]
     tbptt_step = make_tbptt_step(config, task, optimizer, k1, k2)
-    carried = [cells.get(config.model.model).initial_state(params, config.task.batch_size)]
+    carried = [distributed.shard(cells.get(config.model.model).initial_state(params, config.task.batch_size), mesh, 0)]
 
     def advance(state, step):
         index = jnp.asarray(step - 1, jnp.int32)
