@@ -4,8 +4,9 @@ Question. Character-level language modelling of Shakespeare's plays (the 38 play
 whole plays: test = Hamlet and The Tempest). An LSTM reads the training plays as 32 contiguous streams with
 TBPTT(100, 100), the state carried across windows and reset to zero every 10 updates (so that the net also learns to
 start from the zero state it is evaluated and sampled from: without the resets, a first full run fell into a
-degenerate state on some held-out streams, 3.6 bits per character and a sample of digits). How many bits per character on the held-out plays, next to the
-unigram entropy (4.8 bits, a model that ignores the context), and what does it write?
+degenerate state on some held-out streams, 3.6 bits per character and a sample of digits). How many bits per
+character on the held-out plays, next to the unigram entropy (4.8 bits, a model that ignores the context), and what
+does it write?
 
 Command:
   python -m experiments.shakespeare            # full: LSTM H = 256, 3000 updates

@@ -121,6 +121,11 @@ class RunConfig:
     tensorboard: bool = _help(
         "also write the metrics as TensorBoard scalars beside metrics.jsonl (needs tensorboardX)", default=False
     )
+    devices: int | None = _help(
+        "data parallel: split each batch over the first N devices, parameters replicated (None: all devices)",
+        metavar="N",
+        default=None,
+    )
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import bptt, cells, checkpoint, diagnostics, tasks
+from rnn_jax import bptt, cells, checkpoint, diagnostics, distributed, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import unroll
@@ -280,21 +280,25 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
             raise ValueError("tensorboard: needs an output directory for the event files")
         _tensorboard_writer()  # fails now, not after the compilation, when tensorboardX is missing
     task = tasks.make(config.task)
+    mesh = distributed.make_mesh(run.devices)  # data parallel: each batch split over the mesh, the state replicated
+    distributed.check_batch_size(config.task.batch_size, mesh)
     k_init, k_train, k_eval = _keys(run.seed)
     params = init_params(config.model, task, k_init)
     dtype = DTYPES[config.model.dtype]
     optimizer = make_optimizer(config.optim, run.steps)
     schedule_lr = learning_rate_schedule(config.optim, run.steps)
-    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params)), mesh)
     evaluate = make_evaluate(config.model, task)
     if hasattr(task, "eval_batch"):  # real data: the validation split periodically, the test split at the end
         eval_set = task.eval_batch("validation", dtype)
     else:
         eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
-    advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype)
+    eval_set = distributed.shard_or_replicate(eval_set, mesh)
+    advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype, mesh)
     initial = checkpoint.Position(state, carried, jax.random.key_data(k_train))
     checkpoints, position = checkpoint.open_run(workdir, config, initial)  # with --resume: the newest checkpoint
-    state, carried = position.state, position.carried
+    # a restored position comes back on one device: place it on the mesh again
+    state, carried = distributed.replicate(position.state, mesh), distributed.shard(position.carried, mesh, 0)
     resumed_from = int(state.step)
 
     sink = _Sink(workdir, resume_after=resumed_from if run.resume else None, tensorboard=run.tensorboard)
@@ -360,7 +364,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
                     checkpoints.save(checkpoint.Position(state, carried, position.key))
         elapsed = time.perf_counter() - start
         if hasattr(task, "eval_batch"):  # real data: the held-out test split, once, at the end
-            summary["final_test"] = _floats(evaluate(state.params, task.eval_batch("test", dtype)))
+            test_set = distributed.shard_or_replicate(task.eval_batch("test", dtype), mesh)
+            summary["final_test"] = _floats(evaluate(state.params, test_set))
             sink.write({"kind": "test", "step": run.steps, **summary["final_test"]})
     except TrainingDiverged as error:
         summary.update(status="diverged", diverged_at_step=error.step, final_eval=last_eval)
@@ -383,14 +388,17 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     return {**summary, "params": state.params, "records": sink.records}
 
 
-def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.Array, dtype):
+def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.Array, dtype, mesh=None):
     """``advance(state, carried, step) -> (state, carried, StepMetrics)``: one update, on a fresh batch
     ``fold_in(key, step)`` or on window ``step`` of the stream, and the initial ``carried``.
 
     ``carried`` is the state entering the next TBPTT window, and ``()`` on the random-batch path; with
-    ``state.step`` it is the whole position of the data, which is what a checkpoint saves.
+    ``state.step`` it is the whole position of the data, which is what a checkpoint saves. Batches (and a
+    TBPTT stream and carry) are split along B over ``mesh`` (`rnn_jax.distributed`; by default the
+    mesh of ``config.run.devices``).
     """
     run = config.run
+    mesh = distributed.make_mesh(run.devices) if mesh is None else mesh
     if run.tbptt_k1 is None:
         if run.tbptt_k2 is not None:
             raise ValueError("tbptt_k2: needs tbptt_k1 as well (the number of steps per update)")
@@ -398,7 +406,8 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
         make_batch = jax.jit(lambda k: task.batch(k, config.task.batch_size, dtype))
 
         def advance_on_batches(state, carried, step):
-            state, metrics = train_step(state, make_batch(jax.random.fold_in(key, step)))
+            batch = distributed.shard_batch(make_batch(jax.random.fold_in(key, step)), mesh)
+            state, metrics = train_step(state, batch)
             return state, carried, metrics
 
         return advance_on_batches, ()
@@ -408,9 +417,10 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
         raise ValueError(f"tbptt_k1: the {task.name!r} task has no stream to truncate; streaming tasks: xor")
     stream = task.stream(key, config.task.batch_size, run.steps * k1, dtype)
     padded_inputs, padded_targets = bptt.pad_stream(stream.inputs, k1, k2), bptt.pad_stream(stream.targets, k1, k2)
+    padded_inputs, padded_targets = distributed.shard((padded_inputs, padded_targets), mesh, axis=1)  # [N, B, ...]
     tbptt_step = make_tbptt_step(config, task, optimizer, k1, k2)
 
-    zero_state = cells.get(config.model.model).initial_state(params, config.task.batch_size)
+    zero_state = distributed.shard(cells.get(config.model.model).initial_state(params, config.task.batch_size), mesh, 0)
 
     def advance_on_windows(state, carried, step):
         if run.tbptt_reset_every and (step - 1) % run.tbptt_reset_every == 0:

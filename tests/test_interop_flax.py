@@ -1,0 +1,83 @@
+"""The Elman cell inside flax.linen.RNN computes what rnn_jax.unroll computes; parameters convert both ways."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as rj
+from rnn_jax.interop import flax as rj_flax
+
+T, B, D, H, O = 7, 3, 4, 5, 2
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
+def test_flax_rnn_of_elman_cell_equals_unroll(key, activation):
+    k_x, k_init = jax.random.split(key)
+    xs = jax.random.normal(k_x, (B, T, D))  # flax.linen.RNN is batch-first
+    rnn = nn.RNN(rj_flax.ElmanCell(hidden_size=H, output_size=O, activation=activation), return_carry=True)
+    variables = rnn.init(k_init, xs)
+    final, ys = rnn.apply(variables, xs)
+    params = rj_flax.from_flax(variables, path=("cell",))
+    run = rj.unroll(params, xs, activation=activation, time_major=False)
+    np.testing.assert_allclose(ys, run.outputs, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(final, run.final_state, rtol=1e-6, atol=1e-6)
+
+
+def test_rnn_jax_params_run_in_flax_with_lengths(key):
+    """The other direction: parameters drawn by rnn_jax, run by flax with per-sequence lengths."""
+    k_p, k_x = jax.random.split(key)
+    params = rj.elman.init(k_p, D, H, O)
+    xs = jax.random.normal(k_x, (B, T, D))
+    lengths = jnp.array([7, 3, 5], jnp.int32)
+    rnn = nn.RNN(rj_flax.ElmanCell(hidden_size=H, output_size=O), return_carry=True)
+    final, ys = rnn.apply(rj_flax.to_flax(params, path=("cell",)), xs, seq_lengths=lengths)
+    run = rj.unroll(params, xs, lengths=lengths, time_major=False)
+    np.testing.assert_allclose(final, run.final_state, rtol=1e-6, atol=1e-6)
+    valid = np.asarray(rj.sequence_mask(lengths, T)).T  # [B, T]; flax leaves the outputs past the end unmasked
+    np.testing.assert_allclose(np.asarray(ys)[valid], np.asarray(run.outputs)[valid], rtol=1e-6, atol=1e-6)
+
+
+def test_round_trips_are_exact(key):
+    params = rj.elman.init(key, D, H, O)
+    back = rj_flax.from_flax(rj_flax.to_flax(params))
+    for name, a, b in zip(params._fields, params, back, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    variables = nn.RNN(rj_flax.ElmanCell(hidden_size=H, output_size=O)).init(key, jnp.zeros((B, T, D)))
+    again = rj_flax.to_flax(rj_flax.from_flax(variables, path=("cell",)), path=("cell",))
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, dict(variables)), again)
+
+
+def test_elman_cell_equals_flax_simple_cell_where_the_layouts_match(key):
+    """SimpleCell is Elman without a read-out: W_x = i.kernel, b_s = i.bias, W_s = h.kernel, W_y = I."""
+    k_x, k_init = jax.random.split(key)
+    xs = jax.random.normal(k_x, (B, T, D))
+    simple = nn.RNN(nn.SimpleCell(features=H))
+    variables = simple.init(k_init, xs)
+    cell = variables["params"]["cell"]
+    params = rj.ElmanParams(
+        w_x=cell["i"]["kernel"], w_s=cell["h"]["kernel"], b_s=cell["i"]["bias"], w_y=jnp.eye(H), b_y=jnp.zeros(H)
+    )
+    expected = simple.apply(variables, xs)
+    ours = nn.RNN(rj_flax.ElmanCell(hidden_size=H, output_size=H)).apply(rj_flax.to_flax(params, ("cell",)), xs)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_cell_accepts_several_batch_axes_and_zero_carry(key):
+    cell = rj_flax.ElmanCell(hidden_size=H, output_size=O)
+    x = jax.random.normal(key, (2, 3, D))
+    carry = cell.initialize_carry(key, x.shape)
+    assert carry.shape == (2, 3, H) and not carry.any() and cell.num_feature_axes == 1
+    variables = cell.init(key, carry, x)
+    s, y = cell.apply(variables, carry, x)
+    s_flat, y_flat = rj.elman.step(rj_flax.from_flax(variables), carry.reshape(6, H), x.reshape(6, D))
+    np.testing.assert_array_equal(s, s_flat.reshape(2, 3, H))
+    np.testing.assert_array_equal(y, y_flat.reshape(2, 3, O))
+
+
+def test_from_flax_names_what_is_missing():
+    with pytest.raises(ValueError, match="missing"):
+        rj_flax.from_flax({"params": {"i": {}, "h": {}}})
