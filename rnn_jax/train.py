@@ -87,8 +87,15 @@ def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> Any:
 
 def forward(config: ModelConfig, params: Any, batch: tasks.Batch) -> jax.Array:
     """The outputs y, [T, B, O], of the model on ``batch`` (state frozen past each length)."""
+    cell = cells.get(config.model)
     return unroll(
-        params, batch.inputs, activation=config.activation, lengths=batch.lengths, unroll=config.unroll
+        params,
+        batch.inputs,
+        activation=config.activation,
+        lengths=batch.lengths,
+        unroll=config.unroll,
+        backward=config.backward,
+        cell=cell,
     ).outputs
 
 
