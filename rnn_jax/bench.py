@@ -14,13 +14,14 @@ autodiff path (`Agreement`), so no one wins by computing something else.
 
 The implementations (`default_implementations`):
   rnn-jax-autodiff  `rnn_jax.train.make_train_step` with ``backward="autodiff"`` (jax.grad through lax.scan);
-  rnn-jax-fast      the same with the fast path (``backward="bptt"``: the hand-derived BPTT custom VJP);
+  rnn-jax-fast      the default, ``backward="fast"`` (for elman the hand-derived BPTT custom VJP, see
+                    `rnn_jax.bptt.accumulating_backward`);
   flax              ``flax.linen.RNN`` over the matching flax cell, a Dense read-out, the same optax chain;
   torch             ``torch.nn.RNN`` + ``nn.Linear``, ``clip_grad_norm_`` and ``torch.optim.Adam``, when
                     torch is importable: timed with 1 thread and with all threads, interleaved, and
                     reported under the better setting (named in the record, e.g. "torch-1thread");
   lower-bound       measured: the T sequential [B, H] @ [H, H] products of the forward pass (forward),
-                    twice that plus the three weight-gradient products [., T B] @ [T B, .] (train).
+                    twice that plus the weight-gradient flops at the machine's square-matmul rate (train).
 
 Peak memory: for the JAX implementations, XLA's buffer assignment of the compiled step
 (arguments + outputs + temporaries - aliased), exact and the same on every backend (JAX cannot
@@ -213,7 +214,7 @@ def rnn_jax_implementation(name: str, **model_options) -> Implementation:
 
     def prepare(problem: Problem) -> Prepared:
         shape = problem.shape
-        if model_options.get("backward", "autodiff") != "autodiff" and shape.cell != "elman":
+        if model_options.get("backward") == "bptt" and shape.cell != "elman":
             raise Unavailable(f"backward={model_options['backward']!r} exists for elman only")
         config = Config(
             model=ModelConfig(model=shape.cell, hidden=shape.H, **model_options),
@@ -451,31 +452,32 @@ def lower_bound_implementation() -> Implementation:
 
     A recurrent network's step t cannot start before step t - 1 ends, in either direction, so no
     implementation of the forward pass beats the chain of T state products, and no train step
-    beats two such chains (forward and backward) plus the products that form the weight
-    gradients ``x^T delta``, ``s^T delta`` and ``s^T g`` over all T B rows. Both are measured on
-    this machine with XLA, at the problem's exact shapes (elementwise work and the input and
-    output projections are left out, so the bound is strict).
+    beats two such chains (forward, then backward) plus the arithmetic of the weight gradients,
+    2 T B (D H + H H + H O) flops, done at the machine's matmul rate: measured as one square
+    n x n x n product of the same flop count, the shape matrix libraries run fastest. Both are
+    measured with XLA on this machine, in the same interleaved samples as the implementations;
+    elementwise work and the input and output projections are left out, so the bound is strict.
     """
 
     def prepare(problem: Problem) -> Prepared:
         s = problem.shape
         w = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(s.H, s.H)))[0], jnp.float32)
         s0 = jnp.ones((s.B, s.H), jnp.float32) / np.sqrt(s.H)
-        rows = s.T * s.B
-        x, states = jnp.ones((rows, s.D), jnp.float32), jnp.ones((rows, s.H), jnp.float32)
-        delta, g = jnp.ones((rows, s.H), jnp.float32), jnp.ones((rows, s.O), jnp.float32)
+        flops = 2 * s.T * s.B * (s.D * s.H + s.H * s.H + s.H * s.O)
+        n = max(1, round((flops / 2) ** (1 / 3)))
+        square = jnp.ones((n, n), jnp.float32) / n
 
         def chain(s0, w):
             return jax.lax.scan(lambda c, _: (c @ w, None), s0, None, length=s.T)[0]
 
-        def floor_of_train(s0, w, x, states, delta, g):
+        def floor_of_train(s0, w, square):
             back = chain(chain(s0, w), w.T)  # the backward chain waits for the forward one, as in BPTT
-            return back, x.T @ delta, states.T @ delta, states.T @ g
+            return back, square @ square
 
+        args = (s0, w, square)
         start = time.perf_counter()
         chain_c = jax.jit(chain).lower(s0, w).compile()
         chain_s = time.perf_counter() - start
-        args = (s0, w, x, states, delta, g)
         start = time.perf_counter()
         train_c = jax.jit(floor_of_train).lower(*args).compile()
         train_s = time.perf_counter() - start
@@ -494,7 +496,7 @@ def default_implementations() -> list[Implementation]:
     """The reference first (rnn-jax's autodiff path), then the fast path, flax, torch and the lower bound."""
     return [
         rnn_jax_implementation("rnn-jax-autodiff", backward="autodiff"),
-        rnn_jax_implementation("rnn-jax-fast", backward="bptt"),
+        rnn_jax_implementation("rnn-jax-fast", backward="fast"),
         flax_implementation(),
         torch_implementation(),
         lower_bound_implementation(),

@@ -270,7 +270,6 @@ def accumulating_backward(
     s_prev = _previous_states(initial_state, states)
     w_in = jnp.concatenate([params.w_x, params.w_s], axis=0)  # [D + H, H]
     w_back = jnp.concatenate([params.w_y.T, params.w_s.T], axis=0)  # [O + H, H]
-    direct = state_error.at[-1].add(final_state_error)  # dE/ds_T from the final state joins the last step's
     m = None if mask is None else mask.astype(states.dtype)[..., None]  # [T, B, 1]
 
     def body(carry, inputs):
@@ -284,15 +283,18 @@ def accumulating_backward(
         if act.derivative_from_output is None:  # a user callable: phi' needs the pre-activation
             pre = z_t @ w_in + params.b_s[None, :]
         delta = a * activation_derivative(act, pre, s_t)
-        if m_t is not None:
+        if m_t is None:
+            passed = jnp.zeros_like(a)
+        else:
             delta, passed = m_t * delta, (1 - m_t) * a
         carry = (delta, passed, d_w_in + z_t.T @ delta, d_w_y + s_t.T @ g_t, d_b_s + jnp.sum(delta, axis=0))
         return carry, delta
 
     zeros = functools.partial(jnp.zeros, dtype=states.dtype)
-    init = (zeros((batch, hidden)), zeros((batch, hidden)), zeros(w_in.shape), zeros(params.w_y.shape), zeros(hidden))
+    # dE/ds_T from a use of the final state enters a_T the way a frozen step's error passes back: as p_{T+1}
+    init = (zeros((batch, hidden)), final_state_error, zeros(w_in.shape), zeros(params.w_y.shape), zeros(hidden))
     (delta_1, passed, d_w_in, d_w_y, d_b_s), deltas = jax.lax.scan(
-        body, init, (xs, states, s_prev, output_error, direct, m), reverse=True, unroll=unroll
+        body, init, (xs, states, s_prev, output_error, state_error, m), reverse=True, unroll=unroll
     )
     g_sum = output_error if m is None else output_error * m
     grads = ElmanParams(d_w_in[:width], d_w_in[width:], d_b_s, d_w_y, jnp.sum(g_sum, axis=(0, 1)))
@@ -490,7 +492,7 @@ def truncated_loss(
     loss: LossName = "squared_error",
     reduction: str = "mean",
     activation: str | Callable = "tanh",
-    backward: Literal["autodiff", "bptt"] = "autodiff",
+    backward: Literal["autodiff", "bptt", "fast"] = "autodiff",
     cell=elman,
 ) -> tuple[jax.Array, jax.Array]:
     """The truncated objective of one window, and the state to carry into the next window.
@@ -526,7 +528,7 @@ def tbptt_gradients(
     loss: LossName = "squared_error",
     reduction: str = "mean",
     activation: str | Callable = "tanh",
-    backward: Literal["autodiff", "bptt"] = "autodiff",
+    backward: Literal["autodiff", "bptt", "fast"] = "autodiff",
     initial_state: jax.Array | None = None,
     cell=elman,
 ) -> tuple[jax.Array, object, jax.Array]:

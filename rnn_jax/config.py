@@ -34,9 +34,10 @@ class ModelConfig:
     spectral_radius: float | None = _help("rescale W_s to this spectral radius", default=None)
     dtype: Literal["float32", "float64", "bfloat16"] = _help("parameter and compute dtype", default="float32")
     unroll: int = _help("time steps per scan loop iteration (lax.scan's unroll)", default=1)
-    backward: Literal["autodiff", "bptt"] = _help(
-        "gradients by jax.grad through the scan, or by the hand-derived BPTT equations (custom VJP; elman only)",
-        default="autodiff",
+    backward: Literal["fast", "autodiff", "bptt"] = _help(
+        "gradients by jax.grad through the scan, by the hand-derived BPTT equations (custom VJP; elman only), or "
+        "'fast': the fastest measured for the cell (bptt for elman, autodiff otherwise)",
+        default="fast",
     )
 
 
