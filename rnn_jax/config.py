@@ -36,9 +36,10 @@ class ModelConfig:
     spectral_radius: float | None = _help("rescale W_s to this spectral radius", default=None)
     dtype: Literal["float32", "float64", "bfloat16"] = _help("parameter and compute dtype", default="float32")
     unroll: int = _help("time steps per scan loop iteration (lax.scan's unroll)", default=1)
-    backward: Literal["autodiff", "bptt"] = _help(
-        "gradients by jax.grad through the scan, or by the hand-derived BPTT equations (custom VJP; elman only)",
-        default="autodiff",
+    backward: Literal["fast", "autodiff", "bptt"] = _help(
+        "gradients by jax.grad through the scan, by the hand-derived BPTT equations (custom VJP; elman only), or "
+        "'fast': the fastest measured for the cell (bptt for elman, autodiff otherwise)",
+        default="fast",
     )
 
 
@@ -191,3 +192,18 @@ class GradcheckConfig:
     )
     directions: int = _help("random directions for forward mode and for large parameters", default=8)
     fd_step: float = _help("central-difference step h", default=1e-5)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What `rnn_jax.bench.run` times: the problem sizes, the cell and the number of repeats."""
+
+    preset: Literal["quick", "standard", "gpu"] | None = _help(
+        "quick: tiny sizes for the tests; standard: the five issue sizes on a CPU; gpu: those and two larger ones "
+        "(about 5 minutes on one GPU). Default: standard, unless --config is given",
+        default=None,
+    )
+    config: tuple[str, ...] = _help("another problem size B,T,D,H,O (repeatable)", metavar="B,T,D,H,O", default=())
+    cell: Literal["elman"] = _help("the recurrent cell", default="elman")
+    repeats: int | None = _help("timed samples per implementation and mode (default: the preset's)", default=None)
+    seed: int = _help("seed of the shared parameters and data", default=0)

@@ -140,7 +140,7 @@ def unroll(
     unroll: int = 1,
     time_major: bool = True,
     check_finite: bool = False,
-    backward: Literal["autodiff", "bptt"] = "autodiff",
+    backward: Literal["autodiff", "bptt", "fast"] = "autodiff",
     cell=elman,
 ) -> Unrolled:
     """Runs ``cell.step`` over a batch of sequences with `jax.lax.scan`.
@@ -156,8 +156,10 @@ def unroll(
       time_major: False when ``xs`` is batch-first; the outputs are then batch-first too.
       check_finite: raise if ``xs`` (or ``initial_state``) holds NaN or Inf (concrete inputs only).
       backward: how gradients through the unroll are computed: "autodiff" (`jax.grad`
-        differentiates the scan) or "bptt" (the hand-derived BPTT equations of `rnn_jax.bptt`
-        as a `jax.custom_vjp`; Elman only). The forward values are the same.
+        differentiates the scan), "bptt" (the hand-derived BPTT equations of `rnn_jax.bptt`
+        as a `jax.custom_vjp`; Elman only) or "fast" (the fastest measured for the cell: "bptt"
+        for Elman, "autodiff" for the other cells; see the README's Performance section). The
+        forward values are the same.
       cell: the module providing ``step`` and ``initial_state``.
 
     Returns:
@@ -187,6 +189,8 @@ def unroll(
         _checks.finite("xs", xs)
         jax.tree.map(functools.partial(_checks.finite, "initial_state"), initial_state)
     mask = _resolve_mask(mask, lengths, num_steps, batch)
+    if backward == "fast":
+        backward = "bptt" if cell is elman else "autodiff"
     if backward == "bptt":
         from rnn_jax import bptt  # bptt sits on this module; imported here to keep the arrow one way
 
@@ -197,7 +201,7 @@ def unroll(
         cell_step = functools.partial(cell.step, params, activation=activation)
         outputs, states, final = scan(cell_step, initial_state, xs, mask, unroll)
     else:
-        raise ValueError(f"backward: expected 'autodiff' or 'bptt', got {backward!r}")
+        raise ValueError(f"backward: expected 'autodiff', 'bptt' or 'fast', got {backward!r}")
     if not time_major:
         outputs, states = jnp.swapaxes(outputs, 0, 1), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), states)
     return Unrolled(outputs, states, final)

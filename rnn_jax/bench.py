@@ -1,0 +1,751 @@
+"""The benchmark harness: rnn-jax beside flax, PyTorch and a measured lower bound, in one process.
+
+For each problem size (B, T, D, H, O) and cell, every implementation gets the same parameters and
+the same batch, and is timed in two modes, in float32:
+
+    forward   y = readout(unroll(x))                                   [T, B, O]
+    train     loss = mean |y - d|^2;  g = BPTT;  clip(g, global norm 1);  Adam update
+
+Repeats are interleaved (A B C A B C ...), so a noisy, shared machine slows every implementation
+alike and the ratios hold; each record gives the median and the 10th/90th percentiles of the
+time per call, the compile time apart, and the peak memory. Before any timing, every
+implementation's loss and gradient at the shared initial parameters are compared with rnn-jax's
+autodiff path (`Agreement`), so no one wins by computing something else.
+
+The implementations (`default_implementations`):
+  rnn-jax-autodiff  `rnn_jax.train.make_train_step` with ``backward="autodiff"`` (jax.grad through lax.scan);
+  rnn-jax-fast      the default, ``backward="fast"`` (for elman the hand-derived BPTT custom VJP, see
+                    `rnn_jax.bptt.accumulating_backward`);
+  flax              ``flax.linen.RNN`` over the matching flax cell, a Dense read-out, the same optax chain;
+  torch             ``torch.nn.RNN`` + ``nn.Linear``, ``clip_grad_norm_`` and ``torch.optim.Adam``, when
+                    torch is importable: timed with 1 thread and with all threads, interleaved, and
+                    reported under the better setting (named in the record, e.g. "torch-1thread");
+  lower-bound       measured: the T sequential [B, H] @ [H, H] products of the forward pass (forward),
+                    twice that plus the weight-gradient flops at the machine's square-matmul rate (train).
+
+Peak memory: for the JAX implementations, XLA's buffer assignment of the compiled step
+(arguments + outputs + temporaries - aliased), exact and the same on every backend (JAX cannot
+reset a device's peak counter between implementations); for torch, the CUDA allocator's peak
+on a GPU, otherwise the rise of the process's resident memory during one call.
+
+The library prints nothing: `run` returns a `BenchResult`; `format_table` renders it and
+``rnn-jax bench`` prints it and writes the records as JSON.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rnn_jax import cells, tasks, train
+from rnn_jax.config import Config, ModelConfig, OptimConfig, TaskConfig
+from rnn_jax.optim import make_optimizer
+
+MODES = ("forward", "train")
+RECORD_KEYS = ("config", "impl", "mode", "median_ms", "p10_ms", "p90_ms", "compile_s", "peak_mem_mb")
+CONFIG_KEYS = ("cell", "B", "T", "D", "H", "O")
+
+PRESETS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
+    # tiny: the whole harness in a few seconds on a CPU (the test suite runs it)
+    "quick": ((4, 8, 2, 8, 2),),
+    # the issue's standard configurations, including the latency-bound (1, 1000, 1, 32, 1)
+    "standard": (
+        (32, 100, 8, 64, 8),
+        (64, 256, 32, 128, 32),
+        (128, 512, 64, 256, 64),
+        (1, 1000, 1, 32, 1),
+        (256, 64, 128, 512, 128),
+    ),  # fmt: skip
+    # the standard ones plus two sizes where an accelerator pulls ahead; about 5 minutes on one GPU
+    "gpu": (
+        (32, 100, 8, 64, 8),
+        (64, 256, 32, 128, 32),
+        (128, 512, 64, 256, 64),
+        (1, 1000, 1, 32, 1),
+        (256, 64, 128, 512, 128),
+        (256, 512, 128, 512, 128),
+        (1024, 128, 256, 1024, 256),
+    ),  # fmt: skip
+}
+PRESET_REPEATS = {"quick": 3, "standard": 9, "gpu": 15}
+
+LEARNING_RATE = 1e-3
+CLIP_NORM = 1.0
+
+
+class Shape(NamedTuple):
+    """One benchmark problem: the cell and its sizes."""
+
+    cell: str
+    B: int  # batch
+    T: int  # time steps
+    D: int  # input width
+    H: int  # state width
+    O: int  # output width  # noqa: E741
+
+    def to_json(self) -> dict[str, Any]:
+        return self._asdict()
+
+
+class Problem(NamedTuple):
+    """What every implementation receives: the shared initial parameters and one batch (float32)."""
+
+    shape: Shape
+    params: Any  # the rnn-jax cell's Params (ElmanParams: w_x [D, H], w_s [H, H], b_s [H], w_y [H, O], b_y [O])
+    inputs: np.ndarray  # [T, B, D]
+    targets: np.ndarray  # [T, B, O]
+
+
+class Unavailable(Exception):
+    """An implementation cannot run this problem (missing package, no counterpart of the cell)."""
+
+
+class Prepared(NamedTuple):
+    """An implementation, compiled and ready: each callable runs one call and waits for its result."""
+
+    run: dict[str, Callable[[], None]]  # mode -> one forward pass / one train step
+    compile_s: dict[str, float]  # mode -> seconds (0 for eager frameworks)
+    peak_mem_mb: dict[str, float]  # mode -> MB
+    first_step: tuple[float, Any] | None  # (loss, gradients as the rnn-jax Params) at the initial parameters
+
+
+class Implementation(NamedTuple):
+    """A named way to run a `Problem`: ``prepare(problem) -> Prepared`` (or raise `Unavailable`)."""
+
+    name: str
+    prepare: Callable[[Problem], Prepared]
+    variants: tuple[str, ...] = ()  # names timed separately and reported as the better one (torch's threads)
+
+
+class Agreement(NamedTuple):
+    """One implementation's first step against the reference (rnn-jax's autodiff path)."""
+
+    shape: Shape
+    impl: str
+    loss: float
+    loss_rel_err: float  # |loss - loss_ref| / |loss_ref|
+    grad_rel_err: float  # max over parameters of max |g - g_ref| / max |g_ref|
+    agrees: bool
+
+
+class BenchResult(NamedTuple):
+    """What `run` returns."""
+
+    records: list[dict[str, Any]]  # the JSON records (RECORD_KEYS)
+    agreement: list[Agreement]
+    skipped: list[tuple[Shape, str, str]]  # (shape, impl, reason)
+    notes: dict[str, str]  # the backend, versions, thread settings
+
+
+# ------------------------------------------------------------------ measuring
+
+
+def _compiled_mb(compiled) -> float:
+    """Device memory of one compiled call from XLA's buffer assignment (arguments + outputs + temporaries - aliased)."""
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return float("nan")
+    used = stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+    return (used - stats.alias_size_in_bytes) / 2**20
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except OSError:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _rss_rise_mb(fn: Callable[[], None]) -> float:
+    """How far the process's resident memory rises above its starting level while ``fn`` runs (sampled)."""
+    before = _rss_mb()
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_mb())
+            time.sleep(0.0005)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        fn()
+    finally:
+        done.set()
+        sampler.join()
+    return max(peak[0], _rss_mb()) - before
+
+
+def _problem(shape: Shape, seed: int) -> Problem:
+    k_params, k_x, k_d = jax.random.split(jax.random.key(seed), 3)
+    params = cells.get(shape.cell).init(k_params, shape.D, shape.H, shape.O)
+    inputs = jax.random.normal(k_x, (shape.T, shape.B, shape.D), jnp.float32)
+    targets = jax.random.normal(k_d, (shape.T, shape.B, shape.O), jnp.float32)
+    return Problem(shape, jax.device_get(params), np.asarray(inputs), np.asarray(targets))
+
+
+def _blocking(fn: Callable[[], Any]) -> Callable[[], None]:
+    return lambda: jax.block_until_ready(fn())
+
+
+# ------------------------------------------------------------------ rnn-jax
+
+
+def _optimizer():
+    return make_optimizer(OptimConfig(optimizer="adam", learning_rate=LEARNING_RATE, clip="global_norm",
+                                      clip_threshold=CLIP_NORM, schedule="constant"))  # fmt: skip
+
+
+def rnn_jax_implementation(name: str, **model_options) -> Implementation:
+    """rnn-jax's own train step (`rnn_jax.train.make_train_step`) with these `ModelConfig` options."""
+
+    def prepare(problem: Problem) -> Prepared:
+        shape = problem.shape
+        if model_options.get("backward") == "bptt" and shape.cell != "elman":
+            raise Unavailable(f"backward={model_options['backward']!r} exists for elman only")
+        config = Config(
+            model=ModelConfig(model=shape.cell, hidden=shape.H, **model_options),
+            task=TaskConfig(seq_len=shape.T, batch_size=shape.B),
+        )
+        task = _RegressionTask(shape.D, shape.O)
+        optimizer = _optimizer()
+        params = jax.device_put(problem.params)
+        batch = tasks.Batch(jnp.asarray(problem.inputs), jnp.asarray(problem.targets), None, None)
+        loss_fn = train.make_loss_fn(config.model, task)
+        loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, batch)
+
+        forward = jax.jit(functools.partial(train.forward, config.model))
+        start = time.perf_counter()
+        forward_c = forward.lower(params, batch).compile()
+        forward_s = time.perf_counter() - start
+
+        step = train.make_train_step(config, task, optimizer)
+        state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+        start = time.perf_counter()
+        step_c = step.lower(state, batch).compile()
+        step_s = time.perf_counter() - start
+        holder = [jax.tree.map(jnp.copy, state)]
+
+        def train_once():
+            holder[0], metrics = step_c(holder[0], batch)
+            jax.block_until_ready(metrics)
+
+        return Prepared(
+            run={"forward": _blocking(lambda: forward_c(params, batch)), "train": train_once},
+            compile_s={"forward": forward_s, "train": step_s},
+            peak_mem_mb={"forward": _compiled_mb(forward_c), "train": _compiled_mb(step_c)},
+            first_step=(float(loss), jax.device_get(grads)),
+        )
+
+    return Implementation(name, prepare)
+
+
+class _RegressionTask:
+    """The benchmark's task for `rnn_jax.train`: squared error at every step (no padding)."""
+
+    loss = "squared_error"
+
+    def __init__(self, input_size: int, output_size: int):
+        self.input_size, self.output_size = input_size, output_size
+
+
+# ------------------------------------------------------------------ flax
+
+
+def _flax_elman(problem: Problem):
+    import flax.linen as nn
+
+    p = problem.params
+    variables = {
+        "params": {
+            "rnn": {"cell": {"i": {"kernel": p.w_x, "bias": p.b_s}, "h": {"kernel": p.w_s}}},
+            "readout": {"kernel": p.w_y, "bias": p.b_y},
+        }
+    }
+
+    def to_params(tree):
+        g = tree["params"]
+        return type(p)(g["rnn"]["cell"]["i"]["kernel"], g["rnn"]["cell"]["h"]["kernel"], g["rnn"]["cell"]["i"]["bias"],
+                       g["readout"]["kernel"], g["readout"]["bias"])  # fmt: skip
+
+    return nn.SimpleCell(problem.shape.H, name="cell"), variables, to_params
+
+
+FLAX_CELLS: dict[str, Callable] = {"elman": _flax_elman}
+"""cell name -> ``problem -> (flax cell, variables holding the problem's parameters, variables -> rnn-jax Params)``."""
+
+
+def flax_implementation() -> Implementation:
+    """``flax.linen.RNN`` over the cell of `FLAX_CELLS`, a Dense read-out, the same optax chain."""
+
+    def prepare(problem: Problem) -> Prepared:
+        if problem.shape.cell not in FLAX_CELLS:
+            raise Unavailable(f"no flax counterpart registered for cell {problem.shape.cell!r}")
+        import flax.linen as nn
+        import optax
+
+        cell, variables, to_params = FLAX_CELLS[problem.shape.cell](problem)
+        out = problem.shape.O
+
+        class Network(nn.Module):
+            @nn.compact
+            def __call__(self, xs):
+                states = nn.RNN(cell, time_major=True, name="rnn")(xs)
+                return nn.Dense(out, name="readout")(states)
+
+        network = Network()
+        variables = jax.device_put(variables)
+        xs, ds = jnp.asarray(problem.inputs), jnp.asarray(problem.targets)
+
+        def loss_fn(v, xs, ds):
+            return jnp.mean(jnp.square(network.apply(v, xs) - ds))
+
+        optimizer = _optimizer()
+
+        def step(state, xs, ds):
+            v, opt_state = state
+            loss, grads = jax.value_and_grad(loss_fn)(v, xs, ds)
+            updates, opt_state = optimizer.update(grads, opt_state, v)
+            return (optax.apply_updates(v, updates), opt_state), loss
+
+        loss, grads = jax.jit(jax.value_and_grad(loss_fn))(variables, xs, ds)
+        start = time.perf_counter()
+        forward_c = jax.jit(network.apply).lower(variables, xs).compile()
+        forward_s = time.perf_counter() - start
+        state = (variables, optimizer.init(variables))
+        start = time.perf_counter()
+        step_c = jax.jit(step, donate_argnums=0).lower(state, xs, ds).compile()
+        step_s = time.perf_counter() - start
+        holder = [jax.tree.map(jnp.copy, state)]
+
+        def train_once():
+            holder[0], loss = step_c(holder[0], xs, ds)
+            jax.block_until_ready(loss)
+
+        return Prepared(
+            run={"forward": _blocking(lambda: forward_c(variables, xs)), "train": train_once},
+            compile_s={"forward": forward_s, "train": step_s},
+            peak_mem_mb={"forward": _compiled_mb(forward_c), "train": _compiled_mb(step_c)},
+            first_step=(float(loss), jax.device_get(to_params(grads))),
+        )
+
+    return Implementation("flax", prepare)
+
+
+# ------------------------------------------------------------------ torch
+
+
+def _torch_elman(problem: Problem, torch):
+    p, s = problem.params, problem.shape
+    rnn = torch.nn.RNN(s.D, s.H, nonlinearity="tanh")
+    readout = torch.nn.Linear(s.H, s.O)
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(torch.tensor(np.asarray(p.w_x).T))
+        rnn.weight_hh_l0.copy_(torch.tensor(np.asarray(p.w_s).T))
+        rnn.bias_ih_l0.copy_(torch.tensor(np.asarray(p.b_s)))
+        rnn.bias_hh_l0.zero_()
+        readout.weight.copy_(torch.tensor(np.asarray(p.w_y).T))
+        readout.bias.copy_(torch.tensor(np.asarray(p.b_y)))
+    rnn.bias_hh_l0.requires_grad_(False)  # rnn-jax has one state bias; keep torch's second one at zero
+
+    def grads():
+        g = lambda t: t.grad.detach().cpu().numpy()  # noqa: E731
+        return type(p)(g(rnn.weight_ih_l0).T, g(rnn.weight_hh_l0).T, g(rnn.bias_ih_l0), g(readout.weight).T,
+                       g(readout.bias))  # fmt: skip
+
+    return rnn, readout, grads
+
+
+TORCH_CELLS: dict[str, Callable] = {"elman": _torch_elman}
+"""cell name -> ``(problem, torch) -> (recurrent module, nn.Linear read-out, () -> gradients as rnn-jax Params)``."""
+
+
+def torch_implementation() -> Implementation:
+    """``torch.nn.RNN`` (cuDNN on a GPU) with 1 thread and with all threads, on the device JAX uses when it is CUDA."""
+    threads = os.cpu_count() or 1
+    variants = ("torch-1thread",) if threads == 1 else ("torch-1thread", f"torch-{threads}threads")
+
+    def prepare(problem: Problem) -> Prepared:
+        try:
+            import torch
+        except ImportError:
+            raise Unavailable("torch is not installed (pip install 'rnn-jax[bench]')") from None
+        if problem.shape.cell not in TORCH_CELLS:
+            raise Unavailable(f"no torch counterpart registered for cell {problem.shape.cell!r}")
+        device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+        rnn, readout, grads = TORCH_CELLS[problem.shape.cell](problem, torch)
+        rnn, readout = rnn.to(device), readout.to(device)
+        xs = torch.tensor(problem.inputs).to(device)
+        ds = torch.tensor(problem.targets).to(device)
+        trained = [q for q in (*rnn.parameters(), *readout.parameters()) if q.requires_grad]
+        optimizer = torch.optim.Adam(trained, lr=LEARNING_RATE)
+
+        def sync():
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+
+        def loss_of():
+            states, _ = rnn(xs)
+            return torch.mean(torch.square(readout(states) - ds))
+
+        def forward():
+            with torch.no_grad():
+                readout(rnn(xs)[0])
+            sync()
+
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_of()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trained, CLIP_NORM)
+            optimizer.step()
+            sync()
+
+        first = loss_of()
+        first.backward()
+        first_step = (float(first.detach().cpu()), grads())
+        for q in trained:
+            q.grad = None
+
+        def with_threads(fn, n):
+            def run():
+                torch.set_num_threads(n)
+                fn()
+
+            return run
+
+        run = {}
+        for variant, n in zip(variants, (1, threads), strict=False):
+            run[f"forward@{variant}"] = with_threads(forward, n)
+            run[f"train@{variant}"] = with_threads(step, n)
+        peak = {}
+        for mode, fn in (("forward", run[f"forward@{variants[-1]}"]), ("train", run[f"train@{variants[-1]}"])):
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+                fn()
+                peak[mode] = torch.cuda.max_memory_allocated(device) / 2**20
+            else:
+                peak[mode] = _rss_rise_mb(fn)
+        return Prepared(run=run, compile_s={"forward": 0.0, "train": 0.0}, peak_mem_mb=peak, first_step=first_step)
+
+    return Implementation("torch", prepare, variants)
+
+
+# ------------------------------------------------------------------ the lower bound
+
+
+def lower_bound_implementation() -> Implementation:
+    """The measured floor: T dependent [B, H] @ [H, H] products (forward); twice that plus the weight gradients (train).
+
+    A recurrent network's step t cannot start before step t - 1 ends, in either direction, so no
+    implementation of the forward pass beats the chain of T state products, and no train step
+    beats two such chains (forward, then backward) plus the arithmetic of the weight gradients,
+    2 T B (D H + H H + H O) flops, done at the machine's matmul rate: measured as one square
+    n x n x n product of the same flop count, the shape matrix libraries run fastest. Both are
+    measured with XLA on this machine, in the same interleaved samples as the implementations;
+    elementwise work and the input and output projections are left out, so the bound is strict.
+    """
+
+    def prepare(problem: Problem) -> Prepared:
+        s = problem.shape
+        w = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(s.H, s.H)))[0], jnp.float32)
+        s0 = jnp.ones((s.B, s.H), jnp.float32) / np.sqrt(s.H)
+        flops = 2 * s.T * s.B * (s.D * s.H + s.H * s.H + s.H * s.O)
+        n = max(1, round((flops / 2) ** (1 / 3)))
+        square = jnp.ones((n, n), jnp.float32) / n
+
+        def chain(s0, w):
+            return jax.lax.scan(lambda c, _: (c @ w, None), s0, None, length=s.T)[0]
+
+        def floor_of_train(s0, w, square):
+            back = chain(chain(s0, w), w.T)  # the backward chain waits for the forward one, as in BPTT
+            return back, square @ square
+
+        args = (s0, w, square)
+        start = time.perf_counter()
+        chain_c = jax.jit(chain).lower(s0, w).compile()
+        chain_s = time.perf_counter() - start
+        start = time.perf_counter()
+        train_c = jax.jit(floor_of_train).lower(*args).compile()
+        train_s = time.perf_counter() - start
+
+        return Prepared(
+            run={"forward": _blocking(lambda: chain_c(s0, w)), "train": _blocking(lambda: train_c(*args))},
+            compile_s={"forward": chain_s, "train": train_s},
+            peak_mem_mb={"forward": _compiled_mb(chain_c), "train": _compiled_mb(train_c)},
+            first_step=None,
+        )
+
+    return Implementation("lower-bound", prepare)
+
+
+def default_implementations() -> list[Implementation]:
+    """The reference first (rnn-jax's autodiff path), then the fast path, flax, torch and the lower bound."""
+    return [
+        rnn_jax_implementation("rnn-jax-autodiff", backward="autodiff"),
+        rnn_jax_implementation("rnn-jax-fast", backward="fast"),
+        flax_implementation(),
+        torch_implementation(),
+        lower_bound_implementation(),
+    ]
+
+
+# ------------------------------------------------------------------ running
+
+
+def check_agreement(shape: Shape, first_steps: dict[str, tuple[float, Any]], rtol: float) -> list[Agreement]:
+    """Compares every first step (loss, gradients) with the first one given (the reference).
+
+    The gradient error of a parameter is ``max |g - g_ref| / max |g_ref|``, so a tiny entry's
+    round-off does not count as a disagreement; ``agrees`` when loss and every gradient are
+    within ``rtol``.
+    """
+    (ref_loss, ref_grads), *_ = first_steps.values()
+    result = []
+    for name, (loss, grads) in first_steps.items():
+        loss_err = abs(loss - ref_loss) / max(abs(ref_loss), np.finfo(np.float32).tiny)
+        errors = [
+            float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))) / max(np.max(np.abs(b)), 1e-30))
+            for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True)
+        ]
+        grad_err = max(errors)
+        agrees = bool(np.isfinite(loss_err) and np.isfinite(grad_err) and loss_err <= rtol and grad_err <= rtol)
+        result.append(Agreement(shape, name, float(loss), float(loss_err), grad_err, agrees))
+    return result
+
+
+def _percentiles(samples: Sequence[float]) -> tuple[float, float, float]:
+    ms = np.asarray(samples) * 1e3
+    return float(np.median(ms)), float(np.percentile(ms, 10)), float(np.percentile(ms, 90))
+
+
+def run(
+    shapes: Sequence[Shape],
+    *,
+    repeats: int = 9,
+    implementations: Sequence[Implementation] | None = None,
+    min_sample_s: float = 0.02,
+    rtol: float = 1e-4,
+    seed: int = 0,
+) -> BenchResult:
+    """Times every implementation on every shape, interleaved, after checking that they agree.
+
+    Args:
+      shapes: the problems.
+      repeats: timed samples per implementation and mode (>= 1).
+      implementations: default: `default_implementations`; the first with a first step is the
+        reference of the agreement check.
+      min_sample_s: a sample repeats a call until it lasts about this long (the same count for
+        every implementation of a shape and mode); its time is divided by the count.
+      rtol: the agreement check's relative tolerance (float32).
+      seed: the parameters and data.
+
+    Returns:
+      `BenchResult`: the records (median, p10 and p90 per call in ms, compile seconds, peak MB),
+      the agreement of every first step, and what was skipped and why.
+    """
+    if not isinstance(repeats, int) or repeats < 1:
+        raise ValueError(f"repeats: expected a positive integer, got {repeats!r}")
+    impls = list(default_implementations() if implementations is None else implementations)
+    records, agreement, skipped = [], [], []
+    for shape in shapes:
+        problem = _problem(shape, seed)
+        prepared: dict[str, Prepared] = {}
+        for impl in impls:
+            try:
+                prepared[impl.name] = impl.prepare(problem)
+            except Unavailable as reason:
+                skipped.append((shape, impl.name, str(reason)))
+        first = {name: p.first_step for name, p in prepared.items() if p.first_step is not None}
+        if first:
+            agreement.extend(check_agreement(shape, first, rtol))
+        for mode in MODES:
+            records.extend(_time_mode(shape, mode, impls, prepared, repeats, min_sample_s))
+    return BenchResult(records, agreement, skipped, _notes())
+
+
+def _time_mode(shape, mode, impls, prepared, repeats, min_sample_s) -> list[dict[str, Any]]:
+    """Interleaved samples of every implementation's ``mode``; variants reported under the better one."""
+    calls: dict[tuple[str, str], Callable[[], None]] = {}
+    for impl in impls:
+        if impl.name not in prepared:
+            continue
+        for variant in impl.variants or (impl.name,):
+            key = f"{mode}@{variant}" if impl.variants else mode
+            calls[impl.name, variant] = prepared[impl.name].run[key]
+    first_call = {}
+    for key, fn in calls.items():  # warm up, and size each sample
+        fn()
+        start = time.perf_counter()
+        fn()
+        first_call[key] = time.perf_counter() - start
+    number = max(1, int(np.ceil(min_sample_s / max(min(first_call.values()), 1e-7))))
+    number = min(number, 1000)
+    samples: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            count = number if first_call[key] * number < 10 * min_sample_s else 1
+            start = time.perf_counter()
+            for _ in range(count):
+                fn()
+            samples[key].append((time.perf_counter() - start) / count)
+    records = []
+    for impl in impls:
+        if impl.name not in prepared:
+            continue
+        variants = impl.variants or (impl.name,)
+        best = min(variants, key=lambda v: statistics.median(samples[impl.name, v]))
+        median, p10, p90 = _percentiles(samples[impl.name, best])
+        records.append(
+            {
+                "config": shape.to_json(),
+                "impl": best,
+                "mode": mode,
+                "median_ms": median,
+                "p10_ms": p10,
+                "p90_ms": p90,
+                "compile_s": float(prepared[impl.name].compile_s[mode]),
+                "peak_mem_mb": float(prepared[impl.name].peak_mem_mb[mode]),
+            }
+        )
+    return records
+
+
+def _notes() -> dict[str, str]:
+    device = jax.devices()[0]
+    notes = {
+        "backend": jax.default_backend(),
+        "device": getattr(device, "device_kind", str(device)),
+        "jax": jax.__version__,
+        "cpu_count": str(os.cpu_count()),
+    }
+    try:
+        import torch
+
+        notes["torch"] = torch.__version__
+    except ImportError:
+        notes["torch"] = "not installed"
+    return notes
+
+
+# ------------------------------------------------------------------ the table
+
+
+def format_table(result: BenchResult, fast: str = "rnn-jax-fast", bound: str = "lower-bound") -> str:
+    """The records as a text table, with the fast path's time over each implementation's and each over the bound.
+
+    ``fast/this`` below 1 means the fast path is faster than ``this``; ``/bound`` is the time as a
+    multiple of the measured lower bound.
+    """
+    lines = [
+        "backend {backend} ({device}), {cpu_count} CPUs, jax {jax}, torch {torch}".format(**result.notes),
+        "",
+        f"{'cell':<6}{'B,T,D,H,O':<20}{'mode':<9}{'impl':<18}{'median ms':>10}{'p10-p90 ms':>18}"
+        f"{'steps/s':>12}{'compile s':>10}{'peak MB':>9}{'fast/this':>10}{'/bound':>8}",
+    ]
+    by_key: dict[tuple, dict[str, dict]] = {}
+    for r in result.records:
+        c = r["config"]
+        by_key.setdefault((tuple(c[k] for k in CONFIG_KEYS), r["mode"]), {})[_family(r["impl"])] = r
+    for (config, mode), group in by_key.items():
+        cell, b, t, d, h, o = config
+        fast_ms = group[fast]["median_ms"] if fast in group else float("nan")
+        bound_ms = group[bound]["median_ms"] if bound in group else float("nan")
+        for r in group.values():
+            ms = r["median_ms"]
+            spread = f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}"
+            lines.append(
+                f"{cell:<6}{f'{b},{t},{d},{h},{o}':<20}{mode:<9}{r['impl']:<18}{ms:>10.3f}"
+                f"{spread:>18}{b * t / ms * 1e3:>12.4g}{r['compile_s']:>10.2f}"
+                f"{r['peak_mem_mb']:>9.1f}{fast_ms / ms:>10.2f}{ms / bound_ms:>8.2f}"
+            )
+    lines.append("")
+    lines.append("agreement of the first step with rnn-jax-autodiff (loss and gradients, relative):")
+    for a in result.agreement:
+        verdict = "ok" if a.agrees else "DISAGREES"
+        lines.append(
+            f"  {a.shape.cell} {a.shape.B},{a.shape.T},{a.shape.D},{a.shape.H},{a.shape.O}  {a.impl:<18}"
+            f"loss {a.loss:.6g}  loss err {a.loss_rel_err:.1e}  grad err {a.grad_rel_err:.1e}  {verdict}"
+        )
+    for shape, impl, reason in result.skipped:
+        lines.append(f"  skipped {impl} on {shape.cell} {shape.B},{shape.T},{shape.D},{shape.H},{shape.O}: {reason}")
+    return "\n".join(lines)
+
+
+def _family(impl: str) -> str:
+    return "torch" if impl.startswith("torch-") else impl
+
+
+def shapes_for(preset: str | None, configs: Sequence[str], cell: str) -> list[Shape]:
+    """The shapes of a preset, then those of ``--config B,T,D,H,O`` strings."""
+    shapes = []
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+        shapes += [Shape(cell, *sizes) for sizes in PRESETS[preset]]
+    for text in configs:
+        try:
+            sizes = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            sizes = ()
+        if len(sizes) != 5 or min(sizes) < 1:
+            raise ValueError(f"config: expected five positive integers B,T,D,H,O, got {text!r}")
+        shapes.append(Shape(cell, *sizes))
+    if not shapes:
+        raise ValueError("config: give a --preset or at least one --config B,T,D,H,O")
+    return shapes
+
+
+def validate_records(records: Any) -> None:
+    """Raises ValueError unless ``records`` is a list of records exactly as the JSON schema of the harness says."""
+    if not isinstance(records, list):
+        raise ValueError(f"records: expected a list, got {type(records).__name__}")
+    for r in records:
+        if not isinstance(r, dict) or tuple(sorted(r)) != tuple(sorted(RECORD_KEYS)):
+            raise ValueError(f"record: expected keys {RECORD_KEYS}, got {r!r}")
+        if tuple(sorted(r["config"])) != tuple(sorted(CONFIG_KEYS)) or not isinstance(r["config"]["cell"], str):
+            raise ValueError(f"record config: expected keys {CONFIG_KEYS}, got {r['config']!r}")
+        if not all(isinstance(r["config"][k], int) and r["config"][k] >= 1 for k in CONFIG_KEYS[1:]):
+            raise ValueError(f"record config: sizes must be positive integers, got {r['config']!r}")
+        if not isinstance(r["impl"], str) or r["mode"] not in MODES:
+            raise ValueError(f"record: bad impl or mode in {r!r}")
+        for k in ("median_ms", "p10_ms", "p90_ms", "compile_s", "peak_mem_mb"):
+            if not isinstance(r[k], float):
+                raise ValueError(f"record: {k} must be a number, got {r[k]!r}")
+        if not r["p10_ms"] <= r["median_ms"] <= r["p90_ms"]:
+            raise ValueError(f"record: expected p10 <= median <= p90, got {r!r}")
+
+
+__all__ = [
+    "PRESETS",
+    "Agreement",
+    "BenchResult",
+    "Implementation",
+    "Prepared",
+    "Problem",
+    "Shape",
+    "Unavailable",
+    "check_agreement",
+    "default_implementations",
+    "flax_implementation",
+    "format_table",
+    "lower_bound_implementation",
+    "rnn_jax_implementation",
+    "run",
+    "shapes_for",
+    "torch_implementation",
+    "validate_records",
+]
