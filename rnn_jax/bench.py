@@ -227,7 +227,7 @@ def rnn_jax_implementation(name: str, **model_options) -> Implementation:
         loss_fn = train.make_loss_fn(config.model, task)
         loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, batch)
 
-        forward = jax.jit(functools.partial(train.forward, config.model))
+        forward = jax.jit(functools.partial(train.forward, config.model, task))
         start = time.perf_counter()
         forward_c = forward.lower(params, batch).compile()
         forward_s = time.perf_counter() - start
