@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 import rnn_jax as rj
 from rnn_jax import bptt
 
-SETTINGS = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+SETTINGS = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @st.composite

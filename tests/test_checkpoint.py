@@ -185,6 +185,7 @@ def _python(code: str, *args: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], env=env, cwd=ROOT)
 
 
+@pytest.mark.slow  # subprocesses, ~12 s each: in the second test stage
 def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
     workdir = tmp_path / "run"
     child = _python("import sys; from rnn_jax.cli import main; sys.exit(main(sys.argv[1:]))", *_cli(workdir))
@@ -207,6 +208,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path)
     assert json.loads((workdir / "summary.json").read_text())["resumed_from_step"] >= killed_at
 
 
+@pytest.mark.slow  # subprocesses, ~12 s each: in the second test stage
 def test_a_kill_during_a_save_leaves_the_previous_checkpoint_good(tmp_path):
     """SIGKILL just before orbax renames the finished temporary directory of step 60 into place: the
     newest complete checkpoint (40) is untouched, the leftover is ignored, and resuming ends as if never stopped."""
