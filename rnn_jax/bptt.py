@@ -331,10 +331,23 @@ elman_scan.defvjp(_elman_scan_fwd, _elman_scan_bwd)
 # ------------------------------------------------------------------ the whole gradient, by hand
 
 
-def _state_mask(xs, lengths, mask):
-    if lengths is not None:
-        return sequence_mask(lengths, xs.shape[0])
-    return mask
+class _Forward(NamedTuple):
+    states: jax.Array  # [T, B, H]
+    outputs: jax.Array  # [T, B, O]
+    initial_state: jax.Array  # s_0, [B, H]
+    state_mask: jax.Array | None  # [T, B]: where the state updates
+    scored: jax.Array | None  # [T, B]: where the loss counts
+    output_error: jax.Array  # g_t = dE/dy_t, [T, B, O]
+
+
+def _forward(params, xs, targets, loss, reduction, activation, initial_state, lengths, mask, loss_mask) -> _Forward:
+    """The forward pass and the output errors that both `loss_and_gradients` and `per_lag_contributions` start from."""
+    run = unroll(params, xs, activation=activation, initial_state=initial_state, lengths=lengths, mask=mask)
+    state_mask = sequence_mask(lengths, xs.shape[0]) if lengths is not None else mask
+    scored = state_mask if loss_mask is None else loss_mask
+    s0 = elman.initial_state(params, xs.shape[1]) if initial_state is None else initial_state
+    g = output_errors(loss, run.outputs, targets, scored, reduction)
+    return _Forward(run.states, run.outputs, s0, state_mask, scored, g)
 
 
 def loss_and_gradients(
@@ -365,13 +378,9 @@ def loss_and_gradients(
     Returns:
       (E, gradients as `ElmanParams`).
     """
-    run = unroll(params, xs, activation=activation, initial_state=initial_state, lengths=lengths, mask=mask)
-    state_mask = _state_mask(xs, lengths, mask)
-    scored = state_mask if loss_mask is None else loss_mask
-    s0 = elman.initial_state(params, xs.shape[1]) if initial_state is None else initial_state
-    g = output_errors(loss, run.outputs, targets, scored, reduction)
-    grads = backward(params, xs, s0, state_mask, run.states, g, activation=activation)
-    return loss_value(loss, run.outputs, targets, scored, reduction), grads.params
+    f = _forward(params, xs, targets, loss, reduction, activation, initial_state, lengths, mask, loss_mask)
+    grads = backward(params, xs, f.initial_state, f.state_mask, f.states, f.output_error, activation=activation)
+    return loss_value(loss, f.outputs, targets, f.scored, reduction), grads.params
 
 
 def per_lag_contributions(
@@ -403,17 +412,13 @@ def per_lag_contributions(
       [T, T, H, H]: entry [t, k] is the contribution of lag k to dE_t/dW_s (zero for k > t).
       Its sum over t and k is dE/dW_s.
     """
-    run = unroll(params, xs, activation=activation, initial_state=initial_state, lengths=lengths, mask=mask)
-    state_mask = _state_mask(xs, lengths, mask)
-    scored = state_mask if loss_mask is None else loss_mask
-    s0 = elman.initial_state(params, xs.shape[1]) if initial_state is None else initial_state
-    g = output_errors(loss, run.outputs, targets, scored, reduction)
+    f = _forward(params, xs, targets, loss, reduction, activation, initial_state, lengths, mask, loss_mask)
     num_steps = xs.shape[0]
-    s_prev = _previous_states(s0, run.states)
+    s_prev = _previous_states(f.initial_state, f.states)
 
     def contributions(t):
-        only_t = jnp.where((jnp.arange(num_steps) == t)[:, None, None], g, jnp.zeros_like(g))
-        _, deltas, _ = _errors(params, xs, s0, state_mask, run.states, only_t, None, None, activation, 1)
+        only_t = jnp.where((jnp.arange(num_steps) == t)[:, None, None], f.output_error, 0)
+        _, deltas, _ = _errors(params, xs, f.initial_state, f.state_mask, f.states, only_t, None, None, activation, 1)
         by_step = jnp.einsum("jbh,jbk->jhk", s_prev, deltas)  # [T (step j), H, H]
         lags = t - jnp.arange(num_steps)  # step j = t - k
         return jnp.where((lags >= 0)[:, None, None], by_step[jnp.clip(lags, 0, num_steps - 1)], 0)
