@@ -35,7 +35,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from rnn_jax import _checks, activations, initializers
-from rnn_jax.cells import elman
+from rnn_jax.cells import _common, elman
 
 Activation = str | Callable[[jax.Array], jax.Array]
 
@@ -57,8 +57,7 @@ def readout(params: Any, carry: Any) -> jax.Array:
     Returns:
       [B, O].
     """
-    h = carry.h if hasattr(carry, "h") else carry
-    return h @ params.w_y + params.b_y[None, :]
+    return _common.readout(params, carry)
 
 
 def squared_error_at_end(y: jax.Array, targets: jax.Array) -> jax.Array:

@@ -6,7 +6,12 @@ Each cell module provides:
          recurrent_scale, spectral_radius, dtype, ...)``   the parameters, a pure function of the key;
   ``initial_state(params, batch_size)``     the zero carry (a [B, H] array, or a tuple of them);
   ``step(params, carry, x, *, activation)`` one time step ``-> (carry, y)``, carry first, so that
-                                            `jax.lax.scan` unrolls it with no adapter.
+                                            `jax.lax.scan` unrolls it with no adapter;
+  ``transition(params, carry, x, *, activation, recurrent_mask=None)``
+                                            the state update alone ``-> carry`` (``step`` is transition
+                                            then read-out; ``recurrent_mask`` [B, H] multiplies h_{t-1}
+                                            where it enters the recurrent product: recurrent dropout);
+  ``hidden(carry)``                         h_t, [B, H]: what the read-out and the next layer see.
 
 Registered in `CELLS`: "elman" (carry [B, H]), "lstm" (carry an ``LSTMState(h, c)`` of two [B, H]) and "gru"
 (carry [B, H]).

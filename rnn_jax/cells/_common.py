@@ -52,3 +52,21 @@ def gate_blocks(
             w = initializers.scale_to_spectral_radius(w, spectral_radius)
         blocks.append(w)
     return jnp.concatenate(blocks, axis=1)
+
+
+def hidden(carry) -> jax.Array:
+    """h_t, [B, H], from a cell's carry: the array itself (Elman, GRU) or its ``h`` field (the LSTM's (h, c))."""
+    return carry.h if hasattr(carry, "h") else carry
+
+
+def readout(params, carry) -> jax.Array:
+    """y = h W_y + b_y, [B, O], from a carry (see `hidden`) and parameters with ``w_y`` [H, O] and ``b_y`` [O]."""
+    return hidden(carry) @ params.w_y + params.b_y[None, :]
+
+
+def recurrent_input(h_prev: jax.Array, recurrent_mask: jax.Array | None) -> jax.Array:
+    """h_{t-1} as it enters the recurrent product: ``h_{t-1} * recurrent_mask`` ([B, H]) or h_{t-1} itself.
+
+    The mask is recurrent dropout (Gal & Ghahramani 2016): one mask per sequence, the same at every step.
+    """
+    return h_prev if recurrent_mask is None else h_prev * recurrent_mask

@@ -89,6 +89,39 @@ def initial_state(params: ElmanParams, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size, params.w_s.shape[0]), params.w_s.dtype)
 
 
+def transition(
+    params: ElmanParams,
+    s_prev: jax.Array,
+    x: jax.Array,
+    *,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    recurrent_mask: jax.Array | None = None,
+) -> jax.Array:
+    """The state update alone, s_t = phi(x_t W_x + (s_{t-1} * m) W_s + b_s), with no read-out.
+
+    Args:
+      params: the network's weights (``w_y``, ``b_y`` unused; None in a layer of `rnn_jax.deep`).
+      s_prev: s_{t-1}, [B, H].
+      x: x_t, [B, D].
+      activation: phi, a name in `activations.NAMED` or an element-wise callable.
+      recurrent_mask: m, [B, H], multiplies s_{t-1} where it enters the recurrent product only
+        (recurrent dropout); None: m = 1.
+
+    Returns:
+      s_t, [B, H].
+
+    References:
+      Gal, Y. & Ghahramani, Z. (2016). A theoretically grounded application of dropout in recurrent
+      neural networks. NeurIPS.
+    """
+    phi = activations.get(activation).fn
+    s_in = _common.recurrent_input(s_prev, recurrent_mask)
+    return phi(x @ params.w_x + s_in @ params.w_s + params.b_s[None, :])
+
+
+hidden = _common.hidden
+
+
 def step(
     params: ElmanParams,
     s_prev: jax.Array,
@@ -96,7 +129,7 @@ def step(
     *,
     activation: str | Callable[[jax.Array], jax.Array] = "tanh",
 ) -> tuple[jax.Array, jax.Array]:
-    """One time step, with scan's carry-first signature.
+    """One time step, with scan's carry-first signature: `transition`, then the read-out y_t = s_t W_y + b_y.
 
     Args:
       params: the network's weights.
@@ -107,6 +140,5 @@ def step(
     Returns:
       (s_t [B, H], y_t [B, O]).
     """
-    phi = activations.get(activation).fn
-    s = phi(x @ params.w_x + s_prev @ params.w_s + params.b_s[None, :])
-    return s, s @ params.w_y + params.b_y[None, :]
+    s = transition(params, s_prev, x, activation=activation)
+    return s, _common.readout(params, s)

@@ -98,6 +98,45 @@ def initial_state(params: GRUParams, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size, params.w_s.shape[0]), params.w_s.dtype)
 
 
+def transition(
+    params: GRUParams,
+    h_prev: jax.Array,
+    x: jax.Array,
+    *,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    recurrent_mask: jax.Array | None = None,
+) -> jax.Array:
+    """The state update alone, h_{t-1} -> h_t, with no read-out.
+
+        [u_r, u_z, u_n] = (h_{t-1} * m) W_s + b_s
+        h_t = (1 - z_t) * n_t + z_t * h_{t-1}        (the carry term is never masked)
+
+    and the other gate equations of the module docstring.
+
+    Args:
+      params: the network's weights (``w_y``, ``b_y`` unused; None in a layer of `rnn_jax.deep`).
+      h_prev: h_{t-1}, [B, H].
+      x: x_t, [B, D].
+      activation: phi of the candidate n (tanh by default); the gates r, z are always logistic.
+      recurrent_mask: m, [B, H], multiplies h_{t-1} where it enters the recurrent product only
+        (recurrent dropout, Gal & Ghahramani 2016); None: m = 1.
+
+    Returns:
+      h_t, [B, H].
+    """
+    phi = activations.get(activation).fn
+    a_r, a_z, a_n = jnp.split(x @ params.w_x + params.b_x[None, :], 3, axis=-1)
+    h_in = _common.recurrent_input(h_prev, recurrent_mask)
+    u_r, u_z, u_n = jnp.split(h_in @ params.w_s + params.b_s[None, :], 3, axis=-1)
+    r = jax.nn.sigmoid(a_r + u_r)
+    z = jax.nn.sigmoid(a_z + u_z)
+    n = phi(a_n + r * u_n)
+    return (1 - z) * n + z * h_prev
+
+
+hidden = _common.hidden
+
+
 def step(
     params: GRUParams,
     h_prev: jax.Array,
@@ -105,7 +144,7 @@ def step(
     *,
     activation: str | Callable[[jax.Array], jax.Array] = "tanh",
 ) -> tuple[jax.Array, jax.Array]:
-    """One time step, with scan's carry-first signature.
+    """One time step, with scan's carry-first signature: `transition`, then the read-out y_t = h_t W_y + b_y.
 
     Args:
       params: the network's weights.
@@ -116,11 +155,5 @@ def step(
     Returns:
       (h_t [B, H], y_t [B, O]).
     """
-    phi = activations.get(activation).fn
-    a_r, a_z, a_n = jnp.split(x @ params.w_x + params.b_x[None, :], 3, axis=-1)
-    u_r, u_z, u_n = jnp.split(h_prev @ params.w_s + params.b_s[None, :], 3, axis=-1)
-    r = jax.nn.sigmoid(a_r + u_r)
-    z = jax.nn.sigmoid(a_z + u_z)
-    n = phi(a_n + r * u_n)
-    h = (1 - z) * n + z * h_prev
-    return h, h @ params.w_y + params.b_y[None, :]
+    h = transition(params, h_prev, x, activation=activation)
+    return h, _common.readout(params, h)

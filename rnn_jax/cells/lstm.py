@@ -106,6 +106,43 @@ def initial_state(params: LSTMParams, batch_size: int) -> LSTMState:
     return LSTMState(h=zeros, c=zeros)
 
 
+def transition(
+    params: LSTMParams,
+    carry: LSTMState,
+    x: jax.Array,
+    *,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    recurrent_mask: jax.Array | None = None,
+) -> LSTMState:
+    """The state update alone, (h_{t-1}, c_{t-1}) -> (h_t, c_t), with no read-out.
+
+        [i, f, g, o] = x_t W_x + (h_{t-1} * m) W_s + b_s
+
+    and the gate equations of the module docstring; the memory c_{t-1} is never masked.
+
+    Args:
+      params: the network's weights (``w_y``, ``b_y`` unused; None in a layer of `rnn_jax.deep`).
+      carry: (h_{t-1}, c_{t-1}), each [B, H].
+      x: x_t, [B, D].
+      activation: phi of the cell input g and of the cell output (tanh by default).
+      recurrent_mask: m, [B, H], multiplies h_{t-1} where it enters the recurrent product only
+        (recurrent dropout, Gal & Ghahramani 2016); None: m = 1.
+
+    Returns:
+      (h_t, c_t), each [B, H].
+    """
+    phi = activations.get(activation).fn
+    h_in = _common.recurrent_input(carry.h, recurrent_mask)
+    z = x @ params.w_x + h_in @ params.w_s + params.b_s[None, :]  # [B, 4H]
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * phi(g)
+    h = jax.nn.sigmoid(o) * phi(c)
+    return LSTMState(h=h, c=c)
+
+
+hidden = _common.hidden
+
+
 def step(
     params: LSTMParams,
     carry: LSTMState,
@@ -113,7 +150,7 @@ def step(
     *,
     activation: str | Callable[[jax.Array], jax.Array] = "tanh",
 ) -> tuple[LSTMState, jax.Array]:
-    """One time step, with scan's carry-first signature.
+    """One time step, with scan's carry-first signature: `transition`, then the read-out y_t = h_t W_y + b_y.
 
     Args:
       params: the network's weights.
@@ -125,9 +162,5 @@ def step(
     Returns:
       ((h_t, c_t), y_t [B, O]).
     """
-    phi = activations.get(activation).fn
-    z = x @ params.w_x + carry.h @ params.w_s + params.b_s[None, :]  # [B, 4H]
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * phi(g)
-    h = jax.nn.sigmoid(o) * phi(c)
-    return LSTMState(h=h, c=c), h @ params.w_y + params.b_y[None, :]
+    carry = transition(params, carry, x, activation=activation)
+    return carry, _common.readout(params, carry)
