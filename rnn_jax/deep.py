@@ -1,0 +1,305 @@
+"""Deep (stacked) and bidirectional recurrent networks of any cell, with dropout and a learnable initial state.
+
+Each of the L layers runs a cell's `transition` (its state update, without a read-out) in one or two
+directions, and one linear read-out sits on top of the last layer. For a sequence b of length T_b:
+
+    a^1_t     = drop(x_t)                                              input of layer 1, width D
+    f^l_t     = F(f^l_{t-1}, a^l_t; m^{l,f}),   t = 1 .. T_b,   f^l_0 = s_0^{l,f}      forward direction
+    g^l_t     = F(g^l_{t+1}, a^l_t; m^{l,b}),   t = T_b .. 1,   g^l_{T_b+1} = s_0^{l,b}  backward direction
+    h^l_t     = [f^l_t, g^l_t]            (bidirectional; f^l_t alone otherwise)    width dirs * H
+    o^l_t     = h^l_t + a^l_t             (residual, layers l >= 2; h^l_t otherwise)
+    a^{l+1}_t = drop(o^l_t)
+    y_t       = drop(o^L_t) W_y + b_y                                  [O]
+
+F is the cell's transition (Elman, LSTM or GRU; for the LSTM the carry is (h, c) and f, g are its h),
+m is the recurrent dropout mask that multiplies h_{t-1} where it enters the recurrent product, and
+the backward direction starts at each sequence's own last valid step T_b, not at the padded end T.
+Past T_b the states are frozen and h^l_t, o^l_t and y_t are zero, as in `rnn_jax.unroll.unroll`.
+Each direction is run by `rnn_jax.unroll.scan`, so the masking is the one `unroll` uses; the
+backward direction reverses each sequence within its length, runs the same masked scan, and
+reverses back.
+
+Dropout (inverted: kept units are scaled by 1 / (1 - p)) is active only when a ``key`` is given:
+``drop`` zeroes each unit with probability ``dropout``, with a fresh mask at every step, or with one
+[B, width] mask per sequence for all steps when ``variational`` (Gal & Ghahramani 2016); the
+recurrent masks m are always one [B, H] mask per sequence, layer and direction, the same at every
+step (Gal & Ghahramani's variational recurrent dropout). Dropout on the non-recurrent connections
+between layers and before the read-out is Zaremba et al.'s (2014). Residual connections between
+stacked layers are those of Wu et al. (2016).
+
+References:
+  Schuster, M. & Paliwal, K. K. (1997). Bidirectional recurrent neural networks. IEEE Transactions on
+  Signal Processing 45(11).
+  Graves, A., Mohamed, A. & Hinton, G. (2013). Speech recognition with deep recurrent neural networks. ICASSP.
+  Zaremba, W., Sutskever, I. & Vinyals, O. (2014). Recurrent neural network regularization. arXiv:1409.2329.
+  Gal, Y. & Ghahramani, Z. (2016). A theoretically grounded application of dropout in recurrent neural
+  networks. NeurIPS.
+  Wu, Y. et al. (2016). Google's neural machine translation system: bridging the gap between human and
+  machine translation. arXiv:1609.08144.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from rnn_jax import _checks, cells, initializers
+from rnn_jax.cells import _common
+from rnn_jax.unroll import _resolve_mask, scan
+
+
+class Layer(NamedTuple):
+    """One layer's two directions: cell Params (with ``w_y = b_y = None``), or carries in ``DeepParams.initial``."""
+
+    forward: Any  # the forward direction's cell Params (w_x [width, G*H], w_s [H, G*H], ...), or its carry
+    backward: Any  # the backward direction's, or None when the network is not bidirectional
+
+
+class DeepParams(NamedTuple):
+    """The weights of a deep network: L layers of cells without read-out, and one read-out on top."""
+
+    layers: tuple  # tuple[Layer, ...], L entries; layer 1's w_x is [D, G*H], the others' [dirs*H, G*H]
+    w_y: jax.Array  # [dirs*H, O]  read-out of the top layer's output
+    b_y: jax.Array  # [O]
+    initial: tuple | None  # tuple[Layer, ...] of learnable s_0 carries (each leaf [H]), or None: zeros
+
+    @property
+    def num_layers(self) -> int:
+        """L."""
+        return len(self.layers)
+
+    @property
+    def bidirectional(self) -> bool:
+        """Whether each layer has a backward direction."""
+        return self.layers[0].backward is not None
+
+
+class DeepOutputs(NamedTuple):
+    """What `apply` returns (time-major unless ``time_major=False`` was asked for)."""
+
+    outputs: jax.Array  # [T, B, O]  y_t, zero past each sequence's end
+    top: jax.Array  # [T, B, dirs*H]  o^L_t, the top layer's output (before the output dropout)
+    final_states: tuple  # tuple[Layer, ...] of carries [B, H]: each direction's state after its last step
+
+
+def _cell(cell: str | ModuleType) -> ModuleType:
+    return cells.get(cell) if isinstance(cell, str) else cell
+
+
+def _zero_carry(cell: ModuleType, params: Any) -> Any:
+    """The cell's zero carry with the batch axis dropped: each leaf [H]."""
+    return jax.tree.map(lambda a: a[0], cell.initial_state(params, 1))
+
+
+def init(
+    key: jax.Array,
+    cell: str | ModuleType,
+    input_size: int,
+    hidden_size: int,
+    output_size: int,
+    *,
+    layers: int = 1,
+    bidirectional: bool = False,
+    learn_initial_state: bool = False,
+    input_init: str = "glorot_uniform",
+    dtype: jnp.dtype = jnp.float32,
+    **cell_options: Any,
+) -> DeepParams:
+    """Draws a deep network's parameters from ``key``.
+
+    Every layer and direction is initialised by the cell's own ``init`` (so its initialisers, gate
+    blocks and forget bias apply unchanged), with its read-out removed (``w_y = b_y = None``: empty
+    pytree nodes, nothing for optax or orbax to hold). The learnable initial states start at zero.
+
+    Args:
+      key: a PRNG key, split into one sub-key per layer (then one per direction) and one for W_y.
+      cell: "elman", "lstm", "gru" or a cell module.
+      input_size, hidden_size, output_size: D, H, O (each >= 1).
+      layers: L >= 1.
+      bidirectional: give every layer a backward direction (dirs = 2).
+      learn_initial_state: make s_0 of every layer and direction a parameter (``DeepParams.initial``).
+      input_init: initialiser of every W_x and of W_y.
+      dtype: float32 (default), float64 (needs ``jax_enable_x64``) or bfloat16.
+      **cell_options: passed to the cell's ``init`` (recurrent_init, recurrent_scale, spectral_radius,
+        forget_bias for the LSTM).
+
+    Returns:
+      DeepParams with layers[0] w_x [D, G*H], layers[l > 0] w_x [dirs*H, G*H], w_y [dirs*H, O], b_y [O].
+    """
+    cell = _cell(cell)
+    layers = _checks.positive_int("layers", layers)
+    d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
+    dirs = 2 if bidirectional else 1
+    k_layers, k_y = jax.random.split(key)
+    built = []
+    for index, k_layer in enumerate(jax.random.split(k_layers, layers)):
+        width = d if index == 0 else dirs * h
+        directions = [
+            cell.init(k, width, h, 1, input_init=input_init, dtype=dtype, **cell_options)._replace(w_y=None, b_y=None)
+            for k in jax.random.split(k_layer, dirs)
+        ]
+        built.append(Layer(directions[0], directions[1] if bidirectional else None))
+    initial = None
+    if learn_initial_state:
+        initial = tuple(
+            Layer(*(None if p is None else _zero_carry(cell, p) for p in (layer.forward, layer.backward)))
+            for layer in built
+        )
+    return DeepParams(
+        layers=tuple(built),
+        w_y=initializers.matrix(k_y, input_init, (dirs * h, o), dtype),
+        b_y=jnp.zeros((o,), dtype),
+        initial=initial,
+    )
+
+
+def check_rate(name: str, rate: float) -> float:
+    """``rate`` as a float after checking that it lies in [0, 1).
+
+    Raises:
+      ValueError: naming ``name``, for a rate outside [0, 1) (1 would drop every unit).
+    """
+    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
+        raise ValueError(f"{name}: expected a dropout rate in [0, 1), got {rate!r}")
+    return float(rate)
+
+
+def dropout_mask(key: jax.Array, rate: float, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
+    """An inverted-dropout mask of ``shape``: 0 with probability ``rate``, else 1 / (1 - rate)."""
+    keep = 1.0 - rate
+    return jax.random.bernoulli(key, keep, shape).astype(dtype) / jnp.asarray(keep, dtype)
+
+
+def _drop(key: jax.Array | None, a: jax.Array, rate: float, variational: bool) -> jax.Array:
+    """Dropout on ``a`` [T, B, W]: a fresh mask per step, or one [B, W] mask for every step when variational."""
+    if key is None or rate == 0:
+        return a
+    if variational:
+        return a * dropout_mask(key, rate, a.shape[1:], a.dtype)[None]
+    return a * dropout_mask(key, rate, a.shape, a.dtype)
+
+
+def reverse_within_lengths(a: jax.Array, lengths: jax.Array | None) -> jax.Array:
+    """Each sequence reversed within its own length: ``out[t, b] = a[T_b - 1 - t, b]`` for t < T_b, else a[t, b].
+
+    Its own inverse. Args: ``a`` [T, B, ...] time-major; ``lengths`` [B] (None: all of length T).
+    """
+    if lengths is None:
+        return jnp.flip(a, axis=0)
+    num_steps, batch = a.shape[0], a.shape[1]
+    t = jnp.arange(num_steps, dtype=lengths.dtype)[:, None]  # [T, 1]
+    ends = lengths[None, :]  # [1, B]
+    source = jnp.where(t < ends, ends - 1 - t, t)  # [T, B]
+    rows = jnp.broadcast_to(jnp.arange(batch)[None, :], (num_steps, batch))
+    return a[source, rows]
+
+
+def _run_direction(cell, params, xs, mask, initial, recurrent_mask, activation, unroll):
+    """One direction of one layer over [T, B, width]: (h_t [T, B, H] zero past each end, final carry)."""
+
+    def cell_step(carry, x_t):
+        new = cell.transition(params, carry, x_t, activation=activation, recurrent_mask=recurrent_mask)
+        return new, cell.hidden(new)
+
+    outputs, _, final = scan(cell_step, initial, xs, mask, unroll)
+    return outputs, final
+
+
+def apply(
+    params: DeepParams,
+    xs: jax.Array,
+    *,
+    cell: str | ModuleType,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    lengths: jax.Array | None = None,
+    key: jax.Array | None = None,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    variational: bool = False,
+    residual: bool = False,
+    unroll: int = 1,
+    time_major: bool = True,
+) -> DeepOutputs:
+    """Runs the deep network of the module docstring over a batch of sequences.
+
+    Args:
+      params: from `init` (the number of layers and directions is read from it).
+      xs: inputs, [T, B, D] (or [B, T, D] with ``time_major=False``), floating.
+      cell: the cell the parameters were drawn for ("elman", "lstm", "gru" or its module).
+      activation: phi of the cell, by name or as a callable.
+      lengths: [B] integer lengths in [0, T]; each direction sees only a sequence's first T_b steps.
+      key: PRNG key of the dropout masks; None (evaluation) turns every dropout off.
+      dropout: rate p in [0, 1) on every layer's input and on the top layer's output.
+      recurrent_dropout: rate in [0, 1) on h_{t-1} in every recurrent product (one mask per sequence,
+        layer and direction).
+      variational: one input/output dropout mask per sequence for all steps, instead of one per step.
+      residual: add each layer's input to its output for layers 2 .. L (their widths are both dirs*H).
+      unroll: scan's unroll factor (time steps per loop iteration), >= 1.
+      time_major: False when ``xs`` is batch-first; ``outputs`` and ``top`` are then batch-first too.
+
+    Returns:
+      `DeepOutputs` (outputs [T, B, O], top [T, B, dirs*H], final_states per layer and direction [B, H]).
+
+    Raises:
+      ValueError / TypeError naming the argument, on a wrong rank, width, length or rate.
+    """
+    cell = _cell(cell)
+    _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
+    _checks.floating("xs", xs)
+    dropout = check_rate("dropout", dropout)
+    recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
+    unroll = _checks.positive_int("unroll", unroll)
+    if not time_major:
+        xs = jnp.swapaxes(xs, 0, 1)
+    num_steps, batch, width = xs.shape
+    input_size = params.layers[0].forward.w_x.shape[0]
+    if width != input_size:
+        raise ValueError(f"xs: expected input width D = {input_size} (layer 1's w_x), got {width}")
+    mask = _resolve_mask(None, lengths, num_steps, batch)  # the checks and the mask `unroll` uses
+    if lengths is not None:
+        lengths = jnp.asarray(lengths)
+
+    def start(index: int, direction: str, layer_params: Any) -> Any:
+        if params.initial is None:
+            return cell.initial_state(layer_params, batch)
+        carry = getattr(params.initial[index], direction)
+        return jax.tree.map(lambda s: jnp.broadcast_to(s[None, :], (batch, s.shape[0])), carry)
+
+    inputs, finals = xs, []
+    for index, layer in enumerate(params.layers):
+        keys = [None] * 3 if key is None else list(jax.random.split(jax.random.fold_in(key, index), 3))
+        a = _drop(keys[0], inputs, dropout, variational)
+        hidden_size = layer.forward.w_s.shape[0]
+
+        def recurrent_mask(k, hidden_size=hidden_size, dtype=a.dtype):
+            if k is None or recurrent_dropout == 0:
+                return None
+            return dropout_mask(k, recurrent_dropout, (batch, hidden_size), dtype)
+
+        h_f, final_f = _run_direction(
+            cell, layer.forward, a, mask, start(index, "forward", layer.forward), recurrent_mask(keys[1]),
+            activation, unroll,
+        )  # fmt: skip
+        final_b = None
+        if layer.backward is not None:
+            h_b, final_b = _run_direction(
+                cell, layer.backward, reverse_within_lengths(a, lengths), mask,
+                start(index, "backward", layer.backward), recurrent_mask(keys[2]), activation, unroll,
+            )  # fmt: skip
+            h = jnp.concatenate([h_f, reverse_within_lengths(h_b, lengths)], axis=-1)
+        else:
+            h = h_f
+        inputs = h + a if residual and index > 0 else h
+        finals.append(Layer(final_f, final_b))
+    top = inputs
+    top_key = None if key is None else jax.random.fold_in(key, len(params.layers))
+    outputs = _drop(top_key, top, dropout, variational) @ params.w_y + params.b_y[None, None, :]
+    if mask is not None:
+        outputs = jnp.where(mask[:, :, None], outputs, jnp.zeros_like(outputs))
+    if not time_major:
+        outputs, top = jnp.swapaxes(outputs, 0, 1), jnp.swapaxes(top, 0, 1)
+    return DeepOutputs(outputs, top, tuple(finals))
