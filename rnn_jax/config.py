@@ -17,6 +17,11 @@ def _help(text: str, metavar: str | None = None, **kwargs):
     return field(metadata=metadata, **kwargs)
 
 
+# ModelConfig's fields that select rnn_jax.deep (any of them away from its default)
+DEEP_OPTIONS = ("layers", "bidirectional", "residual", "dropout", "recurrent_dropout", "variational_dropout")
+DEEP_OPTIONS += ("learn_initial_state",)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Which recurrent network, its sizes and its initialisation."""
@@ -41,6 +46,34 @@ class ModelConfig:
         "'fast': the fastest measured for the cell (bptt for elman, autodiff otherwise)",
         default="fast",
     )
+    layers: int = _help("stacked recurrent layers L (rnn_jax.deep; 1: the single-layer network)", default=1)
+    bidirectional: bool = _help(
+        "run every layer in both directions (the backward one from each sequence's own end) and concatenate them",
+        default=False,
+    )
+    residual: bool = _help("add each layer's input to its output, for layers 2..L (Wu et al. 2016)", default=False)
+    dropout: float = _help(
+        "dropout rate in [0, 1) on every layer's input and on the top layer's output, in training only "
+        "(Zaremba et al. 2014)",
+        default=0.0,
+    )
+    recurrent_dropout: float = _help(
+        "dropout rate in [0, 1) on h_{t-1} in the recurrent product, one mask per sequence for all steps "
+        "(Gal & Ghahramani 2016)",
+        default=0.0,
+    )
+    variational_dropout: bool = _help(
+        "--dropout uses one mask per sequence for all time steps instead of a fresh one per step", default=False
+    )
+    learn_initial_state: bool = _help(
+        "make the initial state s_0 of every layer and direction a trained parameter (zeros otherwise)", default=False
+    )
+
+    @property
+    def is_deep(self) -> bool:
+        """Whether any option of `rnn_jax.deep` is set; False runs the single-layer network unchanged."""
+        fields = {f.name: f for f in dataclasses.fields(self)}
+        return any(getattr(self, name) != fields[name].default for name in DEEP_OPTIONS)
 
 
 @dataclass(frozen=True)
@@ -187,6 +220,10 @@ class GradcheckConfig:
         default=1,
     )
     seed: int = _help("seed of the parameters, data and trials", default=0)
+    layers: int = _help("check a deep network (rnn_jax.deep) of this many stacked layers", default=1)
+    bidirectional: bool = _help("check a bidirectional network (rnn_jax.deep)", default=False)
+    residual: bool = _help("with residual connections between layers 2..L (rnn_jax.deep)", default=False)
+    learn_initial_state: bool = _help("with a learnable (and checked) initial state (rnn_jax.deep)", default=False)
     max_entries: int = _help(
         "finite differences on every entry of a parameter up to this size, random directions beyond", default=256
     )

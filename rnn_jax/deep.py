@@ -232,7 +232,9 @@ def apply(
       cell: the cell the parameters were drawn for ("elman", "lstm", "gru" or its module).
       activation: phi of the cell, by name or as a callable.
       lengths: [B] integer lengths in [0, T]; each direction sees only a sequence's first T_b steps.
-      key: PRNG key of the dropout masks; None (evaluation) turns every dropout off.
+      key: PRNG key of the dropout masks; None (evaluation) turns every dropout off. Layer l (from 0)
+        draws its input, forward-recurrent and backward-recurrent masks from the three keys of
+        ``jax.random.split(fold_in(key, l), 3)``, the output dropout from ``fold_in(key, L)``.
       dropout: rate p in [0, 1) on every layer's input and on the top layer's output.
       recurrent_dropout: rate in [0, 1) on h_{t-1} in every recurrent product (one mask per sequence,
         layer and direction).

@@ -9,7 +9,9 @@ For a model and a configuration it computes the gradient of the loss (before any
     finite_diff   central differences (f(p + h e) - f(p - h e)) / 2h, on every entry of each
                   parameter up to ``max_entries`` entries and along random directions beyond;
 
-and, for TBPTT(k1, k2), the truncated gradient (the sum over windows, at fixed parameters, with
+(with ``layers`` > 1, ``bidirectional``, ``residual`` or ``learn_initial_state`` the model is the
+deep network of `rnn_jax.deep`, checked by autodiff, forward mode and finite differences), and, for
+TBPTT(k1, k2), the truncated gradient (the sum over windows, at fixed parameters, with
 each window's entering state held fixed) against finite differences of that same truncated
 objective, so truncation is checked against what it claims to compute, not against the full
 gradient.
@@ -42,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from rnn_jax import activations, bptt, cells
+from rnn_jax import activations, bptt, cells, deep
 from rnn_jax.config import GradcheckConfig
 from rnn_jax.unroll import sequence_mask, unroll
 
@@ -155,11 +157,27 @@ def _draw_trial(config: GradcheckConfig, index: int, rng: np.random.Generator) -
     )  # fmt: skip
 
 
+def _is_deep(config: GradcheckConfig) -> bool:
+    return config.layers != 1 or config.bidirectional or config.residual or config.learn_initial_state
+
+
+def _leaf_names(params) -> list[str]:
+    """Each leaf's name: the field (``w_s``) for a cell's Params, the path (``layers[1].backward.w_s``) deeper."""
+    paths = jax.tree_util.tree_flatten_with_path(params)[0]
+    return [jax.tree_util.keystr(path).removeprefix(".") for path, _ in paths]
+
+
 def _problem(config: GradcheckConfig, trial: Trial, key: jax.Array):
-    """float64 parameters (with non-zero biases), inputs and targets for ``trial``."""
+    """float64 parameters (with non-zero biases, and initial states when learnable), inputs and targets."""
     cell = cells.get(config.model)
     k_params, k_bias, k_x, k_t = jax.random.split(key, 4)
-    params = cell.init(k_params, trial.input_size, trial.hidden, trial.output_size, dtype=jnp.float64)
+    if _is_deep(config):
+        params = deep.init(
+            k_params, cell, trial.input_size, trial.hidden, trial.output_size, layers=config.layers,
+            bidirectional=config.bidirectional, learn_initial_state=config.learn_initial_state, dtype=jnp.float64,
+        )  # fmt: skip
+    else:
+        params = cell.init(k_params, trial.input_size, trial.hidden, trial.output_size, dtype=jnp.float64)
     leaves, tree = jax.tree.flatten(params)
     bias_keys = jax.random.split(k_bias, len(leaves))
     leaves = [
@@ -218,7 +236,7 @@ def _compare_probes(trial, method, reference, params, probes, got, want, toleran
     """Per parameter: rows that are unit vectors compare as the parameter's shape, others per direction."""
     out = []
     owner = np.asarray(probes.leaf)
-    for i, (name, leaf) in enumerate(zip(type(params)._fields, jax.tree.leaves(params), strict=True)):
+    for i, (name, leaf) in enumerate(zip(_leaf_names(params), jax.tree.leaves(params), strict=True)):
         a, b = np.asarray(got)[owner == i], np.asarray(want)[owner == i]
         if probes.entries[i]:
             a, b = a.reshape(leaf.shape), b.reshape(leaf.shape)
@@ -227,11 +245,19 @@ def _compare_probes(trial, method, reference, params, probes, got, want, toleran
 
 
 def _check_full(config, trial, cell, params, xs, targets, key) -> list[Comparison]:
-    names = type(params)._fields
+    names = _leaf_names(params)
     lengths = None if trial.lengths is None else jnp.asarray(trial.lengths, jnp.int32)
     mask = None if lengths is None else sequence_mask(lengths, trial.seq_len)
-    run = functools.partial(unroll, activation=trial.activation, lengths=lengths, cell=cell)
-    hand = config.model == "elman"
+    if isinstance(params, deep.DeepParams):
+        apply = functools.partial(deep.apply, cell=cell, activation=trial.activation, lengths=lengths,
+                                  residual=config.residual)  # fmt: skip
+
+        def run(p, xs, backward="autodiff"):
+            return apply(p, xs)
+
+    else:
+        run = functools.partial(unroll, activation=trial.activation, lengths=lengths, cell=cell)
+    hand = config.model == "elman" and not isinstance(params, deep.DeepParams)
     k_fwd, k_fd = jax.random.split(key)
     forward_probes = _probes(params, k_fwd, config.max_entries, config.directions, every_entry=False)
     fd_probes = _probes(params, k_fd, config.max_entries, config.directions, every_entry=True)
@@ -324,6 +350,10 @@ def check_gradients(config: GradcheckConfig) -> Report:
         raise ValueError("tbptt_k1, tbptt_k2: give both or neither")
     if config.tbptt_k1 is not None:
         bptt.check_truncation(config.tbptt_k1, config.tbptt_k2)
+    if isinstance(config.layers, bool) or not isinstance(config.layers, int) or config.layers < 1:
+        raise ValueError(f"layers: expected a positive integer, got {config.layers!r}")
+    if _is_deep(config) and config.tbptt_k1 is not None:
+        raise ValueError("tbptt_k1: the truncated check runs the single-layer network; drop it or the deep options")
     if not config.fd_step > 0:
         raise ValueError(f"fd_step: expected a value > 0, got {config.fd_step}")
     cells.get(config.model)
@@ -350,10 +380,13 @@ def format_table(report: Report) -> str:
         if key not in rows or c.max_rel > rows[key].max_rel:
             rows[key] = c
     width = max(len(pair) for pair, _ in rows)
-    lines = [f"{'check':<{width}}  {'param':<6} {'max abs err':>12} {'max rel err':>12} {'tolerance':>10}  result"]
+    pw = max(6, *(len(param) for _, param in rows))  # parameter names: "w_s", or "layers[1].backward.w_s"
+    lines = [f"{'check':<{width}}  {'param':<{pw}} {'max abs err':>12} {'max rel err':>12} {'tolerance':>10}  result"]
     for (pair, param), c in rows.items():
         verdict = "pass" if c.passed else "FAIL"
-        lines.append(f"{pair:<{width}}  {param:<6} {c.max_abs:12.3e} {c.max_rel:12.3e} {c.tolerance:10.0e}  {verdict}")
+        lines.append(
+            f"{pair:<{width}}  {param:<{pw}} {c.max_abs:12.3e} {c.max_rel:12.3e} {c.tolerance:10.0e}  {verdict}"
+        )
     failed = sum(not c.passed for c in report.comparisons)
     lines.append(
         f"{len(report.trials)} trial(s), {len(report.comparisons)} comparisons, {failed} failed: "

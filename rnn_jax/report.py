@@ -37,6 +37,11 @@ def generate_text(
     Raises:
       ValueError: for an empty prime, a character outside the vocabulary, or a non-positive length.
     """
+    if config.is_deep:
+        raise ValueError(
+            "model: text generation runs the single-layer network; this model uses the deep options "
+            f"(layers={config.layers}, bidirectional={config.bidirectional}, ...), which sampling does not support"
+        )
     if not prime:
         raise ValueError("prime: expected at least one character, got ''")
     tokens = task.encode(prime)
@@ -78,7 +83,7 @@ def write(config: ModelConfig, task: Task, params: Any, workdir: str, seed: int 
             title=f"{config.model} on {task.name} (test)",
         )  # fmt: skip
         written["figures"] = ["confusion_matrix.png"]
-    elif isinstance(task, Shakespeare):
+    elif isinstance(task, Shakespeare) and not config.is_deep:  # sampling runs the single-layer network only
         sample = generate_text(config, task, params, jax.random.key(seed), prime="ROMEO:\n", length=400)
         with open(os.path.join(workdir, "sample.txt"), "w") as f:
             f.write("ROMEO:\n" + sample)

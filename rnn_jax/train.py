@@ -27,12 +27,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import bptt, cells, checkpoint, diagnostics, distributed, tasks
+from rnn_jax import bptt, cells, checkpoint, deep, diagnostics, distributed, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import unroll
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
+
+# Tasks whose target at step t is the input at step t + 1: a backward direction would read the answer.
+NEXT_STEP_TASKS = ("xor", "shakespeare", "sunspots")
+# Folded into the seed's key for the dropout masks, so that the keys of the parameters and batches
+# (`_keys`) are split exactly as before; step t's masks come from fold_in(dropout key, t).
+_DROPOUT_STREAM = 0x64726F70  # "drop"
 
 
 class TrainState(NamedTuple):
@@ -72,6 +78,13 @@ def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> Any:
     cell = cells.get(config.model)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {config.dtype!r}")
+    if config.is_deep:
+        return deep.init(
+            key, cell, task.input_size, config.hidden, task.output_size, layers=config.layers,
+            bidirectional=config.bidirectional, learn_initial_state=config.learn_initial_state,
+            input_init=config.input_init, recurrent_init=config.recurrent_init,
+            recurrent_scale=config.recurrent_scale, spectral_radius=config.spectral_radius, dtype=DTYPES[config.dtype],
+        )  # fmt: skip
     return cell.init(
         key,
         task.input_size,
@@ -85,8 +98,46 @@ def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> Any:
     )
 
 
-def forward(config: ModelConfig, task: tasks.Task, params: Any, batch: tasks.Batch) -> jax.Array:
-    """The outputs y, [T, B, O], of the model on ``batch`` (state frozen past each length)."""
+def check_model(config: ModelConfig, task_name: str | None = None) -> None:
+    """Refuses, naming the option, what the deep options (`rnn_jax.deep`) cannot combine with.
+
+    Raises:
+      ValueError: for a bad layer count or dropout rate, ``backward="bptt"`` with a deep network, or a
+        bidirectional network on a next-step prediction task (its backward direction would see the target).
+    """
+    if not config.is_deep:
+        return
+    if isinstance(config.layers, bool) or not isinstance(config.layers, int) or config.layers < 1:
+        raise ValueError(f"layers: expected a positive integer, got {config.layers!r}")
+    deep.check_rate("dropout", config.dropout)
+    deep.check_rate("recurrent_dropout", config.recurrent_dropout)
+    if config.backward == "bptt":
+        raise ValueError(
+            "backward: 'bptt' is derived for the single-layer Elman network; the deep options (layers, "
+            "bidirectional, residual, dropout, recurrent_dropout, learn_initial_state) train with 'autodiff' or 'fast'"
+        )
+    if config.bidirectional and task_name in NEXT_STEP_TASKS:
+        raise ValueError(
+            f"bidirectional: the {task_name!r} task predicts the next input, which the backward direction would "
+            f"read (it leaks the future); bidirectional networks fit the tasks that read a whole sequence first "
+            f"(adding, temporal_order, japanese-vowels)"
+        )
+
+
+def forward(
+    config: ModelConfig, task: tasks.Task, params: Any, batch: tasks.Batch, key: jax.Array | None = None
+) -> jax.Array:
+    """The outputs y, [T, B, O], of the model on ``batch`` (state frozen past each length).
+
+    ``key`` draws the dropout masks of a deep model (training); None (evaluation) turns dropout off.
+    """
+    if config.is_deep:
+        return deep.apply(
+            params, tasks.features(task, batch.inputs, DTYPES[config.dtype]), cell=config.model,
+            activation=config.activation, lengths=batch.lengths, key=key, dropout=config.dropout,
+            recurrent_dropout=config.recurrent_dropout, variational=config.variational_dropout,
+            residual=config.residual, unroll=config.unroll,
+        ).outputs  # fmt: skip
     run = unroll(
         params,
         tasks.features(task, batch.inputs, DTYPES[config.dtype]),
@@ -100,10 +151,10 @@ def forward(config: ModelConfig, task: tasks.Task, params: Any, batch: tasks.Bat
 
 
 def make_loss_fn(config: ModelConfig, task: tasks.Task) -> Callable[[Any, tasks.Batch], jax.Array]:
-    """``params, batch -> loss``: the task's loss of the unrolled model."""
+    """``params, batch, key=None -> loss``: the task's loss of the unrolled model (``key``: dropout masks)."""
 
-    def loss_fn(params: Any, batch: tasks.Batch) -> jax.Array:
-        return tasks.loss(task.loss, forward(config, task, params, batch), batch)
+    def loss_fn(params: Any, batch: tasks.Batch, key: jax.Array | None = None) -> jax.Array:
+        return tasks.loss(task.loss, forward(config, task, params, batch, key), batch)
 
     return loss_fn
 
@@ -122,11 +173,18 @@ def _apply_update(
 
 
 def make_train_step(config: Config, task: tasks.Task, optimizer: optax.GradientTransformation):
-    """The jitted ``(state, batch) -> (state, StepMetrics)``, with ``state`` donated."""
+    """The jitted ``(state, batch) -> (state, StepMetrics)``, with ``state`` donated.
+
+    With dropout, step t's masks are drawn from ``fold_in(dropout_key(seed), t)``.
+    """
     loss_fn = make_loss_fn(config.model, task)
+    model = config.model
+    with_dropout = model.is_deep and (model.dropout > 0 or model.recurrent_dropout > 0)
+    base = dropout_key(config.run.seed) if with_dropout else None
 
     def train_step(state: TrainState, batch: tasks.Batch) -> tuple[TrainState, StepMetrics]:
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch)
+        key = None if base is None else jax.random.fold_in(base, state.step)
+        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
         return _apply_update(config, optimizer, state, loss, grads)
 
     return jax.jit(train_step, donate_argnums=0)
@@ -170,6 +228,16 @@ def _keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Independent keys for the initial parameters, the training batches and the held-out set."""
     k_init, k_train, k_eval = jax.random.split(jax.random.key(seed), 3)
     return k_init, k_train, k_eval
+
+
+def dropout_key(seed: int) -> jax.Array:
+    """The base key of the dropout masks: its own stream, leaving the split of `_keys` as it was."""
+    return jax.random.fold_in(jax.random.key(seed), _DROPOUT_STREAM)
+
+
+def _recurrent_cell_params(params: Any) -> Any:
+    """The cell parameters whose W_s the eval lines report: the model's, or a deep model's layer 1 (forward)."""
+    return params.layers[0].forward if isinstance(params, deep.DeepParams) else params
 
 
 def _floats(tree: dict[str, Any]) -> dict[str, float]:
@@ -279,6 +347,12 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         if workdir is None:
             raise ValueError("tensorboard: needs an output directory for the event files")
         _tensorboard_writer()  # fails now, not after the compilation, when tensorboardX is missing
+    check_model(config.model, config.task.task)
+    if config.model.is_deep and run.tbptt_k1 is not None:
+        raise ValueError(
+            "tbptt_k1: truncated BPTT runs the single-layer network only; drop the deep options (layers, "
+            "bidirectional, residual, dropout, recurrent_dropout, learn_initial_state) or --tbptt-k1"
+        )
     task = tasks.make(config.task)
     mesh = distributed.make_mesh(run.devices)  # data parallel: each batch split over the mesh, the state replicated
     distributed.check_batch_size(config.task.batch_size, mesh)
@@ -337,7 +411,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     def run_eval(step: int) -> None:
         nonlocal last_eval
         last_eval = _floats(evaluate(state.params, eval_set))
-        spectrum = diagnostics.recurrent_spectrum(state.params)  # W_s; for LSTM/GRU its first gate block (i / r)
+        spectrum = diagnostics.recurrent_spectrum(_recurrent_cell_params(state.params))  # W_s (block i / r)
         recurrent = {f"recurrent_{name}": value for name, value in spectrum.items()}
         sink.write({"kind": "eval", "step": step, **last_eval, **recurrent})
 
