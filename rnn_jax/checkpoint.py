@@ -28,6 +28,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rnn_jax.config import Config
+
 FORMAT_VERSION = 1
 
 # Run options that may differ between a run and its resumption: they change what is reported or
@@ -75,10 +77,16 @@ def digest(tree: Any) -> str:
 
 
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``"section.field: checkpoint A, now B"`` for every field that differs and must not."""
+    """``"section.field: checkpoint A, now B"`` for every field that differs and must not.
+
+    A field the checkpoint lacks (written by an rnn-jax from before the field existed) counts as the
+    field's default, which is what that older rnn-jax computed with.
+    """
+    defaults = Config().to_dict()
     differences = []
     for section in sorted(set(saved) | set(current)):
-        old, new = saved.get(section, {}), current.get(section, {})
+        old = {**defaults.get(section, {}), **saved.get(section, {})}
+        new = current.get(section, {})
         for name in sorted(set(old) | set(new)):
             if section == "run" and name in RESUMABLE_CHANGES:
                 continue

@@ -283,3 +283,12 @@ def test_tensorboard_scalars_are_written_beside_the_metrics_and_a_resume_purges_
         shutil.rmtree(tmp_path / "checkpoints" / str(step))
     train.train_and_evaluate(_config(run={"tensorboard": True, "resume": True}), str(tmp_path))
     assert _scalars(tmp_path)["purge"] == [5]  # TensorBoard hides the first run's events from step 5 on
+
+
+def test_a_field_missing_from_an_older_checkpoint_counts_as_its_default():
+    current = Config().to_dict()
+    older = {section: dict(fields) for section, fields in current.items()}
+    del older["model"]["layers"]  # written before stacked networks existed
+    assert checkpoint.config_differences(older, current) == []
+    changed = {**current, "model": {**current["model"], "layers": 2}}
+    assert checkpoint.config_differences(older, changed) == ["model.layers: checkpoint 1, now 2"]
