@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import bptt, cells, checkpoint, diagnostics, distributed, tasks
+from rnn_jax import bptt, cells, checkpoint, diagnostics, distributed, seq2seq, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import unroll
@@ -67,11 +67,49 @@ class TrainingDiverged(RuntimeError):
         )
 
 
+# ------------------------------------------------------------------ sequence to sequence
+# A task with ``seq2seq = True`` (tasks.Numbers) has `seq2seq.Seq2SeqBatch`es, and its model is the
+# encoder-decoder of `rnn_jax.seq2seq`: init, loss and evaluate below come from there; the loop is the same.
+
+
+def is_seq2seq(task: tasks.Task) -> bool:
+    """Whether ``task`` is a sequence-to-sequence task, trained as `rnn_jax.seq2seq`'s encoder-decoder."""
+    return getattr(task, "seq2seq", False) is True
+
+
+def _seq2seq_options(config: ModelConfig) -> dict[str, Any]:
+    if config.backward == "bptt":
+        raise ValueError("backward: the encoder-decoder is differentiated by autodiff; use 'fast' or 'autodiff'")
+    return {"activation": config.activation, "unroll": config.unroll}
+
+
+def _shard_batch(task: tasks.Task, batch, mesh, replicate_uneven: bool = False):
+    """``batch`` split along B over ``mesh`` (`distributed.shard_batch`; a `seq2seq.Seq2SeqBatch`'s [S, B] and
+    [T, B] along axis 1, its lengths along axis 0); with ``replicate_uneven``, replicated when B does not divide."""
+    if not is_seq2seq(task):
+        return (distributed.shard_or_replicate if replicate_uneven else distributed.shard_batch)(batch, mesh)
+    if replicate_uneven and batch.source_lengths.shape[0] % mesh.size:
+        return distributed.replicate(batch, mesh)
+    distributed.check_batch_size(batch.source_lengths.shape[0], mesh)
+    source, target = distributed.shard((batch.source, batch.target), mesh, axis=1)
+    lengths = distributed.shard((batch.source_lengths, batch.target_lengths), mesh, axis=0)
+    return seq2seq.Seq2SeqBatch(source, lengths[0], target, lengths[1])
+
+
+# ------------------------------------------------------------------
+
+
 def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> Any:
     """The model's initial parameters for ``task``'s input and output sizes."""
     cell = cells.get(config.model)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {config.dtype!r}")
+    if is_seq2seq(task):  # the encoder-decoder, embeddings of size H
+        return seq2seq.init(
+            key, config.model, task.input_size, task.output_size, config.hidden, input_init=config.input_init,
+            recurrent_init=config.recurrent_init, recurrent_scale=config.recurrent_scale,
+            spectral_radius=config.spectral_radius, dtype=DTYPES[config.dtype],
+        )  # fmt: skip
     return cell.init(
         key,
         task.input_size,
@@ -101,6 +139,8 @@ def forward(config: ModelConfig, task: tasks.Task, params: Any, batch: tasks.Bat
 
 def make_loss_fn(config: ModelConfig, task: tasks.Task) -> Callable[[Any, tasks.Batch], jax.Array]:
     """``params, batch -> loss``: the task's loss of the unrolled model."""
+    if is_seq2seq(task):
+        return functools.partial(seq2seq.loss, **_seq2seq_options(config))
 
     def loss_fn(params: Any, batch: tasks.Batch) -> jax.Array:
         return tasks.loss(task.loss, forward(config, task, params, batch), batch)
@@ -158,6 +198,8 @@ def make_tbptt_step(config: Config, task: tasks.Task, optimizer: optax.GradientT
 
 def make_evaluate(config: ModelConfig, task: tasks.Task):
     """The jitted ``(params, batch) -> dict`` of the loss and the task's metrics."""
+    if is_seq2seq(task):  # teacher-forced loss; token accuracy and exact match of greedy decoding
+        return jax.jit(functools.partial(seq2seq.evaluate, **_seq2seq_options(config)))
 
     def evaluate(params: Any, batch: tasks.Batch) -> dict[str, jax.Array]:
         outputs = forward(config, task, params, batch)
@@ -293,7 +335,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         eval_set = task.eval_batch("validation", dtype)
     else:
         eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
-    eval_set = distributed.shard_or_replicate(eval_set, mesh)
+    eval_set = _shard_batch(task, eval_set, mesh, replicate_uneven=True)
     advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype, mesh)
     initial = checkpoint.Position(state, carried, jax.random.key_data(k_train))
     checkpoints, position = checkpoint.open_run(workdir, config, initial)  # with --resume: the newest checkpoint
@@ -337,7 +379,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     def run_eval(step: int) -> None:
         nonlocal last_eval
         last_eval = _floats(evaluate(state.params, eval_set))
-        spectrum = diagnostics.recurrent_spectrum(state.params)  # W_s; for LSTM/GRU its first gate block (i / r)
+        recurrent_params = state.params.encoder if is_seq2seq(task) else state.params  # seq2seq: the encoder's
+        spectrum = diagnostics.recurrent_spectrum(recurrent_params)  # W_s; for LSTM/GRU its first gate block (i / r)
         recurrent = {f"recurrent_{name}": value for name, value in spectrum.items()}
         sink.write({"kind": "eval", "step": step, **last_eval, **recurrent})
 
@@ -364,7 +407,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
                     checkpoints.save(checkpoint.Position(state, carried, position.key))
         elapsed = time.perf_counter() - start
         if hasattr(task, "eval_batch"):  # real data: the held-out test split, once, at the end
-            test_set = distributed.shard_or_replicate(task.eval_batch("test", dtype), mesh)
+            test_set = _shard_batch(task, task.eval_batch("test", dtype), mesh, replicate_uneven=True)
             summary["final_test"] = _floats(evaluate(state.params, test_set))
             sink.write({"kind": "test", "step": run.steps, **summary["final_test"]})
     except TrainingDiverged as error:
@@ -406,12 +449,17 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
         make_batch = jax.jit(lambda k: task.batch(k, config.task.batch_size, dtype))
 
         def advance_on_batches(state, carried, step):
-            batch = distributed.shard_batch(make_batch(jax.random.fold_in(key, step)), mesh)
+            batch = _shard_batch(task, make_batch(jax.random.fold_in(key, step)), mesh)
             state, metrics = train_step(state, batch)
             return state, carried, metrics
 
         return advance_on_batches, ()
 
+    if is_seq2seq(task):
+        raise ValueError(
+            f"tbptt_k1: truncated BPTT needs a stream; the {task.name!r} task is sequence to sequence (each "
+            "source is read whole before its target is written); drop --tbptt-k1"
+        )
     k1, k2 = bptt.check_truncation(run.tbptt_k1, run.tbptt_k2 or run.tbptt_k1)
     if not hasattr(task, "stream"):
         raise ValueError(f"tbptt_k1: the {task.name!r} task has no stream to truncate; streaming tasks: xor")
