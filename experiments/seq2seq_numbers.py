@@ -11,12 +11,12 @@ Command:
   python -m experiments.seq2seq_numbers --quick    # max 999, LSTM H = 32, 300 steps each
 
 Expected runtime on 2 CPU cores: about 3 minutes in full, under 1 minute with --quick.
-Expected result: exact match above 0.95 on the held-out test numbers in full (both source orders; measured in
-results.json and the README), against 0 for the source-blind baseline; above 0.5 with --quick.
+Expected result: exact match above 0.95 on the held-out test numbers in full for both source orders (measured: 0.999
+in reading order, 1.000 reversed), against 0 for the source-blind baseline; above 0.5 with --quick (0.99 measured).
 Writes results.json, summary.md, summary.json (both runs' summaries), metrics_forward.jsonl and
 metrics_reversed.jsonl (every train and eval line), loss_curve.png (the forward run, `rnn_jax.plotting`),
 exact_match.png (held-out exact match over training, both runs) and examples.md (test translations with
-every error of the forward run).
+every error of each run, up to 40).
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ class ModelConfig:
 class TaskConfig:
     """Which task, and the shape of its batches."""
 
-    task: Literal["adding", "xor", "temporal_order", "shakespeare", "sunspots", "japanese-vowels", "numbers"] = _help(
+    task: Literal["adding", "xor", "temporal_order", "numbers", "shakespeare", "sunspots", "japanese-vowels"] = _help(
         "adding: sum of two marked numbers (many-to-one); xor: Elman's temporal XOR (next-bit prediction); "
         "temporal_order: the order of two symbols A/B among distractors (4 classes, Pascanu et al. 2013); "
         "shakespeare: character-level language model (needs rnn-jax[data]); sunspots: one-month-ahead forecasting; "

@@ -9,7 +9,7 @@ from rnn_jax.tasks.numbers import Numbers
 from rnn_jax.tasks.real import JapaneseVowels, Shakespeare, Sunspots
 from rnn_jax.tasks.synthetic import Adding, TemporalOrder, TemporalXOR
 
-TASKS = ("adding", "xor", "temporal_order", "shakespeare", "sunspots", "japanese-vowels", "numbers")
+TASKS = ("adding", "xor", "temporal_order", "numbers", "shakespeare", "sunspots", "japanese-vowels")
 
 
 def make(config: TaskConfig) -> Task:
