@@ -18,7 +18,7 @@ Sequences are time-major ``[T, B, D]`` inside the library. Functions at the API 
 batch-first ``[B, T, D]`` with ``time_major=False`` and convert once.
 """
 
-from rnn_jax import activations, diagnostics, initializers
+from rnn_jax import activations, diagnostics, initializers, seq2seq
 from rnn_jax.cells import elman, gru, lstm
 from rnn_jax.cells.elman import ElmanParams
 from rnn_jax.losses import cross_entropy, squared_error
@@ -40,6 +40,7 @@ __all__ = [
     "last_valid",
     "lstm",
     "make_optimizer",
+    "seq2seq",
     "sequence_mask",
     "squared_error",
     "unroll",

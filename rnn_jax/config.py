@@ -80,11 +80,12 @@ class ModelConfig:
 class TaskConfig:
     """Which task, and the shape of its batches."""
 
-    task: Literal["adding", "xor", "temporal_order", "shakespeare", "sunspots", "japanese-vowels"] = _help(
+    task: Literal["adding", "xor", "temporal_order", "numbers", "shakespeare", "sunspots", "japanese-vowels"] = _help(
         "adding: sum of two marked numbers (many-to-one); xor: Elman's temporal XOR (next-bit prediction); "
         "temporal_order: the order of two symbols A/B among distractors (4 classes, Pascanu et al. 2013); "
         "shakespeare: character-level language model (needs rnn-jax[data]); sunspots: one-month-ahead forecasting; "
-        "japanese-vowels: speaker classification from variable-length utterances",
+        "japanese-vowels: speaker classification from variable-length utterances; numbers: spelled-out English "
+        "numbers to digits with an encoder-decoder (sequence to sequence, exact match on held-out numbers)",
         default="adding",
     )
     seq_len: int = _help("sequence length T", default=50)
@@ -92,6 +93,10 @@ class TaskConfig:
         "adding only: draw each sequence's length uniformly from [min_len, seq_len] (padded batches)", default=None
     )
     batch_size: int = _help("sequences per training batch B", default=64)
+    max_value: int = _help("numbers only: numbers are drawn from [0, max_value] (at most 999999)", default=999)
+    reverse_source: bool = _help(
+        "numbers only: feed each number's name to the encoder last word first (Sutskever et al. 2014)", default=False
+    )
 
 
 @dataclass(frozen=True)

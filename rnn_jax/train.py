@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnn_jax import bptt, cells, checkpoint, deep, diagnostics, distributed, tasks
+from rnn_jax import bptt, cells, checkpoint, deep, diagnostics, distributed, seq2seq, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import unroll
@@ -73,11 +73,54 @@ class TrainingDiverged(RuntimeError):
         )
 
 
+# ------------------------------------------------------------------ sequence to sequence
+# A task with ``seq2seq = True`` (tasks.Numbers) has `seq2seq.Seq2SeqBatch`es, and its model is the
+# encoder-decoder of `rnn_jax.seq2seq`: init, loss and evaluate below come from there; the loop is the same.
+
+
+def is_seq2seq(task: tasks.Task) -> bool:
+    """Whether ``task`` is a sequence-to-sequence task, trained as `rnn_jax.seq2seq`'s encoder-decoder."""
+    return getattr(task, "seq2seq", False) is True
+
+
+def _seq2seq_options(config: ModelConfig) -> dict[str, Any]:
+    if config.backward == "bptt":
+        raise ValueError("backward: the encoder-decoder is differentiated by autodiff; use 'fast' or 'autodiff'")
+    if config.is_deep:
+        raise ValueError(
+            "layers, bidirectional, residual, dropout, recurrent_dropout, learn_initial_state: the encoder-decoder "
+            "(numbers task) has one layer of each cell; leave these options at their defaults"
+        )
+    return {"activation": config.activation, "unroll": config.unroll}
+
+
+def _shard_batch(task: tasks.Task, batch, mesh, replicate_uneven: bool = False):
+    """``batch`` split along B over ``mesh`` (`distributed.shard_batch`; a `seq2seq.Seq2SeqBatch`'s [S, B] and
+    [T, B] along axis 1, its lengths along axis 0); with ``replicate_uneven``, replicated when B does not divide."""
+    if not is_seq2seq(task):
+        return (distributed.shard_or_replicate if replicate_uneven else distributed.shard_batch)(batch, mesh)
+    if replicate_uneven and batch.source_lengths.shape[0] % mesh.size:
+        return distributed.replicate(batch, mesh)
+    distributed.check_batch_size(batch.source_lengths.shape[0], mesh)
+    source, target = distributed.shard((batch.source, batch.target), mesh, axis=1)
+    lengths = distributed.shard((batch.source_lengths, batch.target_lengths), mesh, axis=0)
+    return seq2seq.Seq2SeqBatch(source, lengths[0], target, lengths[1])
+
+
+# ------------------------------------------------------------------
+
+
 def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> Any:
     """The model's initial parameters for ``task``'s input and output sizes."""
     cell = cells.get(config.model)
     if config.dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {list(DTYPES)}, got {config.dtype!r}")
+    if is_seq2seq(task):  # the encoder-decoder, embeddings of size H
+        return seq2seq.init(
+            key, config.model, task.input_size, task.output_size, config.hidden, input_init=config.input_init,
+            recurrent_init=config.recurrent_init, recurrent_scale=config.recurrent_scale,
+            spectral_radius=config.spectral_radius, dtype=DTYPES[config.dtype],
+        )  # fmt: skip
     if config.is_deep:
         return deep.init(
             key, cell, task.input_size, config.hidden, task.output_size, layers=config.layers,
@@ -152,6 +195,9 @@ def forward(
 
 def make_loss_fn(config: ModelConfig, task: tasks.Task) -> Callable[[Any, tasks.Batch], jax.Array]:
     """``params, batch, key=None -> loss``: the task's loss of the unrolled model (``key``: dropout masks)."""
+    if is_seq2seq(task):
+        options = _seq2seq_options(config)
+        return lambda params, batch, key=None: seq2seq.loss(params, batch, **options)  # no dropout: key unused
 
     def loss_fn(params: Any, batch: tasks.Batch, key: jax.Array | None = None) -> jax.Array:
         return tasks.loss(task.loss, forward(config, task, params, batch, key), batch)
@@ -216,6 +262,8 @@ def make_tbptt_step(config: Config, task: tasks.Task, optimizer: optax.GradientT
 
 def make_evaluate(config: ModelConfig, task: tasks.Task):
     """The jitted ``(params, batch) -> dict`` of the loss and the task's metrics."""
+    if is_seq2seq(task):  # teacher-forced loss; token accuracy and exact match of greedy decoding
+        return jax.jit(functools.partial(seq2seq.evaluate, **_seq2seq_options(config)))
 
     def evaluate(params: Any, batch: tasks.Batch) -> dict[str, jax.Array]:
         outputs = forward(config, task, params, batch)
@@ -236,7 +284,10 @@ def dropout_key(seed: int) -> jax.Array:
 
 
 def _recurrent_cell_params(params: Any) -> Any:
-    """The cell parameters whose W_s the eval lines report: the model's, or a deep model's layer 1 (forward)."""
+    """The cell parameters whose W_s the eval lines report: the model's, a deep model's layer 1 (forward), or an
+    encoder-decoder's encoder."""
+    if isinstance(params, seq2seq.Seq2SeqParams):
+        return params.encoder
     return params.layers[0].forward if isinstance(params, deep.DeepParams) else params
 
 
@@ -367,7 +418,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         eval_set = task.eval_batch("validation", dtype)
     else:
         eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
-    eval_set = distributed.shard_or_replicate(eval_set, mesh)
+    eval_set = _shard_batch(task, eval_set, mesh, replicate_uneven=True)
     advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype, mesh)
     initial = checkpoint.Position(state, carried, jax.random.key_data(k_train))
     checkpoints, position = checkpoint.open_run(workdir, config, initial)  # with --resume: the newest checkpoint
@@ -438,7 +489,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
                     checkpoints.save(checkpoint.Position(state, carried, position.key))
         elapsed = time.perf_counter() - start
         if hasattr(task, "eval_batch"):  # real data: the held-out test split, once, at the end
-            test_set = distributed.shard_or_replicate(task.eval_batch("test", dtype), mesh)
+            test_set = _shard_batch(task, task.eval_batch("test", dtype), mesh, replicate_uneven=True)
             summary["final_test"] = _floats(evaluate(state.params, test_set))
             sink.write({"kind": "test", "step": run.steps, **summary["final_test"]})
     except TrainingDiverged as error:
@@ -480,12 +531,17 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
         make_batch = jax.jit(lambda k: task.batch(k, config.task.batch_size, dtype))
 
         def advance_on_batches(state, carried, step):
-            batch = distributed.shard_batch(make_batch(jax.random.fold_in(key, step)), mesh)
+            batch = _shard_batch(task, make_batch(jax.random.fold_in(key, step)), mesh)
             state, metrics = train_step(state, batch)
             return state, carried, metrics
 
         return advance_on_batches, ()
 
+    if is_seq2seq(task):
+        raise ValueError(
+            f"tbptt_k1: truncated BPTT needs a stream; the {task.name!r} task is sequence to sequence (each "
+            "source is read whole before its target is written); drop --tbptt-k1"
+        )
     k1, k2 = bptt.check_truncation(run.tbptt_k1, run.tbptt_k2 or run.tbptt_k1)
     if not hasattr(task, "stream"):
         raise ValueError(f"tbptt_k1: the {task.name!r} task has no stream to truncate; streaming tasks: xor")

@@ -92,3 +92,20 @@ def test_real_data_study_quick(tmp_path, name):
     assert set(results["test"]) == set(results["validation"]) and "loss" in results["test"]
     assert results["test"]["loss"] < results["baseline"]["loss"]  # each beats its trivial baseline, even quick
     assert (tmp_path / "summary.md").read_text().startswith(f"# {name} (quick)")
+
+
+def test_seq2seq_numbers_quick(tmp_path):
+    subprocess.run([sys.executable, "-m", "experiments.seq2seq_numbers", "--quick", "--out", str(tmp_path)], check=True)
+    for name in ("exact_match.png", "loss_curve.png", "examples.md", "metrics_forward.jsonl", "metrics_reversed.jsonl"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] is True and results["study"] == "seq2seq_numbers"
+    assert set(results["runs"]) == {"forward", "reversed"}
+    for run in results["runs"].values():
+        assert run["test"]["exact_match"] > results["baseline"]["exact_match"]  # held-out numbers, even quick
+        examples = run["examples"]
+        assert examples["test_numbers"] == results["held_out"]["test"]
+        assert len(examples["error_examples"]) == min(examples["errors"], 40)
+        assert all(e["output"] != str(e["number"]) for e in examples["error_examples"])
+        assert len(run["curve"]["step"]) == len(run["curve"]["validation_exact_match"]) > 1
+    assert (tmp_path / "summary.md").read_text().startswith("# seq2seq_numbers (quick)")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from rnn_jax.config import TaskConfig
+from rnn_jax.seq2seq import Seq2SeqBatch
 from rnn_jax.tasks.base import Batch, Task, features, loss
+from rnn_jax.tasks.numbers import Numbers
 from rnn_jax.tasks.real import JapaneseVowels, Shakespeare, Sunspots
 from rnn_jax.tasks.synthetic import Adding, TemporalOrder, TemporalXOR
 
-TASKS = ("adding", "xor", "temporal_order", "shakespeare", "sunspots", "japanese-vowels")
+TASKS = ("adding", "xor", "temporal_order", "numbers", "shakespeare", "sunspots", "japanese-vowels")
 
 
 def make(config: TaskConfig) -> Task:
@@ -16,6 +18,9 @@ def make(config: TaskConfig) -> Task:
     Raises:
       ValueError: for an unknown task, or an option the task does not take.
     """
+    for name, default in (("max_value", 999), ("reverse_source", False)):
+        if config.task != "numbers" and getattr(config, name) != default:
+            raise ValueError(f"{name}: an option of the numbers task only; drop it for {config.task}")
     if config.task == "adding":
         return Adding(seq_len=config.seq_len, min_len=config.min_len)
     if config.task == "xor":
@@ -24,6 +29,8 @@ def make(config: TaskConfig) -> Task:
         return TemporalXOR(seq_len=config.seq_len)
     if config.min_len is not None:
         raise ValueError(f"min_len: only the adding task draws lengths; {config.task} has its own")
+    if config.task == "numbers":
+        return Numbers(max_value=config.max_value, reverse_source=config.reverse_source)
     if config.task == "temporal_order":
         return TemporalOrder(seq_len=config.seq_len)
     if config.task == "shakespeare":
@@ -36,6 +43,6 @@ def make(config: TaskConfig) -> Task:
 
 
 __all__ = [
-    "TASKS", "Adding", "Batch", "JapaneseVowels", "Shakespeare", "Sunspots", "Task", "TemporalOrder", "TemporalXOR",
-    "features", "loss", "make",
+    "TASKS", "Adding", "Batch", "JapaneseVowels", "Numbers", "Seq2SeqBatch", "Shakespeare", "Sunspots", "Task",
+    "TemporalOrder", "TemporalXOR", "features", "loss", "make",
 ]  # fmt: skip
