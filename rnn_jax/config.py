@@ -41,6 +41,18 @@ class ModelConfig:
         "'fast': the fastest measured for the cell (bptt for elman, autodiff otherwise)",
         default="fast",
     )
+    remat: str | None = _help(
+        "rematerialise the backward pass (gradient checkpointing): keep the state every k steps and recompute "
+        "the steps between them, memory O(T/k + k) instead of O(T): an integer k, or 'sqrt' (k = ceil(sqrt T)); "
+        "uses the autodiff backward pass (None: keep everything)",
+        metavar="K|sqrt",
+        default=None,
+    )
+    precision: Literal["float32", "bfloat16"] = _help(
+        "bfloat16: mixed precision, the unroll and its backward pass in bfloat16 while the parameters, optimizer "
+        "state, loss and gradient sums stay float32 (with --dtype float32; uses the autodiff backward pass)",
+        default="float32",
+    )
 
 
 @dataclass(frozen=True)

@@ -86,7 +86,14 @@ def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> Any:
 
 
 def forward(config: ModelConfig, task: tasks.Task, params: Any, batch: tasks.Batch) -> jax.Array:
-    """The outputs y, [T, B, O], of the model on ``batch`` (state frozen past each length)."""
+    """The outputs y, [T, B, O], of the model on ``batch`` (state frozen past each length).
+
+    ``config.remat`` and ``config.precision`` select rematerialisation and mixed precision
+    (`rnn_jax.unroll.unroll`'s ``remat`` and ``compute_dtype``); the outputs are in ``config.dtype``.
+    """
+    if config.precision != "float32" and config.dtype != "float32":
+        raise ValueError(f"precision: {config.precision!r} keeps float32 parameters; needs dtype float32, "
+                         f"got {config.dtype!r}")  # fmt: skip
     run = unroll(
         params,
         tasks.features(task, batch.inputs, DTYPES[config.dtype]),
@@ -95,6 +102,8 @@ def forward(config: ModelConfig, task: tasks.Task, params: Any, batch: tasks.Bat
         unroll=config.unroll,
         backward=config.backward,
         cell=cells.get(config.model),
+        remat=config.remat,
+        compute_dtype=None if config.precision == "float32" else DTYPES[config.precision],
     )
     return run.outputs
 
