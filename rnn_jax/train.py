@@ -146,6 +146,11 @@ def make_tbptt_step(config: Config, task: tasks.Task, optimizer: optax.GradientT
     (state, carried, StepMetrics)``: window ``index`` of a `bptt.pad_stream`-ed stream, its loss on
     the last k1 steps, gradients back at most k2 steps from the carried (fixed) entering state."""
     cell = cells.get(config.model.model)
+    if config.model.remat is not None or config.model.precision != "float32":
+        raise ValueError(
+            "remat, precision: apply to full-BPTT training, not to TBPTT's k2-step windows; got "
+            f"remat={config.model.remat!r}, precision={config.model.precision!r} with tbptt_k1={k1}"
+        )
 
     def tbptt_step(state, entering, padded_inputs, padded_targets, index):
         inputs = tasks.features(task, bptt.window(padded_inputs, index, k1, k2), DTYPES[config.model.dtype])
