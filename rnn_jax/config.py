@@ -210,12 +210,16 @@ class GradcheckConfig:
 class BenchConfig:
     """What `rnn_jax.bench.run` times: the problem sizes, the cell and the number of repeats."""
 
-    preset: Literal["quick", "standard", "gpu"] | None = _help(
+    preset: Literal["quick", "standard", "gpu", "long"] | None = _help(
         "quick: tiny sizes for the tests; standard: the five issue sizes on a CPU; gpu: those and two larger ones "
-        "(about 5 minutes on one GPU). Default: standard, unless --config is given",
+        "(about 5 minutes on one GPU); long: T = 1000, 10000, 100000 at B=4, D=1, H=32, O=1, with and without "
+        "remat (rnn-jax only). Default: standard, unless --config is given",
         default=None,
     )
     config: tuple[str, ...] = _help("another problem size B,T,D,H,O (repeatable)", metavar="B,T,D,H,O", default=())
-    cell: Literal["elman"] = _help("the recurrent cell", default="elman")
+    cell: Literal["elman", "lstm", "gru"] = _help(
+        "the recurrent cell (flax: SimpleCell, OptimizedLSTMCell, GRUCell; torch: nn.RNN, nn.LSTM, nn.GRU)",
+        default="elman",
+    )
     repeats: int | None = _help("timed samples per implementation and mode (default: the preset's)", default=None)
     seed: int = _help("seed of the shared parameters and data", default=0)
