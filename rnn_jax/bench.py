@@ -16,12 +16,23 @@ The implementations (`default_implementations`):
   rnn-jax-autodiff  `rnn_jax.train.make_train_step` with ``backward="autodiff"`` (jax.grad through lax.scan);
   rnn-jax-fast      the default, ``backward="fast"`` (for elman the hand-derived BPTT custom VJP, see
                     `rnn_jax.bptt.accumulating_backward`);
-  flax              ``flax.linen.RNN`` over the matching flax cell, a Dense read-out, the same optax chain;
-  torch             ``torch.nn.RNN`` + ``nn.Linear``, ``clip_grad_norm_`` and ``torch.optim.Adam``, when
+  rnn-jax-bf16      ``precision="bfloat16"``: mixed precision (float32 parameters, Adam state, loss and gradient
+                    sums; the unroll and its backward pass in bfloat16); agrees to ``BF16_RTOL``, not 1e-4;
+  rnn-jax-fast-Ndev with N = 2, 4, ... devices when JAX sees several: the fast path's data-parallel
+                    step, the batch split along B (`rnn_jax.distributed`); its records carry ``devices``;
+  flax              ``flax.linen.RNN`` over the matching flax cell (SimpleCell, OptimizedLSTMCell, GRUCell),
+                    a Dense read-out, the same optax chain;
+  torch             ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` + ``nn.Linear`` (parameters through
+                    `rnn_jax.interop.torch`), ``clip_grad_norm_`` and ``torch.optim.Adam``, when
                     torch is importable: timed with 1 thread and with all threads, interleaved, and
                     reported under the better setting (named in the record, e.g. "torch-1thread");
-  lower-bound       measured: the T sequential [B, H] @ [H, H] products of the forward pass (forward),
-                    twice that plus the weight-gradient flops at the machine's square-matmul rate (train).
+  lower-bound       measured: the T sequential [B, H] @ [H, G H] products of the forward pass (forward; G
+                    gate blocks), twice that plus the weight-gradient flops at the machine's square-matmul
+                    rate (train).
+
+The ``long`` preset (T = 1000, 10000, 100000) times `long_implementations` instead: the autodiff
+and fast paths, the autodiff path with ``remat`` every 100 steps and every ceil(sqrt(T)) steps, and
+the lower bound.
 
 Peak memory: for the JAX implementations, XLA's buffer assignment of the compiled step
 (arguments + outputs + temporaries - aliased), exact and the same on every backend (JAX cannot
@@ -795,7 +806,7 @@ def format_table(result: BenchResult, fast: str = "rnn-jax-fast", bound: str = "
     lines = [
         "backend {backend} ({device}), {cpu_count} CPUs, jax {jax}, torch {torch}".format(**result.notes),
         "",
-        f"{'cell':<6}{'B,T,D,H,O':<20}{'mode':<9}{'impl':<18}{'median ms':>10}{'p10-p90 ms':>18}"
+        f"{'cell':<6}{'B,T,D,H,O':<20}{'mode':<9}{'impl':<20}{'median ms':>10}{'p10-p90 ms':>18}"
         f"{'steps/s':>12}{'compile s':>10}{'peak MB':>9}{'fast/this':>10}{'/bound':>8}",
     ]
     by_key: dict[tuple, dict[str, dict]] = {}
@@ -810,7 +821,7 @@ def format_table(result: BenchResult, fast: str = "rnn-jax-fast", bound: str = "
             ms = r["median_ms"]
             spread = f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}"
             lines.append(
-                f"{cell:<6}{f'{b},{t},{d},{h},{o}':<20}{mode:<9}{r['impl']:<18}{ms:>10.3f}"
+                f"{cell:<6}{f'{b},{t},{d},{h},{o}':<20}{mode:<9}{r['impl']:<20}{ms:>10.3f}"
                 f"{spread:>18}{b * t / ms * 1e3:>12.4g}{r['compile_s']:>10.2f}"
                 f"{r['peak_mem_mb']:>9.1f}{fast_ms / ms:>10.2f}{ms / bound_ms:>8.2f}"
             )
@@ -819,7 +830,7 @@ def format_table(result: BenchResult, fast: str = "rnn-jax-fast", bound: str = "
     for a in result.agreement:
         verdict = "ok" if a.agrees else "DISAGREES"
         lines.append(
-            f"  {a.shape.cell} {a.shape.B},{a.shape.T},{a.shape.D},{a.shape.H},{a.shape.O}  {a.impl:<18}"
+            f"  {a.shape.cell} {a.shape.B},{a.shape.T},{a.shape.D},{a.shape.H},{a.shape.O}  {a.impl:<20}"
             f"loss {a.loss:.6g}  loss err {a.loss_rel_err:.1e}  grad err {a.grad_rel_err:.1e}  {verdict}"
         )
     for shape, impl, reason in result.skipped:
