@@ -16,12 +16,23 @@ The implementations (`default_implementations`):
   rnn-jax-autodiff  `rnn_jax.train.make_train_step` with ``backward="autodiff"`` (jax.grad through lax.scan);
   rnn-jax-fast      the default, ``backward="fast"`` (for elman the hand-derived BPTT custom VJP, see
                     `rnn_jax.bptt.accumulating_backward`);
-  flax              ``flax.linen.RNN`` over the matching flax cell, a Dense read-out, the same optax chain;
-  torch             ``torch.nn.RNN`` + ``nn.Linear``, ``clip_grad_norm_`` and ``torch.optim.Adam``, when
+  rnn-jax-bf16      ``precision="bfloat16"``: mixed precision (float32 parameters, Adam state, loss and gradient
+                    sums; the unroll and its backward pass in bfloat16); agrees to ``BF16_RTOL``, not 1e-4;
+  rnn-jax-fast-Ndev with N = 2, 4, ... devices when JAX sees several: the fast path's data-parallel
+                    step, the batch split along B (`rnn_jax.distributed`); its records carry ``devices``;
+  flax              ``flax.linen.RNN`` over the matching flax cell (SimpleCell, OptimizedLSTMCell, GRUCell),
+                    a Dense read-out, the same optax chain;
+  torch             ``torch.nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` + ``nn.Linear`` (parameters through
+                    `rnn_jax.interop.torch`), ``clip_grad_norm_`` and ``torch.optim.Adam``, when
                     torch is importable: timed with 1 thread and with all threads, interleaved, and
                     reported under the better setting (named in the record, e.g. "torch-1thread");
-  lower-bound       measured: the T sequential [B, H] @ [H, H] products of the forward pass (forward),
-                    twice that plus the weight-gradient flops at the machine's square-matmul rate (train).
+  lower-bound       measured: the T sequential [B, H] @ [H, G H] products of the forward pass (forward; G
+                    gate blocks), twice that plus the weight-gradient flops at the machine's square-matmul
+                    rate (train).
+
+The ``long`` preset (T = 1000, 10000, 100000) times `long_implementations` instead: the autodiff
+and fast paths, the autodiff path with ``remat`` every 100 steps and every ceil(sqrt(T)) steps, and
+the lower bound.
 
 Peak memory: for the JAX implementations, XLA's buffer assignment of the compiled step
 (arguments + outputs + temporaries - aliased), exact and the same on every backend (JAX cannot
@@ -39,19 +50,21 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import cells, tasks, train
+from rnn_jax import cells, distributed, tasks, train
 from rnn_jax.config import Config, ModelConfig, OptimConfig, TaskConfig
+from rnn_jax.interop import torch as torch_layout
 from rnn_jax.optim import make_optimizer
 
 MODES = ("forward", "train")
-RECORD_KEYS = ("config", "impl", "mode", "median_ms", "p10_ms", "p90_ms", "compile_s", "peak_mem_mb")
+RECORD_KEYS = ("config", "impl", "mode", "median_ms", "p10_ms", "p90_ms", "compile_s", "peak_mem_mb", "devices")
+OPTIONAL_KEYS = ("devices",)  # records written before the device-scaling rows lack it (then 1)
 CONFIG_KEYS = ("cell", "B", "T", "D", "H", "O")
 
 PRESETS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
@@ -75,8 +88,16 @@ PRESETS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
         (256, 512, 128, 512, 128),
         (1024, 128, 256, 1024, 256),
     ),  # fmt: skip
+    # long sequences, with and without rematerialisation (`long_implementations`); B, D, H, O small so
+    # that T = 100000 runs on a 2-core CPU
+    "long": (
+        (4, 1000, 1, 32, 1),
+        (4, 10000, 1, 32, 1),
+        (4, 100000, 1, 32, 1),
+    ),  # fmt: skip
 }
-PRESET_REPEATS = {"quick": 3, "standard": 9, "gpu": 15}
+PRESET_REPEATS = {"quick": 3, "standard": 9, "gpu": 15, "long": 3}
+BF16_RTOL = 5e-2  # bfloat16 keeps 8 bits of mantissa: its first step agrees with float32's to a few per cent
 
 LEARNING_RATE = 1e-3
 CLIP_NORM = 1.0
@@ -124,6 +145,8 @@ class Implementation(NamedTuple):
     name: str
     prepare: Callable[[Problem], Prepared]
     variants: tuple[str, ...] = ()  # names timed separately and reported as the better one (torch's threads)
+    rtol: float | None = None  # its own agreement tolerance (bfloat16); None: the run's
+    devices: int = 1  # devices the batch is split over (data parallel)
 
 
 class Agreement(NamedTuple):
@@ -209,21 +232,38 @@ def _optimizer():
                                       clip_threshold=CLIP_NORM, schedule="constant"))  # fmt: skip
 
 
-def rnn_jax_implementation(name: str, **model_options) -> Implementation:
-    """rnn-jax's own train step (`rnn_jax.train.make_train_step`) with these `ModelConfig` options."""
+def rnn_jax_implementation(
+    name: str, *, devices: int = 1, rtol: float | None = None, **model_options
+) -> Implementation:
+    """rnn-jax's own train step (`rnn_jax.train.make_train_step`) with these `ModelConfig` options.
+
+    With ``devices`` > 1 the batch is split along B over that many devices (`rnn_jax.distributed`:
+    parameters and optimizer state replicated, the jitted step unchanged apart from its shardings);
+    ``rtol`` is its own agreement tolerance (None: the run's).
+    """
 
     def prepare(problem: Problem) -> Prepared:
         shape = problem.shape
         if model_options.get("backward") == "bptt" and shape.cell != "elman":
             raise Unavailable(f"backward={model_options['backward']!r} exists for elman only")
+        if devices > len(jax.devices()):
+            raise Unavailable(f"{devices} devices asked for, {len(jax.devices())} present")
+        if shape.B % devices:
+            raise Unavailable(f"B = {shape.B} does not divide across {devices} devices")
         config = Config(
             model=ModelConfig(model=shape.cell, hidden=shape.H, **model_options),
             task=TaskConfig(seq_len=shape.T, batch_size=shape.B),
         )
         task = _RegressionTask(shape.D, shape.O)
         optimizer = _optimizer()
-        params = jax.device_put(problem.params)
-        batch = tasks.Batch(jnp.asarray(problem.inputs), jnp.asarray(problem.targets), None, None)
+        mesh = distributed.make_mesh(devices) if devices > 1 else None
+        inputs, targets = jnp.asarray(problem.inputs), jnp.asarray(problem.targets)
+        if mesh is None:
+            params = jax.device_put(problem.params)
+        else:
+            params = distributed.replicate(problem.params, mesh)
+            inputs, targets = distributed.shard((inputs, targets), mesh, axis=1)  # [T, B, ...] split along B
+        batch = tasks.Batch(inputs, targets, None, None)
         loss_fn = train.make_loss_fn(config.model, task)
         loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, batch)
 
@@ -234,6 +274,8 @@ def rnn_jax_implementation(name: str, **model_options) -> Implementation:
 
         step = train.make_train_step(config, task, optimizer)
         state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+        if mesh is not None:
+            state = distributed.replicate(state, mesh)
         start = time.perf_counter()
         step_c = step.lower(state, batch).compile()
         step_s = time.perf_counter() - start
@@ -250,7 +292,7 @@ def rnn_jax_implementation(name: str, **model_options) -> Implementation:
             first_step=(float(loss), jax.device_get(grads)),
         )
 
-    return Implementation(name, prepare)
+    return Implementation(name, prepare, rtol=rtol, devices=devices)
 
 
 class _RegressionTask:
@@ -284,7 +326,68 @@ def _flax_elman(problem: Problem):
     return nn.SimpleCell(problem.shape.H, name="cell"), variables, to_params
 
 
-FLAX_CELLS: dict[str, Callable] = {"elman": _flax_elman}
+def _blocks(array, names: str) -> dict[str, np.ndarray]:
+    """The gate blocks of a [..., G H] array by name: ``{"i": [..., H], "f": ...}``."""
+    return dict(zip(names, np.split(np.asarray(array), len(names), axis=-1), strict=True))
+
+
+def _flax_lstm(problem: Problem):
+    """``OptimizedLSTMCell`` (flax's fused LSTMCell, the same parameters): input kernels ``i{g}`` without bias,
+    recurrent kernels ``h{g}`` with the bias, for g in (i, f, g, o); the carry is (c, h) and the output h."""
+    import flax.linen as nn
+
+    p = problem.params
+    w_x, w_s, b_s = _blocks(p.w_x, "ifgo"), _blocks(p.w_s, "ifgo"), _blocks(p.b_s, "ifgo")
+    cell = {}
+    for g in "ifgo":
+        cell[f"i{g}"] = {"kernel": w_x[g]}
+        cell[f"h{g}"] = {"kernel": w_s[g], "bias": b_s[g]}
+    variables = {"params": {"rnn": {"cell": cell}, "readout": {"kernel": p.w_y, "bias": p.b_y}}}
+
+    def to_params(tree):
+        c, r = tree["params"]["rnn"]["cell"], tree["params"]["readout"]
+        cat = lambda side, leaf: jnp.concatenate([c[f"{side}{g}"][leaf] for g in "ifgo"], axis=-1)  # noqa: E731
+        return type(p)(cat("i", "kernel"), cat("h", "kernel"), cat("h", "bias"), r["kernel"], r["bias"])
+
+    return nn.OptimizedLSTMCell(problem.shape.H, name="cell"), variables, to_params
+
+
+def _flax_gru(problem: Problem):
+    """``GRUCell``: r, z = sigmoid(x W_i{r,z} + b_i{r,z} + h W_h{r,z}), n = tanh(x W_in + b_in + r (h W_hn + b_hn)).
+
+    flax has one bias for r and z where rnn-jax (PyTorch's form) has two, b_x and b_s; their sum goes
+    in, and its gradient is the gradient of each of them.
+    """
+    import flax.linen as nn
+
+    p = problem.params
+    w_x, w_s, b_x, b_s = (_blocks(a, "rzn") for a in (p.w_x, p.w_s, p.b_x, p.b_s))
+    cell = {
+        "ir": {"kernel": w_x["r"], "bias": b_x["r"] + b_s["r"]},
+        "iz": {"kernel": w_x["z"], "bias": b_x["z"] + b_s["z"]},
+        "in": {"kernel": w_x["n"], "bias": b_x["n"]},
+        "hr": {"kernel": w_s["r"]},
+        "hz": {"kernel": w_s["z"]},
+        "hn": {"kernel": w_s["n"], "bias": b_s["n"]},
+    }
+    variables = {"params": {"rnn": {"cell": cell}, "readout": {"kernel": p.w_y, "bias": p.b_y}}}
+
+    def to_params(tree):
+        c, r = tree["params"]["rnn"]["cell"], tree["params"]["readout"]
+        cat = lambda *arrays: jnp.concatenate(arrays, axis=-1)  # noqa: E731
+        return type(p)(
+            cat(c["ir"]["kernel"], c["iz"]["kernel"], c["in"]["kernel"]),
+            cat(c["hr"]["kernel"], c["hz"]["kernel"], c["hn"]["kernel"]),
+            cat(c["ir"]["bias"], c["iz"]["bias"], c["in"]["bias"]),
+            cat(c["ir"]["bias"], c["iz"]["bias"], c["hn"]["bias"]),
+            r["kernel"],
+            r["bias"],
+        )
+
+    return nn.GRUCell(problem.shape.H, name="cell"), variables, to_params
+
+
+FLAX_CELLS: dict[str, Callable] = {"elman": _flax_elman, "lstm": _flax_lstm, "gru": _flax_gru}
 """cell name -> ``problem -> (flax cell, variables holding the problem's parameters, variables -> rnn-jax Params)``."""
 
 
@@ -348,28 +451,33 @@ def flax_implementation() -> Implementation:
 # ------------------------------------------------------------------ torch
 
 
-def _torch_elman(problem: Problem, torch):
+def _torch_module(problem: Problem, torch):
+    """``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` and an ``nn.Linear`` read-out holding the problem's parameters, loaded
+    through `rnn_jax.interop.torch` (``to_torch``), and the gradients read back through ``from_torch``.
+
+    Where rnn-jax has one bias and PyTorch two (Elman, LSTM), ``to_torch`` puts it in ``bias_ih_l0`` and
+    zeros in ``bias_hh_l0``, which stays frozen at zero so that the networks stay the same.
+    """
     p, s = problem.params, problem.shape
-    rnn = torch.nn.RNN(s.D, s.H, nonlinearity="tanh")
-    readout = torch.nn.Linear(s.H, s.O)
-    with torch.no_grad():
-        rnn.weight_ih_l0.copy_(torch.tensor(np.asarray(p.w_x).T))
-        rnn.weight_hh_l0.copy_(torch.tensor(np.asarray(p.w_s).T))
-        rnn.bias_ih_l0.copy_(torch.tensor(np.asarray(p.b_s)))
-        rnn.bias_hh_l0.zero_()
-        readout.weight.copy_(torch.tensor(np.asarray(p.w_y).T))
-        readout.bias.copy_(torch.tensor(np.asarray(p.b_y)))
-    rnn.bias_hh_l0.requires_grad_(False)  # rnn-jax has one state bias; keep torch's second one at zero
+    model = torch_layout.model_of(p)
+    modules = {"elman": lambda: torch.nn.RNN(s.D, s.H, nonlinearity="tanh"), "lstm": lambda: torch.nn.LSTM(s.D, s.H),
+               "gru": lambda: torch.nn.GRU(s.D, s.H)}  # fmt: skip
+    rnn, readout = modules[model](), torch.nn.Linear(s.H, s.O)
+    rnn_state, linear_state = torch_layout.to_torch(p)
+    rnn.load_state_dict({k: torch.from_numpy(v) for k, v in rnn_state.items()})
+    readout.load_state_dict({k: torch.from_numpy(v) for k, v in linear_state.items()})
+    if model != "gru":
+        rnn.bias_hh_l0.requires_grad_(False)
 
     def grads():
-        g = lambda t: t.grad.detach().cpu().numpy()  # noqa: E731
-        return type(p)(g(rnn.weight_ih_l0).T, g(rnn.weight_hh_l0).T, g(rnn.bias_ih_l0), g(readout.weight).T,
-                       g(readout.bias))  # fmt: skip
+        g = lambda q: np.zeros(tuple(q.shape), np.float32) if q.grad is None else q.grad.detach().cpu().numpy()  # noqa: E731
+        return torch_layout.from_torch({k: g(q) for k, q in rnn.named_parameters()},
+                                       {k: g(q) for k, q in readout.named_parameters()}, model=model)  # fmt: skip
 
     return rnn, readout, grads
 
 
-TORCH_CELLS: dict[str, Callable] = {"elman": _torch_elman}
+TORCH_CELLS: dict[str, Callable] = {"elman": _torch_module, "lstm": _torch_module, "gru": _torch_module}
 """cell name -> ``(problem, torch) -> (recurrent module, nn.Linear read-out, () -> gradients as rnn-jax Params)``."""
 
 
@@ -448,30 +556,41 @@ def torch_implementation() -> Implementation:
 
 
 def lower_bound_implementation() -> Implementation:
-    """The measured floor: T dependent [B, H] @ [H, H] products (forward); twice that plus the weight gradients (train).
+    """The measured floor: T dependent [B, H] @ [H, G H] products (forward); twice that plus the weight gradients
+    (train), for a cell with G gate blocks (Elman 1, GRU 3, LSTM 4).
 
     A recurrent network's step t cannot start before step t - 1 ends, in either direction, so no
     implementation of the forward pass beats the chain of T state products, and no train step
     beats two such chains (forward, then backward) plus the arithmetic of the weight gradients,
-    2 T B (D H + H H + H O) flops, done at the machine's matmul rate: measured as one square
+    2 T B (D G H + H G H + H O) flops, done at the machine's matmul rate: measured as one square
     n x n x n product of the same flop count, the shape matrix libraries run fastest. Both are
     measured with XLA on this machine, in the same interleaved samples as the implementations;
-    elementwise work and the input and output projections are left out, so the bound is strict.
+    elementwise work and the input and output projections are left out, so the bound is strict
+    (for G > 1 the chain adds the G blocks of each product, B G H additions, and the backward
+    chain repeats the [B, H] error G times, so that it stays a chain of [B, H] states).
     """
 
     def prepare(problem: Problem) -> Prepared:
         s = problem.shape
-        w = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(s.H, s.H)))[0], jnp.float32)
+        gates = torch_layout.GATE_BLOCKS[s.cell]
+        q = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(s.H, s.H)))[0], jnp.float32)
+        w = q if gates == 1 else jnp.tile(q, (1, gates)) / gates  # [H, G H]; the blocks' sum is q: no growth
         s0 = jnp.ones((s.B, s.H), jnp.float32) / np.sqrt(s.H)
-        flops = 2 * s.T * s.B * (s.D * s.H + s.H * s.H + s.H * s.O)
+        flops = 2 * s.T * s.B * (s.D * gates * s.H + s.H * gates * s.H + s.H * s.O)
         n = max(1, round((flops / 2) ** (1 / 3)))
         square = jnp.ones((n, n), jnp.float32) / n
 
-        def chain(s0, w):
-            return jax.lax.scan(lambda c, _: (c @ w, None), s0, None, length=s.T)[0]
+        def product(c, w):  # [B, H] @ [H, G H], its G blocks summed: [B, H]
+            return c @ w if gates == 1 else (c @ w).reshape(s.B, gates, s.H).sum(axis=1)
+
+        def product_t(c, w):  # [B, G H] @ [G H, H] with the error repeated over the G blocks
+            return c @ w.T if gates == 1 else jnp.tile(c, (1, gates)) @ w.T
+
+        def chain(s0, w, step=product):
+            return jax.lax.scan(lambda c, _: (step(c, w), None), s0, None, length=s.T)[0]
 
         def floor_of_train(s0, w, square):
-            back = chain(chain(s0, w), w.T)  # the backward chain waits for the forward one, as in BPTT
+            back = chain(chain(s0, w), w, product_t)  # the backward chain waits for the forward one, as in BPTT
             return back, square @ square
 
         args = (s0, w, square)
@@ -492,26 +611,57 @@ def lower_bound_implementation() -> Implementation:
     return Implementation("lower-bound", prepare)
 
 
+def scaling_implementations(device_count: int | None = None) -> list[Implementation]:
+    """The fast path's data-parallel train step over 2, 4, 8, ... of the ``device_count`` devices (default: all
+    that JAX sees), named ``rnn-jax-fast-{n}dev``; none with one device."""
+    count = len(jax.devices()) if device_count is None else device_count
+    sizes = [2**i for i in range(1, count.bit_length()) if 2**i <= count]
+    return [rnn_jax_implementation(f"rnn-jax-fast-{n}dev", devices=n, backward="fast") for n in sizes]
+
+
 def default_implementations() -> list[Implementation]:
-    """The reference first (rnn-jax's autodiff path), then the fast path, flax, torch and the lower bound."""
+    """The reference first (rnn-jax's autodiff path), then the fast path, its bfloat16 mixed-precision variant,
+    flax, torch and the lower bound; with several devices, the fast path's data-parallel scaling too."""
     return [
         rnn_jax_implementation("rnn-jax-autodiff", backward="autodiff"),
         rnn_jax_implementation("rnn-jax-fast", backward="fast"),
+        rnn_jax_implementation("rnn-jax-bf16", rtol=BF16_RTOL, precision="bfloat16"),
+        *scaling_implementations(),
         flax_implementation(),
         torch_implementation(),
         lower_bound_implementation(),
     ]
 
 
+def long_implementations() -> list[Implementation]:
+    """The ``long`` preset's: rnn-jax's autodiff and fast paths without remat, the autodiff path with remat every
+    100 steps and every ceil(sqrt(T)) steps, and the lower bound (flax and torch are left out: at T = 100000
+    they would take most of the run)."""
+    return [
+        rnn_jax_implementation("rnn-jax-autodiff", backward="autodiff"),
+        rnn_jax_implementation("rnn-jax-fast", backward="fast"),
+        rnn_jax_implementation("rnn-jax-remat-100", backward="autodiff", remat="100"),
+        rnn_jax_implementation("rnn-jax-remat-sqrt", backward="autodiff", remat="sqrt"),
+        lower_bound_implementation(),
+    ]
+
+
+def preset_implementations(preset: str | None) -> list[Implementation]:
+    """The implementations a preset times: `long_implementations` for "long", else `default_implementations`."""
+    return long_implementations() if preset == "long" else default_implementations()
+
+
 # ------------------------------------------------------------------ running
 
 
-def check_agreement(shape: Shape, first_steps: dict[str, tuple[float, Any]], rtol: float) -> list[Agreement]:
+def check_agreement(
+    shape: Shape, first_steps: dict[str, tuple[float, Any]], rtol: float | Mapping[str, float]
+) -> list[Agreement]:
     """Compares every first step (loss, gradients) with the first one given (the reference).
 
     The gradient error of a parameter is ``max |g - g_ref| / max |g_ref|``, so a tiny entry's
     round-off does not count as a disagreement; ``agrees`` when loss and every gradient are
-    within ``rtol``.
+    within ``rtol`` (one tolerance, or one per implementation name).
     """
     (ref_loss, ref_grads), *_ = first_steps.values()
     result = []
@@ -522,7 +672,8 @@ def check_agreement(shape: Shape, first_steps: dict[str, tuple[float, Any]], rto
             for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True)
         ]
         grad_err = max(errors)
-        agrees = bool(np.isfinite(loss_err) and np.isfinite(grad_err) and loss_err <= rtol and grad_err <= rtol)
+        tol = rtol[name] if isinstance(rtol, Mapping) else rtol
+        agrees = bool(np.isfinite(loss_err) and np.isfinite(grad_err) and loss_err <= tol and grad_err <= tol)
         result.append(Agreement(shape, name, float(loss), float(loss_err), grad_err, agrees))
     return result
 
@@ -550,7 +701,7 @@ def run(
         reference of the agreement check.
       min_sample_s: a sample repeats a call until it lasts about this long (the same count for
         every implementation of a shape and mode); its time is divided by the count.
-      rtol: the agreement check's relative tolerance (float32).
+      rtol: the agreement check's relative tolerance (float32), for implementations without their own.
       seed: the parameters and data.
 
     Returns:
@@ -571,7 +722,8 @@ def run(
                 skipped.append((shape, impl.name, str(reason)))
         first = {name: p.first_step for name, p in prepared.items() if p.first_step is not None}
         if first:
-            agreement.extend(check_agreement(shape, first, rtol))
+            tolerances = {impl.name: rtol if impl.rtol is None else impl.rtol for impl in impls}
+            agreement.extend(check_agreement(shape, first, tolerances))
         for mode in MODES:
             records.extend(_time_mode(shape, mode, impls, prepared, repeats, min_sample_s))
     return BenchResult(records, agreement, skipped, _notes())
@@ -619,6 +771,7 @@ def _time_mode(shape, mode, impls, prepared, repeats, min_sample_s) -> list[dict
                 "p90_ms": p90,
                 "compile_s": float(prepared[impl.name].compile_s[mode]),
                 "peak_mem_mb": float(prepared[impl.name].peak_mem_mb[mode]),
+                "devices": impl.devices,
             }
         )
     return records
@@ -653,7 +806,7 @@ def format_table(result: BenchResult, fast: str = "rnn-jax-fast", bound: str = "
     lines = [
         "backend {backend} ({device}), {cpu_count} CPUs, jax {jax}, torch {torch}".format(**result.notes),
         "",
-        f"{'cell':<6}{'B,T,D,H,O':<20}{'mode':<9}{'impl':<18}{'median ms':>10}{'p10-p90 ms':>18}"
+        f"{'cell':<6}{'B,T,D,H,O':<20}{'mode':<9}{'impl':<20}{'median ms':>10}{'p10-p90 ms':>18}"
         f"{'steps/s':>12}{'compile s':>10}{'peak MB':>9}{'fast/this':>10}{'/bound':>8}",
     ]
     by_key: dict[tuple, dict[str, dict]] = {}
@@ -668,7 +821,7 @@ def format_table(result: BenchResult, fast: str = "rnn-jax-fast", bound: str = "
             ms = r["median_ms"]
             spread = f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}"
             lines.append(
-                f"{cell:<6}{f'{b},{t},{d},{h},{o}':<20}{mode:<9}{r['impl']:<18}{ms:>10.3f}"
+                f"{cell:<6}{f'{b},{t},{d},{h},{o}':<20}{mode:<9}{r['impl']:<20}{ms:>10.3f}"
                 f"{spread:>18}{b * t / ms * 1e3:>12.4g}{r['compile_s']:>10.2f}"
                 f"{r['peak_mem_mb']:>9.1f}{fast_ms / ms:>10.2f}{ms / bound_ms:>8.2f}"
             )
@@ -677,7 +830,7 @@ def format_table(result: BenchResult, fast: str = "rnn-jax-fast", bound: str = "
     for a in result.agreement:
         verdict = "ok" if a.agrees else "DISAGREES"
         lines.append(
-            f"  {a.shape.cell} {a.shape.B},{a.shape.T},{a.shape.D},{a.shape.H},{a.shape.O}  {a.impl:<18}"
+            f"  {a.shape.cell} {a.shape.B},{a.shape.T},{a.shape.D},{a.shape.H},{a.shape.O}  {a.impl:<20}"
             f"loss {a.loss:.6g}  loss err {a.loss_rel_err:.1e}  grad err {a.grad_rel_err:.1e}  {verdict}"
         )
     for shape, impl, reason in result.skipped:
@@ -714,8 +867,12 @@ def validate_records(records: Any) -> None:
     if not isinstance(records, list):
         raise ValueError(f"records: expected a list, got {type(records).__name__}")
     for r in records:
-        if not isinstance(r, dict) or tuple(sorted(r)) != tuple(sorted(RECORD_KEYS)):
-            raise ValueError(f"record: expected keys {RECORD_KEYS}, got {r!r}")
+        required = sorted(k for k in RECORD_KEYS if k not in OPTIONAL_KEYS)
+        if not isinstance(r, dict) or sorted(k for k in r if k not in OPTIONAL_KEYS) != required:
+            raise ValueError(f"record: expected keys {RECORD_KEYS} ({OPTIONAL_KEYS} optional), got {r!r}")
+        devices = r.get("devices", 1)
+        if isinstance(devices, bool) or not isinstance(devices, int) or devices < 1:
+            raise ValueError(f"record: devices must be a positive integer, got {devices!r}")
         if tuple(sorted(r["config"])) != tuple(sorted(CONFIG_KEYS)) or not isinstance(r["config"]["cell"], str):
             raise ValueError(f"record config: expected keys {CONFIG_KEYS}, got {r['config']!r}")
         if not all(isinstance(r["config"][k], int) and r["config"][k] >= 1 for k in CONFIG_KEYS[1:]):
@@ -742,8 +899,11 @@ __all__ = [
     "default_implementations",
     "flax_implementation",
     "format_table",
+    "long_implementations",
     "lower_bound_implementation",
+    "preset_implementations",
     "rnn_jax_implementation",
+    "scaling_implementations",
     "run",
     "shapes_for",
     "torch_implementation",

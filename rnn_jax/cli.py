@@ -119,7 +119,7 @@ def _bench(args: argparse.Namespace) -> int:
     preset = config.preset or (None if config.config else "standard")
     shapes = bench.shapes_for(preset, config.config, config.cell)
     repeats = config.repeats if config.repeats is not None else bench.PRESET_REPEATS.get(preset, 9)
-    result = bench.run(shapes, repeats=repeats, seed=config.seed)
+    result = bench.run(shapes, repeats=repeats, seed=config.seed, implementations=bench.preset_implementations(preset))
     print(bench.format_table(result))
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)

@@ -18,8 +18,9 @@ def _help(text: str, metavar: str | None = None, **kwargs):
 
 
 # ModelConfig's fields that select rnn_jax.deep (any of them away from its default)
-DEEP_OPTIONS = ("layers", "bidirectional", "residual", "dropout", "recurrent_dropout", "variational_dropout")
-DEEP_OPTIONS += ("learn_initial_state",)
+DEEP_OPTIONS = (
+    "layers", "bidirectional", "residual", "dropout", "recurrent_dropout", "variational_dropout", "learn_initial_state",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,19 @@ class ModelConfig:
     )
     learn_initial_state: bool = _help(
         "make the initial state s_0 of every layer and direction a trained parameter (zeros otherwise)", default=False
+    )
+
+    remat: str | None = _help(
+        "rematerialise the backward pass (gradient checkpointing): keep the state every k steps and recompute "
+        "the steps between them, memory O(T/k + k) instead of O(T): an integer k, or 'sqrt' (k = ceil(sqrt T)); "
+        "uses the autodiff backward pass (None: keep everything)",
+        metavar="K|sqrt",
+        default=None,
+    )
+    precision: Literal["float32", "bfloat16"] = _help(
+        "bfloat16: mixed precision, the unroll and its backward pass in bfloat16 while the parameters, optimizer "
+        "state, loss and gradient sums stay float32 (with --dtype float32; uses the autodiff backward pass)",
+        default="float32",
     )
 
     @property
@@ -240,12 +254,16 @@ class GradcheckConfig:
 class BenchConfig:
     """What `rnn_jax.bench.run` times: the problem sizes, the cell and the number of repeats."""
 
-    preset: Literal["quick", "standard", "gpu"] | None = _help(
+    preset: Literal["quick", "standard", "gpu", "long"] | None = _help(
         "quick: tiny sizes for the tests; standard: the five issue sizes on a CPU; gpu: those and two larger ones "
-        "(about 5 minutes on one GPU). Default: standard, unless --config is given",
+        "(about 5 minutes on one GPU); long: T = 1000, 10000, 100000 at B=4, D=1, H=32, O=1, with and without "
+        "remat (rnn-jax only). Default: standard, unless --config is given",
         default=None,
     )
     config: tuple[str, ...] = _help("another problem size B,T,D,H,O (repeatable)", metavar="B,T,D,H,O", default=())
-    cell: Literal["elman"] = _help("the recurrent cell", default="elman")
+    cell: Literal["elman", "lstm", "gru"] = _help(
+        "the recurrent cell (flax: SimpleCell, OptimizedLSTMCell, GRUCell; torch: nn.RNN, nn.LSTM, nn.GRU)",
+        default="elman",
+    )
     repeats: int | None = _help("timed samples per implementation and mode (default: the preset's)", default=None)
     seed: int = _help("seed of the shared parameters and data", default=0)

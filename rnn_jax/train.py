@@ -86,6 +86,8 @@ def is_seq2seq(task: tasks.Task) -> bool:
 def _seq2seq_options(config: ModelConfig) -> dict[str, Any]:
     if config.backward == "bptt":
         raise ValueError("backward: the encoder-decoder is differentiated by autodiff; use 'fast' or 'autodiff'")
+    if config.remat is not None or config.precision != "float32":
+        raise ValueError("remat, precision: options of the single-layer unroll; the encoder-decoder does not take them")
     if config.is_deep:
         raise ValueError(
             "layers, bidirectional, residual, dropout, recurrent_dropout, learn_initial_state: the encoder-decoder "
@@ -154,6 +156,12 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
         raise ValueError(f"layers: expected a positive integer, got {config.layers!r}")
     deep.check_rate("dropout", config.dropout)
     deep.check_rate("recurrent_dropout", config.recurrent_dropout)
+    if config.remat is not None or config.precision != "float32":
+        raise ValueError(
+            "remat, precision: rematerialisation and mixed precision are options of the single-layer unroll; "
+            "the deep options (layers, bidirectional, residual, dropout, recurrent_dropout, learn_initial_state) "
+            "do not take them yet"
+        )
     if config.backward == "bptt":
         raise ValueError(
             "backward: 'bptt' is derived for the single-layer Elman network; the deep options (layers, "
@@ -173,7 +181,12 @@ def forward(
     """The outputs y, [T, B, O], of the model on ``batch`` (state frozen past each length).
 
     ``key`` draws the dropout masks of a deep model (training); None (evaluation) turns dropout off.
+    ``config.remat`` and ``config.precision`` select rematerialisation and mixed precision
+    (`rnn_jax.unroll.unroll`'s ``remat`` and ``compute_dtype``); the outputs are in ``config.dtype``.
     """
+    if config.precision != "float32" and config.dtype != "float32":
+        raise ValueError(f"precision: {config.precision!r} keeps float32 parameters; needs dtype float32, "
+                         f"got {config.dtype!r}")  # fmt: skip
     if config.is_deep:
         return deep.apply(
             params, tasks.features(task, batch.inputs, DTYPES[config.dtype]), cell=config.model,
@@ -189,6 +202,8 @@ def forward(
         unroll=config.unroll,
         backward=config.backward,
         cell=cells.get(config.model),
+        remat=config.remat,
+        compute_dtype=None if config.precision == "float32" else DTYPES[config.precision],
     )
     return run.outputs
 
@@ -241,6 +256,11 @@ def make_tbptt_step(config: Config, task: tasks.Task, optimizer: optax.GradientT
     (state, carried, StepMetrics)``: window ``index`` of a `bptt.pad_stream`-ed stream, its loss on
     the last k1 steps, gradients back at most k2 steps from the carried (fixed) entering state."""
     cell = cells.get(config.model.model)
+    if config.model.remat is not None or config.model.precision != "float32":
+        raise ValueError(
+            "remat, precision: apply to full-BPTT training, not to TBPTT's k2-step windows; got "
+            f"remat={config.model.remat!r}, precision={config.model.precision!r} with tbptt_k1={k1}"
+        )
 
     def tbptt_step(state, entering, padded_inputs, padded_targets, index):
         inputs = tasks.features(task, bptt.window(padded_inputs, index, k1, k2), DTYPES[config.model.dtype])

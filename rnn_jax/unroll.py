@@ -25,6 +25,7 @@ The three shapes of the literature:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -101,14 +102,30 @@ def _resolve_mask(mask: jax.Array | None, lengths: jax.Array | None, num_steps: 
     return mask
 
 
-def scan(
-    cell_step: Callable, initial_state, xs: jax.Array, mask: jax.Array | None, unroll: int = 1
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """The scan at the heart of `unroll`: ``(outputs [T, B, O], states [T, B, H], final_state)``.
+Remat = int | Literal["sqrt"] | None
 
-    ``cell_step(carry, x_t) -> (carry, y_t)``; with a ``mask`` [T, B] the carry is frozen and
-    the output zeroed wherever the mask is False. No argument checking: `unroll` does that.
+
+def remat_chunk(remat: Remat, num_steps: int) -> int | None:
+    """The checkpoint interval k of a ``remat`` option for T = ``num_steps`` (None: no rematerialisation).
+
+    ``remat`` is None, an integer k >= 1 (or its decimal string, as the command line gives it), or
+    "sqrt" (k = ceil(sqrt(T))).
+
+    Raises:
+      ValueError naming ``remat`` for anything else.
     """
+    if remat is None:
+        return None
+    if isinstance(remat, str) and remat.isdigit():
+        remat = int(remat)
+    if remat == "sqrt":
+        return math.isqrt(num_steps - 1) + 1 if num_steps > 1 else 1  # ceil(sqrt(T))
+    if isinstance(remat, bool) or not isinstance(remat, int | np.integer) or remat < 1:
+        raise ValueError(f"remat: expected None, a positive integer k or 'sqrt', got {remat!r}")
+    return int(remat)
+
+
+def _plain_scan(cell_step, initial_state, xs, mask, unroll):
     if mask is None:
 
         def body(carry, x_t):
@@ -129,6 +146,55 @@ def scan(
     return outputs, states, final
 
 
+def _remat_scan(cell_step, initial_state, xs, mask, unroll, chunk):
+    """`scan` checkpointed every ``chunk`` steps: an outer scan over T // k chunks of a `jax.checkpoint`-ed
+    inner scan of k steps, then one checkpointed scan over the T mod k remaining steps."""
+    num_steps = xs.shape[0]
+    chunk = min(chunk, num_steps)
+    full, rest = divmod(num_steps, chunk)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)  # inside a scan, CSE cannot undo the recomputation
+    def inner(carry, xs_k, mask_k):
+        outputs, states, final = _plain_scan(cell_step, carry, xs_k, mask_k, min(unroll, xs_k.shape[0]))
+        return final, (outputs, states)
+
+    def split(a):  # [T, ...] -> [T // k, k, ...] (the first full * k steps)
+        return None if a is None else a[: full * chunk].reshape(full, chunk, *a.shape[1:])
+
+    final, (outputs, states) = jax.lax.scan(
+        lambda carry, inputs: inner(carry, *inputs), initial_state, (split(xs), split(mask))
+    )
+    merge = functools.partial(jax.tree.map, lambda a: a.reshape(full * chunk, *a.shape[2:]))
+    outputs, states = merge(outputs), merge(states)
+    if rest:
+        tail = None if mask is None else mask[full * chunk :]
+        final, (out_rest, states_rest) = inner(final, xs[full * chunk :], tail)
+        outputs = jnp.concatenate([outputs, out_rest], axis=0)
+        states = jax.tree.map(lambda a, b: jnp.concatenate([a, b], axis=0), states, states_rest)
+    return outputs, states, final
+
+
+def scan(
+    cell_step: Callable,
+    initial_state,
+    xs: jax.Array,
+    mask: jax.Array | None,
+    unroll: int = 1,
+    remat: Remat = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The scan at the heart of `unroll`: ``(outputs [T, B, O], states [T, B, H], final_state)``.
+
+    ``cell_step(carry, x_t) -> (carry, y_t)``; with a ``mask`` [T, B] the carry is frozen and
+    the output zeroed wherever the mask is False. With ``remat`` (see `unroll`) the same values
+    come out of a two-level scan whose chunks `jax.checkpoint` recomputes in the backward pass.
+    No argument checking: `unroll` does that.
+    """
+    chunk = remat_chunk(remat, xs.shape[0])
+    if chunk is None or xs.shape[0] == 0:
+        return _plain_scan(cell_step, initial_state, xs, mask, unroll)
+    return _remat_scan(cell_step, initial_state, xs, mask, unroll, chunk)
+
+
 def unroll(
     params: elman.ElmanParams,
     xs: jax.Array,
@@ -142,6 +208,8 @@ def unroll(
     check_finite: bool = False,
     backward: Literal["autodiff", "bptt", "fast"] = "autodiff",
     cell=elman,
+    remat: Remat = None,
+    compute_dtype: jnp.dtype | None = None,
 ) -> Unrolled:
     """Runs ``cell.step`` over a batch of sequences with `jax.lax.scan`.
 
@@ -161,12 +229,32 @@ def unroll(
         for Elman, "autodiff" for the other cells; see the README's Performance section). The
         forward values are the same.
       cell: the module providing ``step`` and ``initial_state``.
+      remat: rematerialisation (gradient checkpointing) of the backward pass: None (default:
+        the backward pass keeps every step's intermediates, memory O(T)); an integer k: keep
+        only the state entering every k-th step and recompute each chunk of k steps during
+        the backward pass (an outer `lax.scan` over the T // k chunks whose body is a
+        `jax.checkpoint` of an inner scan of k steps, plus one chunk of the T mod k remaining
+        steps), memory O(T / k + k); or "sqrt": k = ceil(sqrt(T)), memory O(sqrt(T)), for about
+        one extra forward pass of compute (Chen et al. 2016). Values and gradients are those of
+        ``remat=None``. Needs the autodiff backward pass: ``backward="fast"`` then uses
+        "autodiff", and ``backward="bptt"`` raises (its custom VJP keeps all T states by design).
+      compute_dtype: mixed precision: e.g. ``jnp.bfloat16`` runs the unroll (states, products,
+        the backward pass through time) in that dtype while ``params`` stay as they are (float32):
+        each step casts the parameters, so their gradients arrive, and are summed over time, in
+        the parameters' dtype; ``xs`` and the initial state are cast once, and the outputs, states
+        and final state are cast back to the parameters' dtype. None (default): the parameters'
+        dtype throughout. Like ``remat``, it needs the autodiff backward pass.
 
     Returns:
       `Unrolled` (outputs [T, B, O], states [T, B, H], final_state [B, H]).
 
     Raises:
       ValueError / TypeError naming the argument, on a wrong rank, width, dtype or length.
+
+    References:
+      Chen, T., Xu, B., Zhang, C. & Guestrin, C. (2016). Training deep nets with sublinear memory
+      cost. arXiv:1604.06174. Gruslys, A. et al. (2016). Memory-efficient backpropagation through
+      time. NeurIPS.
     """
     _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
     _checks.floating("xs", xs)
@@ -189,17 +277,36 @@ def unroll(
         _checks.finite("xs", xs)
         jax.tree.map(functools.partial(_checks.finite, "initial_state"), initial_state)
     mask = _resolve_mask(mask, lengths, num_steps, batch)
+    remat_chunk(remat, num_steps)  # checks the option
+    if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
+        raise TypeError(f"compute_dtype: expected a floating dtype or None, got {compute_dtype!r}")
+    plain = remat is None and compute_dtype is None
     if backward == "fast":
-        backward = "bptt" if cell is elman else "autodiff"
+        backward = "bptt" if cell is elman and plain else "autodiff"
+    if backward == "bptt" and not plain:
+        raise ValueError(
+            f"backward: 'bptt' (the hand-derived custom VJP) keeps every state and runs in the parameters' dtype; "
+            f"it cannot rematerialise or compute in another dtype (got remat={remat!r}, "
+            f"compute_dtype={compute_dtype!r}): use backward='autodiff' or 'fast'"
+        )
     if backward == "bptt":
         from rnn_jax import bptt  # bptt sits on this module; imported here to keep the arrow one way
 
         if cell is not elman:
             raise ValueError(f"backward: 'bptt' is derived for the Elman cell only, got cell {cell.__name__}")
         outputs, states, final = bptt.elman_scan(params, xs, initial_state, mask, activation, unroll)
-    elif backward == "autodiff":
+    elif backward == "autodiff" and compute_dtype is None:
         cell_step = functools.partial(cell.step, params, activation=activation)
-        outputs, states, final = scan(cell_step, initial_state, xs, mask, unroll)
+        outputs, states, final = scan(cell_step, initial_state, xs, mask, unroll, remat)
+    elif backward == "autodiff":
+        dtype = params.w_x.dtype
+
+        def cell_step(carry, x_t):  # the cast inside the step: the parameters' cotangents are summed in their dtype
+            return cell.step(jax.tree.map(lambda p: p.astype(compute_dtype), params), carry, x_t, activation=activation)
+
+        cast = functools.partial(jax.tree.map, lambda a: a.astype(compute_dtype))
+        outputs, states, final = scan(cell_step, cast(initial_state), xs.astype(compute_dtype), mask, unroll, remat)
+        outputs, states, final = jax.tree.map(lambda a: a.astype(dtype), (outputs, states, final))
     else:
         raise ValueError(f"backward: expected 'autodiff', 'bptt' or 'fast', got {backward!r}")
     if not time_major:

@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +33,7 @@ def test_quick_preset_records_validate_against_the_schema(quick_result):
     bench.validate_records(quick_result.records)
     json.loads(json.dumps(quick_result.records))  # plain JSON
     impls = {bench._family(r["impl"]) for r in quick_result.records}
-    expected = {"rnn-jax-autodiff", "rnn-jax-fast", "flax", "lower-bound"}
+    expected = {"rnn-jax-autodiff", "rnn-jax-fast", "rnn-jax-bf16", "flax", "lower-bound"}
     assert expected <= impls
     assert {(r["mode"]) for r in quick_result.records} == set(bench.MODES)
     for r in quick_result.records:
@@ -39,7 +43,7 @@ def test_quick_preset_records_validate_against_the_schema(quick_result):
 
 def test_every_implementation_agrees_on_the_first_step(quick_result):
     names = {a.impl for a in quick_result.agreement}
-    assert {"rnn-jax-autodiff", "rnn-jax-fast", "flax"} <= names
+    assert {"rnn-jax-autodiff", "rnn-jax-fast", "rnn-jax-bf16", "flax"} <= names
     assert all(a.agrees for a in quick_result.agreement), quick_result.agreement
     table = bench.format_table(quick_result)
     assert "DISAGREES" not in table and "fast/this" in table
@@ -76,13 +80,14 @@ def test_check_agreement_flags_a_different_loss():
 
 def test_cli_bench_writes_json_and_exits_zero(tmp_path, capsys, standard_promotion):
     path = tmp_path / "bench.json"
-    code = cli.main(["bench", "--config", "2,4,1,3,1", "--repeats", "1", "--json", str(path)])
+    code = cli.main(["bench", "--cell", "gru", "--config", "2,4,1,3,1", "--repeats", "1", "--json", str(path)])
     assert code == 0
     printed = capsys.readouterr().out
     assert "agreement of the first step" in printed and "lower-bound" in printed
     records = json.loads(path.read_text())
     bench.validate_records(records)
-    assert {r["config"]["T"] for r in records} == {4}
+    assert {r["config"]["T"] for r in records} == {4} and {r["config"]["cell"] for r in records} == {"gru"}
+    assert {"rnn-jax-bf16", "flax"} <= {r["impl"] for r in records}
 
 
 @pytest.mark.parametrize(
@@ -93,6 +98,81 @@ def test_cli_bench_rejects_bad_configs(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
         cli.main(["bench", *argv])
     assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def _with_random_biases(problem):
+    """The problem with every bias drawn away from zero (the cells' init leaves most at zero), so that a bias put
+    in the wrong gate block, or on the wrong side of the GRU's reset gate, changes the loss."""
+    rng = np.random.default_rng(1)
+    params = problem.params._replace(
+        **{name: rng.normal(size=np.shape(v)).astype(np.float32) for name, v in problem.params._asdict().items()
+           if name.startswith("b_")}
+    )  # fmt: skip
+    return problem._replace(params=params)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_gated_cells_agree_across_rnn_jax_flax_and_torch(cell, standard_promotion):
+    """flax.linen.RNN (OptimizedLSTMCell / GRUCell) and torch nn.LSTM / nn.GRU, with the parameters converted, give
+    rnn-jax's loss and gradients (relative 1e-4), with non-zero biases; the bfloat16 variant within BF16_RTOL."""
+    problem = _with_random_biases(bench._problem(bench.Shape(cell, 3, 6, 2, 4, 2), seed=0))
+    impls = [bench.rnn_jax_implementation("ref", backward="autodiff"), bench.flax_implementation()]
+    if importlib.util.find_spec("torch") is not None:
+        impls.append(bench.torch_implementation())
+    first = {impl.name: impl.prepare(problem).first_step for impl in impls}
+    agreement = bench.check_agreement(problem.shape, first, rtol=1e-4)
+    assert len(agreement) == len(impls) and all(a.agrees for a in agreement), agreement
+    bf16 = bench.rnn_jax_implementation("bf16", rtol=bench.BF16_RTOL, precision="bfloat16").prepare(problem)
+    verdict = bench.check_agreement(problem.shape, {"ref": first["ref"], "bf16": bf16.first_step}, bench.BF16_RTOL)
+    assert verdict[1].agrees and verdict[1].grad_rel_err > 0, verdict  # close, and really computed in bfloat16
+
+
+def test_long_preset_times_remat_beside_the_plain_paths(standard_promotion):
+    """The long preset's implementations (remat every 100 steps and every sqrt(T)) run and agree, here at T = 30
+    (their memory saving is tested in test_unroll.py, where it is not drowned by the optimizer's buffers)."""
+    assert [s.T for s in bench.shapes_for("long", [], "elman")] == [1000, 10000, 100000]
+    result = bench.run([bench.Shape("elman", 2, 30, 1, 4, 1)], repeats=1, min_sample_s=0.0,
+                       implementations=bench.long_implementations())  # fmt: skip
+    bench.validate_records(result.records)
+    assert all(a.agrees for a in result.agreement), result.agreement
+    train = {r["impl"]: r for r in result.records if r["mode"] == "train"}
+    assert set(train) == {"rnn-jax-autodiff", "rnn-jax-fast", "rnn-jax-remat-100", "rnn-jax-remat-sqrt", "lower-bound"}
+
+
+_SCALING_SCRIPT = textwrap.dedent(
+    """
+    import json
+    import jax
+    from rnn_jax import bench
+
+    impls = [bench.rnn_jax_implementation("rnn-jax-fast", backward="fast"), *bench.scaling_implementations()]
+    with jax.numpy_dtype_promotion("standard"):
+        result = bench.run([bench.Shape("elman", 4, 5, 2, 4, 2), bench.Shape("elman", 2, 5, 2, 4, 2)],
+                           repeats=1, min_sample_s=0.0, implementations=impls)
+    print(json.dumps({"devices": jax.device_count(), "records": result.records,
+                      "agrees": [a.agrees for a in result.agreement],
+                      "skipped": [(s.B, impl, reason) for s, impl, reason in result.skipped]}))
+    """
+)
+
+
+def test_bench_reports_data_parallel_scaling_over_forced_devices():
+    """With 4 (forced CPU) devices the harness times the fast path on 1, 2 and 4 devices, the records carry the
+    count, the sharded first steps agree with the one-device one, and a batch that does not split is skipped."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", _SCALING_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4
+    bench.validate_records(out["records"])
+    by_b = {}
+    for r in out["records"]:
+        by_b.setdefault(r["config"]["B"], set()).add((r["impl"], r["devices"]))
+    assert {("rnn-jax-fast", 1), ("rnn-jax-fast-2dev", 2), ("rnn-jax-fast-4dev", 4)} <= by_b[4]
+    assert ("rnn-jax-fast-4dev", 4) not in by_b[2] and ("rnn-jax-fast-2dev", 2) in by_b[2]
+    assert [b for b, impl, _ in out["skipped"]] == [2] and "does not divide" in out["skipped"][0][2]
+    assert all(out["agrees"]), out
 
 
 def test_validate_records_rejects_a_missing_field():
@@ -106,9 +186,12 @@ def test_validate_records_rejects_a_missing_field():
         "compile_s": 0.1,
         "peak_mem_mb": 1.0,
     }
-    bench.validate_records([record])
+    bench.validate_records([record])  # written before "devices" existed
+    bench.validate_records([{**record, "devices": 2}])
     with pytest.raises(ValueError, match="expected keys"):
         bench.validate_records([{k: v for k, v in record.items() if k != "peak_mem_mb"}])
+    with pytest.raises(ValueError, match="devices must be a positive integer"):
+        bench.validate_records([{**record, "devices": 0}])
 
 
 # ------------------------------------------------------------------ the fast path equals the autodiff path

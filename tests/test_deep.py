@@ -283,6 +283,8 @@ def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:
         (ModelConfig(dropout=1.0), "adding", {}, r"dropout: expected a dropout rate in \[0, 1\), got 1.0"),
         (ModelConfig(layers=0), "adding", {}, "layers: expected a positive integer, got 0"),
         (ModelConfig(layers=2), "xor", {"tbptt_k1": 4}, "tbptt_k1: truncated BPTT runs the single-layer network"),
+        (ModelConfig(layers=2, remat="sqrt"), "adding", {}, "remat, precision: rematerialisation and mixed precision"),
+        (ModelConfig(dropout=0.1, precision="bfloat16"), "adding", {}, "remat, precision: rematerialisation"),
     ],
 )
 def test_options_that_cannot_combine_are_clear_errors(model, task, run, message):

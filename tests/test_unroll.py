@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 
 import rnn_jax as rj
+from rnn_jax import cells
+from rnn_jax.unroll import remat_chunk
 from tests.oracle import elman_loop
 
 ACTIVATIONS = ["tanh", "sigmoid", "relu", "identity"]
@@ -225,3 +227,182 @@ def test_nan_input_passes_unchecked_by_default(key):
     params, xs = _setup(key)
     out = rj.unroll(params, xs.at[0, 0, 0].set(jnp.nan)).outputs
     assert bool(jnp.isnan(out[0, 0]).all()) and bool(jnp.isfinite(out[:, 1:]).all())
+
+
+# ---------------------------------------------------------------- rematerialisation
+
+
+def _cell_setup(cell_name, dtype, steps=T):
+    """Parameters with non-zero biases, inputs and targets for ``cell_name`` (the shared sizes, T = ``steps``)."""
+    cell = cells.get(cell_name)
+    k_p, k_x, k_d = jax.random.split(jax.random.key(3), 3)
+    params = cell.init(k_p, D, H, O, dtype=dtype)
+    params = jax.tree.map(lambda p: p + 0.1 * jnp.sin(jnp.arange(p.size, dtype=dtype)).reshape(p.shape), params)
+    xs = jax.random.normal(k_x, (steps, B, D), dtype)
+    targets = jax.random.normal(k_d, (steps, B, O), dtype)
+    return cell, params, xs, targets
+
+
+def _remat_value_and_grad(cell, params, xs, targets, activation, lengths, remat, unroll_factor):
+    """(outputs, states, final_state) and the gradient of a loss that reads all three, w.r.t. params and xs."""
+
+    def loss(p, x):
+        run = rj.unroll(p, x, activation=activation, lengths=lengths, cell=cell, remat=remat, unroll=unroll_factor)
+        final = sum(jnp.sum(jnp.square(f)) for f in jax.tree.leaves(run.final_state))
+        states = sum(jnp.sum(jnp.cos(s)) for s in jax.tree.leaves(run.states))
+        return jnp.sum(jnp.square(run.outputs - targets)) + final + states, run
+
+    (_, run), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs)
+    return jax.device_get((run, grads))
+
+
+# (remat, scan unroll): a non-divisor k (3 of T = 7) with unroll 2, a divisor (7), k > T, sqrt (k = 3) fully unrolled
+REMAT_CASES = [(3, 2), (7, 1), (10, 3), ("sqrt", T)]
+
+
+def _assert_remat_equals_plain(cell_name, dtype, activation, with_lengths, cases):
+    cell, params, xs, targets = _cell_setup(cell_name, dtype)
+    lengths = jnp.array([T, 3, 0], jnp.int32) if with_lengths else None
+    rtol = 1e-10 if dtype == jnp.float64 else 1e-5
+    fn = jax.jit(_remat_value_and_grad, static_argnums=(0, 4, 6, 7))
+    want = fn(cell, params, xs, targets, activation, lengths, None, 1)
+    for remat, unroll_factor in cases:
+        got = fn(cell, params, xs, targets, activation, lengths, remat, unroll_factor)
+        for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            scale = max(float(np.max(np.abs(w))), 1.0)
+            np.testing.assert_allclose(
+                g, w, rtol=rtol, atol=rtol * scale, err_msg=f"remat={remat}, unroll={unroll_factor}"
+            )
+
+
+# the default stage: each cell once (a rotating activation); the slow stage: every cell x activation x case
+QUICK_REMAT = [
+    ("elman", "tanh", True, [(3, 2), ("sqrt", 1)]),
+    ("lstm", "sigmoid", True, [(3, 2)]),
+    ("gru", "relu", False, [(4, 1)]),
+]
+
+
+@pytest.mark.parametrize(("cell_name", "activation", "with_lengths", "cases"), QUICK_REMAT)
+def test_remat_equals_plain_scan_float64(x64, cell_name, activation, with_lengths, cases):
+    """Outputs, states, final state and gradients (params and inputs) with remat equal remat=None's
+    (float64, relative 1e-10), with lengths (one full, one short, one empty sequence), k not dividing T."""
+    _assert_remat_equals_plain(cell_name, jnp.float64, activation, with_lengths, cases)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dtype", "with_lengths"), [(jnp.float64, True), (jnp.float32, False)])
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("cell_name", ["elman", "lstm", "gru"])
+def test_remat_equals_plain_scan_every_case(cell_name, activation, dtype, with_lengths):
+    """Every cell x activation x dtype (float64 1e-10 with lengths, float32 1e-5 without) x every (remat, unroll)."""
+    with jax.enable_x64(dtype == jnp.float64):
+        _assert_remat_equals_plain(cell_name, dtype, activation, with_lengths, REMAT_CASES)
+
+
+@pytest.mark.slow
+def test_remat_with_fast_backward_equals_autodiff(key):
+    """backward='fast' with remat takes the autodiff path (the custom VJP keeps all states), with equal gradients."""
+    params, xs = _setup(key)
+
+    def loss(p, backward, remat):
+        return jnp.sum(jnp.square(rj.unroll(p, xs, backward=backward, remat=remat).outputs))
+
+    grad = jax.jit(jax.grad(loss), static_argnums=(1, 2))
+    chex.assert_trees_all_close(grad(params, "fast", 3), grad(params, "autodiff", None), rtol=1e-5, atol=1e-6)
+
+
+def _backward_temp_bytes(cell_name, remat, steps=400):
+    """XLA's temporary buffers of the compiled gradient (as `rnn_jax.bench._compiled_mb` reads them)."""
+    cell, params, xs, targets = _cell_setup(cell_name, jnp.float32, steps)
+
+    def loss(p):
+        return jnp.mean(jnp.square(rj.unroll(p, xs, cell=cell, remat=remat).outputs - targets))
+
+    stats = jax.jit(jax.grad(loss)).lower(params).compile().memory_analysis()
+    if stats is None:
+        pytest.skip(f"no XLA memory analysis on the {jax.default_backend()} backend")
+    return stats.temp_size_in_bytes
+
+
+@pytest.mark.parametrize(
+    ("cell_name", "remat"),
+    [
+        ("elman", "sqrt"),
+        pytest.param("lstm", 20, marks=pytest.mark.slow),
+        pytest.param("gru", 50, marks=pytest.mark.slow),
+    ],
+)
+def test_remat_shrinks_the_backward_pass_memory(cell_name, remat):
+    """At T = 400 the backward pass keeps every step's intermediates without remat (O(T)); with remat every k
+    steps (sqrt: k = 20) it keeps the T / k chunk boundaries and one chunk's intermediates: under a third of it."""
+    plain = _backward_temp_bytes(cell_name, None)
+    assert _backward_temp_bytes(cell_name, remat) < plain / 3, plain
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"remat": 0}, r"remat: expected None, a positive integer k or 'sqrt', got 0"),
+        ({"remat": "cube"}, r"remat: expected None, a positive integer k or 'sqrt', got 'cube'"),
+        ({"remat": True}, r"remat: expected None, a positive integer k or 'sqrt', got True"),
+        ({"remat": 3, "backward": "bptt"}, r"backward: 'bptt' .* cannot rematerialise .*remat=3"),
+        ({"compute_dtype": jnp.bfloat16, "backward": "bptt"}, r"backward: 'bptt' .*compute_dtype="),
+        ({"compute_dtype": jnp.int32}, r"compute_dtype: expected a floating dtype"),
+    ],
+)
+def test_bad_remat_or_precision_gets_a_clear_error(key, kwargs, message):
+    params, xs = _setup(key)
+    with pytest.raises((ValueError, TypeError), match=message):
+        rj.unroll(params, xs, **kwargs)
+
+
+@pytest.mark.parametrize(("steps", "chunk"), [(1, 1), (2, 2), (4, 2), (5, 3), (9, 3), (10, 4), (100000, 317)])
+def test_sqrt_remat_is_the_ceiling_of_the_square_root(steps, chunk):
+    assert remat_chunk("sqrt", steps) == chunk
+    assert remat_chunk(str(chunk), steps) == chunk  # the command line's string
+
+
+# ---------------------------------------------------------------- mixed precision
+
+
+@pytest.mark.parametrize("cell_name", ["elman", "gru", pytest.param("lstm", marks=pytest.mark.slow)])
+def test_bfloat16_compute_keeps_float32_gradients_close_to_float32(cell_name):
+    """compute_dtype=bfloat16: float32 outputs and float32 parameter gradients, within bfloat16's precision
+    (8 bits of mantissa, relative ~4e-3 per rounding; 3e-2 of the largest entry over T = 7 steps) of float32's."""
+    cell, params, xs, targets = _cell_setup(cell_name, jnp.float32)
+    lengths = jnp.array([T, 3, 0], jnp.int32)
+
+    def loss(p, compute_dtype):
+        out = rj.unroll(p, xs, lengths=lengths, cell=cell, compute_dtype=compute_dtype).outputs
+        assert out.dtype == jnp.float32
+        return jnp.mean(jnp.square(out - targets))
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss), static_argnums=1)
+    value, grads = value_and_grad(params, jnp.bfloat16)
+    want_value, want = value_and_grad(params, None)
+    assert value.dtype == jnp.float32 and abs(float(value) - float(want_value)) <= 2e-2 * abs(float(want_value))
+    for name, g, w in zip(params._fields, grads, want, strict=True):
+        assert g.dtype == jnp.float32, name
+        err = float(jnp.max(jnp.abs(g - w))) / float(jnp.max(jnp.abs(w)))
+        assert err <= 3e-2, f"{name}: relative error {err:.2e}"
+        assert float(jnp.max(jnp.abs(g - w))) > 0 or float(jnp.max(jnp.abs(w))) == 0  # it did run in bfloat16
+
+
+def test_bfloat16_training_still_learns(standard_promotion):
+    """A short mixed-precision run (with remat, and the default backward='fast', which then takes the autodiff
+    path) on the adding task (T = 10) ends well below its first loss and the trivial baseline."""
+    from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
+    from rnn_jax.train import train_and_evaluate
+
+    config = Config(
+        model=ModelConfig(hidden=16, precision="bfloat16", remat="sqrt"),
+        task=TaskConfig(task="adding", seq_len=10, batch_size=32),
+        optim=OptimConfig(learning_rate=1e-2),
+        run=RunConfig(steps=300, eval_every=300, log_every=20, eval_batches=2, progress=False),
+    )
+    summary = train_and_evaluate(config)
+    train_losses = [r["loss"] for r in summary["records"] if r["kind"] == "train"]
+    assert jax.tree.leaves(summary["params"])[0].dtype == jnp.float32
+    assert summary["final_eval"]["loss"] < 0.5 * train_losses[0], train_losses
+    assert summary["final_eval"]["loss"] < 0.5 * summary["baseline"]["loss"], summary["baseline"]
