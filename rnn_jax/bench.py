@@ -1,7 +1,8 @@
 """The benchmark harness: rnn-jax beside flax, PyTorch and a measured lower bound, in one process.
 
 For each problem size (B, T, D, H, O) and cell, every implementation gets the same parameters and
-the same batch, and is timed in two modes, in float32:
+the same batch, and is timed in two modes, in float32 (full-precision products: TensorFloat-32 is off on GPUs
+for JAX, through ``jax.default_matmul_precision(MATMUL_PRECISION)``, and for torch):
 
     forward   y = readout(unroll(x))                                   [T, B, O]
     train     loss = mean |y - d|^2;  g = BPTT;  clip(g, global norm 1);  Adam update
@@ -97,6 +98,7 @@ PRESETS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
     ),  # fmt: skip
 }
 PRESET_REPEATS = {"quick": 3, "standard": 9, "gpu": 15, "long": 3}
+MATMUL_PRECISION = "highest"  # full float32 products: no TensorFloat-32 on GPUs, for JAX and torch alike
 BF16_RTOL = 5e-2  # bfloat16 keeps 8 bits of mantissa: its first step agrees with float32's to a few per cent
 
 LEARNING_RATE = 1e-3
@@ -494,6 +496,9 @@ def torch_implementation() -> Implementation:
         if problem.shape.cell not in TORCH_CELLS:
             raise Unavailable(f"no torch counterpart registered for cell {problem.shape.cell!r}")
         device = torch.device("cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu")
+        if device.type == "cuda":  # float32 means float32 here, as for JAX (MATMUL_PRECISION)
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         rnn, readout, grads = TORCH_CELLS[problem.shape.cell](problem, torch)
         rnn, readout = rnn.to(device), readout.to(device)
         xs = torch.tensor(problem.inputs).to(device)
@@ -711,6 +716,11 @@ def run(
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats: expected a positive integer, got {repeats!r}")
     impls = list(default_implementations() if implementations is None else implementations)
+    with jax.default_matmul_precision(MATMUL_PRECISION):
+        return _run(shapes, impls, repeats, min_sample_s, rtol, seed)
+
+
+def _run(shapes, impls, repeats, min_sample_s, rtol, seed) -> BenchResult:
     records, agreement, skipped = [], [], []
     for shape in shapes:
         problem = _problem(shape, seed)
