@@ -78,6 +78,7 @@ def test_check_agreement_flags_a_different_loss():
     assert [a.agrees for a in result] == [True, False]
 
 
+@pytest.mark.slow
 def test_cli_bench_writes_json_and_exits_zero(tmp_path, capsys, standard_promotion):
     path = tmp_path / "bench.json"
     code = cli.main(["bench", "--cell", "gru", "--config", "2,4,1,3,1", "--repeats", "1", "--json", str(path)])
@@ -111,6 +112,7 @@ def _with_random_biases(problem):
     return problem._replace(params=params)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_gated_cells_agree_across_rnn_jax_flax_and_torch(cell, standard_promotion):
     """flax.linen.RNN (OptimizedLSTMCell / GRUCell) and torch nn.LSTM / nn.GRU, with the parameters converted, give
@@ -127,6 +129,7 @@ def test_gated_cells_agree_across_rnn_jax_flax_and_torch(cell, standard_promotio
     assert verdict[1].agrees and verdict[1].grad_rel_err > 0, verdict  # close, and really computed in bfloat16
 
 
+@pytest.mark.slow
 def test_long_preset_times_remat_beside_the_plain_paths(standard_promotion):
     """The long preset's implementations (remat every 100 steps and every sqrt(T)) run and agree, here at T = 30
     (their memory saving is tested in test_unroll.py, where it is not drowned by the optimizer's buffers)."""
@@ -156,6 +159,7 @@ _SCALING_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_bench_reports_data_parallel_scaling_over_forced_devices():
     """With 4 (forced CPU) devices the harness times the fast path on 1, 2 and 4 devices, the records carry the
     count, the sharded first steps agree with the one-device one, and a batch that does not split is skipped."""

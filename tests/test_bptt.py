@@ -97,6 +97,7 @@ def test_custom_vjp_gives_input_and_initial_state_gradients(key, x64):
     )
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(problems())
 def test_per_lag_contributions_sum_to_the_total(x64, problem):
@@ -128,6 +129,7 @@ def test_per_lag_term_is_the_chain_rule_product(key, x64):
     np.testing.assert_allclose(terms[t, k], want, rtol=1e-12)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(problems(stream=True), st.integers(1, 3))
 def test_tbptt_with_k2_at_least_T_equals_full_bptt(x64, problem, k1):

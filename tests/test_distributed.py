@@ -90,6 +90,7 @@ def four_devices() -> dict:
     return json.loads(line.removeprefix("RESULT"))
 
 
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
 @pytest.mark.parametrize("run", ["elman-adding", "gru-adding", "lstm-xor-tbptt"])
 def test_sharded_run_equals_one_device_run(four_devices, run):
     assert four_devices["device_count"] == 4
@@ -101,6 +102,7 @@ def test_sharded_run_equals_one_device_run(four_devices, run):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
 def test_placed_batch_is_split_along_the_batch_axis(four_devices):
     # B = 8 over 4 devices: each holds [T, 2, D] of the inputs and [2] of the lengths
     assert four_devices["inputs_devices"] == 4
@@ -109,12 +111,14 @@ def test_placed_batch_is_split_along_the_batch_axis(four_devices):
     assert four_devices["lengths_shard_shapes"] == [[2]]
 
 
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
 @pytest.mark.parametrize("where", ["train", "place"])
 def test_batch_that_does_not_divide_across_devices_is_a_clear_error(four_devices, where):
     message = four_devices["errors"][where]
     assert message is not None and "6" in message and "4 devices" in message
 
 
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
 def test_asking_for_more_devices_than_exist_is_a_clear_error(four_devices):
     message = four_devices["errors"]["too_many"]
     assert message is not None and "5 devices" in message and "sees 4" in message

@@ -59,6 +59,7 @@ def test_a_truncation_bug_is_caught(monkeypatch):
     assert "autodiff vs finite_diff" not in failed  # the untruncated paths are unaffected
 
 
+@pytest.mark.slow
 def test_cli_writes_json_and_exits_by_the_verdict(tmp_path, capsys, monkeypatch):
     path = tmp_path / "out.json"
     assert cli.main(["gradcheck", "--trials", "2", "--seq-len", "4", "--json", str(path), "--explain"]) == 0
@@ -93,6 +94,7 @@ def test_the_checker_leaves_64_bit_mode_as_it_found_it():
     assert jnp.zeros(1).dtype == jnp.float32 and not jax.config.jax_enable_x64
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["lstm", "gru"])
 def test_gated_cells_pass_the_checker(model):
     """LSTM and GRU go through the same checker: forward mode and finite differences against autodiff, and TBPTT."""

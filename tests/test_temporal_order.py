@@ -51,6 +51,7 @@ def test_registered_and_rejects_min_len():
         tasks.TemporalOrder(seq_len=5)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("standard_promotion")  # optax's adam
 def test_lstm_learns_the_task_at_small_length():
     config = Config(
