@@ -897,6 +897,7 @@ def validate_records(records: Any) -> None:
 
 
 __all__ = [
+    "MATMUL_PRECISION",
     "PRESETS",
     "Agreement",
     "BenchResult",

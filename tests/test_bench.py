@@ -72,6 +72,20 @@ def test_a_disagreeing_implementation_is_reported(standard_promotion, capsys):
     assert "DISAGREES" in bench.format_table(result)
 
 
+def test_the_harness_times_full_float32_products_whatever_the_callers_precision(standard_promotion):
+    seen = []
+
+    def probe(problem):
+        seen.append(jax.config.jax_default_matmul_precision)
+        return bench.rnn_jax_implementation("reference").prepare(problem)
+
+    impls = [bench.Implementation("probe", probe)]
+    with jax.default_matmul_precision("bfloat16"):  # a caller's setting (on GPUs the default is TensorFloat-32)
+        bench.run([TINY], repeats=1, implementations=impls, min_sample_s=0.0)
+        assert jax.config.jax_default_matmul_precision == "bfloat16"  # restored afterwards
+    assert seen == [bench.MATMUL_PRECISION] == ["highest"]
+
+
 def test_check_agreement_flags_a_different_loss():
     grads = rj.ElmanParams(*(np.ones(2, np.float32) for _ in range(5)))
     result = bench.check_agreement(TINY, {"a": (1.0, grads), "b": (1.001, grads)}, rtol=1e-4)
