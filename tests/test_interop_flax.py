@@ -1,4 +1,4 @@
-"""The Elman cell inside flax.linen.RNN computes what rnn_jax.unroll computes; parameters convert both ways."""
+"""The Elman cell in flax.linen.RNN and flax.nnx.RNN computes what rnn_jax.unroll does; parameters convert both ways."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 import rnn_jax as rj
 from rnn_jax.interop import flax as rj_flax
@@ -14,14 +15,22 @@ from rnn_jax.interop import flax as rj_flax
 T, B, D, H, O = 7, 3, 4, 5, 2
 
 
+def _flax_run(api, xs, activation, key):
+    """(final state, outputs, the cell's ElmanParams) of a fresh cell in ``flax.linen.RNN`` or ``flax.nnx.RNN``."""
+    if api == "linen":
+        rnn = nn.RNN(rj_flax.ElmanCell(hidden_size=H, output_size=O, activation=activation), return_carry=True)
+        variables = rnn.init(key, xs)
+        return (*rnn.apply(variables, xs), rj_flax.from_flax(variables, path=("cell",)))
+    cell = rj_flax.NnxElmanCell(D, H, O, activation=activation, rngs=nnx.Rngs(key))
+    return (*nnx.RNN(cell, return_carry=True)(xs), cell.to_params())
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
 @pytest.mark.parametrize("activation", ["tanh", "relu", "sigmoid"])
-def test_flax_rnn_of_elman_cell_equals_unroll(key, activation):
+def test_flax_rnn_of_elman_cell_equals_unroll(key, activation, api):
     k_x, k_init = jax.random.split(key)
-    xs = jax.random.normal(k_x, (B, T, D))  # flax.linen.RNN is batch-first
-    rnn = nn.RNN(rj_flax.ElmanCell(hidden_size=H, output_size=O, activation=activation), return_carry=True)
-    variables = rnn.init(k_init, xs)
-    final, ys = rnn.apply(variables, xs)
-    params = rj_flax.from_flax(variables, path=("cell",))
+    xs = jax.random.normal(k_x, (B, T, D))  # flax's RNN is batch-first
+    final, ys, params = _flax_run(api, xs, activation, k_init)
     run = rj.unroll(params, xs, activation=activation, time_major=False)
     np.testing.assert_allclose(ys, run.outputs, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(final, run.final_state, rtol=1e-6, atol=1e-6)
@@ -35,6 +44,11 @@ def test_rnn_jax_params_run_in_flax_with_lengths(key):
     lengths = jnp.array([7, 3, 5], jnp.int32)
     rnn = nn.RNN(rj_flax.ElmanCell(hidden_size=H, output_size=O), return_carry=True)
     final, ys = rnn.apply(rj_flax.to_flax(params, path=("cell",)), xs, seq_lengths=lengths)
+    _assert_equals_unroll_within_lengths(final, ys, params, xs, lengths)
+
+
+def _assert_equals_unroll_within_lengths(final, ys, params, xs, lengths):
+    """A batch-first flax run with ``seq_lengths`` against `rj.unroll` with ``lengths``."""
     run = rj.unroll(params, xs, lengths=lengths, time_major=False)
     np.testing.assert_allclose(final, run.final_state, rtol=1e-6, atol=1e-6)
     valid = np.asarray(rj.sequence_mask(lengths, T)).T  # [B, T]; flax leaves the outputs past the end unmasked
@@ -81,3 +95,34 @@ def test_cell_accepts_several_batch_axes_and_zero_carry(key):
 def test_from_flax_names_what_is_missing():
     with pytest.raises(ValueError, match="missing"):
         rj_flax.from_flax({"params": {"i": {}, "h": {}}})
+
+
+# ------------------------------------------------------------------ flax.nnx
+
+
+def test_rnn_jax_params_run_in_nnx_with_lengths_and_give_the_same_gradients(key):
+    k_p, k_x = jax.random.split(key)
+    params = rj.elman.init(k_p, D, H, O)
+    xs = jax.random.normal(k_x, (B, T, D))
+    lengths = jnp.array([7, 3, 5], jnp.int32)
+    rnn = nnx.RNN(rj_flax.NnxElmanCell.from_params(params), return_carry=True)
+    final, ys = rnn(xs, seq_lengths=lengths)
+    _assert_equals_unroll_within_lengths(final, ys, params, xs, lengths)
+
+    grads = nnx.grad(lambda model: jnp.sum(jnp.square(model(xs)[1])))(rnn)
+    expected = jax.grad(lambda p: jnp.sum(jnp.square(rj.unroll(p, xs, time_major=False).outputs)))(params)
+    for name in rj.ElmanParams._fields:
+        np.testing.assert_allclose(grads["cell"][name][...], getattr(expected, name), rtol=1e-5, atol=1e-6)
+
+
+def test_nnx_cell_round_trip_is_exact_and_equals_the_linen_cell(key):
+    params = rj.elman.init(key, D, H, O)
+    back = rj_flax.NnxElmanCell.from_params(params).to_params()
+    for name, a, b in zip(params._fields, params, back, strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    x = jax.random.normal(key, (2, 3, D))
+    cell = rj_flax.NnxElmanCell.from_params(params)
+    carry = cell.initialize_carry(x.shape)
+    assert carry.shape == (2, 3, H) and not carry.any() and cell.num_feature_axes == 1
+    linen = rj_flax.ElmanCell(hidden_size=H, output_size=O).apply(rj_flax.to_flax(params), carry, x)
+    jax.tree.map(np.testing.assert_array_equal, cell(carry, x), linen)

@@ -12,6 +12,10 @@ renaming-free copy: `to_flax` and `from_flax` (with ``path=("cell",)`` for a cel
 
 Flax's own ``nn.SimpleCell`` is this cell without the read-out: its ``i`` kernel and bias are W_x and
 b_s, its ``h`` kernel is W_s, and its output is the state (W_y = I, b_y = 0).
+
+`NnxElmanCell` is the same cell for ``flax.nnx.RNN``: an ``nnx.RNNCellBase`` holding the five fields of
+`ElmanParams` as ``nnx.Param`` attributes of the same names, drawn by `rnn_jax.elman.init`;
+`NnxElmanCell.from_params` builds one from `ElmanParams` and ``cell.to_params()`` reads them back.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from rnn_jax import initializers
 from rnn_jax.cells import elman
@@ -103,3 +108,77 @@ def from_flax(variables: Mapping[str, Any], path: tuple[str, ...] = ()) -> elman
             f"variables: not an ElmanCell's parameters at path {path}; missing {missing}, got {list(tree)}"
         )
     return elman.ElmanParams(*(jnp.asarray(tree[name]) for name in elman.ElmanParams._fields))
+
+
+class NnxElmanCell(nnx.RNNCellBase):
+    """The Elman cell for ``flax.nnx.RNN``: carry s [..., H], input x [..., D], output y [..., O].
+
+    Its step is `rnn_jax.elman.step`; its parameters are ``nnx.Param`` attributes ``w_x [D, H]``, ``w_s [H, H]``,
+    ``b_s [H]``, ``w_y [H, O]``, ``b_y [O]``, the fields of `ElmanParams`.
+
+    Args:
+      in_features, hidden_features, out_features: D, H, O.
+      activation: phi, a name in `rnn_jax.activations.NAMED` ("tanh", "relu", ...).
+      input_init, recurrent_init, param_dtype: as `rnn_jax.elman.init`'s ``input_init``, ``recurrent_init``,
+        ``dtype``.
+      rngs: ``nnx.Rngs``; the parameters are drawn from ``rngs.params()``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int,
+        *,
+        activation: str = "tanh",
+        input_init: str = "glorot_uniform",
+        recurrent_init: str = "orthogonal",
+        param_dtype: Any = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        params = elman.init(
+            rngs.params(),
+            in_features,
+            hidden_features,
+            out_features,
+            input_init=input_init,
+            recurrent_init=recurrent_init,
+            dtype=param_dtype,
+        )
+        self._set(params)
+        self.activation = activation
+
+    def _set(self, params: elman.ElmanParams) -> None:
+        for name, value in params._asdict().items():
+            setattr(self, name, nnx.Param(jnp.asarray(value)))
+
+    @classmethod
+    def from_params(cls, params: elman.ElmanParams, *, activation: str = "tanh") -> NnxElmanCell:
+        """A cell holding ``params`` (copied), with activation phi."""
+        d, h = params.w_x.shape
+        cell = cls(d, h, params.w_y.shape[1], activation=activation, param_dtype=params.w_x.dtype, rngs=nnx.Rngs(0))
+        cell._set(params)
+        return cell
+
+    def to_params(self) -> elman.ElmanParams:
+        """The cell's parameters as `ElmanParams`."""
+        return elman.ElmanParams(*(getattr(self, name)[...] for name in elman.ElmanParams._fields))
+
+    def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:  # type: ignore[override]
+        """One step: ``(s_{t-1} [..., H], x_t [..., D]) -> (s_t [..., H], y_t [..., O])``; leading axes are batch."""
+        params = self.to_params()
+        (d, h), o = params.w_x.shape, params.w_y.shape[1]
+        batch_shape = inputs.shape[:-1]
+        s, y = elman.step(params, carry.reshape(-1, h), inputs.reshape(-1, d), activation=self.activation)
+        return s.reshape(*batch_shape, h), y.reshape(*batch_shape, o)
+
+    def initialize_carry(self, input_shape: tuple[int, ...], rngs: Any = None, carry_init: Any = None) -> jax.Array:
+        """The zero state [..., H] for inputs of shape [..., D] (``rngs`` and ``carry_init`` are not used)."""
+        del rngs
+        if carry_init is not None:
+            raise ValueError("carry_init: NnxElmanCell starts from the zero state; pass initial_carry to nnx.RNN")
+        return jnp.zeros((*input_shape[:-1], self.w_s.shape[0]), self.w_s.dtype)
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
