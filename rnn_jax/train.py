@@ -30,7 +30,7 @@ import optax
 from rnn_jax import bptt, cells, checkpoint, deep, diagnostics, distributed, seq2seq, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
-from rnn_jax.unroll import unroll
+from rnn_jax.unroll import remat_chunk, unroll
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
@@ -147,13 +147,20 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
     """Refuses, naming the option, what the deep options (`rnn_jax.deep`) cannot combine with.
 
     Raises:
-      ValueError: for a bad layer count or dropout rate, ``backward="bptt"`` with a deep network, or a
+      ValueError: for a bad ``remat`` text (here, before anything is traced), a bad layer count or dropout
+        rate, ``residual`` without a second layer, ``backward="bptt"`` with a deep network, or a
         bidirectional network on a next-step prediction task (its backward direction would see the target).
     """
+    remat_chunk(config.remat, 1)
     if not config.is_deep:
         return
     if isinstance(config.layers, bool) or not isinstance(config.layers, int) or config.layers < 1:
         raise ValueError(f"layers: expected a positive integer, got {config.layers!r}")
+    if config.residual and config.layers < 2:
+        raise ValueError(
+            f"residual: adds each stacked layer's input to its output, from the second layer on; needs layers >= 2, "
+            f"got layers={config.layers}"
+        )
     deep.check_rate("dropout", config.dropout)
     deep.check_rate("recurrent_dropout", config.recurrent_dropout)
     if config.remat is not None or config.precision != "float32":

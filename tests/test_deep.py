@@ -282,6 +282,8 @@ def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:
         (ModelConfig(bidirectional=True), "xor", {}, "bidirectional: the 'xor' task predicts the next input"),
         (ModelConfig(dropout=1.0), "adding", {}, r"dropout: expected a dropout rate in \[0, 1\), got 1.0"),
         (ModelConfig(layers=0), "adding", {}, "layers: expected a positive integer, got 0"),
+        (ModelConfig(residual=True), "adding", {}, "residual: .* needs layers >= 2, got layers=1"),
+        (ModelConfig(remat="every10"), "adding", {}, "remat: expected None, a positive integer k or 'sqrt'"),
         (ModelConfig(layers=2), "xor", {"tbptt_k1": 4}, "tbptt_k1: truncated BPTT runs the single-layer network"),
         (ModelConfig(layers=2, remat="sqrt"), "adding", {}, "remat, precision: rematerialisation and mixed precision"),
         (ModelConfig(dropout=0.1, precision="bfloat16"), "adding", {}, "remat, precision: rematerialisation"),
