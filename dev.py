@@ -72,6 +72,10 @@ def main(argv: list[str]) -> int:
     if "--slow" in rest:
         stages = ["slow"]
     rest = [a for a in rest if a not in ("--fast", "--slow")]
+    # Both stages run on pytest-xdist workers, one per core (at most 4; "-n N" after `test` chooses): the suite is
+    # mostly XLA compilation, which runs on one core, so two workers on two cores take about 60% of the time.
+    if not any(a.startswith(("-n", "--numprocesses")) for a in rest):
+        rest = ["-n", str(min(os.cpu_count() or 1, 4)), *rest]
     for marker in stages:
         print(f"dev.py: test stage '-m {marker}'", flush=True)
         code = subprocess.call([PYTHON, "-m", "pytest", "-m", marker, *rest], cwd=ROOT, env=env)
