@@ -696,6 +696,7 @@ def run(
     min_sample_s: float = 0.02,
     rtol: float = 1e-4,
     seed: int = 0,
+    on_shape: Callable[[BenchResult], None] | None = None,
 ) -> BenchResult:
     """Times every implementation on every shape, interleaved, after checking that they agree.
 
@@ -708,6 +709,8 @@ def run(
         every implementation of a shape and mode); its time is divided by the count.
       rtol: the agreement check's relative tolerance (float32), for implementations without their own.
       seed: the parameters and data.
+      on_shape: called after each shape with the result so far (the CLI saves its JSON and reports
+        progress there, so a long run cut short keeps the shapes it finished).
 
     Returns:
       `BenchResult`: the records (median, p10 and p90 per call in ms, compile seconds, peak MB),
@@ -717,10 +720,10 @@ def run(
         raise ValueError(f"repeats: expected a positive integer, got {repeats!r}")
     impls = list(default_implementations() if implementations is None else implementations)
     with jax.default_matmul_precision(MATMUL_PRECISION):
-        return _run(shapes, impls, repeats, min_sample_s, rtol, seed)
+        return _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape)
 
 
-def _run(shapes, impls, repeats, min_sample_s, rtol, seed) -> BenchResult:
+def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchResult:
     records, agreement, skipped = [], [], []
     for shape in shapes:
         problem = _problem(shape, seed)
@@ -736,6 +739,8 @@ def _run(shapes, impls, repeats, min_sample_s, rtol, seed) -> BenchResult:
             agreement.extend(check_agreement(shape, first, tolerances))
         for mode in MODES:
             records.extend(_time_mode(shape, mode, impls, prepared, repeats, min_sample_s))
+        if on_shape is not None:
+            on_shape(BenchResult(list(records), list(agreement), list(skipped), _notes()))
     return BenchResult(records, agreement, skipped, _notes())
 
 

@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import sys
+import time
 import types
 import typing
 from typing import Any, Literal
@@ -119,17 +120,44 @@ def _bench(args: argparse.Namespace) -> int:
     preset = config.preset or (None if config.config else "standard")
     shapes = bench.shapes_for(preset, config.config, config.cell)
     repeats = config.repeats if config.repeats is not None else bench.PRESET_REPEATS.get(preset, 9)
-    result = bench.run(shapes, repeats=repeats, seed=config.seed, implementations=bench.preset_implementations(preset))
+    start, done = time.perf_counter(), []
+
+    def on_shape(partial: bench.BenchResult) -> None:
+        """After each shape: a progress line, and the JSON so far (a run cut short keeps what it finished)."""
+        done.append(None)
+        shape = shapes[len(done) - 1]
+        print(
+            f"bench: {len(done)}/{len(shapes)} {shape.cell} {shape.B},{shape.T},{shape.D},{shape.H},{shape.O} done "
+            f"({time.perf_counter() - start:.0f} s)",
+            file=sys.stderr,
+            flush=True,
+        )
+        if args.json:
+            _write_json_atomically(args.json, partial.records)
+
+    result = bench.run(
+        shapes,
+        repeats=repeats,
+        seed=config.seed,
+        implementations=bench.preset_implementations(preset),
+        on_shape=on_shape,
+    )
     print(bench.format_table(result))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(result.records, f, indent=2)
+        _write_json_atomically(args.json, result.records)
         print(f"wrote {args.json}")
     disagreeing = [a.impl for a in result.agreement if not a.agrees]
     if disagreeing:
         print(f"error: these implementations computed a different first step: {sorted(set(disagreeing))}")
     return 1 if disagreeing else 0
+
+
+def _write_json_atomically(path: str, records: list) -> None:
+    """Writes ``records`` to ``path`` through a temporary file and a rename, so a reader never sees half a file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(records, f, indent=2)
+    os.replace(path + ".tmp", path)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -86,6 +86,15 @@ def test_the_harness_times_full_float32_products_whatever_the_callers_precision(
     assert seen == [bench.MATMUL_PRECISION] == ["highest"]
 
 
+def test_each_finished_shape_is_reported_with_the_records_so_far(standard_promotion):
+    seen = []
+    impls = [bench.rnn_jax_implementation("reference")]
+    other = TINY._replace(T=3)
+    result = bench.run([TINY, other], repeats=1, implementations=impls, min_sample_s=0.0, on_shape=seen.append)
+    assert [len(partial.records) for partial in seen] == [2, 4]  # forward and train of one shape, then of both
+    assert seen[-1].records == result.records and seen[0].records == result.records[:2]
+
+
 def test_check_agreement_flags_a_different_loss():
     grads = rj.ElmanParams(*(np.ones(2, np.float32) for _ in range(5)))
     result = bench.check_agreement(TINY, {"a": (1.0, grads), "b": (1.001, grads)}, rtol=1e-4)
