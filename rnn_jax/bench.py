@@ -696,7 +696,7 @@ def run(
     min_sample_s: float = 0.02,
     rtol: float = 1e-4,
     seed: int = 0,
-    on_shape: Callable[[BenchResult], None] | None = None,
+    on_shape: Callable[[int, BenchResult], None] | None = None,
 ) -> BenchResult:
     """Times every implementation on every shape, interleaved, after checking that they agree.
 
@@ -709,8 +709,8 @@ def run(
         every implementation of a shape and mode); its time is divided by the count.
       rtol: the agreement check's relative tolerance (float32), for implementations without their own.
       seed: the parameters and data.
-      on_shape: called after each shape with the result so far (the CLI saves its JSON and reports
-        progress there, so a long run cut short keeps the shapes it finished).
+      on_shape: called after each shape with the number of shapes finished and the result so far (the
+        CLI saves its JSON and reports progress there, so a long run cut short keeps the shapes it finished).
 
     Returns:
       `BenchResult`: the records (median, p10 and p90 per call in ms, compile seconds, peak MB),
@@ -725,7 +725,7 @@ def run(
 
 def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchResult:
     records, agreement, skipped = [], [], []
-    for shape in shapes:
+    for finished, shape in enumerate(shapes, start=1):
         problem = _problem(shape, seed)
         prepared: dict[str, Prepared] = {}
         for impl in impls:
@@ -740,7 +740,7 @@ def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchRes
         for mode in MODES:
             records.extend(_time_mode(shape, mode, impls, prepared, repeats, min_sample_s))
         if on_shape is not None:
-            on_shape(BenchResult(list(records), list(agreement), list(skipped), _notes()))
+            on_shape(finished, BenchResult(list(records), list(agreement), list(skipped), _notes()))
     return BenchResult(records, agreement, skipped, _notes())
 
 

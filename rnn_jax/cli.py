@@ -120,14 +120,13 @@ def _bench(args: argparse.Namespace) -> int:
     preset = config.preset or (None if config.config else "standard")
     shapes = bench.shapes_for(preset, config.config, config.cell)
     repeats = config.repeats if config.repeats is not None else bench.PRESET_REPEATS.get(preset, 9)
-    start, done = time.perf_counter(), []
+    start = time.perf_counter()
 
-    def on_shape(partial: bench.BenchResult) -> None:
+    def on_shape(finished: int, partial: bench.BenchResult) -> None:
         """After each shape: a progress line, and the JSON so far (a run cut short keeps what it finished)."""
-        done.append(None)
-        shape = shapes[len(done) - 1]
+        shape = shapes[finished - 1]
         print(
-            f"bench: {len(done)}/{len(shapes)} {shape.cell} {shape.B},{shape.T},{shape.D},{shape.H},{shape.O} done "
+            f"bench: {finished}/{len(shapes)} {shape.cell} {shape.B},{shape.T},{shape.D},{shape.H},{shape.O} done "
             f"({time.perf_counter() - start:.0f} s)",
             file=sys.stderr,
             flush=True,

@@ -90,9 +90,10 @@ def test_each_finished_shape_is_reported_with_the_records_so_far(standard_promot
     seen = []
     impls = [bench.rnn_jax_implementation("reference")]
     other = TINY._replace(T=3)
-    result = bench.run([TINY, other], repeats=1, implementations=impls, min_sample_s=0.0, on_shape=seen.append)
-    assert [len(partial.records) for partial in seen] == [2, 4]  # forward and train of one shape, then of both
-    assert seen[-1].records == result.records and seen[0].records == result.records[:2]
+    on_shape = lambda finished, partial: seen.append((finished, partial))  # noqa: E731
+    result = bench.run([TINY, other], repeats=1, implementations=impls, min_sample_s=0.0, on_shape=on_shape)
+    assert [(finished, len(partial.records)) for finished, partial in seen] == [(1, 2), (2, 4)]  # forward + train
+    assert seen[-1][1].records == result.records and seen[0][1].records == result.records[:2]
 
 
 def test_check_agreement_flags_a_different_loss():

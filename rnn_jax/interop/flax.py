@@ -66,9 +66,7 @@ class ElmanCell(nn.RNNCellBase):
             w_y=matrix("w_y", self.input_init, (h, o)),
             b_y=self.param("b_y", lambda _: jnp.zeros((o,), dtype)),
         )
-        batch_shape = x.shape[:-1]
-        s, y = elman.step(params, carry.reshape(-1, h), x.reshape(-1, d), activation=self.activation)
-        return s.reshape(*batch_shape, h), y.reshape(*batch_shape, o)
+        return _step_over_batch_axes(params, carry, x, self.activation)
 
     @nn.nowrap
     def initialize_carry(self, rng: jax.Array, input_shape: tuple[int, ...]) -> jax.Array:
@@ -79,6 +77,16 @@ class ElmanCell(nn.RNNCellBase):
     @property
     def num_feature_axes(self) -> int:
         return 1
+
+
+def _step_over_batch_axes(
+    params: elman.ElmanParams, carry: jax.Array, x: jax.Array, activation: str
+) -> tuple[jax.Array, jax.Array]:
+    """`elman.step` for any number of leading batch axes: s [..., H], x [..., D] -> (s [..., H], y [..., O])."""
+    (d, h), o = params.w_x.shape, params.w_y.shape[1]
+    batch_shape = x.shape[:-1]
+    s, y = elman.step(params, carry.reshape(-1, h), x.reshape(-1, d), activation=activation)
+    return s.reshape(*batch_shape, h), y.reshape(*batch_shape, o)
 
 
 def to_flax(params: elman.ElmanParams, path: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -166,11 +174,7 @@ class NnxElmanCell(nnx.RNNCellBase):
 
     def __call__(self, carry: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:  # type: ignore[override]
         """One step: ``(s_{t-1} [..., H], x_t [..., D]) -> (s_t [..., H], y_t [..., O])``; leading axes are batch."""
-        params = self.to_params()
-        (d, h), o = params.w_x.shape, params.w_y.shape[1]
-        batch_shape = inputs.shape[:-1]
-        s, y = elman.step(params, carry.reshape(-1, h), inputs.reshape(-1, d), activation=self.activation)
-        return s.reshape(*batch_shape, h), y.reshape(*batch_shape, o)
+        return _step_over_batch_axes(self.to_params(), carry, inputs, self.activation)
 
     def initialize_carry(self, input_shape: tuple[int, ...], rngs: Any = None, carry_init: Any = None) -> jax.Array:
         """The zero state [..., H] for inputs of shape [..., D] (``rngs`` and ``carry_init`` are not used)."""
