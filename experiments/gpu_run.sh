@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One GPU session's checks in one call of at most about 9 minutes (stage limits 300 + 2 x 75 + 100 s): the
-# environment, the `gpu` bench preset (Elman), the gated cells at two sizes, and the unroll/BPTT/cell tests on the
-# GPU. Run from the repository root on a machine whose python3 has jax with CUDA, flax, optax, chex and
+# One GPU session's checks in one call of at most about 8 minutes (stage limits 240 + 110 + 150 s): the
+# environment, the `gpu` preset's sizes for Elman and the standard sizes for the LSTM with the input/read-out
+# projections in the scan step and hoisted out of it (the choice `projections="auto"` makes by backend), and the
+# unroll/BPTT/cell tests on the GPU. Run from the repository root on a machine whose python3 has jax with CUDA, flax, optax, chex and
 # (optionally) torch with CUDA:
 #
 #     OUT=/some/dir bash experiments/gpu_run.sh
@@ -27,19 +28,23 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 } >"$OUT/env.txt" 2>&1
 cat "$OUT/env.txt"
 
-# the preset (Elman), in one process
-timeout 300 $PY -m rnn_jax bench --preset "$PRESET" --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.log"
+# Elman: the projections inside each scan step against hoisted out of the scan, for both backward passes,
+# beside flax, torch (cuDNN) and the bound, at the preset's sizes, in one process
+projections=(--impl rnn-jax-autodiff-in-step --impl rnn-jax-autodiff-hoisted --impl rnn-jax-fast-in-step
+             --impl rnn-jax-fast-hoisted --impl flax --impl torch --impl lower-bound)
+timeout 240 $PY -m rnn_jax bench --preset "$PRESET" "${projections[@]}" --repeats 7 --json "$OUT/bench-elman.json" \
+    2>&1 | tee "$OUT/bench-elman.log"
 
-# the gated cells at the mid size and a large one
-gated=(--config 64,256,32,128,32 --config 256,512,128,512,128)
-[ "$PRESET" = gpu ] || gated=(--config 4,8,2,8,2)
-for cell in lstm gru; do
-    timeout 75 $PY -m rnn_jax bench --cell $cell "${gated[@]}" --repeats 9 --json "$OUT/bench-$cell.json"
-done 2>&1 | tee "$OUT/bench-gated.log"
+# the LSTM (autodiff only) at the standard sizes, the same comparison
+gated=(--preset standard)
+[ "$PRESET" = gpu ] || gated=(--preset "$PRESET")
+timeout 110 $PY -m rnn_jax bench --cell lstm "${gated[@]}" --impl rnn-jax-autodiff-in-step \
+    --impl rnn-jax-autodiff-hoisted --impl flax --impl torch --impl lower-bound --repeats 7 \
+    --json "$OUT/bench-lstm.json" 2>&1 | tee "$OUT/bench-lstm.log"
 
 # the invariants on the GPU: fast path = autodiff, hand BPTT = jax.grad, cells = their Python-loop oracle
 # (-p no:benchmark: pytest-benchmark, where installed, warns under xdist, and our warnings are errors)
 workers=()
 $PY -c "import xdist" 2>/dev/null && workers=(-n 4)
-timeout 100 $PY -m pytest -q -x -m "not slow" -p no:cacheprovider -p no:benchmark "${workers[@]}" tests/test_unroll.py \
-    tests/test_bptt.py tests/test_cells.py 2>&1 | tail -n 40 | tee "$OUT/tests.log"
+timeout 150 $PY -m pytest -q -x -m "not slow" -p no:cacheprovider -p no:benchmark "${workers[@]}" tests/test_unroll.py \
+    tests/test_bptt.py tests/test_cells.py tests/test_gated_cells.py 2>&1 | tail -n 40 | tee "$OUT/tests.log"

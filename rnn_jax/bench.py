@@ -628,13 +628,9 @@ def default_implementations() -> list[Implementation]:
     """The reference first (rnn-jax's autodiff path), then the fast path, its bfloat16 mixed-precision variant,
     flax, torch and the lower bound; with several devices, the fast path's data-parallel scaling too."""
     return [
-        rnn_jax_implementation("rnn-jax-autodiff", backward="autodiff"),
-        rnn_jax_implementation("rnn-jax-fast", backward="fast"),
-        rnn_jax_implementation("rnn-jax-bf16", rtol=BF16_RTOL, precision="bfloat16"),
+        *named_implementations(["rnn-jax-autodiff", "rnn-jax-fast", "rnn-jax-bf16"]),
         *scaling_implementations(),
-        flax_implementation(),
-        torch_implementation(),
-        lower_bound_implementation(),
+        *named_implementations(["flax", "torch", "lower-bound"]),
     ]
 
 
@@ -642,18 +638,45 @@ def long_implementations() -> list[Implementation]:
     """The ``long`` preset's: rnn-jax's autodiff and fast paths without remat, the autodiff path with remat every
     100 steps and every ceil(sqrt(T)) steps, and the lower bound (flax and torch are left out: at T = 100000
     they would take most of the run)."""
-    return [
-        rnn_jax_implementation("rnn-jax-autodiff", backward="autodiff"),
-        rnn_jax_implementation("rnn-jax-fast", backward="fast"),
-        rnn_jax_implementation("rnn-jax-remat-100", backward="autodiff", remat="100"),
-        rnn_jax_implementation("rnn-jax-remat-sqrt", backward="autodiff", remat="sqrt"),
-        lower_bound_implementation(),
-    ]
+    return named_implementations(
+        ["rnn-jax-autodiff", "rnn-jax-fast", "rnn-jax-remat-100", "rnn-jax-remat-sqrt", "lower-bound"]
+    )
 
 
 def preset_implementations(preset: str | None) -> list[Implementation]:
     """The implementations a preset times: `long_implementations` for "long", else `default_implementations`."""
     return long_implementations() if preset == "long" else default_implementations()
+
+
+# every implementation `--impl NAME` can pick, by name: the presets' and the variants that isolate one choice
+# of the fast path (the projections hoisted out of the scan or kept in each step, whatever the backend)
+NAMED_IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {
+    **{
+        f"rnn-jax-{backward}{suffix}": functools.partial(rnn_jax_implementation, f"rnn-jax-{backward}{suffix}",
+                                                         backward=backward, projections=projections)
+        for backward in ("autodiff", "fast")
+        for suffix, projections in (("", "auto"), ("-in-step", "in_step"), ("-hoisted", "hoisted"))
+    },
+    "rnn-jax-bf16": lambda: rnn_jax_implementation("rnn-jax-bf16", rtol=BF16_RTOL, precision="bfloat16"),
+    "rnn-jax-remat-100": lambda: rnn_jax_implementation("rnn-jax-remat-100", backward="autodiff", remat="100"),
+    "rnn-jax-remat-sqrt": lambda: rnn_jax_implementation("rnn-jax-remat-sqrt", backward="autodiff", remat="sqrt"),
+    "flax": flax_implementation,
+    "torch": torch_implementation,
+    "lower-bound": lower_bound_implementation,
+}  # fmt: skip
+
+
+def named_implementations(names: Sequence[str]) -> list[Implementation]:
+    """The implementations called ``names`` (keys of `NAMED_IMPLEMENTATIONS`), in that order; the first is the
+    reference of the agreement check.
+
+    Raises:
+      ValueError: for an unknown or repeated name, listing the known ones.
+    """
+    unknown = [n for n in names if n not in NAMED_IMPLEMENTATIONS]
+    if unknown or len(set(names)) != len(names) or not names:
+        raise ValueError(f"impl: expected distinct names among {sorted(NAMED_IMPLEMENTATIONS)}, got {list(names)!r}")
+    return [NAMED_IMPLEMENTATIONS[n]() for n in names]
 
 
 # ------------------------------------------------------------------ running
@@ -812,16 +835,20 @@ def _notes() -> dict[str, str]:
 # ------------------------------------------------------------------ the table
 
 
-def format_table(result: BenchResult, fast: str = "rnn-jax-fast", bound: str = "lower-bound") -> str:
+def format_table(result: BenchResult, fast: str | None = None, bound: str = "lower-bound") -> str:
     """The records as a text table, with the fast path's time over each implementation's and each over the bound.
 
-    ``fast/this`` below 1 means the fast path is faster than ``this``; ``/bound`` is the time as a
-    multiple of the measured lower bound.
+    ``fast/this`` below 1 means ``fast`` (default: rnn-jax-fast if timed, else the first implementation)
+    is faster than ``this``; ``/bound`` is the time as a multiple of the measured lower bound.
     """
+    timed = [r["impl"] for r in result.records]
+    if fast is None:
+        fast = "rnn-jax-fast" if "rnn-jax-fast" in timed or not timed else _family(timed[0])
     lines = [
         "backend {backend} ({device}), {cpu_count} CPUs, jax {jax}, torch {torch}".format(**result.notes),
+        f"fast/this: the median time of {fast} over this one's",
         "",
-        f"{'cell':<6}{'B,T,D,H,O':<20}{'mode':<9}{'impl':<20}{'median ms':>10}{'p10-p90 ms':>18}"
+        f"{'cell':<6}{'B,T,D,H,O':<20}{'mode':<9}{'impl':<{IMPL_WIDTH}}{'median ms':>10}{'p10-p90 ms':>18}"
         f"{'steps/s':>12}{'compile s':>10}{'peak MB':>9}{'fast/this':>10}{'/bound':>8}",
     ]
     by_key: dict[tuple, dict[str, dict]] = {}
@@ -836,21 +863,25 @@ def format_table(result: BenchResult, fast: str = "rnn-jax-fast", bound: str = "
             ms = r["median_ms"]
             spread = f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}"
             lines.append(
-                f"{cell:<6}{f'{b},{t},{d},{h},{o}':<20}{mode:<9}{r['impl']:<20}{ms:>10.3f}"
+                f"{cell:<6}{f'{b},{t},{d},{h},{o}':<20}{mode:<9}{r['impl']:<{IMPL_WIDTH}}{ms:>10.3f}"
                 f"{spread:>18}{b * t / ms * 1e3:>12.4g}{r['compile_s']:>10.2f}"
                 f"{r['peak_mem_mb']:>9.1f}{fast_ms / ms:>10.2f}{ms / bound_ms:>8.2f}"
             )
     lines.append("")
-    lines.append("agreement of the first step with rnn-jax-autodiff (loss and gradients, relative):")
+    reference = result.agreement[0].impl if result.agreement else "the first implementation"
+    lines.append(f"agreement of the first step with {reference} (loss and gradients, relative):")
     for a in result.agreement:
         verdict = "ok" if a.agrees else "DISAGREES"
         lines.append(
-            f"  {a.shape.cell} {a.shape.B},{a.shape.T},{a.shape.D},{a.shape.H},{a.shape.O}  {a.impl:<20}"
+            f"  {a.shape.cell} {a.shape.B},{a.shape.T},{a.shape.D},{a.shape.H},{a.shape.O}  {a.impl:<{IMPL_WIDTH}}"
             f"loss {a.loss:.6g}  loss err {a.loss_rel_err:.1e}  grad err {a.grad_rel_err:.1e}  {verdict}"
         )
     for shape, impl, reason in result.skipped:
         lines.append(f"  skipped {impl} on {shape.cell} {shape.B},{shape.T},{shape.D},{shape.H},{shape.O}: {reason}")
     return "\n".join(lines)
+
+
+IMPL_WIDTH = 26  # the table's implementation column: the longest name, rnn-jax-autodiff-in-step, and a space
 
 
 def _family(impl: str) -> str:

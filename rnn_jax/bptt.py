@@ -47,7 +47,7 @@ import jax.numpy as jnp
 from rnn_jax import _checks, activations, losses
 from rnn_jax.cells import elman
 from rnn_jax.cells.elman import ElmanParams
-from rnn_jax.unroll import scan, sequence_mask, unroll
+from rnn_jax.unroll import hoisted_scan, scan, sequence_mask, unroll
 
 LossName = losses.LossName
 
@@ -215,18 +215,26 @@ def backward(
 # ------------------------------------------------------------------ the custom-VJP unroll
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def elman_scan(params, xs, initial_state, mask, activation, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def elman_scan(params, xs, initial_state, mask, activation, unroll, hoisted=(False, False)):
     """The Elman unroll ``(outputs, states, final_state)`` whose VJP is `backward`.
 
     The arguments are those of `rnn_jax.unroll.scan`, already checked by `rnn_jax.unroll`
-    (use ``unroll(..., backward="bptt")``).
+    (use ``unroll(..., backward="bptt")``); ``hoisted`` = (for a forward pass alone, for a forward
+    pass that will be differentiated): whether that pass is `hoisted_scan` rather than the scan of
+    `elman.step` (`rnn_jax.unroll.unroll` chooses them, as measured).
     """
+    return _elman_forward(params, xs, initial_state, mask, activation, unroll, hoisted[0])
+
+
+def _elman_forward(params, xs, initial_state, mask, activation, unroll, hoisted):
+    if hoisted:
+        return hoisted_scan(elman, params, initial_state, xs, mask, activation, unroll)
     return scan(functools.partial(elman.step, params, activation=activation), initial_state, xs, mask, unroll)
 
 
-def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll):
-    outputs, states, final = elman_scan(params, xs, initial_state, mask, activation, unroll)
+def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll, hoisted):
+    outputs, states, final = _elman_forward(params, xs, initial_state, mask, activation, unroll, hoisted[1])
     return (outputs, states, final), (params, xs, initial_state, mask, states)
 
 
@@ -301,7 +309,7 @@ def accumulating_backward(
     return Gradients(grads, deltas @ params.w_x.T, delta_1 @ params.w_s.T + passed)
 
 
-def _elman_scan_bwd(activation, unroll, residuals, cotangents):
+def _elman_scan_bwd(activation, unroll, hoisted, residuals, cotangents):
     params, xs, initial_state, mask, states = residuals
     g_outputs, g_states, g_final = cotangents
     grads = (accumulating_backward if jax.default_backend() == "cpu" else _backward_of_arrays)(

@@ -120,6 +120,7 @@ def _bench(args: argparse.Namespace) -> int:
     preset = config.preset or (None if config.config else "standard")
     shapes = bench.shapes_for(preset, config.config, config.cell)
     repeats = config.repeats if config.repeats is not None else bench.PRESET_REPEATS.get(preset, 9)
+    impls = bench.named_implementations(config.impl) if config.impl else bench.preset_implementations(preset)
     start = time.perf_counter()
 
     def on_shape(finished: int, partial: bench.BenchResult) -> None:
@@ -138,7 +139,7 @@ def _bench(args: argparse.Namespace) -> int:
         shapes,
         repeats=repeats,
         seed=config.seed,
-        implementations=bench.preset_implementations(preset),
+        implementations=impls,
         on_shape=on_shape,
     )
     print(bench.format_table(result))

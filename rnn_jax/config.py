@@ -82,6 +82,12 @@ class ModelConfig:
         "state, loss and gradient sums stay float32 (with --dtype float32; uses the autodiff backward pass)",
         default="float32",
     )
+    projections: Literal["auto", "in_step", "hoisted"] = _help(
+        "where the products that do not depend on the state run: hoisted (x_t W_x for all T steps as one product "
+        "before the scan, the read-out as one after it, as cuDNN does), in_step (inside every scan step), or auto: "
+        "hoisted on GPU/TPU, in step on CPU, as measured (single-layer network; hoisted not with remat/precision)",
+        default="auto",
+    )
 
     @property
     def is_deep(self) -> bool:
@@ -267,3 +273,11 @@ class BenchConfig:
     )
     repeats: int | None = _help("timed samples per implementation and mode (default: the preset's)", default=None)
     seed: int = _help("seed of the shared parameters and data", default=0)
+    impl: tuple[str, ...] = _help(
+        "time only this implementation (repeatable; the first is the agreement check's reference): "
+        "rnn-jax-{autodiff,fast}[-in-step|-hoisted] (the input/read-out projections inside each scan step or "
+        "hoisted out of it; neither suffix: by backend), rnn-jax-bf16, rnn-jax-remat-{100,sqrt}, flax, torch, "
+        "lower-bound. Default: the preset's",
+        metavar="NAME",
+        default=(),
+    )

@@ -30,7 +30,7 @@ import optax
 from rnn_jax import bptt, cells, checkpoint, deep, diagnostics, distributed, seq2seq, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
-from rnn_jax.unroll import remat_chunk, unroll
+from rnn_jax.unroll import remat_chunk, resolve_projections, unroll
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
@@ -86,8 +86,10 @@ def is_seq2seq(task: tasks.Task) -> bool:
 def _seq2seq_options(config: ModelConfig) -> dict[str, Any]:
     if config.backward == "bptt":
         raise ValueError("backward: the encoder-decoder is differentiated by autodiff; use 'fast' or 'autodiff'")
-    if config.remat is not None or config.precision != "float32":
-        raise ValueError("remat, precision: options of the single-layer unroll; the encoder-decoder does not take them")
+    if config.remat is not None or config.precision != "float32" or config.projections != "auto":
+        raise ValueError(
+            "remat, precision, projections: options of the single-layer unroll; the encoder-decoder does not take them"
+        )
     if config.is_deep:
         raise ValueError(
             "layers, bidirectional, residual, dropout, recurrent_dropout, learn_initial_state: the encoder-decoder "
@@ -152,6 +154,7 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
         bidirectional network on a next-step prediction task (its backward direction would see the target).
     """
     remat_chunk(config.remat, 1)
+    resolve_projections(config.projections, config.remat is None and config.precision == "float32")
     if not config.is_deep:
         return
     if isinstance(config.layers, bool) or not isinstance(config.layers, int) or config.layers < 1:
@@ -163,11 +166,11 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
         )
     deep.check_rate("dropout", config.dropout)
     deep.check_rate("recurrent_dropout", config.recurrent_dropout)
-    if config.remat is not None or config.precision != "float32":
+    if config.remat is not None or config.precision != "float32" or config.projections != "auto":
         raise ValueError(
-            "remat, precision: rematerialisation and mixed precision are options of the single-layer unroll; "
-            "the deep options (layers, bidirectional, residual, dropout, recurrent_dropout, learn_initial_state) "
-            "do not take them yet"
+            "remat, precision, projections: rematerialisation, mixed precision and the choice of projections are "
+            "options of the single-layer unroll; the deep options (layers, bidirectional, residual, dropout, "
+            "recurrent_dropout, learn_initial_state) do not take them yet"
         )
     if config.backward == "bptt":
         raise ValueError(
@@ -211,6 +214,7 @@ def forward(
         cell=cells.get(config.model),
         remat=config.remat,
         compute_dtype=None if config.precision == "float32" else DTYPES[config.precision],
+        projections=config.projections,
     )
     return run.outputs
 

@@ -285,8 +285,11 @@ def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:
         (ModelConfig(residual=True), "adding", {}, "residual: .* needs layers >= 2, got layers=1"),
         (ModelConfig(remat="every10"), "adding", {}, "remat: expected None, a positive integer k or 'sqrt'"),
         (ModelConfig(layers=2), "xor", {"tbptt_k1": 4}, "tbptt_k1: truncated BPTT runs the single-layer network"),
-        (ModelConfig(layers=2, remat="sqrt"), "adding", {}, "remat, precision: rematerialisation and mixed precision"),
-        (ModelConfig(dropout=0.1, precision="bfloat16"), "adding", {}, "remat, precision: rematerialisation"),
+        (ModelConfig(layers=2, remat="sqrt"), "adding", {}, "remat, precision, projections: rematerialisation"),
+        (ModelConfig(dropout=0.1, precision="bfloat16"), "adding", {}, "remat, precision, projections: remat"),
+        (ModelConfig(layers=2, projections="hoisted"), "adding", {}, "remat, precision, projections: remat"),
+        (ModelConfig(projections="hoisted", remat="4"), "adding", {}, "projections: 'hoisted' .* cannot be combined"),
+        (ModelConfig(projections="outside"), "adding", {}, "projections: expected 'auto', 'in_step' or 'hoisted'"),
     ],
 )
 def test_options_that_cannot_combine_are_clear_errors(model, task, run, message):

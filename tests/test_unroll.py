@@ -12,8 +12,9 @@ import pytest
 
 import rnn_jax as rj
 from rnn_jax import cells
-from rnn_jax.unroll import remat_chunk
-from tests.oracle import elman_loop
+from rnn_jax.bptt import elman_scan as bptt_elman_scan
+from rnn_jax.unroll import remat_chunk, resolve_projections
+from tests.oracle import elman_loop, gru_loop, lstm_loop
 
 ACTIVATIONS = ["tanh", "sigmoid", "relu", "identity"]
 T, B, D, H, O = 7, 3, 4, 5, 2
@@ -349,6 +350,9 @@ def test_remat_shrinks_the_backward_pass_memory(cell_name, remat):
         ({"remat": 3, "backward": "bptt"}, r"backward: 'bptt' .* cannot rematerialise .*remat=3"),
         ({"compute_dtype": jnp.bfloat16, "backward": "bptt"}, r"backward: 'bptt' .*compute_dtype="),
         ({"compute_dtype": jnp.int32}, r"compute_dtype: expected a floating dtype"),
+        ({"projections": "hoisted", "remat": 2}, r"projections: 'hoisted' .* cannot be combined with remat"),
+        ({"projections": "hoisted", "compute_dtype": jnp.bfloat16}, r"projections: 'hoisted' .*compute_dtype"),
+        ({"projections": "outside"}, r"projections: expected 'auto', 'in_step' or 'hoisted', got 'outside'"),
     ],
 )
 def test_bad_remat_or_precision_gets_a_clear_error(key, kwargs, message):
@@ -406,3 +410,77 @@ def test_bfloat16_training_still_learns(standard_promotion):
     assert jax.tree.leaves(summary["params"])[0].dtype == jnp.float32
     assert summary["final_eval"]["loss"] < 0.5 * train_losses[0], train_losses
     assert summary["final_eval"]["loss"] < 0.5 * summary["baseline"]["loss"], summary["baseline"]
+
+
+# ---------------------------------------------------------------- hoisted projections
+
+
+LOOPS = {"elman": elman_loop, "lstm": lstm_loop, "gru": gru_loop}
+
+
+@pytest.mark.parametrize(("cell_name", "backward"), [("elman", "autodiff"), ("elman", "bptt"), ("lstm", "autodiff"),
+                                                     ("gru", "autodiff")])  # fmt: skip
+@pytest.mark.parametrize("with_lengths", [False, True])
+def test_hoisted_projections_equal_the_python_loop(cell_name, backward, with_lengths):
+    """The unroll with x_t W_x computed for all steps before the scan and the read-out after it equals the
+    NumPy loop oracle (outputs zero past each end, states frozen), float32."""
+    cell, params, xs, _ = _cell_setup(cell_name, jnp.float32)
+    lengths = jnp.array([T, 3, 0], jnp.int32) if with_lengths else None
+    run = jax.jit(functools.partial(rj.unroll, cell=cell, backward=backward, projections="hoisted"))
+    got = run(params, xs, lengths=lengths)
+    want = LOOPS[cell_name](params, xs, "tanh", lengths=None if lengths is None else np.asarray(lengths))
+    chex.assert_trees_all_close(
+        jax.tree.leaves((got.outputs, got.states, got.final_state)), jax.tree.leaves(want), atol=2e-5, rtol=2e-5
+    )
+
+
+@pytest.mark.parametrize(("cell_name", "backward", "activation"), [("elman", "autodiff", "sigmoid"),
+                         ("elman", "bptt", "tanh"), ("elman", "bptt", "relu"), ("lstm", "autodiff", "tanh"),
+                         ("gru", "autodiff", "identity")])  # fmt: skip
+def test_hoisted_projections_equal_in_step_float64(x64, cell_name, backward, activation):
+    """Values and gradients (params, inputs, initial state) of a loss reading outputs, states and final state:
+    projections hoisted = in step, float64 to 1e-10 relative, with lengths (full, short, empty) and scan unroll 2."""
+    cell, params, xs, targets = _cell_setup(cell_name, jnp.float64)
+    lengths = jnp.array([T, 3, 0], jnp.int32)
+    s0 = jax.tree.map(lambda a: 0.3 * jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape),
+                      cell.initial_state(params, B))  # fmt: skip
+
+    def loss(p, x, s, projections):
+        run = rj.unroll(p, x, activation=activation, lengths=lengths, initial_state=s, cell=cell, unroll=2,
+                        backward=backward, projections=projections)  # fmt: skip
+        final = sum(jnp.sum(jnp.square(f)) for f in jax.tree.leaves(run.final_state))
+        states = sum(jnp.sum(jnp.cos(a)) for a in jax.tree.leaves(run.states))
+        return jnp.sum(jnp.square(run.outputs - targets)) + final + states, run
+
+    value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True), static_argnums=3)
+    want = value_and_grad(params, xs, s0, "in_step")
+    got = value_and_grad(params, xs, s0, "hoisted")
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(float(np.max(np.abs(w))), 1.0))
+
+
+def test_auto_projections_hoist_on_accelerators_only(monkeypatch):
+    """The "auto" choice keeps the products in the step on CPU and hoists them on GPU/TPU, unless remat or mixed
+    precision (which keep the step's own form) are asked for."""
+    assert resolve_projections("auto") is (jax.default_backend() != "cpu")
+    assert resolve_projections("in_step") is False and resolve_projections("hoisted") is True
+    for backend, hoisted in [("cpu", False), ("gpu", True), ("tpu", True)]:
+        monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
+        assert resolve_projections("auto") is hoisted
+        assert resolve_projections("auto", plain=False) is False
+
+
+@pytest.mark.parametrize(("backend", "batch", "custom_vjp"), [("cpu", 1, True), ("gpu", 3, True), ("gpu", 1, False)])
+def test_fast_backward_takes_autodiff_for_one_sequence_on_a_gpu(monkeypatch, backend, batch, custom_vjp):
+    """backward="fast" differentiates the Elman unroll with the hand-derived custom VJP (`bptt.elman_scan`),
+    except for a single sequence on a GPU, where autodiff was measured faster."""
+    from rnn_jax import bptt
+
+    calls = []
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(bptt, "elman_scan", lambda *args: calls.append(args) or bptt_elman_scan(*args))
+    params = rj.elman.init(jax.random.key(0), D, H, O)
+    xs = jnp.ones((T, batch, D), jnp.float32)
+    grads = jax.grad(lambda p: jnp.sum(rj.unroll(p, xs, backward="fast").outputs))(params)
+    assert bool(calls) is custom_vjp
+    chex.assert_tree_all_finite(grads)

@@ -11,6 +11,11 @@ Each cell module provides:
                                             the state update alone ``-> carry`` (``step`` is transition
                                             then read-out; ``recurrent_mask`` [B, H] multiplies h_{t-1}
                                             where it enters the recurrent product: recurrent dropout);
+  ``project_input(params, x)``              the input's part of the gates, x W_x (+ an input bias): [B, D] ->
+                                            [B, G H], or [T, B, D] -> [T, B, G H] for every step in one product;
+  ``transition_projected(params, carry, x_proj, *, activation, recurrent_mask=None)``
+                                            `transition` from ``project_input(params, x)`` instead of x
+                                            (``transition`` is exactly this composition);
   ``hidden(carry)``                         h_t, [B, H]: what the read-out and the next layer see.
 
 Registered in `CELLS`: "elman" (carry [B, H]), "lstm" (carry an ``LSTMState(h, c)`` of two [B, H]) and "gru"

@@ -59,9 +59,16 @@ def hidden(carry) -> jax.Array:
     return carry.h if hasattr(carry, "h") else carry
 
 
+def leading_axes(bias: jax.Array, ndim: int) -> jax.Array:
+    """``bias`` [N] as [1, ..., 1, N] of rank ``ndim``: added to a [B, N] or a [T, B, N] array with explicit ranks."""
+    return bias.reshape((1,) * (ndim - 1) + bias.shape)
+
+
 def readout(params, carry) -> jax.Array:
-    """y = h W_y + b_y, [B, O], from a carry (see `hidden`) and parameters with ``w_y`` [H, O] and ``b_y`` [O]."""
-    return hidden(carry) @ params.w_y + params.b_y[None, :]
+    """y = h W_y + b_y from a carry (see `hidden`) and parameters with ``w_y`` [H, O] and ``b_y`` [O]:
+    [B, O] from one step's carry, [T, B, O] from the states of all steps."""
+    h = hidden(carry)
+    return h @ params.w_y + leading_axes(params.b_y, h.ndim)
 
 
 def recurrent_input(h_prev: jax.Array, recurrent_mask: jax.Array | None) -> jax.Array:

@@ -89,6 +89,26 @@ def initial_state(params: ElmanParams, batch_size: int) -> jax.Array:
     return jnp.zeros((batch_size, params.w_s.shape[0]), params.w_s.dtype)
 
 
+def project_input(params: ElmanParams, x: jax.Array) -> jax.Array:
+    """The input's part of the pre-activation, x W_x: [B, D] -> [B, H] for one step, or [T, B, D] -> [T, B, H]
+    for all steps in one product (what `rnn_jax.unroll` does with ``projections="hoisted"``)."""
+    return x @ params.w_x
+
+
+def transition_projected(
+    params: ElmanParams,
+    s_prev: jax.Array,
+    x_proj: jax.Array,
+    *,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    recurrent_mask: jax.Array | None = None,
+) -> jax.Array:
+    """`transition` from the projected input ``x_proj`` = `project_input` (x_t) [B, H] instead of x_t."""
+    phi = activations.get(activation).fn
+    s_in = _common.recurrent_input(s_prev, recurrent_mask)
+    return phi(x_proj + s_in @ params.w_s + params.b_s[None, :])
+
+
 def transition(
     params: ElmanParams,
     s_prev: jax.Array,
@@ -114,9 +134,8 @@ def transition(
       Gal, Y. & Ghahramani, Z. (2016). A theoretically grounded application of dropout in recurrent
       neural networks. NeurIPS.
     """
-    phi = activations.get(activation).fn
-    s_in = _common.recurrent_input(s_prev, recurrent_mask)
-    return phi(x @ params.w_x + s_in @ params.w_s + params.b_s[None, :])
+    x_proj = project_input(params, x)
+    return transition_projected(params, s_prev, x_proj, activation=activation, recurrent_mask=recurrent_mask)
 
 
 hidden = _common.hidden

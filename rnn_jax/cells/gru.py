@@ -124,8 +124,28 @@ def transition(
     Returns:
       h_t, [B, H].
     """
+    x_proj = project_input(params, x)
+    return transition_projected(params, h_prev, x_proj, activation=activation, recurrent_mask=recurrent_mask)
+
+
+def project_input(params: GRUParams, x: jax.Array) -> jax.Array:
+    """The input part of the gates, [a_r, a_z, a_n] = x W_x + b_x: [B, D] -> [B, 3H] for one step, or
+    [T, B, D] -> [T, B, 3H] for all steps in one product (what `rnn_jax.unroll` does with
+    ``projections="hoisted"``)."""
+    return x @ params.w_x + _common.leading_axes(params.b_x, x.ndim)
+
+
+def transition_projected(
+    params: GRUParams,
+    h_prev: jax.Array,
+    x_proj: jax.Array,
+    *,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    recurrent_mask: jax.Array | None = None,
+) -> jax.Array:
+    """`transition` from the projected input ``x_proj`` = `project_input` (x_t) [B, 3H] instead of x_t."""
     phi = activations.get(activation).fn
-    a_r, a_z, a_n = jnp.split(x @ params.w_x + params.b_x[None, :], 3, axis=-1)
+    a_r, a_z, a_n = jnp.split(x_proj, 3, axis=-1)
     h_in = _common.recurrent_input(h_prev, recurrent_mask)
     u_r, u_z, u_n = jnp.split(h_in @ params.w_s + params.b_s[None, :], 3, axis=-1)
     r = jax.nn.sigmoid(a_r + u_r)

@@ -131,9 +131,28 @@ def transition(
     Returns:
       (h_t, c_t), each [B, H].
     """
+    x_proj = project_input(params, x)
+    return transition_projected(params, carry, x_proj, activation=activation, recurrent_mask=recurrent_mask)
+
+
+def project_input(params: LSTMParams, x: jax.Array) -> jax.Array:
+    """The input's part of the gates, x W_x: [B, D] -> [B, 4H] for one step, or [T, B, D] -> [T, B, 4H] for all
+    steps in one product (what `rnn_jax.unroll` does with ``projections="hoisted"``)."""
+    return x @ params.w_x
+
+
+def transition_projected(
+    params: LSTMParams,
+    carry: LSTMState,
+    x_proj: jax.Array,
+    *,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    recurrent_mask: jax.Array | None = None,
+) -> LSTMState:
+    """`transition` from the projected input ``x_proj`` = `project_input` (x_t) [B, 4H] instead of x_t."""
     phi = activations.get(activation).fn
     h_in = _common.recurrent_input(carry.h, recurrent_mask)
-    z = x @ params.w_x + h_in @ params.w_s + params.b_s[None, :]  # [B, 4H]
+    z = x_proj + h_in @ params.w_s + params.b_s[None, :]  # [B, 4H]
     i, f, g, o = jnp.split(z, 4, axis=-1)
     c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * phi(g)
     h = jax.nn.sigmoid(o) * phi(c)
