@@ -261,9 +261,10 @@ class BenchConfig:
     """What `rnn_jax.bench.run` times: the problem sizes, the cell and the number of repeats."""
 
     preset: Literal["quick", "standard", "gpu", "long"] | None = _help(
-        "quick: tiny sizes for the tests; standard: the five issue sizes on a CPU; gpu: those and two larger ones "
-        "(about 5 minutes on one GPU); long: T = 1000, 10000, 100000 at B=4, D=1, H=32, O=1, with and without "
-        "remat (rnn-jax only). Default: standard, unless --config is given",
+        "quick: tiny sizes for the tests; standard: the five issue sizes on a CPU; gpu: those and "
+        "(256,512,128,512,128) (meant for about 5 minutes on one GPU; estimated, not yet timed as a whole); long: "
+        "T = 1000, 10000, 100000 at B=4, D=1, H=32, O=1, with and without remat (rnn-jax only). Default: standard, "
+        "unless --config is given",
         default=None,
     )
     config: tuple[str, ...] = _help("another problem size B,T,D,H,O (repeatable)", metavar="B,T,D,H,O", default=())
