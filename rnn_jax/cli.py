@@ -171,12 +171,13 @@ def _train(args: argparse.Namespace) -> int:
     out = config.run.out or os.path.join(
         "runs", f"{config.task.task}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
+    from rnn_jax import tasks
     from rnn_jax.checkpoint import CheckpointError
     from rnn_jax.train import TrainingDiverged, train_and_evaluate
 
     print(
         f"rnn-jax train: {config.model.model} (H={config.model.hidden}, {config.model.activation}) on "
-        f"{config.task.task} (T={config.task.seq_len}, B={config.task.batch_size}), "
+        f"{config.task.task} ({tasks.describe(config.task)}), "
         f"{config.optim.optimizer} lr={config.optim.learning_rate}, clip={config.optim.clip}, "
         f"{config.run.steps} steps, seed {config.run.seed}, backend {jax.default_backend()}"
     )

@@ -100,7 +100,7 @@ def finish(config: Config, summary: dict[str, Any], workdir: str) -> dict[str, A
         summary["records"],
         os.path.join(workdir, "loss_curve.png"),
         baseline=summary["baseline"]["loss"],
-        title=f"{config.model.model} on {config.task.task} (T={config.task.seq_len})",
+        title=f"{config.model.model} on {config.task.task} ({tasks.describe(config.task)})",
     )
     extra = write(config.model, tasks.make(config.task), summary["params"], workdir, config.run.seed)
     if extra:

@@ -76,3 +76,17 @@ def test_batches_are_a_pure_function_of_the_key(key):
 def test_bad_task_config_gets_a_clear_error(config, message):
     with pytest.raises(ValueError, match=message):
         tasks.make(config)
+
+
+@pytest.mark.parametrize(
+    ("options", "text"),
+    [
+        ({"task": "adding"}, "T=50, B=64"),
+        ({"task": "adding", "min_len": 10}, "T=10..50, B=64"),
+        ({"task": "numbers", "max_value": 99, "reverse_source": True}, "numbers 0..99, source reversed, B=64"),
+        ({"task": "japanese-vowels", "batch_size": 16}, "the recorded lengths, B=16"),
+    ],
+)
+def test_run_headers_describe_the_sequences_each_task_really_has(options, text):
+    """The numbers and Japanese-vowels tasks ignore seq_len, so the headers do not print it as their T."""
+    assert tasks.describe(TaskConfig(**options)) == text

@@ -42,7 +42,21 @@ def make(config: TaskConfig) -> Task:
     raise ValueError(f"task: expected one of {list(TASKS)}, got {config.task!r}")
 
 
+def describe(config: TaskConfig) -> str:
+    """The task's sequence sizes as the run headers print them: ``T=50, B=64``, or what stands for T where
+    ``seq_len`` is not used (the numbers task's range, the Japanese vowels' own lengths) or is a range (adding with
+    ``min_len``)."""
+    if config.task == "numbers":
+        order = ", source reversed" if config.reverse_source else ""
+        return f"numbers 0..{config.max_value}{order}, B={config.batch_size}"
+    if config.task == "japanese-vowels":
+        return f"the recorded lengths, B={config.batch_size}"
+    if config.min_len is not None:
+        return f"T={config.min_len}..{config.seq_len}, B={config.batch_size}"
+    return f"T={config.seq_len}, B={config.batch_size}"
+
+
 __all__ = [
     "TASKS", "Adding", "Batch", "JapaneseVowels", "Numbers", "Seq2SeqBatch", "Shakespeare", "Sunspots", "Task",
-    "TemporalOrder", "TemporalXOR", "features", "loss", "make",
+    "TemporalOrder", "TemporalXOR", "describe", "features", "loss", "make",
 ]  # fmt: skip
