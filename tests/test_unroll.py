@@ -484,3 +484,22 @@ def test_fast_backward_takes_autodiff_for_one_sequence_on_a_gpu(monkeypatch, bac
     grads = jax.grad(lambda p: jnp.sum(rj.unroll(p, xs, backward="fast").outputs))(params)
     assert bool(calls) is custom_vjp
     chex.assert_tree_all_finite(grads)
+
+
+def test_the_gpu_choices_give_the_autodiff_gradients(monkeypatch, x64):
+    """What a GPU runs for the Elman fast path (the hoisted forward pass, the custom VJP with its weight gradients as
+    single products after the reverse scan) equals autodiff through the in-step scan, on any backend: the backend
+    is faked, float64 to 1e-10 relative, with lengths and an initial state."""
+    cell, params, xs, targets = _cell_setup("elman", jnp.float64)
+    lengths = jnp.array([T, 3, 0], jnp.int32)
+    s0 = 0.3 * jnp.cos(jnp.arange(B * H, dtype=jnp.float64)).reshape(B, H)
+
+    def loss(p, x, s, backward, projections):
+        run = rj.unroll(p, x, lengths=lengths, initial_state=s, backward=backward, projections=projections)
+        return jnp.sum(jnp.square(run.outputs - targets)) + jnp.sum(run.final_state**3) + jnp.sum(jnp.cos(run.states))
+
+    want = jax.grad(loss, argnums=(0, 1, 2))(params, xs, s0, "autodiff", "in_step")
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    got = jax.grad(loss, argnums=(0, 1, 2))(params, xs, s0, "fast", "auto")
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(float(np.max(np.abs(w))), 1.0))
