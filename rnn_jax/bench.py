@@ -246,8 +246,8 @@ def rnn_jax_implementation(
 
     def prepare(problem: Problem) -> Prepared:
         shape = problem.shape
-        if model_options.get("backward") == "bptt" and shape.cell != "elman":
-            raise Unavailable(f"backward={model_options['backward']!r} exists for elman only")
+        if model_options.get("backward") == "bptt" and shape.cell not in ("elman", "lstm"):
+            raise Unavailable(f"backward={model_options['backward']!r} exists for elman and lstm only")
         if devices > len(jax.devices()):
             raise Unavailable(f"{devices} devices asked for, {len(jax.devices())} present")
         if shape.B % devices:

@@ -45,8 +45,10 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax import _checks, activations, losses
-from rnn_jax.cells import elman
+from rnn_jax.cells import elman, lstm
+from rnn_jax.cells._common import readout
 from rnn_jax.cells.elman import ElmanParams
+from rnn_jax.cells.lstm import LSTMParams, LSTMState
 from rnn_jax.unroll import hoisted_scan, scan, sequence_mask, unroll
 
 LossName = losses.LossName
@@ -334,6 +336,118 @@ def _backward_of_arrays(params, xs, initial_state, mask, states, g_outputs, g_st
 
 
 elman_scan.defvjp(_elman_scan_fwd, _elman_scan_bwd)
+
+
+# ------------------------------------------------------------------ the LSTM, by hand
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def lstm_scan(params, xs, initial_state, mask, activation, unroll):
+    """The LSTM unroll ``(outputs, states, final_state)`` whose VJP is `lstm_backward`.
+
+    For z_t = x_t W_x + h_{t-1} W_s + b_s = [z_i, z_f, z_g, z_o], gates i, f, o = sigmoid(z_.), g = phi(z_g),
+    c_t = f c_{t-1} + i g and h_t = o phi(c_t) (`rnn_jax.cells.lstm`), the reverse-time step is
+
+        a_t      = [m_t g_t, dz_{t+1}] [W_y ; W_s]^T + dE/dh_t|_direct + p_{t+1}             (dE/dh_t)
+        dc_t     = e_{t+1} + dE/dc_t|_direct + a_t o phi'(c_t)                              (dE/dc_t)
+        dz_t     = m_t [dc_t g i(1 - i), dc_t c_{t-1} f(1 - f), dc_t i phi'(z_g), a_t phi(c_t) o(1 - o)]
+        e_t      = m_t dc_t f + (1 - m_t)(e_{t+1} + dE/dc_t|_direct),      p_t = (1 - m_t) a_t
+        dW_[x;s] += [x_t, h_{t-1}]^T dz_t,   dW_y += h_t^T (m_t g_t),   db_s += sum_b dz_t
+
+    with the gate pre-activations z_t kept from the forward pass (recomputing them cost one more product per step
+    and was slower than autodiff). The arguments are those of `rnn_jax.unroll.scan`, checked by `rnn_jax.unroll`
+    (use ``unroll(..., cell=lstm, backward="bptt")``).
+    """
+    return scan(functools.partial(lstm.step, params, activation=activation), initial_state, xs, mask, unroll)
+
+
+def _lstm_scan_fwd(params, xs, initial_state, mask, activation, unroll):
+    def step(carry, x_t):  # lstm.step, also returning the gate pre-activations z_t
+        z = x_t @ params.w_x + carry.h @ params.w_s + params.b_s[None, :]
+        new = _lstm_update(z, carry.c, activations.get(activation))
+        return new, (readout(params, new), z)
+
+    (outputs, pre), states, final = scan(step, initial_state, xs, mask, unroll)
+    return (outputs, states, final), (params, xs, initial_state, mask, states, pre)
+
+
+def _lstm_update(z: jax.Array, c_prev: jax.Array, act: activations.Activation) -> LSTMState:
+    i, f, g, o = jnp.split(z, 4, axis=-1)
+    c = jax.nn.sigmoid(f) * c_prev + jax.nn.sigmoid(i) * act.fn(g)
+    return LSTMState(h=jax.nn.sigmoid(o) * act.fn(c), c=c)
+
+
+def lstm_backward(
+    params: LSTMParams,
+    xs: jax.Array,
+    initial_state: LSTMState,
+    mask: jax.Array | None,
+    states: LSTMState,
+    pre: jax.Array,
+    output_error: jax.Array,
+    state_error: LSTMState,
+    final_state_error: LSTMState,
+    activation: str | Callable | activations.Activation = "tanh",
+    unroll: int = 1,
+) -> tuple[LSTMParams, jax.Array, LSTMState]:
+    """The LSTM BPTT equations of `lstm_scan`: (parameter gradients, dE/dx [T, B, D], dE/d(h_0, c_0)).
+
+    Args:
+      states: (h_t, c_t) from the forward pass, each [T, B, H]; ``pre``: z_t, [T, B, 4H] (zero at masked steps).
+      output_error: g_t = dE/dy_t [T, B, O]; ``state_error`` / ``final_state_error``: dE/d(h_t, c_t) where the
+        loss reads the states [T, B, H] / the final state [B, H] directly.
+      the others: as `backward`.
+    """
+    act = activations.get(activation)
+    num_steps, batch, hidden = states.h.shape
+    width = xs.shape[-1]
+    h_prev = _previous_states(initial_state.h, states.h)
+    c_prev = _previous_states(initial_state.c, states.c)
+    w_back = jnp.concatenate([params.w_y.T, params.w_s.T], axis=0)  # [O + 4H, H]
+    m = None if mask is None else mask.astype(xs.dtype)[..., None]  # [T, B, 1]
+
+    def body(carry, inputs):
+        dz_next, passed, dc_next, d_w_in, d_w_y, d_b_s = carry
+        x_t, hp_t, cp_t, h_t, c_t, z_t, g_t, direct_h, direct_c, m_t = inputs
+        if m_t is not None:
+            g_t = m_t * g_t
+        a = jnp.concatenate([g_t, dz_next], axis=1) @ w_back + direct_h + passed  # dE/dh_t
+        z_i, z_f, z_g, z_o = jnp.split(z_t, 4, axis=-1)
+        i, f, o, g = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jax.nn.sigmoid(z_o), act.fn(z_g)
+        phi_c = act.fn(c_t)
+        dc = dc_next + direct_c + a * o * activations.derivative(act, c_t, phi_c)
+        dz = jnp.concatenate(
+            [dc * g * i * (1 - i), dc * cp_t * f * (1 - f), dc * i * activations.derivative(act, z_g, g),
+             a * phi_c * o * (1 - o)], axis=1,
+        )  # fmt: skip
+        if m_t is None:
+            passed, dc_back = jnp.zeros_like(a), dc * f
+        else:
+            dz, passed, dc_back = m_t * dz, (1 - m_t) * a, m_t * dc * f + (1 - m_t) * (dc_next + direct_c)
+        z_in = jnp.concatenate([x_t, hp_t], axis=1)  # [B, D + H]
+        carry = (dz, passed, dc_back, d_w_in + z_in.T @ dz, d_w_y + h_t.T @ g_t, d_b_s + jnp.sum(dz, axis=0))
+        return carry, dz
+
+    zeros = functools.partial(jnp.zeros, dtype=xs.dtype)
+    init = (zeros((batch, 4 * hidden)), final_state_error.h, final_state_error.c,
+            zeros((width + hidden, 4 * hidden)), zeros(params.w_y.shape), zeros(4 * hidden))  # fmt: skip
+    inputs = (xs, h_prev, c_prev, states.h, states.c, pre, output_error, state_error.h, state_error.c, m)
+    (dz_1, passed, dc_0, d_w_in, d_w_y, d_b_s), dzs = jax.lax.scan(body, init, inputs, reverse=True, unroll=unroll)
+    g_sum = output_error if m is None else output_error * m
+    grads = LSTMParams(d_w_in[:width], d_w_in[width:], d_b_s, d_w_y, jnp.sum(g_sum, axis=(0, 1)))
+    return grads, dzs @ params.w_x.T, LSTMState(h=dz_1 @ params.w_s.T + passed, c=dc_0)
+
+
+def _lstm_scan_bwd(activation, unroll, residuals, cotangents):
+    params, xs, initial_state, mask, states, pre = residuals
+    g_outputs, g_states, g_final = cotangents
+    grads, g_xs, g_initial = lstm_backward(
+        params, xs, initial_state, mask, states, pre, g_outputs, g_states, g_final, activation, unroll
+    )
+    return grads, g_xs, g_initial, None
+
+
+lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
 # ------------------------------------------------------------------ the whole gradient, by hand

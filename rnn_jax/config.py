@@ -43,8 +43,9 @@ class ModelConfig:
     dtype: Literal["float32", "float64", "bfloat16"] = _help("parameter and compute dtype", default="float32")
     unroll: int = _help("time steps per scan loop iteration (lax.scan's unroll)", default=1)
     backward: Literal["fast", "autodiff", "bptt"] = _help(
-        "gradients by jax.grad through the scan, by the hand-derived BPTT equations (custom VJP; elman only), or "
-        "'fast': the fastest measured for the cell (bptt for elman, autodiff otherwise)",
+        "gradients by jax.grad through the scan, by the hand-derived BPTT equations (custom VJP; elman and lstm), "
+        "or 'fast': the fastest measured (bptt for elman, except B = 1 on a GPU; bptt for lstm on a CPU with B > 1; "
+        "autodiff otherwise)",
         default="fast",
     )
     layers: int = _help("stacked recurrent layers L (rnn_jax.deep; 1: the single-layer network)", default=1)

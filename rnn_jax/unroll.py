@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import _checks
-from rnn_jax.cells import _common, elman
+from rnn_jax.cells import _common, elman, lstm
 
 
 class Unrolled(NamedTuple):
@@ -227,6 +227,23 @@ def resolve_projections(projections: Projections, plain: bool = True) -> bool:
     raise ValueError(f"projections: expected 'auto', 'in_step' or 'hoisted', got {projections!r}")
 
 
+def _fast_backward(cell, plain: bool, projections: Projections, batch: int) -> str:
+    """What ``backward="fast"`` runs: the hand-derived custom VJP where it was measured faster than autodiff.
+
+    Elman: everywhere but `_custom_vjp_loses`. LSTM: on a CPU with B > 1 and the projections in the step (on the
+    2-core CPU its train step was 0.79-0.89x autodiff's at the two smaller batched standard sizes, a tie at
+    (128,512,64,256,64) and 1.27x slower at (1,1000,1,32,1); not measured on a GPU). GRU: autodiff. Remat and mixed
+    precision need autodiff.
+    """
+    if not plain:
+        return "autodiff"
+    if cell is elman:
+        return "autodiff" if _custom_vjp_loses(batch) else "bptt"
+    if cell is lstm and batch > 1 and projections != "hoisted" and jax.default_backend() == "cpu":
+        return "bptt"
+    return "autodiff"
+
+
 def _custom_vjp_loses(batch: int) -> bool:
     """Where ``backward="fast"`` takes autodiff for the Elman cell too: a single sequence on a GPU, where the
     custom VJP's train step was 1.6x slower than autodiff's at (1,1000,1,32,1) on one H200 (in two runs; at
@@ -288,9 +305,10 @@ def unroll(
       check_finite: raise if ``xs`` (or ``initial_state``) holds NaN or Inf (concrete inputs only).
       backward: how gradients through the unroll are computed: "autodiff" (`jax.grad`
         differentiates the scan), "bptt" (the hand-derived BPTT equations of `rnn_jax.bptt`
-        as a `jax.custom_vjp`; Elman only) or "fast" (the fastest measured for the cell: "bptt"
-        for Elman, except for a single sequence (B = 1) on a GPU, "autodiff" for the other cells;
-        see the README's Performance section). The forward values are the same.
+        as a `jax.custom_vjp`; Elman and LSTM) or "fast" (the fastest measured, `_fast_backward`:
+        "bptt" for Elman except for a single sequence (B = 1) on a GPU, "bptt" for the LSTM on a
+        CPU with B > 1, "autodiff" otherwise; see the README's Performance section). The forward
+        values are the same.
       cell: the module providing ``step`` and ``initial_state``.
       remat: rematerialisation (gradient checkpointing) of the backward pass: None (default:
         the backward pass keeps every step's intermediates, memory O(T)); an integer k: keep
@@ -352,7 +370,7 @@ def unroll(
     plain = remat is None and compute_dtype is None
     hoist = resolve_projections(projections, plain)
     if backward == "fast":
-        backward = "bptt" if cell is elman and plain and not _custom_vjp_loses(batch) else "autodiff"
+        backward = _fast_backward(cell, plain, projections, batch)
     if backward == "bptt" and not plain:
         raise ValueError(
             f"backward: 'bptt' (the hand-derived custom VJP) keeps every state and runs in the parameters' dtype; "
@@ -362,12 +380,22 @@ def unroll(
     if backward == "bptt":
         from rnn_jax import bptt  # bptt sits on this module; imported here to keep the arrow one way
 
-        if cell is not elman:
-            raise ValueError(f"backward: 'bptt' is derived for the Elman cell only, got cell {cell.__name__}")
-        # the forward pass that the custom VJP differentiates is hoisted with "auto" on every backend: on the 2-core
-        # CPU that made its train step 2-16% faster at 4 of the 5 standard sizes (4% slower at (256,64,128,512,128))
-        hoisted = (hoist, hoist or projections == "auto")
-        outputs, states, final = bptt.elman_scan(params, xs, initial_state, mask, activation, unroll, hoisted)
+        if cell is lstm:
+            if projections == "hoisted":
+                raise ValueError(
+                    "projections: the LSTM's hand-derived backward pass (backward='bptt') keeps the gate "
+                    "pre-activations of a forward pass that projects in the step; use projections='auto' or "
+                    "'in_step', or backward='autodiff'"
+                )
+            outputs, states, final = bptt.lstm_scan(params, xs, initial_state, mask, activation, unroll)
+        elif cell is elman:
+            # the forward pass that the custom VJP differentiates is hoisted with "auto" on every backend: on the
+            # 2-core CPU that made its train step 2-16% faster at 4 of the 5 standard sizes (4% slower at
+            # (256,64,128,512,128))
+            hoisted = (hoist, hoist or projections == "auto")
+            outputs, states, final = bptt.elman_scan(params, xs, initial_state, mask, activation, unroll, hoisted)
+        else:
+            raise ValueError(f"backward: 'bptt' is derived for the Elman and LSTM cells only, got cell {cell.__name__}")
     elif backward == "autodiff" and hoist:
         outputs, states, final = hoisted_scan(cell, params, initial_state, xs, mask, activation, unroll)
     elif backward == "autodiff" and compute_dtype is None:

@@ -190,11 +190,11 @@ def test_stream_length_must_be_a_multiple_of_k1():
 
 def test_bptt_backward_is_elman_only(key):
     class NotElman:
-        __name__ = "lstm"
+        __name__ = "gru"
         initial_state = staticmethod(rj.elman.initial_state)
 
     params = rj.elman.init(key, 2, 3, 1)
-    with pytest.raises(ValueError, match=r"backward: 'bptt' is derived for the Elman cell only"):
+    with pytest.raises(ValueError, match=r"'bptt' is derived for the Elman and LSTM cells only, got cell gru"):
         rj.unroll(params, jnp.zeros((3, 1, 2)), backward="bptt", cell=NotElman())
     with pytest.raises(ValueError, match=r"backward: expected 'autodiff', 'bptt' or 'fast', got 'rtrl'"):
         rj.unroll(params, jnp.zeros((3, 1, 2)), backward="rtrl")
@@ -219,3 +219,41 @@ def test_train_step_on_the_bptt_path_matches_autodiff(standard_promotion, monkey
     monkeypatch.setattr(bptt, "activation_derivative", lambda act, pre, s: jnp.ones_like(s))
     planted = run("bptt")
     assert not np.allclose(planted["params"].w_s, b["params"].w_s, rtol=1e-3)
+
+
+# ---------------------------------------------------------------- the LSTM, by hand
+
+
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])
+@pytest.mark.parametrize(("with_lengths", "unroll_factor"), [(False, 1), (True, 1), (True, 3)])
+def test_lstm_bptt_equals_autodiff_float64(x64, activation, with_lengths, unroll_factor):
+    """The hand-derived LSTM backward pass (`bptt.lstm_scan`) gives autodiff's gradients for the parameters, the
+    inputs and both parts of the initial state, for a loss that reads the outputs, h_t, c_t and the final (h, c)
+    (float64, relative 1e-10), with lengths (a full, a short and an empty sequence) and scan unroll factors."""
+    cell = rj.cells.lstm
+    T, B, D, H, O = 7, 3, 4, 5, 2
+    k_p, k_x, k_d = jax.random.split(jax.random.key(7), 3)
+    params = cell.init(k_p, D, H, O, dtype=jnp.float64)
+    params = jax.tree.map(lambda p: p + 0.1 * jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params)
+    xs = jax.random.normal(k_x, (T, B, D), jnp.float64)
+    targets = jax.random.normal(k_d, (T, B, O), jnp.float64)
+    s0 = cell.LSTMState(0.3 * jnp.cos(jnp.arange(B * H, dtype=jnp.float64)).reshape(B, H), -0.2 * jnp.ones((B, H)))
+    lengths = jnp.array([T, 3, 0], jnp.int32) if with_lengths else None
+
+    def loss(p, x, s, backward):
+        run = rj.unroll(p, x, activation=activation, initial_state=s, lengths=lengths, cell=cell,
+                        unroll=unroll_factor, backward=backward)  # fmt: skip
+        reads = jnp.sum(jnp.cos(run.states.h)) + jnp.sum(jnp.sin(run.states.c))
+        final = jnp.sum(run.final_state.h**3) + jnp.sum(run.final_state.c**2)
+        return jnp.sum(jnp.square(run.outputs - targets)) + reads + final
+
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    want, got = grad(params, xs, s0, "autodiff"), grad(params, xs, s0, "bptt")
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(float(np.max(np.abs(w))), 1.0))
+
+
+def test_lstm_bptt_refuses_hoisted_projections(key):
+    params = rj.cells.lstm.init(key, 2, 3, 1)
+    with pytest.raises(ValueError, match=r"projections: the LSTM's hand-derived backward pass"):
+        rj.unroll(params, jnp.zeros((3, 2, 2)), cell=rj.cells.lstm, backward="bptt", projections="hoisted")

@@ -13,6 +13,7 @@ import pytest
 import rnn_jax as rj
 from rnn_jax import cells
 from rnn_jax.bptt import elman_scan as bptt_elman_scan
+from rnn_jax.bptt import lstm_scan as bptt_lstm_scan
 from rnn_jax.unroll import remat_chunk, resolve_projections
 from tests.oracle import elman_loop, gru_loop, lstm_loop
 
@@ -470,18 +471,26 @@ def test_auto_projections_hoist_on_accelerators_only(monkeypatch):
         assert resolve_projections("auto", plain=False) is False
 
 
-@pytest.mark.parametrize(("backend", "batch", "custom_vjp"), [("cpu", 1, True), ("gpu", 3, True), ("gpu", 1, False)])
-def test_fast_backward_takes_autodiff_for_one_sequence_on_a_gpu(monkeypatch, backend, batch, custom_vjp):
-    """backward="fast" differentiates the Elman unroll with the hand-derived custom VJP (`bptt.elman_scan`),
-    except for a single sequence on a GPU, where autodiff was measured faster."""
+@pytest.mark.parametrize(
+    ("cell_name", "backend", "batch", "custom_vjp"),
+    [("elman", "cpu", 1, True), ("elman", "gpu", 3, True), ("elman", "gpu", 1, False),
+     ("lstm", "cpu", 3, True), ("lstm", "cpu", 1, False), ("lstm", "gpu", 3, False), ("gru", "cpu", 3, False)],
+)  # fmt: skip
+def test_fast_backward_takes_the_custom_vjp_where_it_was_measured_faster(
+    monkeypatch, cell_name, backend, batch, custom_vjp
+):
+    """backward="fast" differentiates with the hand-derived custom VJP (`bptt.elman_scan`, `bptt.lstm_scan`) where
+    it was measured faster: Elman except a single sequence on a GPU, the LSTM on a CPU with B > 1, never the GRU."""
     from rnn_jax import bptt
 
     calls = []
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
-    monkeypatch.setattr(bptt, "elman_scan", lambda *args: calls.append(args) or bptt_elman_scan(*args))
-    params = rj.elman.init(jax.random.key(0), D, H, O)
+    for name, original in [("elman_scan", bptt_elman_scan), ("lstm_scan", bptt_lstm_scan)]:
+        monkeypatch.setattr(bptt, name, lambda *args, original=original: calls.append(args) or original(*args))
+    cell = cells.get(cell_name)
+    params = cell.init(jax.random.key(0), D, H, O)
     xs = jnp.ones((T, batch, D), jnp.float32)
-    grads = jax.grad(lambda p: jnp.sum(rj.unroll(p, xs, backward="fast").outputs))(params)
+    grads = jax.grad(lambda p: jnp.sum(rj.unroll(p, xs, backward="fast", cell=cell).outputs))(params)
     assert bool(calls) is custom_vjp
     chex.assert_tree_all_finite(grads)
 
