@@ -363,18 +363,12 @@ def lstm_scan(params, xs, initial_state, mask, activation, unroll):
 
 def _lstm_scan_fwd(params, xs, initial_state, mask, activation, unroll):
     def step(carry, x_t):  # lstm.step, also returning the gate pre-activations z_t
-        z = x_t @ params.w_x + carry.h @ params.w_s + params.b_s[None, :]
-        new = _lstm_update(z, carry.c, activations.get(activation))
+        z = lstm.pre_activations(params, carry.h, lstm.project_input(params, x_t))
+        new = lstm.update(z, carry.c, activation=activation)
         return new, (readout(params, new), z)
 
     (outputs, pre), states, final = scan(step, initial_state, xs, mask, unroll)
     return (outputs, states, final), (params, xs, initial_state, mask, states, pre)
-
-
-def _lstm_update(z: jax.Array, c_prev: jax.Array, act: activations.Activation) -> LSTMState:
-    i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c_prev + jax.nn.sigmoid(i) * act.fn(g)
-    return LSTMState(h=jax.nn.sigmoid(o) * act.fn(c), c=c)
 
 
 def lstm_backward(
