@@ -246,8 +246,8 @@ def rnn_jax_implementation(
 
     def prepare(problem: Problem) -> Prepared:
         shape = problem.shape
-        if model_options.get("backward") == "bptt" and shape.cell not in ("elman", "lstm"):
-            raise Unavailable(f"backward={model_options['backward']!r} exists for elman and lstm only")
+        if model_options.get("backward") == "bptt" and shape.cell not in ("elman", "lstm", "gru"):
+            raise Unavailable(f"backward={model_options['backward']!r} exists for elman, lstm and gru only")
         if devices > len(jax.devices()):
             raise Unavailable(f"{devices} devices asked for, {len(jax.devices())} present")
         if shape.B % devices:
@@ -657,6 +657,7 @@ NAMED_IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {
         for backward in ("autodiff", "fast")
         for suffix, projections in (("", "auto"), ("-in-step", "in_step"), ("-hoisted", "hoisted"))
     },
+    "rnn-jax-bptt": lambda: rnn_jax_implementation("rnn-jax-bptt", backward="bptt"),
     "rnn-jax-bf16": lambda: rnn_jax_implementation("rnn-jax-bf16", rtol=BF16_RTOL, precision="bfloat16"),
     "rnn-jax-remat-100": lambda: rnn_jax_implementation("rnn-jax-remat-100", backward="autodiff", remat="100"),
     "rnn-jax-remat-sqrt": lambda: rnn_jax_implementation("rnn-jax-remat-sqrt", backward="autodiff", remat="sqrt"),

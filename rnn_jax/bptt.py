@@ -45,9 +45,10 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax import _checks, activations, losses
-from rnn_jax.cells import elman, lstm
+from rnn_jax.cells import elman, gru, lstm
 from rnn_jax.cells._common import readout
 from rnn_jax.cells.elman import ElmanParams
+from rnn_jax.cells.gru import GRUParams
 from rnn_jax.cells.lstm import LSTMParams, LSTMState
 from rnn_jax.unroll import hoisted_scan, scan, sequence_mask, unroll
 
@@ -361,14 +362,20 @@ def lstm_scan(params, xs, initial_state, mask, activation, unroll):
     return scan(functools.partial(lstm.step, params, activation=activation), initial_state, xs, mask, unroll)
 
 
-def _lstm_scan_fwd(params, xs, initial_state, mask, activation, unroll):
-    def step(carry, x_t):  # lstm.step, also returning the gate pre-activations z_t
-        z = lstm.pre_activations(params, carry.h, lstm.project_input(params, x_t))
-        new = lstm.update(z, carry.c, activation=activation)
-        return new, (readout(params, new), z)
+def _scan_keeping_pre(cell, params, xs, initial_state, mask, activation, unroll):
+    """A gated cell's `scan` that also returns every step's ``cell.pre_activations`` (zero at masked steps): the
+    forward rule of `lstm_scan` and `gru_scan`, ``((outputs, states, final), residuals)``."""
+
+    def step(carry, x_t):  # cell.step, also returning the pre-activations
+        pre = cell.pre_activations(params, cell.hidden(carry), cell.project_input(params, x_t))
+        new = cell.update(pre, carry.c if cell is lstm else carry, activation=activation)
+        return new, (readout(params, new), pre)
 
     (outputs, pre), states, final = scan(step, initial_state, xs, mask, unroll)
     return (outputs, states, final), (params, xs, initial_state, mask, states, pre)
+
+
+_lstm_scan_fwd = functools.partial(_scan_keeping_pre, lstm)
 
 
 def lstm_backward(
@@ -432,16 +439,109 @@ def lstm_backward(
     return grads, dzs @ params.w_x.T, LSTMState(h=dz_1 @ params.w_s.T + passed, c=dc_0)
 
 
-def _lstm_scan_bwd(activation, unroll, residuals, cotangents):
+def _backward_rule(backward_of_arrays, activation, unroll, residuals, cotangents):
+    """The custom VJP's backward rule of `lstm_scan` and `gru_scan` (``backward_of_arrays``: `lstm_backward` or
+    `gru_backward`); the mask gets no cotangent."""
     params, xs, initial_state, mask, states, pre = residuals
     g_outputs, g_states, g_final = cotangents
-    grads, g_xs, g_initial = lstm_backward(
+    grads, g_xs, g_initial = backward_of_arrays(
         params, xs, initial_state, mask, states, pre, g_outputs, g_states, g_final, activation, unroll
     )
     return grads, g_xs, g_initial, None
 
 
-lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+lstm_scan.defvjp(_lstm_scan_fwd, functools.partial(_backward_rule, lstm_backward))
+
+
+# ------------------------------------------------------------------ the GRU, by hand
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def gru_scan(params, xs, initial_state, mask, activation, unroll):
+    """The GRU unroll ``(outputs, states, final_state)`` whose VJP is `gru_backward`.
+
+    For the PyTorch-form GRU of `rnn_jax.cells.gru`, with the kept pre-activations [p_r, p_z, a_n, u_n]
+    (r = sigmoid(p_r), z = sigmoid(p_z), q_t = a_n + r u_n, n = phi(q_t), h_t = (1 - z) n + z h_{t-1}), the
+    reverse-time step is
+
+        a_t   = [m_t g_t, du_{t+1}] [W_y ; W_s]^T + dE/dh_t|_direct + p_{t+1}               (dE/dh_t)
+        dq_t  = a_t (1 - z) phi'(q_t),   dp_r = dq_t u_n r(1 - r),   dp_z = a_t (h_{t-1} - n) z(1 - z)
+        da_t  = m_t [dp_r, dp_z, dq_t]          (dE/d(x_t W_x + b_x))
+        du_t  = m_t [dp_r, dp_z, dq_t r]        (dE/d(h_{t-1} W_s + b_s): the reset gate scales u_n)
+        p_t   = a_t (m_t z + 1 - m_t)           (what reaches h_{t-1} other than through W_s)
+        dW_x += x_t^T da_t,  dW_s += h_{t-1}^T du_t,  dW_y += h_t^T (m_t g_t),  db_x += sum_b da_t,  db_s += sum_b du_t
+
+    and dE/dh_0 = du_1 W_s^T + p_1. The arguments are those of `rnn_jax.unroll.scan`, checked by
+    `rnn_jax.unroll` (use ``unroll(..., cell=gru, backward="bptt")``).
+    """
+    return scan(functools.partial(gru.step, params, activation=activation), initial_state, xs, mask, unroll)
+
+
+_gru_scan_fwd = functools.partial(_scan_keeping_pre, gru)
+
+
+def gru_backward(
+    params: GRUParams,
+    xs: jax.Array,
+    initial_state: jax.Array,
+    mask: jax.Array | None,
+    states: jax.Array,
+    pre: jax.Array,
+    output_error: jax.Array,
+    state_error: jax.Array,
+    final_state_error: jax.Array,
+    activation: str | Callable | activations.Activation = "tanh",
+    unroll: int = 1,
+) -> tuple[GRUParams, jax.Array, jax.Array]:
+    """The GRU BPTT equations of `gru_scan`: (parameter gradients, dE/dx [T, B, D], dE/dh_0 [B, H]).
+
+    Args:
+      states: h_t from the forward pass, [T, B, H]; ``pre``: `gru.pre_activations` [T, B, 4H] (zero at masked
+        steps).
+      output_error: g_t = dE/dy_t [T, B, O]; ``state_error`` / ``final_state_error``: dE/dh_t where the loss reads
+        the states [T, B, H] / the final state [B, H] directly.
+      the others: as `backward`.
+    """
+    act = activations.get(activation)
+    num_steps, batch, hidden = states.shape
+    h_prev = _previous_states(initial_state, states)
+    w_back = jnp.concatenate([params.w_y.T, params.w_s.T], axis=0)  # [O + 3H, H]
+    m = None if mask is None else mask.astype(xs.dtype)[..., None]  # [T, B, 1]
+
+    def body(carry, inputs):
+        du_next, passed, d_w_x, d_w_s, d_w_y, d_b_x, d_b_s = carry
+        x_t, hp_t, h_t, pre_t, g_t, direct_t, m_t = inputs
+        if m_t is not None:
+            g_t = m_t * g_t
+        a = jnp.concatenate([g_t, du_next], axis=1) @ w_back + direct_t + passed  # dE/dh_t
+        p_r, p_z, a_n, u_n = jnp.split(pre_t, 4, axis=-1)
+        r, z = jax.nn.sigmoid(p_r), jax.nn.sigmoid(p_z)
+        q = a_n + r * u_n
+        n = act.fn(q)
+        dq = a * (1 - z) * activations.derivative(act, q, n)
+        dp_r, dp_z = dq * u_n * r * (1 - r), a * (hp_t - n) * z * (1 - z)
+        da, du = jnp.concatenate([dp_r, dp_z, dq], axis=1), jnp.concatenate([dp_r, dp_z, dq * r], axis=1)
+        if m_t is None:
+            passed = a * z
+        else:
+            da, du, passed = m_t * da, m_t * du, a * (m_t * z + 1 - m_t)
+        carry = (du, passed, d_w_x + x_t.T @ da, d_w_s + hp_t.T @ du, d_w_y + h_t.T @ g_t,
+                 d_b_x + jnp.sum(da, axis=0), d_b_s + jnp.sum(du, axis=0))  # fmt: skip
+        return carry, da
+
+    zeros = functools.partial(jnp.zeros, dtype=xs.dtype)
+    init = (zeros((batch, 3 * hidden)), final_state_error, zeros(params.w_x.shape), zeros(params.w_s.shape),
+            zeros(params.w_y.shape), zeros(3 * hidden), zeros(3 * hidden))  # fmt: skip
+    inputs = (xs, h_prev, states, pre, output_error, state_error, m)
+    (du_1, passed, d_w_x, d_w_s, d_w_y, d_b_x, d_b_s), das = jax.lax.scan(
+        body, init, inputs, reverse=True, unroll=unroll
+    )
+    g_sum = output_error if m is None else output_error * m
+    grads = GRUParams(d_w_x, d_w_s, d_b_x, d_b_s, d_w_y, jnp.sum(g_sum, axis=(0, 1)))
+    return grads, das @ params.w_x.T, du_1 @ params.w_s.T + passed
+
+
+gru_scan.defvjp(_gru_scan_fwd, functools.partial(_backward_rule, gru_backward))
 
 
 # ------------------------------------------------------------------ the whole gradient, by hand

@@ -43,7 +43,7 @@ class ModelConfig:
     dtype: Literal["float32", "float64", "bfloat16"] = _help("parameter and compute dtype", default="float32")
     unroll: int = _help("time steps per scan loop iteration (lax.scan's unroll)", default=1)
     backward: Literal["fast", "autodiff", "bptt"] = _help(
-        "gradients by jax.grad through the scan, by the hand-derived BPTT equations (custom VJP; elman and lstm), "
+        "gradients by jax.grad through the scan, by the hand-derived BPTT equations (custom VJP; elman, lstm and gru), "
         "or 'fast': the fastest measured (bptt for elman, except B = 1 on a GPU; bptt for lstm on a CPU with B > 1; "
         "autodiff otherwise)",
         default="fast",
@@ -278,8 +278,8 @@ class BenchConfig:
     impl: tuple[str, ...] = _help(
         "time only this implementation (repeatable; the first is the agreement check's reference): "
         "rnn-jax-{autodiff,fast}[-in-step|-hoisted] (the input/read-out projections inside each scan step or "
-        "hoisted out of it; neither suffix: by backend), rnn-jax-bf16, rnn-jax-remat-{100,sqrt}, flax, torch, "
-        "lower-bound. Default: the preset's",
+        "hoisted out of it; neither suffix: by backend), rnn-jax-bptt (the hand-derived custom VJP), rnn-jax-bf16, "
+        "rnn-jax-remat-{100,sqrt}, flax, torch, lower-bound. Default: the preset's",
         metavar="NAME",
         default=(),
     )

@@ -4,7 +4,8 @@ For a model and a configuration it computes the gradient of the loss (before any
 
     autodiff      reverse mode, `jax.grad` through `lax.scan` (the reference);
     bptt          the hand-derived equations of `rnn_jax.bptt` (no `jax.grad` at all; Elman);
-    custom_vjp    `jax.grad` through ``unroll(..., backward="bptt")``, the training fast path;
+    custom_vjp    `jax.grad` through ``unroll(..., backward="bptt")``, the hand-derived backward pass of
+                  every single-layer cell (Elman, LSTM, GRU) as a custom VJP, the training fast path;
     forward       forward mode: `jax.jvp` along random directions v, compared with <grad, v>;
     finite_diff   central differences (f(p + h e) - f(p - h e)) / 2h, on every entry of each
                   parameter up to ``max_entries`` entries and along random directions beyond;
@@ -257,7 +258,8 @@ def _check_full(config, trial, cell, params, xs, targets, key) -> list[Compariso
 
     else:
         run = functools.partial(unroll, activation=trial.activation, lengths=lengths, cell=cell)
-    hand = config.model == "elman" and not isinstance(params, deep.DeepParams)
+    custom_vjp = not isinstance(params, deep.DeepParams)  # every single-layer cell has a hand-derived custom VJP
+    hand = config.model == "elman" and custom_vjp
     k_fwd, k_fd = jax.random.split(key)
     forward_probes = _probes(params, k_fwd, config.max_entries, config.directions, every_entry=False)
     fd_probes = _probes(params, k_fd, config.max_entries, config.directions, every_entry=True)
@@ -276,6 +278,7 @@ def _check_full(config, trial, cell, params, xs, targets, key) -> list[Compariso
                 p, xs, targets, loss=trial.loss, reduction=config.reduction, activation=trial.activation,
                 lengths=lengths,
             )[1]  # fmt: skip
+        if custom_vjp:
             results["custom_vjp"] = jax.grad(functools.partial(loss, backward="bptt"))(p)
         return results
 
@@ -318,7 +321,7 @@ def _check_truncated(config, trial, cell, params, xs, targets, key) -> list[Comp
     @jax.jit
     def summed_gradients(p):
         results = {}
-        for backward in ("autodiff", "bptt") if config.model == "elman" else ("autodiff",):
+        for backward in ("autodiff", "bptt"):
             _, grads, _ = bptt.tbptt_gradients(p, xs, targets, k1, k2, backward=backward, **extra)
             results[backward] = jax.tree.map(lambda g: jnp.sum(g, axis=0), grads)
         return results

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import _checks
-from rnn_jax.cells import _common, elman, lstm
+from rnn_jax.cells import _common, elman, gru, lstm
 
 
 class Unrolled(NamedTuple):
@@ -232,8 +232,9 @@ def _fast_backward(cell, plain: bool, projections: Projections, batch: int) -> s
 
     Elman: everywhere but `_custom_vjp_loses`. LSTM: on a CPU with B > 1 and the projections in the step (on the
     2-core CPU its train step was 0.79-0.89x autodiff's at the two smaller batched standard sizes, a tie at
-    (128,512,64,256,64) and 1.27x slower at (1,1000,1,32,1); not measured on a GPU). GRU: autodiff. Remat and mixed
-    precision need autodiff.
+    (128,512,64,256,64) and 1.27x slower at (1,1000,1,32,1); not measured on a GPU). GRU: autodiff (its custom VJP,
+    `rnn_jax.bptt.gru_scan`, measured no faster on the 2-core CPU: see the README). Remat and mixed precision need
+    autodiff.
     """
     if not plain:
         return "autodiff"
@@ -305,7 +306,7 @@ def unroll(
       check_finite: raise if ``xs`` (or ``initial_state``) holds NaN or Inf (concrete inputs only).
       backward: how gradients through the unroll are computed: "autodiff" (`jax.grad`
         differentiates the scan), "bptt" (the hand-derived BPTT equations of `rnn_jax.bptt`
-        as a `jax.custom_vjp`; Elman and LSTM) or "fast" (the fastest measured, `_fast_backward`:
+        as a `jax.custom_vjp`; Elman, LSTM, GRU) or "fast" (the fastest measured, `_fast_backward`:
         "bptt" for Elman except for a single sequence (B = 1) on a GPU, "bptt" for the LSTM on a
         CPU with B > 1, "autodiff" otherwise; see the README's Performance section). The forward
         values are the same.
@@ -380,14 +381,15 @@ def unroll(
     if backward == "bptt":
         from rnn_jax import bptt  # bptt sits on this module; imported here to keep the arrow one way
 
-        if cell is lstm:
+        if cell is lstm or cell is gru:
             if projections == "hoisted":
                 raise ValueError(
-                    "projections: the LSTM's hand-derived backward pass (backward='bptt') keeps the gate "
-                    "pre-activations of a forward pass that projects in the step; use projections='auto' or "
-                    "'in_step', or backward='autodiff'"
+                    f"projections: the {cell.__name__.rsplit('.', 1)[-1].upper()}'s hand-derived backward pass "
+                    "(backward='bptt') keeps the gate pre-activations of a forward pass that projects in the step; "
+                    "use projections='auto' or 'in_step', or backward='autodiff'"
                 )
-            outputs, states, final = bptt.lstm_scan(params, xs, initial_state, mask, activation, unroll)
+            gated_scan = bptt.lstm_scan if cell is lstm else bptt.gru_scan
+            outputs, states, final = gated_scan(params, xs, initial_state, mask, activation, unroll)
         elif cell is elman:
             # the forward pass that the custom VJP differentiates is hoisted with "auto" on every backend: on the
             # 2-core CPU that made its train step 2-16% faster at 4 of the 5 standard sizes (4% slower at
@@ -395,7 +397,9 @@ def unroll(
             hoisted = (hoist, hoist or projections == "auto")
             outputs, states, final = bptt.elman_scan(params, xs, initial_state, mask, activation, unroll, hoisted)
         else:
-            raise ValueError(f"backward: 'bptt' is derived for the Elman and LSTM cells only, got cell {cell.__name__}")
+            raise ValueError(
+                f"backward: 'bptt' is derived for the Elman, LSTM and GRU cells only, got cell {cell.__name__}"
+            )
     elif backward == "autodiff" and hoist:
         outputs, states, final = hoisted_scan(cell, params, initial_state, xs, mask, activation, unroll)
     elif backward == "autodiff" and compute_dtype is None:

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import rnn_jax as rj
-from rnn_jax import bptt
+from rnn_jax import activations, bptt
 
 SETTINGS = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -190,11 +190,11 @@ def test_stream_length_must_be_a_multiple_of_k1():
 
 def test_bptt_backward_is_elman_only(key):
     class NotElman:
-        __name__ = "gru"
+        __name__ = "mgu"
         initial_state = staticmethod(rj.elman.initial_state)
 
     params = rj.elman.init(key, 2, 3, 1)
-    with pytest.raises(ValueError, match=r"'bptt' is derived for the Elman and LSTM cells only, got cell gru"):
+    with pytest.raises(ValueError, match=r"'bptt' is derived for the Elman, LSTM and GRU cells only, got cell mgu"):
         rj.unroll(params, jnp.zeros((3, 1, 2)), backward="bptt", cell=NotElman())
     with pytest.raises(ValueError, match=r"backward: expected 'autodiff', 'bptt' or 'fast', got 'rtrl'"):
         rj.unroll(params, jnp.zeros((3, 1, 2)), backward="rtrl")
@@ -221,30 +221,33 @@ def test_train_step_on_the_bptt_path_matches_autodiff(standard_promotion, monkey
     assert not np.allclose(planted["params"].w_s, b["params"].w_s, rtol=1e-3)
 
 
-# ---------------------------------------------------------------- the LSTM, by hand
+# ---------------------------------------------------------------- the LSTM and the GRU, by hand
 
 
+@pytest.mark.parametrize("cell_name", ["lstm", "gru"])
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])
 @pytest.mark.parametrize(("with_lengths", "unroll_factor"), [(False, 1), (True, 1), (True, 3)])
-def test_lstm_bptt_equals_autodiff_float64(x64, activation, with_lengths, unroll_factor):
-    """The hand-derived LSTM backward pass (`bptt.lstm_scan`) gives autodiff's gradients for the parameters, the
-    inputs and both parts of the initial state, for a loss that reads the outputs, h_t, c_t and the final (h, c)
-    (float64, relative 1e-10), with lengths (a full, a short and an empty sequence) and scan unroll factors."""
-    cell = rj.cells.lstm
+def test_gated_bptt_equals_autodiff_float64(x64, cell_name, activation, with_lengths, unroll_factor):
+    """The hand-derived LSTM and GRU backward passes (`bptt.lstm_scan`, `bptt.gru_scan`) give autodiff's gradients
+    for the parameters, the inputs and the initial state (both parts of the LSTM's), for a loss that reads the
+    outputs, the states and the final state (float64, relative 1e-10), with lengths (a full, a short and an empty
+    sequence) and scan unroll factors."""
+    cell = rj.cells.get(cell_name)
     T, B, D, H, O = 7, 3, 4, 5, 2
     k_p, k_x, k_d = jax.random.split(jax.random.key(7), 3)
     params = cell.init(k_p, D, H, O, dtype=jnp.float64)
     params = jax.tree.map(lambda p: p + 0.1 * jnp.sin(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params)
     xs = jax.random.normal(k_x, (T, B, D), jnp.float64)
     targets = jax.random.normal(k_d, (T, B, O), jnp.float64)
-    s0 = cell.LSTMState(0.3 * jnp.cos(jnp.arange(B * H, dtype=jnp.float64)).reshape(B, H), -0.2 * jnp.ones((B, H)))
+    h0 = 0.3 * jnp.cos(jnp.arange(B * H, dtype=jnp.float64)).reshape(B, H)
+    s0 = cell.LSTMState(h0, -0.2 * jnp.ones((B, H))) if cell_name == "lstm" else h0
     lengths = jnp.array([T, 3, 0], jnp.int32) if with_lengths else None
 
     def loss(p, x, s, backward):
         run = rj.unroll(p, x, activation=activation, initial_state=s, lengths=lengths, cell=cell,
                         unroll=unroll_factor, backward=backward)  # fmt: skip
-        reads = jnp.sum(jnp.cos(run.states.h)) + jnp.sum(jnp.sin(run.states.c))
-        final = jnp.sum(run.final_state.h**3) + jnp.sum(run.final_state.c**2)
+        reads = sum(jnp.sum(jnp.cos(h)) + 0.5 * jnp.sum(jnp.sin(h)) for h in jax.tree.leaves(run.states))
+        final = sum((k + 2.0) * jnp.sum(f ** (k + 2)) for k, f in enumerate(jax.tree.leaves(run.final_state)))
         return jnp.sum(jnp.square(run.outputs - targets)) + reads + final
 
     grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
@@ -253,7 +256,25 @@ def test_lstm_bptt_equals_autodiff_float64(x64, activation, with_lengths, unroll
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(float(np.max(np.abs(w))), 1.0))
 
 
-def test_lstm_bptt_refuses_hoisted_projections(key):
-    params = rj.cells.lstm.init(key, 2, 3, 1)
-    with pytest.raises(ValueError, match=r"projections: the LSTM's hand-derived backward pass"):
-        rj.unroll(params, jnp.zeros((3, 2, 2)), cell=rj.cells.lstm, backward="bptt", projections="hoisted")
+@pytest.mark.parametrize("cell_name", ["lstm", "gru"])
+def test_gated_bptt_fails_on_a_planted_error(x64, monkeypatch, cell_name):
+    """The comparison above can fail: a dropped term in the hand-derived backward pass (phi' taken as 1) changes
+    the gradients beyond its tolerance."""
+    cell = rj.cells.get(cell_name)
+    params = cell.init(jax.random.key(1), 2, 3, 1, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(2), (5, 2, 2), jnp.float64)
+
+    def grad(backward):
+        return jax.grad(lambda p: jnp.sum(jnp.square(rj.unroll(p, xs, cell=cell, backward=backward).outputs)))(params)
+
+    want = grad("autodiff")
+    monkeypatch.setattr(activations, "derivative", lambda act, pre, value: jnp.ones_like(value))
+    got = grad("bptt")
+    assert not np.allclose(got.w_s, want.w_s, rtol=1e-6)
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "gru"])
+def test_gated_bptt_refuses_hoisted_projections(key, cell_name):
+    params = rj.cells.get(cell_name).init(key, 2, 3, 1)
+    with pytest.raises(ValueError, match=rf"projections: the {cell_name.upper()}'s hand-derived backward pass"):
+        rj.unroll(params, jnp.zeros((3, 2, 2)), cell=rj.cells.get(cell_name), backward="bptt", projections="hoisted")

@@ -97,10 +97,12 @@ def test_the_checker_leaves_64_bit_mode_as_it_found_it():
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["lstm", "gru"])
 def test_gated_cells_pass_the_checker(model):
-    """LSTM and GRU go through the same checker: forward mode and finite differences against autodiff, and TBPTT."""
+    """LSTM and GRU go through the same checker: their hand-derived custom VJPs (full and truncated), forward mode
+    and finite differences against autodiff."""
     report = gradcheck.check_gradients(
         dataclasses.replace(QUICK, model=model, trials=1, activation="tanh", tbptt_k1=2, tbptt_k2=3)
     )
     assert report.passed, gradcheck.format_table(report)
-    assert {"forward vs autodiff", "autodiff vs finite_diff"} <= set(report.worst())
-    assert "bptt vs autodiff" not in report.worst()  # the hand-derived equations are the Elman network's
+    assert {"forward vs autodiff", "autodiff vs finite_diff", "custom_vjp vs autodiff",
+            "tbptt custom_vjp vs tbptt autodiff"} <= set(report.worst())  # fmt: skip
+    assert "bptt vs autodiff" not in report.worst()  # `bptt.loss_and_gradients` is the Elman network's

@@ -144,12 +144,27 @@ def transition_projected(
     recurrent_mask: jax.Array | None = None,
 ) -> jax.Array:
     """`transition` from the projected input ``x_proj`` = `project_input` (x_t) [B, 3H] instead of x_t."""
-    phi = activations.get(activation).fn
-    a_r, a_z, a_n = jnp.split(x_proj, 3, axis=-1)
     h_in = _common.recurrent_input(h_prev, recurrent_mask)
+    return update(pre_activations(params, h_in, x_proj), h_prev, activation=activation)
+
+
+def pre_activations(params: GRUParams, h_in: jax.Array, x_proj: jax.Array) -> jax.Array:
+    """What the gate equations start from, [B, 4H]: [a_r + u_r, a_z + u_z, a_n, u_n], the two gates'
+    pre-activations and the candidate's input and recurrent parts, from ``x_proj`` = [a_r, a_z, a_n] [B, 3H] and
+    [u_r, u_z, u_n] = h_in W_s + b_s (what the hand-derived backward pass of `rnn_jax.bptt.gru_scan` keeps)."""
+    a_r, a_z, a_n = jnp.split(x_proj, 3, axis=-1)
     u_r, u_z, u_n = jnp.split(h_in @ params.w_s + params.b_s[None, :], 3, axis=-1)
-    r = jax.nn.sigmoid(a_r + u_r)
-    z = jax.nn.sigmoid(a_z + u_z)
+    return jnp.concatenate([a_r + u_r, a_z + u_z, a_n, u_n], axis=-1)
+
+
+def update(
+    pre: jax.Array, h_prev: jax.Array, *, activation: str | Callable[[jax.Array], jax.Array] = "tanh"
+) -> jax.Array:
+    """h_t from `pre_activations` [B, 4H] and h_{t-1} [B, H]: the gate equations."""
+    phi = activations.get(activation).fn
+    pre_r, pre_z, a_n, u_n = jnp.split(pre, 4, axis=-1)
+    r = jax.nn.sigmoid(pre_r)
+    z = jax.nn.sigmoid(pre_z)
     n = phi(a_n + r * u_n)
     return (1 - z) * n + z * h_prev
 
