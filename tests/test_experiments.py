@@ -23,6 +23,7 @@ FIGURES = {
     "vanishing_gradients": ["elman_gradient_vs_lag.png", "gated_gradient_vs_lag.png", "pascanu_bound.png"],
     "exploding_gradients": ["loss_curves.png", "grad_norm_curves.png"],
     "long_dependencies": ["success_vs_length.png"],
+    "gate_input_product": [],
 }
 
 
@@ -109,3 +110,15 @@ def test_seq2seq_numbers_quick(tmp_path):
         assert all(e["output"] != str(e["number"]) for e in examples["error_examples"])
         assert len(run["curve"]["step"]) == len(run["curve"]["validation_exact_match"]) > 1
     assert (tmp_path / "summary.md").read_text().startswith("# seq2seq_numbers (quick)")
+
+
+def test_gate_input_product_quick(tmp_path):
+    """The D = 1 input-product study times both forms for both gated cells and finds their gradients equal (its
+    timings are reported, never asserted)."""
+    results = _run("gate_input_product", tmp_path)
+    assert {(r["cell"], r["B"], r["H"]) for r in results["rows"]} == {
+        (c, b, h) for c in ("gru", "lstm") for b, h in ((1, 32), (64, 128))
+    }
+    for row in results["rows"]:
+        assert all(row[f"{form}_{mode}_ms"] > 0 for form in ("per_gate", "single") for mode in ("forward", "train"))
+        assert row["max_grad_difference"] < 1e-5

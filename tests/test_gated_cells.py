@@ -68,6 +68,55 @@ def test_scan_unroll_equals_python_loop(key, name, activation, with_lengths, jit
 
 
 @pytest.mark.parametrize("name", GATED)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_single_input_takes_the_per_gate_product_and_its_gradients_are_the_single_products(x64, name, batch):
+    """D = 1 (a time series): `_common.gate_input_product`'s per-gate form (a CPU forward pass; the LSTM's at B > 1)
+    gives the oracle's outputs; gradients by autodiff and by the hand-derived backward pass equal those of the
+    single product x W_x (float64, 1e-12), and the forward values are the same products (1e-13)."""
+    cell = GATED[name]
+    k_p, k_x = jax.random.split(jax.random.key(3))
+    params = cell.init(k_p, 1, H, O, dtype=jnp.float64)
+    params = jax.tree.map(lambda p: p + 0.1 * jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params)
+    xs = jax.random.normal(k_x, (T, batch, 1), jnp.float64)
+    lengths = jnp.array([T, 2, 0][:batch], jnp.int32)
+
+    def loss(p, x, backward):
+        run = rj.unroll(p, x, cell=cell, lengths=lengths, backward=backward)
+        return jnp.sum(jnp.sin(run.outputs)) + sum(jnp.sum(f**2) for f in jax.tree.leaves(run.final_state))
+
+    def everything():
+        run = jax.jit(lambda p, x: rj.unroll(p, x, cell=cell, lengths=lengths))(params, xs)
+        grads = {
+            b: jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(params, xs, b) for b in ("autodiff", "bptt")
+        }
+        return run, grads
+
+    per_gate, per_gate_grads = everything()
+    want_y, _, _ = _oracle(name, params, xs, "tanh", lengths)
+    np.testing.assert_allclose(per_gate.outputs, want_y, rtol=1e-12, atol=1e-12)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cells._common, "gate_input_product", lambda x, w, gates, per_gate: x @ w)
+        whole, whole_grads = everything()
+    chex.assert_trees_all_close(per_gate, whole, rtol=1e-13, atol=1e-13)
+    chex.assert_trees_all_close(per_gate_grads, whole_grads, rtol=1e-12, atol=1e-12)
+
+
+def test_the_per_gate_product_is_the_single_product_and_differentiates_as_one(x64):
+    """`_per_gate_product` concatenates the gates' [B, 1] @ [1, H] products: exactly x W_x; its JVP (with a zero
+    tangent on either argument, or none) and its gradient are those of x W_x."""
+    x = jax.random.normal(jax.random.key(0), (4, 1), jnp.float64)
+    w = jax.random.normal(jax.random.key(1), (1, 12), jnp.float64)
+    dx, dw = jnp.ones_like(x), jnp.arange(12.0).reshape(1, 12)
+    np.testing.assert_array_equal(cells._common._per_gate_product(x, w, 3), x @ w)
+    for tangents in [(dx, dw), (dx, jnp.zeros_like(w)), (jnp.zeros_like(x), dw)]:
+        got = jax.jvp(lambda a, b: cells._common._per_gate_product(a, b, 3), (x, w), tangents)
+        want = jax.jvp(jnp.matmul, (x, w), tangents)
+        chex.assert_trees_all_close(got, want, rtol=1e-15)
+    got = jax.grad(lambda b: jnp.sum(jnp.sin(cells._common._per_gate_product(x, b, 3))))(w)
+    np.testing.assert_allclose(got, jax.grad(lambda b: jnp.sum(jnp.sin(x @ b)))(w), rtol=1e-15)
+
+
+@pytest.mark.parametrize("name", GATED)
 def test_given_initial_state_is_used(key, name):
     cell = GATED[name]
     params, xs = _setup(cell, key)

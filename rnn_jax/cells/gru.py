@@ -132,7 +132,7 @@ def project_input(params: GRUParams, x: jax.Array) -> jax.Array:
     """The input part of the gates, [a_r, a_z, a_n] = x W_x + b_x: [B, D] -> [B, 3H] for one step, or
     [T, B, D] -> [T, B, 3H] for all steps in one product (what `rnn_jax.unroll` does with
     ``projections="hoisted"``)."""
-    return x @ params.w_x + _common.leading_axes(params.b_x, x.ndim)
+    return _common.gate_input_product(x, params.w_x, 3, per_gate=True) + _common.leading_axes(params.b_x, x.ndim)
 
 
 def transition_projected(
