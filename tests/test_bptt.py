@@ -225,13 +225,13 @@ def test_train_step_on_the_bptt_path_matches_autodiff(standard_promotion, monkey
 
 
 @pytest.mark.parametrize("cell_name", ["lstm", "gru"])
-@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity"])
+@pytest.mark.parametrize("activation", ["tanh", "sigmoid", "relu", "identity", pytest.param(jnp.sin, id="callable")])
 @pytest.mark.parametrize(("with_lengths", "unroll_factor"), [(False, 1), (True, 1), (True, 3)])
 def test_gated_bptt_equals_autodiff_float64(x64, cell_name, activation, with_lengths, unroll_factor):
     """The hand-derived LSTM and GRU backward passes (`bptt.lstm_scan`, `bptt.gru_scan`) give autodiff's gradients
     for the parameters, the inputs and the initial state (both parts of the LSTM's), for a loss that reads the
     outputs, the states and the final state (float64, relative 1e-10), with lengths (a full, a short and an empty
-    sequence) and scan unroll factors."""
+    sequence) and scan unroll factors, for every named activation and a callable (whose phi' comes from a JVP)."""
     cell = rj.cells.get(cell_name)
     T, B, D, H, O = 7, 3, 4, 5, 2
     k_p, k_x, k_d = jax.random.split(jax.random.key(7), 3)
