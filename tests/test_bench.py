@@ -128,6 +128,23 @@ def test_cli_bench_times_the_implementations_named_by_impl(tmp_path, capsys, sta
     assert [r["impl"] for r in records if r["mode"] == "train"] == names
 
 
+@pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
+def test_impl_rnn_jax_bptt_times_every_cells_hand_derived_backward_pass(cell, monkeypatch, standard_promotion):
+    """``--impl rnn-jax-bptt`` trains through the cell's hand-derived custom VJP (`bptt.elman_scan`, `lstm_scan`,
+    `gru_scan`: the call is watched), which agrees with the autodiff path on the first step."""
+    from rnn_jax import bptt
+
+    calls = []
+    name = {"elman": "elman_scan", "lstm": "lstm_scan", "gru": "gru_scan"}[cell]
+    original = getattr(bptt, name)
+    monkeypatch.setattr(bptt, name, lambda *args: calls.append(args) or original(*args))
+    impls = bench.named_implementations(["rnn-jax-autodiff", "rnn-jax-bptt"])
+    result = bench.run([bench.Shape(cell, 3, 5, 2, 4, 2)], repeats=1, implementations=impls, min_sample_s=0.0)
+    assert calls, f"rnn-jax-bptt did not call bptt.{name}"
+    assert [a.impl for a in result.agreement] == ["rnn-jax-autodiff", "rnn-jax-bptt"]
+    assert all(a.agrees for a in result.agreement), result.agreement
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
