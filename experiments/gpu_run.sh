@@ -6,6 +6,12 @@
 #
 #     OUT=/some/dir bash experiments/gpu_run.sh
 #     OUT=/tmp/dry PYTHON=.venv/bin/python PRESET=quick bash experiments/gpu_run.sh   # a dry run on a CPU
+#     OUT=/some/dir STAGES="gated tests" bash experiments/gpu_run.sh                   # other stages
+#
+# STAGES (default "preset tests") picks the stages after the environment: "preset" (the Elman `gpu` preset, 330 s),
+# "gated" (the LSTM's and the GRU's hand-written backward passes against autodiff and torch at the standard sizes,
+# or $PRESET's when it is not "gpu", 300 s: never measured on a GPU yet) and "tests" (200 s). The three together
+# exceed one 600-second call: choose two.
 #
 # Every stage has its own time limit and a failing stage does not stop the next. `rnn-jax bench --json` rewrites
 # its JSON after every finished size, so a stage cut short keeps the sizes it finished (the table is printed at
@@ -14,6 +20,7 @@ set -u
 OUT=${OUT:-gpu-out}
 PY=${PYTHON:-python3}
 PRESET=${PRESET:-gpu}
+STAGES=${STAGES:-preset tests}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
@@ -30,15 +37,28 @@ cat "$OUT/env.txt"
 # the preset with the default implementations, in one process, timed as a whole (is it the 5 minutes it is meant
 # to be?). The projections comparison of the second H200 run was: --impl rnn-jax-{autodiff,fast}-{in-step,hoisted}
 # --impl flax --impl torch --impl lower-bound (see the README).
-start=$(date +%s)
-timeout 330 $PY -m rnn_jax bench --preset "$PRESET" --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.log"
-echo "preset $PRESET: $(($(date +%s) - start)) s in all" | tee -a "$OUT/bench-gpu.log"
+if [[ " $STAGES " == *" preset "* ]]; then
+    start=$(date +%s)
+    timeout 330 $PY -m rnn_jax bench --preset "$PRESET" --json "$OUT/bench-gpu.json" 2>&1 | tee "$OUT/bench-gpu.log"
+    echo "preset $PRESET: $(($(date +%s) - start)) s in all" | tee -a "$OUT/bench-gpu.log"
+fi
+
+# the gated cells' hand-written backward passes (backward="bptt") against autodiff and cuDNN, both cells in 300 s
+if [[ " $STAGES " == *" gated "* ]]; then
+    gated_preset=$([[ "$PRESET" == gpu ]] && echo standard || echo "$PRESET")
+    for cell in lstm gru; do
+        timeout 150 $PY -m rnn_jax bench --cell $cell --preset "$gated_preset" --impl rnn-jax-autodiff \
+            --impl rnn-jax-bptt --impl torch --json "$OUT/bench-$cell-bptt.json" 2>&1 | tee "$OUT/bench-$cell-bptt.log"
+    done
+fi
 
 # the invariants on the GPU: fast path = autodiff, hand BPTT = jax.grad, cells = their Python-loop oracle
 # (-p no:benchmark: pytest-benchmark, where installed, warns under xdist, and our warnings are errors)
-workers=()
-$PY -c "import xdist" 2>/dev/null && workers=(-n 4)
-tests=(tests/test_unroll.py tests/test_bptt.py tests/test_cells.py tests/test_gated_cells.py
-       tests/test_bench.py::test_fast_path_equals_autodiff)
-timeout 200 $PY -m pytest -q -x -m "not slow" -p no:cacheprovider -p no:benchmark "${workers[@]}" "${tests[@]}" 2>&1 \
-    | tail -n 40 | tee "$OUT/tests.log"
+if [[ " $STAGES " == *" tests "* ]]; then
+    workers=()
+    $PY -c "import xdist" 2>/dev/null && workers=(-n 4)
+    tests=(tests/test_unroll.py tests/test_bptt.py tests/test_cells.py tests/test_gated_cells.py
+           tests/test_bench.py::test_fast_path_equals_autodiff)
+    timeout 200 $PY -m pytest -q -x -m "not slow" -p no:cacheprovider -p no:benchmark "${workers[@]}" "${tests[@]}" \
+        2>&1 | tail -n 40 | tee "$OUT/tests.log"
+fi
