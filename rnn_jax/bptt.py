@@ -368,7 +368,7 @@ def _scan_keeping_pre(cell, params, xs, initial_state, mask, activation, unroll)
 
     def step(carry, x_t):  # cell.step, also returning the pre-activations
         pre = cell.pre_activations(params, cell.hidden(carry), cell.project_input(params, x_t))
-        new = cell.update(pre, carry.c if cell is lstm else carry, activation=activation)
+        new = cell.update(pre, carry, activation=activation)
         return new, (readout(params, new), pre)
 
     (outputs, pre), states, final = scan(step, initial_state, xs, mask, unroll)

@@ -18,6 +18,10 @@ Each cell module provides:
                                             (``transition`` is exactly this composition);
   ``hidden(carry)``                         h_t, [B, H]: what the read-out and the next layer see.
 
+The gated cells (LSTM, GRU) split ``transition_projected`` further, for their hand-derived backward passes in
+`rnn_jax.bptt`: ``pre_activations(params, h_in, x_proj)`` (what the gate equations start from, kept per step) and
+``update(pre, carry, *, activation)`` (the gate equations, -> the new carry).
+
 Registered in `CELLS`: "elman" (carry [B, H]), "lstm" (carry an ``LSTMState(h, c)`` of two [B, H]) and "gru"
 (carry [B, H]).
 """

@@ -153,7 +153,7 @@ def transition_projected(
 ) -> LSTMState:
     """`transition` from the projected input ``x_proj`` = `project_input` (x_t) [B, 4H] instead of x_t."""
     h_in = _common.recurrent_input(carry.h, recurrent_mask)
-    return update(pre_activations(params, h_in, x_proj), carry.c, activation=activation)
+    return update(pre_activations(params, h_in, x_proj), carry, activation=activation)
 
 
 def pre_activations(params: LSTMParams, h_in: jax.Array, x_proj: jax.Array) -> jax.Array:
@@ -162,13 +162,12 @@ def pre_activations(params: LSTMParams, h_in: jax.Array, x_proj: jax.Array) -> j
     return x_proj + h_in @ params.w_s + params.b_s[None, :]
 
 
-def update(
-    z: jax.Array, c_prev: jax.Array, *, activation: str | Callable[[jax.Array], jax.Array] = "tanh"
-) -> LSTMState:
-    """(h_t, c_t) from the gates' pre-activations z [B, 4H] and c_{t-1} [B, H]: the gate equations."""
+def update(z: jax.Array, carry: LSTMState, *, activation: str | Callable[[jax.Array], jax.Array] = "tanh") -> LSTMState:
+    """(h_t, c_t) from the gates' pre-activations z [B, 4H] and the previous carry, of which only c_{t-1} [B, H]
+    enters (h_{t-1} is already in z): the gate equations."""
     phi = activations.get(activation).fn
     i, f, g, o = jnp.split(z, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c_prev + jax.nn.sigmoid(i) * phi(g)
+    c = jax.nn.sigmoid(f) * carry.c + jax.nn.sigmoid(i) * phi(g)
     h = jax.nn.sigmoid(o) * phi(c)
     return LSTMState(h=h, c=c)
 
