@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# One GPU session's checks in one call of at most 9 minutes (stage limits 330 + 200 s): the environment, the `gpu`
-# bench preset (Elman, the default implementations, timed as a whole), and the unroll/BPTT/cell tests on the GPU.
+# One GPU session's checks in one call of at most 10 minutes (two stages): the environment, then by default the fused
+# Pallas kernels (tests and timings) and the unroll/BPTT/cell tests on the GPU.
 # Run from the repository root on a machine whose python3 has jax with CUDA, flax, optax, chex and (optionally)
 # torch with CUDA:
 #
 #     OUT=/some/dir bash experiments/gpu_run.sh
 #     OUT=/tmp/dry PYTHON=.venv/bin/python PRESET=quick bash experiments/gpu_run.sh   # a dry run on a CPU
-#     OUT=/some/dir STAGES="gated tests" bash experiments/gpu_run.sh                   # other stages
+#     OUT=/some/dir STAGES="preset gated" bash experiments/gpu_run.sh                  # other stages
 #
-# STAGES (default "preset tests") picks the stages after the environment: "preset" (the Elman `gpu` preset, 330 s),
-# "gated" (the LSTM's and the GRU's hand-written backward passes against autodiff and torch at the standard sizes,
-# or $PRESET's when it is not "gpu", 300 s: never measured on a GPU yet) and "tests" (200 s). The three together
-# exceed one 600-second call: choose two.
+# STAGES (default "fused tests") picks the stages after the environment: "fused" (the Pallas kernels of
+# rnn_jax.fused compiled by Triton for the first time: their tests, then the Elman sizes with H <= 128 against the
+# fast path and cuDNN, 120 + 240 s), "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's
+# hand-written backward passes against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu",
+# 300 s: never measured on a GPU yet) and "tests" (200 s). More than two exceed one 600-second call.
 #
 # Every stage has its own time limit and a failing stage does not stop the next. `rnn-jax bench --json` rewrites
 # its JSON after every finished size, so a stage cut short keeps the sizes it finished (the table is printed at
@@ -20,7 +21,7 @@ set -u
 OUT=${OUT:-gpu-out}
 PY=${PYTHON:-python3}
 PRESET=${PRESET:-gpu}
-STAGES=${STAGES:-preset tests}
+STAGES=${STAGES:-fused tests}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
@@ -43,6 +44,22 @@ if [[ " $STAGES " == *" preset "* ]]; then
     echo "preset $PRESET: $(($(date +%s) - start)) s in all" | tee -a "$OUT/bench-gpu.log"
 fi
 
+# the fused kernels: do they compile and agree (the tests, with the gradient checker's fused_vjp pair), and what do
+# they save where cuDNN won (long T, small products)? H <= 128 only: the kernel keeps W_s on chip.
+if [[ " $STAGES " == *" fused "* ]]; then
+    fused_workers=()
+    $PY -c "import xdist" 2>/dev/null && fused_workers=(-n 4)
+    timeout 120 $PY -m pytest -q -p no:cacheprovider -p no:benchmark "${fused_workers[@]}" tests/test_fused.py \
+        tests/test_gradcheck.py::test_every_path_agrees_and_the_report_says_so 2>&1 | tail -n 40 | tee "$OUT/fused-tests.log"
+    if [[ "$PRESET" == gpu ]]; then
+        sizes=(--config 32,100,8,64,8 --config 64,256,32,128,32 --config 1,1000,1,32,1 --config 128,512,64,128,64)
+    else
+        sizes=(--preset "$PRESET")
+    fi
+    timeout 240 $PY -m rnn_jax bench "${sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused --impl torch \
+        --json "$OUT/bench-fused.json" 2>&1 | tee "$OUT/bench-fused.log"
+fi
+
 # the gated cells' hand-written backward passes (backward="bptt") against autodiff and cuDNN, both cells in 300 s
 if [[ " $STAGES " == *" gated "* ]]; then
     gated_preset=$([[ "$PRESET" == gpu ]] && echo standard || echo "$PRESET")
@@ -57,7 +74,7 @@ fi
 if [[ " $STAGES " == *" tests "* ]]; then
     workers=()
     $PY -c "import xdist" 2>/dev/null && workers=(-n 4)
-    tests=(tests/test_unroll.py tests/test_bptt.py tests/test_cells.py tests/test_gated_cells.py
+    tests=(tests/test_unroll.py tests/test_bptt.py tests/test_cells.py tests/test_gated_cells.py tests/test_fused.py
            tests/test_bench.py::test_fast_path_equals_autodiff)
     timeout 200 $PY -m pytest -q -x -m "not slow" -p no:cacheprovider -p no:benchmark "${workers[@]}" "${tests[@]}" \
         2>&1 | tail -n 40 | tee "$OUT/tests.log"

@@ -58,7 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import cells, distributed, tasks, train
+from rnn_jax import cells, distributed, fused, tasks, train
 from rnn_jax.config import Config, ModelConfig, OptimConfig, TaskConfig
 from rnn_jax.interop import torch as torch_layout
 from rnn_jax.optim import make_optimizer
@@ -248,6 +248,16 @@ def rnn_jax_implementation(
         shape = problem.shape
         if model_options.get("backward") == "bptt" and shape.cell not in ("elman", "lstm", "gru"):
             raise Unavailable(f"backward={model_options['backward']!r} exists for elman, lstm and gru only")
+        if model_options.get("backward") == "fused":
+            if shape.cell != "elman":
+                raise Unavailable("backward='fused' (rnn_jax.fused) exists for elman only")
+            if not fused.compiled():
+                raise Unavailable(
+                    f"the fused kernels compile on a GPU only (here, {jax.default_backend()}, they "
+                    "would run in Pallas's interpreter: a test of their values, not of their speed)"
+                )
+            if not fused.supported(shape.H):
+                raise Unavailable(f"the fused kernel keeps W_s on chip: H <= {fused.MAX_HIDDEN}, got {shape.H}")
         if devices > len(jax.devices()):
             raise Unavailable(f"{devices} devices asked for, {len(jax.devices())} present")
         if shape.B % devices:
@@ -658,6 +668,7 @@ NAMED_IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {
         for suffix, projections in (("", "auto"), ("-in-step", "in_step"), ("-hoisted", "hoisted"))
     },
     "rnn-jax-bptt": lambda: rnn_jax_implementation("rnn-jax-bptt", backward="bptt"),
+    "rnn-jax-fused": lambda: rnn_jax_implementation("rnn-jax-fused", backward="fused"),
     "rnn-jax-bf16": lambda: rnn_jax_implementation("rnn-jax-bf16", rtol=BF16_RTOL, precision="bfloat16"),
     "rnn-jax-remat-100": lambda: rnn_jax_implementation("rnn-jax-remat-100", backward="autodiff", remat="100"),
     "rnn-jax-remat-sqrt": lambda: rnn_jax_implementation("rnn-jax-remat-sqrt", backward="autodiff", remat="sqrt"),

@@ -117,8 +117,8 @@ class Gradients(NamedTuple):
 
 
 def _previous_states(initial_state: jax.Array, states: jax.Array) -> jax.Array:
-    """s_{t-1} for t = 1 .. T: [T, B, H]."""
-    return jnp.concatenate([initial_state[None], states[:-1]], axis=0)
+    """s_{t-1} for t = 1 .. T: [T, B, H] (empty for T = 0)."""
+    return jnp.concatenate([initial_state[None], states[:-1]], axis=0)[: states.shape[0]]
 
 
 def _deltas(
@@ -149,7 +149,8 @@ def _deltas(
     return jax.lax.scan(masked_body, final_error, (direct, dphi, m), reverse=True, unroll=unroll)
 
 
-def _errors(params, xs, initial_state, mask, states, output_error, state_error, final_state_error, activation, unroll):
+def _errors(params, xs, initial_state, mask, states, output_error, state_error, final_state_error, activation, unroll,
+            recursion=None):  # fmt: skip
     """(g_t masked [T, B, O], delta_t [T, B, H], dE/ds_0 [B, H]): the error signals of the backward pass."""
     act = activations.get(activation)
     m = None if mask is None else mask.astype(states.dtype)[..., None]  # [T, B, 1]
@@ -163,7 +164,7 @@ def _errors(params, xs, initial_state, mask, states, output_error, state_error, 
         pre = xs @ params.w_x + s_prev @ params.w_s + params.b_s[None, None, :]
     dphi = activation_derivative(act, pre, states)
     final_error = jnp.zeros_like(initial_state) if final_state_error is None else final_state_error
-    initial_error, deltas = _deltas(params, direct, dphi, m, final_error, unroll)
+    initial_error, deltas = (recursion or _deltas)(params, direct, dphi, m, final_error, unroll)
     return g_y, deltas, initial_error
 
 
@@ -179,6 +180,7 @@ def backward(
     final_state_error: jax.Array | None = None,
     activation: str | Callable | activations.Activation = "tanh",
     unroll: int = 1,
+    recursion: Callable | None = None,
 ) -> Gradients:
     """The BPTT equations: every gradient from the output errors and the forward states.
 
@@ -193,6 +195,9 @@ def backward(
       final_state_error: dE/ds_T from a use of the final state, [B, H] (or None).
       activation: phi.
       unroll: the reverse scan's unroll factor.
+      recursion: what runs the reverse-time recursion, ``(params, direct [T, B, H], phi' [T, B, H], mask
+        [T, B, 1] or None, dE/ds_T [B, H], unroll) -> (dE/ds_0, delta [T, B, H])``: None, a `lax.scan`;
+        `rnn_jax.fused.reverse_errors`, one kernel.
 
     Returns:
       `Gradients` (params, inputs [T, B, D], initial_state [B, H]).
@@ -200,8 +205,9 @@ def backward(
     num_steps, batch, hidden = states.shape
     rows = num_steps * batch
     g_y, deltas, initial_error = _errors(
-        params, xs, initial_state, mask, states, output_error, state_error, final_state_error, activation, unroll
-    )
+        params, xs, initial_state, mask, states, output_error, state_error, final_state_error, activation, unroll,
+        recursion,
+    )  # fmt: skip
     s_prev = _previous_states(initial_state, states)
     flat_deltas = deltas.reshape(rows, hidden)
     flat_g = g_y.reshape(rows, g_y.shape[-1])
@@ -315,13 +321,17 @@ def accumulating_backward(
 def _elman_scan_bwd(activation, unroll, hoisted, residuals, cotangents):
     params, xs, initial_state, mask, states = residuals
     g_outputs, g_states, g_final = cotangents
-    grads = (accumulating_backward if jax.default_backend() == "cpu" else _backward_of_arrays)(
+    grads = (accumulating_backward if jax.default_backend() == "cpu" else backward_of_cotangents)(
         params, xs, initial_state, mask, states, g_outputs, g_states, g_final, activation, unroll
     )
     return grads.params, grads.inputs, grads.initial_state, None
 
 
-def _backward_of_arrays(params, xs, initial_state, mask, states, g_outputs, g_states, g_final, activation, unroll):
+def backward_of_cotangents(
+    params, xs, initial_state, mask, states, g_outputs, g_states, g_final, activation, unroll=1, recursion=None
+):
+    """`backward` from the unroll's three cotangents (outputs, states, final state), positionally, as the custom VJPs
+    receive them."""
     return backward(
         params,
         xs,
@@ -333,6 +343,7 @@ def _backward_of_arrays(params, xs, initial_state, mask, states, g_outputs, g_st
         final_state_error=g_final,
         activation=activation,
         unroll=unroll,
+        recursion=recursion,
     )
 
 

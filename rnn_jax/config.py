@@ -42,10 +42,11 @@ class ModelConfig:
     spectral_radius: float | None = _help("rescale W_s to this spectral radius", default=None)
     dtype: Literal["float32", "float64", "bfloat16"] = _help("parameter and compute dtype", default="float32")
     unroll: int = _help("time steps per scan loop iteration (lax.scan's unroll)", default=1)
-    backward: Literal["fast", "autodiff", "bptt"] = _help(
+    backward: Literal["fast", "autodiff", "bptt", "fused"] = _help(
         "gradients by jax.grad through the scan, by the hand-derived BPTT equations (custom VJP; elman, lstm and gru), "
-        "or 'fast': the fastest measured (bptt for elman, except B = 1 on a GPU; bptt for lstm on a CPU with B > 1; "
-        "autodiff otherwise)",
+        "'fused': the same for elman with both recursions through time as Pallas kernels (rnn_jax.fused; compiled on "
+        "a GPU for H <= 128, interpreted slowly elsewhere), or 'fast': the fastest measured (bptt for elman, except "
+        "B = 1 on a GPU; bptt for lstm on a CPU with B > 1; autodiff otherwise)",
         default="fast",
     )
     layers: int = _help("stacked recurrent layers L (rnn_jax.deep; 1: the single-layer network)", default=1)

@@ -6,6 +6,8 @@ For a model and a configuration it computes the gradient of the loss (before any
     bptt          the hand-derived equations of `rnn_jax.bptt` (no `jax.grad` at all; Elman);
     custom_vjp    `jax.grad` through ``unroll(..., backward="bptt")``, the hand-derived backward pass of
                   every single-layer cell (Elman, LSTM, GRU) as a custom VJP, the training fast path;
+    fused_vjp     `jax.grad` through ``unroll(..., backward="fused")``, the Elman recursions as Pallas
+                  kernels (`rnn_jax.fused`; on a GPU only where it compiles, H <= 128);
     forward       forward mode: `jax.jvp` along random directions v, compared with <grad, v>;
     finite_diff   central differences (f(p + h e) - f(p - h e)) / 2h, on every entry of each
                   parameter up to ``max_entries`` entries and along random directions beyond;
@@ -25,9 +27,9 @@ finite differences (floor 1e-4), whose round-off alone is eps |f| / h ~ 2e-11 |f
 gradient that is exactly zero (dE/dW_s for T = 1 from s_0 = 0) is not failed on that noise.
 Tolerances, all in float64:
 
-    analytic pairs (bptt, custom_vjp, forward vs autodiff)   1e-10: the paths differ only in the
-        order of float64 round-off (eps = 2.2e-16) over T steps of matrix products;
-    finite differences                                       1e-6: central differences with step
+    analytic pairs (bptt, custom_vjp, fused_vjp, forward vs autodiff)   1e-10: the paths differ only
+        in the order of float64 round-off (eps = 2.2e-16) over T steps of matrix products;
+    finite differences                                                  1e-6: central differences with step
         h = 1e-5 carry a truncation error ~ h^2 |f'''| ~ 1e-10 and a round-off error
         ~ eps |f| / h ~ 1e-11 relative; 1e-6 leaves room for ill-conditioned draws (relu near
         its kink, long lags) while a wrong term (a missing phi', a lag off by one) shows as
@@ -45,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from rnn_jax import activations, bptt, cells, deep
+from rnn_jax import activations, bptt, cells, deep, fused
 from rnn_jax.config import GradcheckConfig
 from rnn_jax.unroll import sequence_mask, unroll
 
@@ -260,6 +262,7 @@ def _check_full(config, trial, cell, params, xs, targets, key) -> list[Compariso
         run = functools.partial(unroll, activation=trial.activation, lengths=lengths, cell=cell)
     custom_vjp = not isinstance(params, deep.DeepParams)  # every single-layer cell has a hand-derived custom VJP
     hand = config.model == "elman" and custom_vjp
+    kernels = hand and fused.supported(config.hidden)
     k_fwd, k_fd = jax.random.split(key)
     forward_probes = _probes(params, k_fwd, config.max_entries, config.directions, every_entry=False)
     fd_probes = _probes(params, k_fd, config.max_entries, config.directions, every_entry=True)
@@ -280,13 +283,15 @@ def _check_full(config, trial, cell, params, xs, targets, key) -> list[Compariso
             )[1]  # fmt: skip
         if custom_vjp:
             results["custom_vjp"] = jax.grad(functools.partial(loss, backward="bptt"))(p)
+        if kernels:
+            results["fused_vjp"] = jax.grad(functools.partial(loss, backward="fused"))(p)
         return results
 
     results = analytic(params)
     reference = results["autodiff"]
     tol, fd_tol = TOLERANCES["analytic"], TOLERANCES["finite_diff"]
     out = []
-    for method in ("bptt", "custom_vjp"):
+    for method in ("bptt", "custom_vjp", "fused_vjp"):
         if method in results:
             out += _compare(trial.index, method, "autodiff", names, results[method], reference, tol)
     want = _directional(forward_probes, reference)
@@ -318,19 +323,22 @@ def _check_truncated(config, trial, cell, params, xs, targets, key) -> list[Comp
             total = total + bptt.loss_value(trial.loss, outputs[-k1:], targets[end - k1 : end], None, config.reduction)
         return total
 
+    kernels = cell is cells.elman and fused.supported(config.hidden)
+
     @jax.jit
     def summed_gradients(p):
         results = {}
-        for backward in ("autodiff", "bptt"):
+        for backward in ("autodiff", "bptt", "fused")[: 3 if kernels else 2]:
             _, grads, _ = bptt.tbptt_gradients(p, xs, targets, k1, k2, backward=backward, **extra)
             results[backward] = jax.tree.map(lambda g: jnp.sum(g, axis=0), grads)
         return results
 
     results = summed_gradients(params)
     out = []
-    if "bptt" in results:
-        out += _compare(trial.index, "tbptt custom_vjp", "tbptt autodiff", names, results["bptt"],
-                        results["autodiff"], TOLERANCES["analytic"])  # fmt: skip
+    for backward, method in (("bptt", "tbptt custom_vjp"), ("fused", "tbptt fused_vjp")):
+        if backward in results:
+            out += _compare(trial.index, method, "tbptt autodiff", names, results[backward], results["autodiff"],
+                            TOLERANCES["analytic"])  # fmt: skip
     probes = _probes(params, key, config.max_entries, config.directions, every_entry=True)
     numeric = _central_differences(truncated_objective, params, probes, config.fd_step)
     got = _directional(probes, results["autodiff"])

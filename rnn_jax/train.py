@@ -84,7 +84,7 @@ def is_seq2seq(task: tasks.Task) -> bool:
 
 
 def _seq2seq_options(config: ModelConfig) -> dict[str, Any]:
-    if config.backward == "bptt":
+    if config.backward in ("bptt", "fused"):
         raise ValueError("backward: the encoder-decoder is differentiated by autodiff; use 'fast' or 'autodiff'")
     if config.remat is not None or config.precision != "float32" or config.projections != "auto":
         raise ValueError(
@@ -150,7 +150,7 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
 
     Raises:
       ValueError: for a bad ``remat`` text (here, before anything is traced), a bad layer count or dropout
-        rate, ``residual`` without a second layer, ``backward="bptt"`` with a deep network, or a
+        rate, ``residual`` without a second layer, ``backward="bptt"`` or ``"fused"`` with a deep network, or a
         bidirectional network on a next-step prediction task (its backward direction would see the target).
     """
     remat_chunk(config.remat, 1)
@@ -172,9 +172,9 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
             "options of the single-layer unroll; the deep options (layers, bidirectional, residual, dropout, "
             "recurrent_dropout, learn_initial_state) do not take them yet"
         )
-    if config.backward == "bptt":
+    if config.backward in ("bptt", "fused"):
         raise ValueError(
-            "backward: 'bptt' is derived for the single-layer Elman network; the deep options (layers, "
+            f"backward: {config.backward!r} is derived for the single-layer network; the deep options (layers, "
             "bidirectional, residual, dropout, recurrent_dropout, learn_initial_state) train with 'autodiff' or 'fast'"
         )
     if config.bidirectional and task_name in NEXT_STEP_TASKS:

@@ -253,7 +253,14 @@ def _custom_vjp_loses(batch: int) -> bool:
 
 
 def hoisted_scan(
-    cell, params, initial_state, xs: jax.Array, mask: jax.Array | None, activation, unroll: int = 1
+    cell,
+    params,
+    initial_state,
+    xs: jax.Array,
+    mask: jax.Array | None,
+    activation,
+    unroll: int = 1,
+    recurrence: Callable | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`scan` of ``cell.step`` with the projections that do not depend on the state taken out of the loop:
 
@@ -262,13 +269,18 @@ def hoisted_scan(
         Y      = readout(S)                  one [T B, H] @ [H, O] product after it
 
     (as cuDNN does). The same values as ``scan(cell.step, ...)`` up to the order of float round-off;
-    the outputs are zero past each sequence's end, as there.
+    the outputs are zero past each sequence's end, as there. ``recurrence(X_proj, s_0, mask) -> (states,
+    final)``, when given, replaces the scan (`rnn_jax.fused` passes its kernel).
     """
 
     def transition_step(carry, x_proj_t):
         return cell.transition_projected(params, carry, x_proj_t, activation=activation), None
 
-    _, states, final = _plain_scan(transition_step, initial_state, cell.project_input(params, xs), mask, unroll)
+    x_proj = cell.project_input(params, xs)
+    if recurrence is None:
+        _, states, final = _plain_scan(transition_step, initial_state, x_proj, mask, unroll)
+    else:
+        states, final = recurrence(x_proj, initial_state, mask)
     outputs = _common.readout(params, states)
     if mask is not None:
         outputs = jnp.where(mask[..., None], outputs, jnp.zeros_like(outputs))
@@ -286,7 +298,7 @@ def unroll(
     unroll: int = 1,
     time_major: bool = True,
     check_finite: bool = False,
-    backward: Literal["autodiff", "bptt", "fast"] = "autodiff",
+    backward: Literal["autodiff", "bptt", "fused", "fast"] = "autodiff",
     cell=elman,
     remat: Remat = None,
     compute_dtype: jnp.dtype | None = None,
@@ -308,7 +320,10 @@ def unroll(
         differentiates the scan), "bptt" (the hand-derived BPTT equations of `rnn_jax.bptt`
         as a `jax.custom_vjp`; Elman, LSTM, GRU) or "fast" (the fastest measured, `_fast_backward`:
         "bptt" for Elman except for a single sequence (B = 1) on a GPU, "bptt" for the LSTM on a
-        CPU with B > 1, "autodiff" otherwise; see the README's Performance section). The forward
+        CPU with B > 1, "autodiff" otherwise; see the README's Performance section) or "fused"
+        (Elman only: `rnn_jax.fused`, the forward and the reverse recursion each one Pallas kernel
+        that keeps W_s on chip over all T steps, with the hand-derived BPTT around them; compiled on
+        a GPU for H <= 128, interpreted (slowly) elsewhere; ``unroll`` does not apply). The forward
         values are the same.
       cell: the module providing ``step`` and ``initial_state``.
       remat: rematerialisation (gradient checkpointing) of the backward pass: None (default:
@@ -372,10 +387,10 @@ def unroll(
     hoist = resolve_projections(projections, plain)
     if backward == "fast":
         backward = _fast_backward(cell, plain, projections, batch)
-    if backward == "bptt" and not plain:
+    if backward in ("bptt", "fused") and not plain:
         raise ValueError(
-            f"backward: 'bptt' (the hand-derived custom VJP) keeps every state and runs in the parameters' dtype; "
-            f"it cannot rematerialise or compute in another dtype (got remat={remat!r}, "
+            f"backward: {backward!r} (a hand-derived custom VJP) keeps every state and runs in the parameters' "
+            f"dtype; it cannot rematerialise or compute in another dtype (got remat={remat!r}, "
             f"compute_dtype={compute_dtype!r}): use backward='autodiff' or 'fast'"
         )
     if backward == "bptt":
@@ -400,6 +415,20 @@ def unroll(
             raise ValueError(
                 f"backward: 'bptt' is derived for the Elman, LSTM and GRU cells only, got cell {cell.__name__}"
             )
+    elif backward == "fused":
+        if cell is not elman:
+            raise ValueError(
+                f"backward: 'fused' (rnn_jax.fused) exists for the Elman cell only, got cell {cell.__name__}"
+            )
+        if projections == "in_step":
+            raise ValueError(
+                "projections: the fused kernels compute only the recurrent product in each step (the others are "
+                "hoisted out of the loop); use projections='auto' or 'hoisted' with backward='fused'"
+            )
+        from rnn_jax import fused  # fused sits on this module, like bptt
+
+        fused.check_hidden(params.w_s.shape[0])
+        outputs, states, final = fused.elman_scan(params, xs, initial_state, mask, activation)
     elif backward == "autodiff" and hoist:
         outputs, states, final = hoisted_scan(cell, params, initial_state, xs, mask, activation, unroll)
     elif backward == "autodiff" and compute_dtype is None:
@@ -415,7 +444,7 @@ def unroll(
         outputs, states, final = scan(cell_step, cast(initial_state), xs.astype(compute_dtype), mask, unroll, remat)
         outputs, states, final = jax.tree.map(lambda a: a.astype(dtype), (outputs, states, final))
     else:
-        raise ValueError(f"backward: expected 'autodiff', 'bptt' or 'fast', got {backward!r}")
+        raise ValueError(f"backward: expected 'autodiff', 'bptt', 'fused' or 'fast', got {backward!r}")
     if not time_major:
         outputs, states = jnp.swapaxes(outputs, 0, 1), jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), states)
     return Unrolled(outputs, states, final)

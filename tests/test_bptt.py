@@ -196,7 +196,7 @@ def test_bptt_backward_is_elman_only(key):
     params = rj.elman.init(key, 2, 3, 1)
     with pytest.raises(ValueError, match=r"'bptt' is derived for the Elman, LSTM and GRU cells only, got cell mgu"):
         rj.unroll(params, jnp.zeros((3, 1, 2)), backward="bptt", cell=NotElman())
-    with pytest.raises(ValueError, match=r"backward: expected 'autodiff', 'bptt' or 'fast', got 'rtrl'"):
+    with pytest.raises(ValueError, match=r"backward: expected 'autodiff', 'bptt', 'fused' or 'fast', got 'rtrl'"):
         rj.unroll(params, jnp.zeros((3, 1, 2)), backward="rtrl")
 
 

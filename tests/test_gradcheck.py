@@ -13,7 +13,13 @@ from rnn_jax import bptt, cli, gradcheck
 from rnn_jax.config import GradcheckConfig
 
 QUICK = GradcheckConfig(trials=2, seed=3, hidden=4, seq_len=5)
-PAIRS = {"bptt vs autodiff", "custom_vjp vs autodiff", "forward vs autodiff", "autodiff vs finite_diff"}
+PAIRS = {
+    "bptt vs autodiff",
+    "custom_vjp vs autodiff",
+    "fused_vjp vs autodiff",
+    "forward vs autodiff",
+    "autodiff vs finite_diff",
+}
 
 
 def test_every_path_agrees_and_the_report_says_so():
@@ -22,6 +28,7 @@ def test_every_path_agrees_and_the_report_says_so():
     worst = report.worst()
     assert PAIRS | {
         "tbptt custom_vjp vs tbptt autodiff",
+        "tbptt fused_vjp vs tbptt autodiff",
         "tbptt autodiff vs finite_diff of truncated objective",
     } == set(worst)
     for pair, c in worst.items():
@@ -39,7 +46,7 @@ def test_a_dropped_activation_derivative_is_caught(monkeypatch):
     report = gradcheck.check_gradients(config)
     assert not report.passed
     failed = {f"{c.method} vs {c.reference}" for c in report.comparisons if not c.passed}
-    assert failed == {"bptt vs autodiff", "custom_vjp vs autodiff"}
+    assert failed == {"bptt vs autodiff", "custom_vjp vs autodiff", "fused_vjp vs autodiff"}
     assert report.worst()["bptt vs autodiff"].max_rel > 1e-3
     assert "largest disagreement: " in gradcheck.explain(report)
 

@@ -1,0 +1,176 @@
+"""The fused recursions (`rnn_jax.fused`): the Pallas kernels against a Python-loop oracle, and the fused unroll's
+values and gradients against autodiff.
+
+On a CPU the kernels run in Pallas's interpreter: the same kernel functions, so these tests check their
+arithmetic (the padding of B and H included); whether Triton compiles them is checked on a GPU
+(`experiments/gpu_run.sh`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rnn_jax as rj
+from rnn_jax import activations, bench, fused, gradcheck
+from rnn_jax.config import GradcheckConfig
+
+# (T, B, D, H, O): B and H below, at and above the kernel's block sizes (ROWS = 16; H padded to 16, 32)
+SIZES = [(6, 3, 2, 5, 2), (9, 16, 3, 16, 4), (5, 17, 2, 20, 3)]
+
+
+def _problem(size, dtype=jnp.float64, seed=0):
+    t, b, d, h, o = size
+    keys = jax.random.split(jax.random.key(seed), 5)
+    params = rj.elman.init(keys[0], d, h, o, dtype=dtype)
+    params = params._replace(b_s=0.1 * jax.random.normal(keys[1], (h,), dtype))
+    xs = jax.random.normal(keys[2], (t, b, d), dtype)
+    s0 = 0.5 * jax.random.normal(keys[3], (b, h), dtype)
+    lengths = jax.random.randint(keys[4], (b,), 0, t + 1)
+    return params, xs, s0, lengths
+
+
+def _loop_recurrence(u, w_s, s0, mask, phi):
+    """The oracle: s_t = phi(u_t + s_{t-1} W_s), frozen where the mask is False, one Python step at a time."""
+    s, states = np.asarray(s0), []
+    for t in range(u.shape[0]):
+        new = phi(np.asarray(u[t]) + s @ np.asarray(w_s))
+        s = new if mask is None else np.where(np.asarray(mask[t])[:, None], new, s)
+        states.append(s)
+    return np.stack(states), s
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_forward_kernel_equals_a_python_loop(x64, size, masked):
+    params, xs, s0, lengths = _problem(size)
+    u = xs @ params.w_x + params.b_s[None, None, :]
+    mask = rj.sequence_mask(lengths, xs.shape[0]) if masked else None
+    states, final = jax.jit(fused.recurrence, static_argnums=4)(u, params.w_s, s0, mask, "tanh")
+    want_states, want_final = _loop_recurrence(u, params.w_s, s0, mask, np.tanh)
+    np.testing.assert_allclose(states, want_states, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(final, want_final, rtol=1e-12, atol=1e-14)
+
+
+def _loss(params, xs, s0, lengths, activation, backward):
+    run = rj.unroll(params, xs, activation=activation, initial_state=s0, lengths=lengths, backward=backward)
+    # the outputs, every state and the final state all feed the loss, so every cotangent reaches the custom VJP
+    return jnp.sum(run.outputs**2) + jnp.sum(jnp.cos(run.states)) + jnp.sum(run.final_state**3)
+
+
+def _value_and_gradients(params, xs, s0, lengths, activation, backward):
+    f = jax.value_and_grad(_loss, argnums=(0, 1, 2))
+    return jax.jit(f, static_argnums=(4, 5))(params, xs, s0, lengths, activation, backward)
+
+
+@pytest.mark.parametrize(
+    ("size", "activation"),
+    [(size, "tanh") for size in SIZES]
+    + [(SIZES[-1], a) for a in (*sorted(set(activations.NAMED) - {"tanh"}), jnp.sin)],
+)
+def test_fused_values_and_gradients_equal_autodiff_in_float64(x64, size, activation):
+    params, xs, s0, lengths = _problem(size)
+    for lens in (None, lengths):
+        chex.assert_trees_all_close(
+            _value_and_gradients(params, xs, s0, lens, activation, "fused"),
+            _value_and_gradients(params, xs, s0, lens, activation, "autodiff"),
+            rtol=1e-10,
+            atol=1e-13,
+        )
+
+
+def test_fused_equals_autodiff_in_float32(standard_promotion):
+    params, xs, s0, lengths = _problem((12, 5, 3, 24, 2), jnp.float32)
+    got = _value_and_gradients(params, xs, s0, lengths, "tanh", "fused")
+    want = _value_and_gradients(params, xs, s0, lengths, "tanh", "autodiff")
+    assert jax.tree.leaves(got)[0].dtype == jnp.float32
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):  # 1e-5 of each array's largest entry
+        assert float(jnp.max(jnp.abs(g - w))) <= 1e-5 * float(jnp.max(jnp.abs(w)))
+
+
+def test_an_empty_sequence_gives_the_initial_state_and_zero_weight_gradients(x64):
+    params, _, s0, _ = _problem((1, 3, 2, 5, 2))
+    xs = jnp.zeros((0, 3, 2), jnp.float64)
+    run = rj.unroll(params, xs, initial_state=s0, backward="fused")
+    assert run.states.shape == (0, 3, 5)
+    np.testing.assert_array_equal(run.final_state, s0)
+    grads = jax.grad(lambda p: jnp.sum(rj.unroll(p, xs, initial_state=s0, backward="fused").final_state ** 2))(params)
+    assert all(not np.any(g) for g in jax.tree.leaves(grads))
+
+
+def test_a_planted_error_in_the_reverse_kernel_is_caught(monkeypatch):
+    """A reverse step that multiplies by W_s where W_s^T belongs (the classic slip): the gradient checker must
+    fail the fused path, and only it."""
+    correct = fused._reverse_step
+
+    def transposed(masked):
+        return lambda at_t, c, w_s_t: correct(masked)(at_t, c, w_s_t.T)
+
+    monkeypatch.setattr(fused, "_reverse_step", transposed)
+    config = GradcheckConfig(trials=2, seed=3, hidden=4, seq_len=5, activation="tanh")
+    report = gradcheck.check_gradients(config)
+    failed = {f"{c.method} vs {c.reference}" for c in report.comparisons if not c.passed}
+    assert failed == {"fused_vjp vs autodiff"}
+
+
+def test_fused_training_takes_the_same_first_step_as_the_fast_path():
+    params, xs, s0, _ = _problem((10, 4, 3, 8, 2), jnp.float32)
+    targets = jnp.sin(jnp.arange(10 * 4 * 2, dtype=jnp.float32)).reshape(10, 4, 2)
+
+    def loss(p, backward):
+        return jnp.mean((rj.unroll(p, xs, backward=backward).outputs - targets) ** 2)
+
+    chex.assert_trees_all_close(
+        jax.value_and_grad(loss)(params, "fused"), jax.value_and_grad(loss)(params, "fast"), rtol=1e-5, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"cell": rj.lstm}, "Elman cell only"),
+        ({"projections": "in_step"}, "projections"),
+        ({"remat": 2}, "cannot rematerialise"),
+    ],
+)
+def test_what_the_fused_path_refuses_is_named(options, message):
+    cell = options.get("cell", rj.elman)
+    params = cell.init(jax.random.key(0), 2, 4, 1)
+    with pytest.raises(ValueError, match=message):
+        rj.unroll(params, jnp.zeros((3, 2, 2)), backward="fused", **options)
+
+
+def test_the_compiled_kernel_refuses_a_state_too_wide_for_the_chip(monkeypatch):
+    monkeypatch.setattr(fused, "compiled", lambda: True)
+    assert fused.supported(fused.MAX_HIDDEN) and fused.supported(100)
+    assert not fused.supported(fused.MAX_HIDDEN + 1)
+    params = rj.elman.init(jax.random.key(0), 2, 200, 1)
+    with pytest.raises(ValueError, match="H <= 128 on a GPU, got H = 200"):
+        rj.unroll(params, jnp.zeros((3, 2, 2)), backward="fused")
+
+
+def test_padded_hidden_is_a_power_of_two_at_least_16():
+    assert [fused.padded_hidden(h) for h in (1, 16, 17, 32, 100, 128)] == [16, 16, 32, 32, 128, 128]
+
+
+def test_the_harness_times_the_kernels_only_where_they_compile():
+    (impl,) = bench.named_implementations(["rnn-jax-fused"])
+    problem = bench._problem(bench.Shape("elman", *bench.PRESETS["quick"][0]), seed=0)
+    if fused.compiled():
+        assert impl.prepare(problem).first_step is not None
+    else:
+        with pytest.raises(bench.Unavailable, match="interpreter"):
+            impl.prepare(problem)
+
+
+def test_deep_models_refuse_the_fused_path():
+    from rnn_jax import train
+    from rnn_jax.config import ModelConfig
+
+    with pytest.raises(ValueError, match="'fused' is derived for the single-layer network"):
+        train.check_model(dataclasses.replace(ModelConfig(), layers=2, backward="fused"))
