@@ -154,6 +154,25 @@ def test_the_compiled_kernel_refuses_a_state_too_wide_for_the_chip(monkeypatch):
         rj.unroll(params, jnp.zeros((3, 2, 2)), backward="fused")
 
 
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_kernels_lower_to_triton_for_a_gpu(monkeypatch, masked):
+    """Cross-platform lowering (no GPU needed): the train step's value and gradient lower for CUDA with both
+    recursions as Triton kernels, so Pallas's Triton rules accept them (block shapes, loads, the loop, the
+    product). Whether Triton then compiles them within the chip's limits is checked on a GPU only."""
+    import jax._src.pallas.triton.pallas_call_registration  # noqa: F401  (registers the CUDA lowering of pallas_call)
+
+    monkeypatch.setattr(fused, "compiled", lambda: True)
+    params = rj.elman.init(jax.random.key(0), 3, 20, 2)
+    xs, targets = jnp.ones((9, 17, 3)), jnp.ones((9, 17, 2))
+    lengths = jnp.arange(17) % 10 if masked else None
+
+    def loss(p, xs):
+        return jnp.mean((rj.unroll(p, xs, backward="fused", lengths=lengths).outputs - targets) ** 2)
+
+    text = jax.jit(jax.value_and_grad(loss)).trace(params, xs).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("custom_call @__gpu$xla.gpu.triton") == 2
+
+
 def test_padded_hidden_is_a_power_of_two_at_least_16():
     assert [fused.padded_hidden(h) for h in (1, 16, 17, 32, 100, 128)] == [16, 16, 32, 32, 128, 128]
 
