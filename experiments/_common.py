@@ -12,11 +12,14 @@ from typing import Any
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def parse_args(name: str, doc: str | None) -> argparse.Namespace:
-    """``--quick`` and ``--out DIR`` (default ``experiments/results/NAME``)."""
+def parse_args(name: str, doc: str | None, flags: dict[str, str] | None = None) -> argparse.Namespace:
+    """``--quick``, ``--out DIR`` (default ``experiments/results/NAME``) and the study's own on/off ``flags``
+    ({"--flag": help})."""
     parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=(doc or "").split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a smaller run (under 2 minutes on 2 CPU cores)")
     parser.add_argument("--out", default=str(RESULTS / name), metavar="DIR", help="where the results go")
+    for flag, help_text in (flags or {}).items():
+        parser.add_argument(flag, action="store_true", help=help_text)
     return parser.parse_args()
 
 

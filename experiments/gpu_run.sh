@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One GPU session's checks in one call of at most 10 minutes (two stages): the environment, then by default the fused
-# Pallas kernels (tests and timings) and the unroll/BPTT/cell tests on the GPU.
+# One GPU session's checks in one call of at most 10 minutes: the environment, then by default the fused Pallas
+# kernels (their tests compiled by Triton, the kernel study, the harness); a second call can run STAGES=tests.
 # Run from the repository root on a machine whose python3 has jax with CUDA, flax, optax, chex and (optionally)
 # torch with CUDA:
 #
@@ -8,11 +8,12 @@
 #     OUT=/tmp/dry PYTHON=.venv/bin/python PRESET=quick bash experiments/gpu_run.sh   # a dry run on a CPU
 #     OUT=/some/dir STAGES="preset gated" bash experiments/gpu_run.sh                  # other stages
 #
-# STAGES (default "fused tests") picks the stages after the environment: "fused" (the Pallas kernels of
-# rnn_jax.fused compiled by Triton for the first time: their tests, then the Elman sizes with H <= 128 against the
-# fast path and cuDNN, 120 + 240 s), "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's
-# hand-written backward passes against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu",
-# 300 s: never measured on a GPU yet) and "tests" (200 s). More than two exceed one 600-second call.
+# STAGES (default "fused") picks the stages after the environment: "fused" (the Pallas kernels of rnn_jax.fused
+# compiled by Triton for the first time: their tests, 120 s; `experiments.fused_kernels`, the kernels against the
+# scan and their options, 120 s; the harness at the Elman sizes with H <= 128 against the fast path and cuDNN,
+# 220 s), "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's hand-written backward passes
+# against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
+# GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call; two of the others fit one.
 #
 # Every stage has its own time limit and a failing stage does not stop the next. `rnn-jax bench --json` rewrites
 # its JSON after every finished size, so a stage cut short keeps the sizes it finished (the table is printed at
@@ -21,7 +22,7 @@ set -u
 OUT=${OUT:-gpu-out}
 PY=${PYTHON:-python3}
 PRESET=${PRESET:-gpu}
-STAGES=${STAGES:-fused tests}
+STAGES=${STAGES:-fused}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 
@@ -53,10 +54,13 @@ if [[ " $STAGES " == *" fused "* ]]; then
         tests/test_gradcheck.py::test_every_path_agrees_and_the_report_says_so 2>&1 | tail -n 40 | tee "$OUT/fused-tests.log"
     if [[ "$PRESET" == gpu ]]; then
         sizes=(--config 32,100,8,64,8 --config 64,256,32,128,32 --config 1,1000,1,32,1 --config 128,512,64,128,64)
+        timeout 120 $PY -m experiments.fused_kernels --out "$OUT/fused_kernels" 2>&1 | tee "$OUT/fused-kernels.log"
     else
         sizes=(--preset "$PRESET")
+        timeout 120 $PY -m experiments.fused_kernels --quick --interpret --out "$OUT/fused_kernels" 2>&1 \
+            | tee "$OUT/fused-kernels.log"
     fi
-    timeout 240 $PY -m rnn_jax bench "${sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused --impl torch \
+    timeout 220 $PY -m rnn_jax bench "${sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused --impl torch \
         --json "$OUT/bench-fused.json" 2>&1 | tee "$OUT/bench-fused.log"
 fi
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -46,7 +47,17 @@ from rnn_jax.cells.elman import ElmanParams
 
 ROWS = 16  # sequences per program of a kernel's grid (Triton's matrix product needs at least 16 rows)
 MAX_HIDDEN = 128  # the largest (padded) H whose W_s [H, H] the compiled kernel keeps on chip (64 KiB in float32)
-NUM_WARPS = 4  # Triton warps per program: not tuned on a GPU yet
+
+
+class KernelOptions(NamedTuple):
+    """How the compiled kernels run (ignored by the interpreter). Not tuned on a GPU yet:
+    ``python -m experiments.fused_kernels`` measures the choices."""
+
+    num_warps: int = 4  # Triton warps (32 threads each) per program
+    weights_once: bool = True  # load W_s into registers once before the loop (False: from memory at every step)
+
+
+DEFAULT_OPTIONS = KernelOptions()
 
 
 def compiled() -> bool:
@@ -82,16 +93,17 @@ def _pad(a: jax.Array, rows: int, width: int | None) -> jax.Array:
     return a if all(p == (0, 0) for p in pads) else jnp.pad(a, pads)
 
 
-def _recursion_kernel(*refs, step: Callable, num_sequences: int, num_steps: int, reverse: bool):
+def _recursion_kernel(*refs, step: Callable, num_sequences: int, num_steps: int, reverse: bool, weights_once: bool):
     """One program: ``carry = step(sequences at t, carry, W)`` for every t (in reverse time if ``reverse``),
-    with W loaded once and each step's output written to ``out_ref[t]``."""
+    with W loaded once (or at every step) and each step's output written to ``out_ref[t]``."""
     sequence_refs = refs[:num_sequences]
     matrix_ref, initial_ref, out_ref, final_ref = refs[num_sequences:]
-    matrix = matrix_ref[...]
+    matrix = matrix_ref[...] if weights_once else None
 
     def body(i, carry):
         t = num_steps - 1 - i if reverse else i
-        carry, out = step([r[t] for r in sequence_refs], carry, matrix)
+        w = matrix if weights_once else matrix_ref[...]
+        carry, out = step([r[t] for r in sequence_refs], carry, w)
         out_ref[t] = out
         return carry
 
@@ -99,7 +111,12 @@ def _recursion_kernel(*refs, step: Callable, num_sequences: int, num_steps: int,
 
 
 def _run_recursion(
-    step: Callable, sequences: Sequence[jax.Array], matrix: jax.Array, initial: jax.Array, reverse: bool
+    step: Callable,
+    sequences: Sequence[jax.Array],
+    matrix: jax.Array,
+    initial: jax.Array,
+    reverse: bool,
+    options: KernelOptions | None,
 ) -> tuple[jax.Array, jax.Array]:
     """The recursion as one `pl.pallas_call` over blocks of `ROWS` sequences: ([T, B, H] outputs, [B, H] final).
 
@@ -111,14 +128,20 @@ def _run_recursion(
         return jnp.zeros((0, batch, hidden), initial.dtype), initial
     per_step = [pl.BlockSpec((num_steps, ROWS, s.shape[-1]), lambda i: (0, i, 0)) for s in sequences]
     rows = pl.BlockSpec((ROWS, hidden), lambda i: (i, 0))
+    options = options or DEFAULT_OPTIONS
     kernel = functools.partial(
-        _recursion_kernel, step=step, num_sequences=len(sequences), num_steps=num_steps, reverse=reverse
+        _recursion_kernel,
+        step=step,
+        num_sequences=len(sequences),
+        num_steps=num_steps,
+        reverse=reverse,
+        weights_once=options.weights_once,
     )
     params = None
     if compiled():
         from jax.experimental.pallas import triton as pl_triton
 
-        params = pl_triton.CompilerParams(num_warps=NUM_WARPS, num_stages=1)
+        params = pl_triton.CompilerParams(num_warps=options.num_warps, num_stages=1)
     return pl.pallas_call(
         kernel,
         out_shape=(
@@ -170,6 +193,7 @@ def recurrence(
     initial_state: jax.Array,
     mask: jax.Array | None,
     activation: str | Callable | activations.Activation = "tanh",
+    options: KernelOptions | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The forward recursion s_t = phi(u_t + s_{t-1} W_s) as one kernel.
 
@@ -179,6 +203,7 @@ def recurrence(
       initial_state: s_0, [B, H].
       mask: [T, B] bool (the state is frozen where False), or None.
       activation: phi.
+      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
 
     Returns:
       (states s_1 .. s_T [T, B, H], the final state [B, H]).
@@ -191,7 +216,7 @@ def recurrence(
         sequences.append(_pad(mask.astype(u.dtype)[..., None], rows, None))
     w = _pad(w_s, width, width)
     states, final = _run_recursion(
-        _forward_step(phi, mask is not None), sequences, w, _pad(initial_state, rows, width), reverse=False
+        _forward_step(phi, mask is not None), sequences, w, _pad(initial_state, rows, width), False, options
     )
     return states[:, :batch, :hidden], final[:batch, :hidden]
 
@@ -203,6 +228,7 @@ def reverse_errors(
     m: jax.Array | None,
     final_error: jax.Array,
     unroll: int = 1,
+    options: KernelOptions | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """The reverse recursion of `rnn_jax.bptt` as one kernel: (dE/ds_0 [B, H], delta [T, B, H]).
 
@@ -213,6 +239,7 @@ def reverse_errors(
       m: the validity mask as [T, B, 1] in the states' dtype, or None.
       final_error: c_T = dE/ds_T from a use of the final state, [B, H].
       unroll: unused (there is no scan to unroll); the signature of `rnn_jax.bptt`'s recursion.
+      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
     """
     del unroll
     num_steps, batch, hidden = direct.shape
@@ -222,7 +249,7 @@ def reverse_errors(
         sequences.append(_pad(m, rows, None))
     w_t = _pad(params.w_s.T, width, width)
     deltas, initial_error = _run_recursion(
-        _reverse_step(m is not None), sequences, w_t, _pad(final_error, rows, width), reverse=True
+        _reverse_step(m is not None), sequences, w_t, _pad(final_error, rows, width), True, options
     )
     return initial_error[:batch, :hidden], deltas[:, :batch, :hidden]
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
 pytestmark = pytest.mark.slow  # each --quick run takes about a minute on 2 CPU cores
@@ -24,6 +25,7 @@ FIGURES = {
     "exploding_gradients": ["loss_curves.png", "grad_norm_curves.png"],
     "long_dependencies": ["success_vs_length.png"],
     "gate_input_product": [],
+    "fused_kernels": [],
 }
 
 
@@ -122,3 +124,20 @@ def test_gate_input_product_quick(tmp_path):
     for row in results["rows"]:
         assert all(row[f"{form}_{mode}_ms"] > 0 for form in ("per_gate", "single") for mode in ("forward", "train"))
         assert row["max_grad_difference"] < 1e-5
+
+
+def test_fused_kernels_quick_interpreted(tmp_path):
+    """The kernel study runs end to end (interpreted without a GPU: its times are not a measurement, and it says
+    so), every variant's output equals the scan's, and without a GPU it refuses to run unless told to interpret."""
+    command = [sys.executable, "-m", "experiments.fused_kernels", "--quick", "--out", str(tmp_path)]
+    if jax.default_backend() != "gpu":
+        refused = subprocess.run(command, capture_output=True, text=True)
+        assert refused.returncode != 0 and "--interpret" in refused.stderr
+    subprocess.run([*command, "--interpret"], check=True)
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "summary.md").read_text().startswith("# ")
+    assert {(r["recursion"], r["variant"]) for r in results["rows"]} == {
+        (rec, v) for rec in ("forward", "reverse") for v in ("scan", "4warps-once", "4warps-per-step")
+    }
+    for row in results["rows"]:
+        assert row["median_ms"] > 0 and row["max_abs_difference_from_scan"] < 1e-5

@@ -1,0 +1,140 @@
+"""The fused recursions (`rnn_jax.fused`) against the `lax.scan` recursions they replace, and their kernel options.
+
+Question. The Elman network's forward recursion s_t = phi(u_t + s_{t-1} W_s) and its reverse error recursion each
+run as one Pallas kernel under ``backward="fused"``. On this device, how long does each kernel take against the
+same recursion as a `lax.scan`, and which `rnn_jax.fused.KernelOptions` (Triton warps per program; W_s held in
+registers for the whole loop or read at every step) is fastest? Every variant runs interleaved with the others in
+one process; each one's output is compared with the scan's.
+
+Command:
+  python -m experiments.fused_kernels                # on a GPU: 3 sizes x 2 recursions x (scan + 6 kernel variants)
+  python -m experiments.fused_kernels --quick        # 1 size, 2 kernel variants
+  python -m experiments.fused_kernels --quick --interpret   # anywhere: the kernels in Pallas's interpreter (a
+                                                            # test of the study, not a measurement)
+
+Expected runtime on one GPU: about 2 minutes, mostly Triton compiles (--quick: 20 s). Without a GPU the study
+refuses to run unless --interpret is given. Expected result: not known yet (no GPU has run it); the kernels were
+written to remove the per-step launches of the scan, which cost about 6 us per step on an H200 (README), so at
+long T with small H they should be several times faster than the scan. Writes results.json and summary.md.
+"""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import rnn_jax as rj
+from experiments import _common
+from rnn_jax import fused
+
+SIZES = [(64, 256, 128), (1, 1000, 32), (32, 100, 64)]  # (B, T, H): where cuDNN beat the scan on an H200
+QUICK_SIZES = [(4, 20, 16)]
+VARIANTS = [fused.KernelOptions(w, once) for w in (2, 4, 8) for once in (True, False)]
+QUICK_VARIANTS = [fused.KernelOptions(4, True), fused.KernelOptions(4, False)]
+
+
+def _name(options: fused.KernelOptions) -> str:
+    return f"{options.num_warps}warps-{'once' if options.weights_once else 'per-step'}"
+
+
+def _scan_forward(u, w_s, s0):
+    def step(s, u_t):
+        s = jnp.tanh(u_t + s @ w_s)
+        return s, s
+
+    return jax.lax.scan(step, s0, u)[1]
+
+
+def _scan_reverse(params, direct, dphi, mask, final_error):
+    def step(c, inputs):
+        direct_t, dphi_t = inputs
+        delta = (direct_t + c) * dphi_t
+        return delta @ params.w_s.T, delta
+
+    return jax.lax.scan(step, final_error, (direct, dphi), reverse=True)[1]
+
+
+def _compiled(batch: int, steps: int, hidden: int, variants) -> tuple[dict, dict]:
+    """{(recursion, variant): compiled function} and their arguments, for one size."""
+    keys = jax.random.split(jax.random.key(0), 4)
+    params = rj.elman.init(keys[0], 1, hidden, 1)
+    u = jax.random.normal(keys[1], (steps, batch, hidden))
+    s0 = jnp.zeros((batch, hidden))
+    direct = 1e-2 * jax.random.normal(keys[2], (steps, batch, hidden))
+    dphi = jax.random.uniform(keys[3], (steps, batch, hidden))
+    args = {"forward": (u, params.w_s, s0), "reverse": (params, direct, dphi, None, s0)}
+    fns = {("forward", "scan"): _scan_forward, ("reverse", "scan"): _scan_reverse}
+    for options in variants:
+        fns["forward", _name(options)] = lambda u, w, s, o=options: fused.recurrence(u, w, s, None, "tanh", o)[0]
+        fns["reverse", _name(options)] = lambda *a, o=options: fused.reverse_errors(*a, options=o)[1]
+    compiled = {key: jax.jit(fn).lower(*args[key[0]]).compile() for key, fn in fns.items()}
+    return compiled, args
+
+
+def measure(batch: int, steps: int, hidden: int, variants, repeats: int) -> list[dict]:
+    compiled, args = _compiled(batch, steps, hidden, variants)
+    outputs = {key: jax.block_until_ready(fn(*args[key[0]])) for key, fn in compiled.items()}
+    samples = {key: [] for key in compiled}
+    for _ in range(repeats):
+        for key, fn in compiled.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn(*args[key[0]]))
+            samples[key].append(time.perf_counter() - start)
+    rows = []
+    for (recursion, variant), times in samples.items():
+        ms = 1e3 * np.asarray(times)
+        diff = float(jnp.max(jnp.abs(outputs[recursion, variant] - outputs[recursion, "scan"])))
+        rows.append({"B": batch, "T": steps, "H": hidden, "recursion": recursion, "variant": variant,
+                     "median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
+                     "p90_ms": float(np.percentile(ms, 90)), "max_abs_difference_from_scan": diff})  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    args = _common.parse_args(
+        "fused_kernels", __doc__, flags={"--interpret": "without a GPU: run the kernels in Pallas's interpreter"}
+    )
+    if not fused.compiled() and not args.interpret:
+        raise SystemExit(
+            f"fused_kernels: the kernels compile on a GPU only (backend here: {jax.default_backend()}); "
+            "add --interpret to run the study in Pallas's interpreter (slow, and not a measurement)"
+        )
+    out = _common.prepare(args.out)
+    sizes, variants, repeats = (QUICK_SIZES, QUICK_VARIANTS, 5) if args.quick else (SIZES, VARIANTS, 20)
+    rows = []
+    for batch, steps, hidden in sizes:
+        start = time.perf_counter()
+        size_rows = measure(batch, steps, hidden, variants, repeats)
+        rows += size_rows
+        for recursion in ("forward", "reverse"):
+            mine = {r["variant"]: r["median_ms"] for r in size_rows if r["recursion"] == recursion}
+            best = min((v for v in mine if v != "scan"), key=mine.get)
+            print(f"B={batch} T={steps} H={hidden} {recursion}: scan {mine['scan']:.3f} ms, best kernel {best} "
+                  f"{mine[best]:.3f} ms ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+    device = f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}"
+    mode = "interpreted (not a measurement)" if not fused.compiled() else "compiled"
+    _common.write_json(out / "results.json", {"device": device, "kernels": mode, "repeats": repeats, "rows": rows})
+    table = _common.markdown_table(
+        ["B, T, H", "recursion", "variant", "median ms (p10-p90)", "scan / this", "max abs diff from scan"],
+        [[f"{r['B']}, {r['T']}, {r['H']}", r["recursion"], r["variant"],
+          f"{r['median_ms']:.3f} ({r['p10_ms']:.3f}-{r['p90_ms']:.3f})",
+          f"{_scan_ms(rows, r) / r['median_ms']:.2f}x", f"{r['max_abs_difference_from_scan']:.1e}"] for r in rows],
+    )  # fmt: skip
+    (out / "summary.md").write_text(f"# The fused recursions against the scan\n\n{device}; kernels {mode}\n\n{table}\n")
+    print(table)
+
+
+def _scan_ms(rows: list[dict], row: dict) -> float:
+    """The scan's median for ``row``'s size and recursion."""
+
+    def key(r):
+        return r["B"], r["T"], r["H"], r["recursion"]
+
+    return next(r["median_ms"] for r in rows if r["variant"] == "scan" and key(r) == key(row))
+
+
+if __name__ == "__main__":
+    main()
