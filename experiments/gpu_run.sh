@@ -9,9 +9,9 @@
 #     OUT=/some/dir STAGES="preset gated" bash experiments/gpu_run.sh                  # other stages
 #
 # STAGES (default "fused") picks the stages after the environment: "fused" (the Pallas kernels of rnn_jax.fused
-# compiled by Triton for the first time: their tests, 120 s; `experiments.fused_kernels`, the kernels against the
-# scan and their options, 120 s; the harness at the Elman sizes with H <= 128 against the fast path and cuDNN,
-# 220 s), "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's hand-written backward passes
+# compiled by Triton for the first time: their tests, 130 s; `experiments.fused_kernels`, the Elman kernels against
+# the scan and their options, 100 s; the harness against the fast path and cuDNN at the Elman sizes with H <= 128,
+# 160 s, and the LSTM sizes with H <= 64, 140 s), "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's hand-written backward passes
 # against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
 # GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call; two of the others fit one.
 #
@@ -50,18 +50,22 @@ fi
 if [[ " $STAGES " == *" fused "* ]]; then
     fused_workers=()
     $PY -c "import xdist" 2>/dev/null && fused_workers=(-n 4)
-    timeout 120 $PY -m pytest -q -p no:cacheprovider -p no:benchmark "${fused_workers[@]}" tests/test_fused.py \
+    timeout 130 $PY -m pytest -q -p no:cacheprovider -p no:benchmark "${fused_workers[@]}" tests/test_fused.py \
         tests/test_gradcheck.py::test_every_path_agrees_and_the_report_says_so 2>&1 | tail -n 40 | tee "$OUT/fused-tests.log"
     if [[ "$PRESET" == gpu ]]; then
         sizes=(--config 32,100,8,64,8 --config 64,256,32,128,32 --config 1,1000,1,32,1 --config 128,512,64,128,64)
-        timeout 120 $PY -m experiments.fused_kernels --out "$OUT/fused_kernels" 2>&1 | tee "$OUT/fused-kernels.log"
+        lstm_sizes=(--config 32,100,8,64,8 --config 1,1000,1,32,1 --config 64,256,32,64,32)
+        timeout 100 $PY -m experiments.fused_kernels --out "$OUT/fused_kernels" 2>&1 | tee "$OUT/fused-kernels.log"
     else
         sizes=(--preset "$PRESET")
-        timeout 120 $PY -m experiments.fused_kernels --quick --interpret --out "$OUT/fused_kernels" 2>&1 \
+        lstm_sizes=(--preset "$PRESET")
+        timeout 100 $PY -m experiments.fused_kernels --quick --interpret --out "$OUT/fused_kernels" 2>&1 \
             | tee "$OUT/fused-kernels.log"
     fi
-    timeout 220 $PY -m rnn_jax bench "${sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused --impl torch \
+    timeout 160 $PY -m rnn_jax bench "${sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused --impl torch \
         --json "$OUT/bench-fused.json" 2>&1 | tee "$OUT/bench-fused.log"
+    timeout 140 $PY -m rnn_jax bench --cell lstm "${lstm_sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused \
+        --impl torch --json "$OUT/bench-fused-lstm.json" 2>&1 | tee "$OUT/bench-fused-lstm.log"
 fi
 
 # the gated cells' hand-written backward passes (backward="bptt") against autodiff and cuDNN, both cells in 300 s

@@ -249,15 +249,18 @@ def rnn_jax_implementation(
         if model_options.get("backward") == "bptt" and shape.cell not in ("elman", "lstm", "gru"):
             raise Unavailable(f"backward={model_options['backward']!r} exists for elman, lstm and gru only")
         if model_options.get("backward") == "fused":
-            if shape.cell != "elman":
-                raise Unavailable("backward='fused' (rnn_jax.fused) exists for elman only")
+            cell = cells.get(shape.cell)
+            if cell not in fused.GATES:
+                raise Unavailable("backward='fused' (rnn_jax.fused) exists for elman and lstm only")
             if not fused.compiled():
                 raise Unavailable(
                     f"the fused kernels compile on a GPU only (here, {jax.default_backend()}, they "
                     "would run in Pallas's interpreter: a test of their values, not of their speed)"
                 )
-            if not fused.supported(shape.H):
-                raise Unavailable(f"the fused kernel keeps W_s on chip: H <= {fused.MAX_HIDDEN}, got {shape.H}")
+            if not fused.supported(shape.H, cell):
+                raise Unavailable(
+                    f"the fused kernel keeps W_s on chip: H <= {fused.max_hidden(cell)} for {shape.cell}, got {shape.H}"
+                )
         if devices > len(jax.devices()):
             raise Unavailable(f"{devices} devices asked for, {len(jax.devices())} present")
         if shape.B % devices:

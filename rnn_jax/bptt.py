@@ -116,7 +116,7 @@ class Gradients(NamedTuple):
     initial_state: jax.Array  # dE/ds_0, [B, H]
 
 
-def _previous_states(initial_state: jax.Array, states: jax.Array) -> jax.Array:
+def previous_states(initial_state: jax.Array, states: jax.Array) -> jax.Array:
     """s_{t-1} for t = 1 .. T: [T, B, H] (empty for T = 0)."""
     return jnp.concatenate([initial_state[None], states[:-1]], axis=0)[: states.shape[0]]
 
@@ -160,7 +160,7 @@ def _errors(params, xs, initial_state, mask, states, output_error, state_error, 
         direct = direct + state_error
     pre = None
     if act.derivative_from_output is None:  # a user callable: phi' needs the pre-activation
-        s_prev = _previous_states(initial_state, states)
+        s_prev = previous_states(initial_state, states)
         pre = xs @ params.w_x + s_prev @ params.w_s + params.b_s[None, None, :]
     dphi = activation_derivative(act, pre, states)
     final_error = jnp.zeros_like(initial_state) if final_state_error is None else final_state_error
@@ -208,7 +208,7 @@ def backward(
         params, xs, initial_state, mask, states, output_error, state_error, final_state_error, activation, unroll,
         recursion,
     )  # fmt: skip
-    s_prev = _previous_states(initial_state, states)
+    s_prev = previous_states(initial_state, states)
     flat_deltas = deltas.reshape(rows, hidden)
     flat_g = g_y.reshape(rows, g_y.shape[-1])
     grads = ElmanParams(
@@ -284,7 +284,7 @@ def accumulating_backward(
     act = activations.get(activation)
     num_steps, batch, hidden = states.shape
     width = xs.shape[-1]
-    s_prev = _previous_states(initial_state, states)
+    s_prev = previous_states(initial_state, states)
     w_in = jnp.concatenate([params.w_x, params.w_s], axis=0)  # [D + H, H]
     w_back = jnp.concatenate([params.w_y.T, params.w_s.T], axis=0)  # [O + H, H]
     m = None if mask is None else mask.astype(states.dtype)[..., None]  # [T, B, 1]
@@ -413,8 +413,8 @@ def lstm_backward(
     act = activations.get(activation)
     num_steps, batch, hidden = states.h.shape
     width = xs.shape[-1]
-    h_prev = _previous_states(initial_state.h, states.h)
-    c_prev = _previous_states(initial_state.c, states.c)
+    h_prev = previous_states(initial_state.h, states.h)
+    c_prev = previous_states(initial_state.c, states.c)
     w_back = jnp.concatenate([params.w_y.T, params.w_s.T], axis=0)  # [O + 4H, H]
     m = None if mask is None else mask.astype(xs.dtype)[..., None]  # [T, B, 1]
 
@@ -515,7 +515,7 @@ def gru_backward(
     """
     act = activations.get(activation)
     num_steps, batch, hidden = states.shape
-    h_prev = _previous_states(initial_state, states)
+    h_prev = previous_states(initial_state, states)
     w_back = jnp.concatenate([params.w_y.T, params.w_s.T], axis=0)  # [O + 3H, H]
     m = None if mask is None else mask.astype(xs.dtype)[..., None]  # [T, B, 1]
 
@@ -641,7 +641,7 @@ def per_lag_contributions(
     """
     f = _forward(params, xs, targets, loss, reduction, activation, initial_state, lengths, mask, loss_mask)
     num_steps = xs.shape[0]
-    s_prev = _previous_states(f.initial_state, f.states)
+    s_prev = previous_states(f.initial_state, f.states)
 
     def contributions(t):
         only_t = jnp.where((jnp.arange(num_steps) == t)[:, None, None], f.output_error, 0)

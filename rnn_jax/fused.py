@@ -1,4 +1,5 @@
-"""The Elman network's two recursions through time as fused kernels (Pallas): one launch runs all T steps.
+"""The recursions through time of the Elman network and the LSTM as fused kernels (Pallas): one launch runs all
+T steps.
 
 Of the work in BPTT, only two recursions are sequential:
 
@@ -17,12 +18,14 @@ GPU": about 6 us per step, where cuDNN's persistent kernels take a fraction of t
 recursion is one Pallas kernel: every program of its grid takes a block of `ROWS` sequences, loads
 W_s (or W_s^T) once, and loops over the T steps with it held on chip, writing s_t (or delta_t) as
 it goes. `elman_scan` is the Elman unroll with these kernels and the hand-derived BPTT of
-`rnn_jax.bptt.backward` as its custom VJP (``unroll(..., backward="fused")``).
+`rnn_jax.bptt.backward` as its custom VJP (``unroll(..., backward="fused")``). The LSTM's recursions
+(`lstm_recurrence`, `lstm_reverse_errors`: the equations of `rnn_jax.bptt.lstm_backward`, carrying
+(h, c) forward and (dE/dh, dE/dc) back, with W_s as four [H, H] gate blocks) make `lstm_scan` the same way.
 
-On a GPU the kernels compile through Triton, with float32 products in full IEEE precision
-(as the rest of rnn-jax on GPUs). The compiled kernel keeps W_s on chip, so it takes H <= `MAX_HIDDEN`
-(H is padded to a power of two >= 16, B to a multiple of `ROWS`, with zeros that change no
-value). On other backends the same kernels run in Pallas's interpreter: exact, and how the tests
+On a GPU the kernels compile through Triton, with float32 products in full IEEE precision (as the rest of
+rnn-jax on GPUs). The compiled kernel keeps W_s on chip, so it takes H <= `MAX_HIDDEN` for Elman and H <= 64
+for the LSTM (`max_hidden`; H is padded to a power of two >= 16, B to a multiple of `ROWS`, with zeros that
+change no value). On other backends the same kernels run in Pallas's interpreter: exact, and how the tests
 check them on a CPU, but slow, for testing only.
 
 References:
@@ -42,11 +45,13 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from rnn_jax import activations, bptt
-from rnn_jax.cells import elman
+from rnn_jax.cells import elman, lstm
 from rnn_jax.cells.elman import ElmanParams
+from rnn_jax.cells.lstm import LSTMParams, LSTMState
 
 ROWS = 16  # sequences per program of a kernel's grid (Triton's matrix product needs at least 16 rows)
 MAX_HIDDEN = 128  # the largest (padded) H whose W_s [H, H] the compiled kernel keeps on chip (64 KiB in float32)
+GATES = {elman: 1, lstm: 4}  # the cells with fused kernels, and the [H, H] blocks of their W_s
 
 
 class KernelOptions(NamedTuple):
@@ -70,17 +75,26 @@ def padded_hidden(hidden: int) -> int:
     return max(16, 1 << (hidden - 1).bit_length())
 
 
-def supported(hidden: int) -> bool:
-    """Whether the kernels run for state width H here (compiled, they keep W_s on chip: H <= `MAX_HIDDEN`)."""
-    return not compiled() or padded_hidden(hidden) <= MAX_HIDDEN
+def max_hidden(cell=elman) -> int:
+    """The largest H whose W_s ([H, G H]: G = `GATES` blocks) the compiled kernel keeps on chip, as much as the
+    Elman network's [`MAX_HIDDEN`, `MAX_HIDDEN`]: 128 for Elman, 64 for the LSTM."""
+    width = MAX_HIDDEN
+    while GATES[cell] * width * width > MAX_HIDDEN * MAX_HIDDEN:
+        width //= 2
+    return width
 
 
-def check_hidden(hidden: int) -> None:
+def supported(hidden: int, cell=elman) -> bool:
+    """Whether ``cell`` has fused kernels that run for state width H here (compiled, W_s must fit on chip)."""
+    return cell in GATES and (not compiled() or padded_hidden(hidden) <= max_hidden(cell))
+
+
+def check_hidden(hidden: int, cell=elman) -> None:
     """Raises ValueError naming H where the compiled kernel cannot keep W_s on chip."""
-    if not supported(hidden):
+    if not supported(hidden, cell):
         raise ValueError(
-            f"backward: the fused kernel keeps W_s on chip and takes H <= {MAX_HIDDEN} on a GPU, got H = {hidden}; "
-            "use backward='fast' (or 'bptt' / 'autodiff')"
+            f"backward: the fused kernel keeps W_s on chip and takes H <= {max_hidden(cell)} for this cell on a "
+            f"GPU, got H = {hidden}; use backward='fast' (or 'bptt' / 'autodiff')"
         )
 
 
@@ -93,46 +107,64 @@ def _pad(a: jax.Array, rows: int, width: int | None) -> jax.Array:
     return a if all(p == (0, 0) for p in pads) else jnp.pad(a, pads)
 
 
-def _recursion_kernel(*refs, step: Callable, num_sequences: int, num_steps: int, reverse: bool, weights_once: bool):
-    """One program: ``carry = step(sequences at t, carry, W)`` for every t (in reverse time if ``reverse``),
-    with W loaded once (or at every step) and each step's output written to ``out_ref[t]``."""
-    sequence_refs = refs[:num_sequences]
-    matrix_ref, initial_ref, out_ref, final_ref = refs[num_sequences:]
-    matrix = matrix_ref[...] if weights_once else None
+def _recursion_kernel(
+    *refs, step: Callable, counts: tuple[int, int, int, int], num_steps: int, reverse: bool, weights_once: bool
+):
+    """One program: ``carry, outs = step(sequences at t, carry, matrices)`` for every t (in reverse time if
+    ``reverse``), with the matrices loaded once (or at every step) and each step's outputs written at t.
+
+    ``refs``: the sequences, the matrices, the initial carries, then the outputs and the final carries;
+    ``counts`` = (sequences, matrices, carries, outputs).
+    """
+    num_sequences, num_matrices, num_carries, num_outputs = counts
+    sequence_refs, refs = refs[:num_sequences], refs[num_sequences:]
+    matrix_refs, refs = refs[:num_matrices], refs[num_matrices:]
+    initial_refs, refs = refs[:num_carries], refs[num_carries:]
+    out_refs, final_refs = refs[:num_outputs], refs[num_outputs:]
+    loaded = [r[...] for r in matrix_refs] if weights_once else None
 
     def body(i, carry):
         t = num_steps - 1 - i if reverse else i
-        w = matrix if weights_once else matrix_ref[...]
-        carry, out = step([r[t] for r in sequence_refs], carry, w)
-        out_ref[t] = out
+        matrices = loaded if weights_once else [r[...] for r in matrix_refs]
+        carry, outs = step([r[t] for r in sequence_refs], carry, matrices)
+        for r, out in zip(out_refs, outs, strict=True):
+            r[t] = out
         return carry
 
-    final_ref[...] = jax.lax.fori_loop(0, num_steps, body, initial_ref[...])
+    finals = jax.lax.fori_loop(0, num_steps, body, tuple(r[...] for r in initial_refs))
+    for r, final in zip(final_refs, finals, strict=True):
+        r[...] = final
 
 
 def _run_recursion(
     step: Callable,
     sequences: Sequence[jax.Array],
-    matrix: jax.Array,
-    initial: jax.Array,
+    matrices: Sequence[jax.Array],
+    initials: Sequence[jax.Array],
+    num_outputs: int,
     reverse: bool,
     options: KernelOptions | None,
-) -> tuple[jax.Array, jax.Array]:
-    """The recursion as one `pl.pallas_call` over blocks of `ROWS` sequences: ([T, B, H] outputs, [B, H] final).
+) -> tuple[list[jax.Array], list[jax.Array]]:
+    """The recursion as one `pl.pallas_call` over blocks of `ROWS` sequences: (``num_outputs`` [T, B, H] outputs,
+    the final carries [B, H]).
 
-    ``sequences``: [T, B, H] or [T, B, 1] (a mask) arrays read at every step; ``matrix`` [H, H]; ``initial``
-    [B, H]. B, H must already be padded (`padded_hidden`, a multiple of `ROWS`).
+    ``sequences``: [T, B, H] or [T, B, 1] (a mask) arrays read at every step; ``matrices``: [H, H]; ``initials``:
+    the carries, [B, H] each. B and H must already be padded (`_padded_sizes`).
     """
     num_steps, batch, hidden = sequences[0].shape
+    dtype = initials[0].dtype
     if num_steps == 0:
-        return jnp.zeros((0, batch, hidden), initial.dtype), initial
-    per_step = [pl.BlockSpec((num_steps, ROWS, s.shape[-1]), lambda i: (0, i, 0)) for s in sequences]
+        return [jnp.zeros((0, batch, hidden), dtype)] * num_outputs, list(initials)
+    per_step = pl.BlockSpec((num_steps, ROWS, hidden), lambda i: (0, i, 0))
+    per_step_mask = pl.BlockSpec((num_steps, ROWS, 1), lambda i: (0, i, 0))
+    whole = pl.BlockSpec((hidden, hidden), lambda i: (0, 0))
     rows = pl.BlockSpec((ROWS, hidden), lambda i: (i, 0))
     options = options or DEFAULT_OPTIONS
+    counts = (len(sequences), len(matrices), len(initials), num_outputs)
     kernel = functools.partial(
         _recursion_kernel,
         step=step,
-        num_sequences=len(sequences),
+        counts=counts,
         num_steps=num_steps,
         reverse=reverse,
         weights_once=options.weights_once,
@@ -142,18 +174,23 @@ def _run_recursion(
         from jax.experimental.pallas import triton as pl_triton
 
         params = pl_triton.CompilerParams(num_warps=options.num_warps, num_stages=1)
-    return pl.pallas_call(
+    results = pl.pallas_call(
         kernel,
         out_shape=(
-            jax.ShapeDtypeStruct((num_steps, batch, hidden), initial.dtype),
-            jax.ShapeDtypeStruct((batch, hidden), initial.dtype),
+            *[jax.ShapeDtypeStruct((num_steps, batch, hidden), dtype)] * num_outputs,
+            *[jax.ShapeDtypeStruct((batch, hidden), dtype)] * len(initials),
         ),
         grid=(batch // ROWS,),
-        in_specs=[*per_step, pl.BlockSpec((hidden, hidden), lambda i: (0, 0)), rows],
-        out_specs=(pl.BlockSpec((num_steps, ROWS, hidden), lambda i: (0, i, 0)), rows),
+        in_specs=[
+            *[per_step_mask if s.shape[-1] == 1 else per_step for s in sequences],
+            *[whole] * len(matrices),
+            *[rows] * len(initials),
+        ],
+        out_specs=(*[per_step] * num_outputs, *[rows] * len(initials)),
         compiler_params=params,
         interpret=not compiled(),
-    )(*sequences, matrix, initial)
+    )(*sequences, *matrices, *initials)
+    return list(results[:num_outputs]), list(results[num_outputs:])
 
 
 def _product(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -161,24 +198,26 @@ def _product(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _forward_step(phi: Callable, masked: bool) -> Callable:
-    def step(at_t, s_prev, w_s):
+    def step(at_t, carry, matrices):
+        (s_prev,), (w_s,) = carry, matrices
         s = phi(at_t[0] + _product(s_prev, w_s))
         if masked:
             s = jnp.where(at_t[1] > 0, s, s_prev)
-        return s, s
+        return (s,), (s,)
 
     return step
 
 
 def _reverse_step(masked: bool) -> Callable:
-    def step(at_t, c, w_s_t):
+    def step(at_t, carry, matrices):
+        (c,), (w_s_t,) = carry, matrices
         a = at_t[0] + c
         delta = a * at_t[1]
         if not masked:
-            return _product(delta, w_s_t), delta
+            return (_product(delta, w_s_t),), (delta,)
         m = at_t[2]
         delta = m * delta
-        return _product(delta, w_s_t) + (1 - m) * a, delta
+        return (_product(delta, w_s_t) + (1 - m) * a,), (delta,)
 
     return step
 
@@ -215,8 +254,8 @@ def recurrence(
     if mask is not None:
         sequences.append(_pad(mask.astype(u.dtype)[..., None], rows, None))
     w = _pad(w_s, width, width)
-    states, final = _run_recursion(
-        _forward_step(phi, mask is not None), sequences, w, _pad(initial_state, rows, width), False, options
+    (states,), (final,) = _run_recursion(
+        _forward_step(phi, mask is not None), sequences, [w], [_pad(initial_state, rows, width)], 1, False, options
     )
     return states[:, :batch, :hidden], final[:batch, :hidden]
 
@@ -248,8 +287,8 @@ def reverse_errors(
     if m is not None:
         sequences.append(_pad(m, rows, None))
     w_t = _pad(params.w_s.T, width, width)
-    deltas, initial_error = _run_recursion(
-        _reverse_step(m is not None), sequences, w_t, _pad(final_error, rows, width), True, options
+    (deltas,), (initial_error,) = _run_recursion(
+        _reverse_step(m is not None), sequences, [w_t], [_pad(final_error, rows, width)], 1, True, options
     )
     return initial_error[:batch, :hidden], deltas[:, :batch, :hidden]
 
@@ -291,3 +330,191 @@ def _elman_scan_bwd(activation, residuals, cotangents):
 
 
 elman_scan.defvjp(_elman_scan_fwd, _elman_scan_bwd)
+
+
+# ------------------------------------------------------------------ the LSTM
+
+
+def _gate_blocks(a: jax.Array, rows: int, width: int) -> list[jax.Array]:
+    """[T, B, 4H] -> the four gates' [T, B, H] blocks (i, f, g, o), each padded to [T, rows, width]."""
+    return [_pad(block, rows, width) for block in jnp.split(a, 4, axis=-1)]
+
+
+def _gate_matrices(w_s: jax.Array, width: int, transpose: bool = False) -> list[jax.Array]:
+    """W_s [H, 4H] -> the four gates' [H, H] blocks (or their transposes), each padded to [width, width]."""
+    return [_pad(block.T if transpose else block, width, width) for block in jnp.split(w_s, 4, axis=-1)]
+
+
+def _lstm_forward_step(phi: Callable, masked: bool) -> Callable:
+    def step(at_t, carry, matrices):
+        h, c = carry
+        z = [u + _product(h, w) for u, w in zip(at_t[:4], matrices, strict=True)]  # z_i, z_f, z_g, z_o
+        c_new = jax.nn.sigmoid(z[1]) * c + jax.nn.sigmoid(z[0]) * phi(z[2])
+        h_new = jax.nn.sigmoid(z[3]) * phi(c_new)
+        if masked:
+            keep = at_t[4] > 0
+            h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
+        return (h_new, c_new), (h_new, c_new, *z)
+
+    return step
+
+
+def _lstm_reverse_step(act: activations.Activation, masked: bool) -> Callable:
+    def step(at_t, carry, matrices):
+        q, e = carry  # q = dz_{t+1} W_s^T + p_{t+1} (what reaches h_t from step t + 1), e = e_{t+1}
+        direct_h, direct_c, z_i, z_f, z_g, z_o, c_t, c_prev = at_t[:8]
+        a = direct_h + q
+        i, f, o, g = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jax.nn.sigmoid(z_o), act.fn(z_g)
+        phi_c = act.fn(c_t)
+        dc = e + direct_c + a * o * activations.derivative(act, c_t, phi_c)
+        dz = [dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * activations.derivative(act, z_g, g),
+              a * phi_c * o * (1 - o)]  # fmt: skip
+        if masked:
+            m = at_t[8]
+            dz = [m * d for d in dz]
+            q, e = (1 - m) * a, m * dc * f + (1 - m) * (e + direct_c)
+        else:
+            q, e = jnp.zeros_like(a), dc * f
+        for d, w_t in zip(dz, matrices, strict=True):
+            q = q + _product(d, w_t)
+        return (q, e), tuple(dz)
+
+    return step
+
+
+def lstm_recurrence(
+    u: jax.Array,
+    w_s: jax.Array,
+    initial_state: LSTMState,
+    mask: jax.Array | None,
+    activation: str | Callable | activations.Activation = "tanh",
+    options: KernelOptions | None = None,
+) -> tuple[LSTMState, LSTMState, jax.Array]:
+    """The LSTM's forward recursion as one kernel: z_t = u_t + h_{t-1} W_s, c_t = f c_{t-1} + i g,
+    h_t = o phi(c_t) (`rnn_jax.cells.lstm`).
+
+    Args:
+      u: x_t W_x + b_s, [T, B, 4H] (the gate blocks i, f, g, o side by side).
+      w_s: [H, 4H].
+      initial_state: (h_0, c_0), each [B, H].
+      mask: [T, B] bool (the state is frozen where False), or None.
+      activation: phi.
+      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+
+    Returns:
+      (states (h_t, c_t) [T, B, H] each, the final state, the pre-activations z_t [T, B, 4H]).
+    """
+    batch, hidden = u.shape[1], w_s.shape[0]
+    rows, width = _padded_sizes(batch, hidden)
+    sequences = _gate_blocks(u, rows, width)
+    if mask is not None:
+        sequences.append(_pad(mask.astype(u.dtype)[..., None], rows, None))
+    initials = [_pad(initial_state.h, rows, width), _pad(initial_state.c, rows, width)]
+    outs, finals = _run_recursion(
+        _lstm_forward_step(activations.get(activation).fn, mask is not None),
+        sequences, _gate_matrices(w_s, width), initials, 6, False, options,
+    )  # fmt: skip
+    outs = [a[:, :batch, :hidden] for a in outs]
+    final = LSTMState(*(a[:batch, :hidden] for a in finals))
+    return LSTMState(outs[0], outs[1]), final, jnp.concatenate(outs[2:], axis=-1)
+
+
+def lstm_reverse_errors(
+    params: LSTMParams,
+    direct: LSTMState,
+    pre: jax.Array,
+    cells: jax.Array,
+    previous_cells: jax.Array,
+    m: jax.Array | None,
+    final_error: LSTMState,
+    activation: str | Callable | activations.Activation = "tanh",
+    options: KernelOptions | None = None,
+) -> tuple[jax.Array, LSTMState]:
+    """The reverse recursion of `rnn_jax.bptt.lstm_backward` as one kernel: (dz_t [T, B, 4H], dE/d(h_0, c_0)).
+
+    Args:
+      params: the weights (W_s is read).
+      direct: the errors reaching (h_t, c_t) from outside the recursion (for h: m_t g_t W_y^T + dE/dh_t|direct),
+        [T, B, H] each.
+      pre: the gate pre-activations z_t of the forward pass, [T, B, 4H].
+      cells, previous_cells: c_t and c_{t-1}, [T, B, H].
+      m: the validity mask as [T, B, 1] in the states' dtype, or None.
+      final_error: dE/d(h_T, c_T) from a use of the final state, [B, H] each.
+      activation: phi.
+      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+    """
+    batch, hidden = cells.shape[1:]
+    rows, width = _padded_sizes(batch, hidden)
+    sequences = [_pad(direct.h, rows, width), _pad(direct.c, rows, width), *_gate_blocks(pre, rows, width),
+                 _pad(cells, rows, width), _pad(previous_cells, rows, width)]  # fmt: skip
+    if m is not None:
+        sequences.append(_pad(m, rows, width=None))
+    initials = [_pad(final_error.h, rows, width), _pad(final_error.c, rows, width)]
+    dz, (q_0, e_0) = _run_recursion(
+        _lstm_reverse_step(activations.get(activation), m is not None),
+        sequences, _gate_matrices(params.w_s, width, transpose=True), initials, 4, True, options,
+    )  # fmt: skip
+    dz = jnp.concatenate([d[:, :batch, :hidden] for d in dz], axis=-1)
+    return dz, LSTMState(q_0[:batch, :hidden], e_0[:batch, :hidden])
+
+
+def lstm_backward(
+    params, xs, initial_state, mask, states, pre, output_error, state_error, final_state_error, activation="tanh"
+) -> tuple[LSTMParams, jax.Array, LSTMState]:
+    """The LSTM BPTT equations of `rnn_jax.bptt.lstm_backward`, with the reverse recursion as one kernel and every
+    weight gradient as one product over all T B rows afterwards: (parameter gradients, dE/dx [T, B, D],
+    dE/d(h_0, c_0)). The arguments are `rnn_jax.bptt.lstm_backward`'s."""
+    m = None if mask is None else mask.astype(xs.dtype)[..., None]  # [T, B, 1]
+    g_y = output_error if m is None else output_error * m
+    direct = LSTMState(g_y @ params.w_y.T + state_error.h, state_error.c)
+    c_prev = bptt.previous_states(initial_state.c, states.c)
+    dz, initial_error = lstm_reverse_errors(params, direct, pre, states.c, c_prev, m, final_state_error, activation)
+    h_prev = bptt.previous_states(initial_state.h, states.h)
+
+    def flat(a):  # [T, B, N] -> [T B, N]
+        return a.reshape(-1, a.shape[-1])
+
+    grads = LSTMParams(
+        w_x=flat(xs).T @ flat(dz),
+        w_s=flat(h_prev).T @ flat(dz),
+        b_s=jnp.sum(flat(dz), axis=0),
+        w_y=flat(states.h).T @ flat(g_y),
+        b_y=jnp.sum(flat(g_y), axis=0),
+    )
+    return grads, dz @ params.w_x.T, initial_error
+
+
+def _lstm_forward(params, xs, initial_state, mask, activation):
+    """((outputs, states, final), pre): the hoisted unroll with the kernel as its recursion."""
+    from rnn_jax.unroll import hoisted_scan
+
+    kept = {}
+
+    def fused_recurrence(x_proj, carry, mask_):
+        states, final, kept["pre"] = lstm_recurrence(
+            x_proj + params.b_s[None, None, :], params.w_s, carry, mask_, activation
+        )
+        return states, final
+
+    return hoisted_scan(lstm, params, initial_state, xs, mask, activation, recurrence=fused_recurrence), kept["pre"]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def lstm_scan(params: LSTMParams, xs: jax.Array, initial_state: LSTMState, mask: jax.Array | None, activation):
+    """The LSTM unroll ``(outputs [T, B, O], states (h, c) [T, B, H] each, final_state)`` with both recursions
+    as kernels and `lstm_backward` as its VJP (``unroll(..., cell=lstm, backward="fused")``)."""
+    return _lstm_forward(params, xs, initial_state, mask, activation)[0]
+
+
+def _lstm_scan_fwd(params, xs, initial_state, mask, activation):
+    (outputs, states, final), pre = _lstm_forward(params, xs, initial_state, mask, activation)
+    return (outputs, states, final), (params, xs, initial_state, mask, states, pre)
+
+
+def _lstm_scan_bwd(activation, residuals, cotangents):
+    params, xs, initial_state, mask, states, pre = residuals
+    grads, g_xs, g_initial = lstm_backward(params, xs, initial_state, mask, states, pre, *cotangents, activation)
+    return grads, g_xs, g_initial, None
+
+
+lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)

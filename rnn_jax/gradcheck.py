@@ -6,8 +6,8 @@ For a model and a configuration it computes the gradient of the loss (before any
     bptt          the hand-derived equations of `rnn_jax.bptt` (no `jax.grad` at all; Elman);
     custom_vjp    `jax.grad` through ``unroll(..., backward="bptt")``, the hand-derived backward pass of
                   every single-layer cell (Elman, LSTM, GRU) as a custom VJP, the training fast path;
-    fused_vjp     `jax.grad` through ``unroll(..., backward="fused")``, the Elman recursions as Pallas
-                  kernels (`rnn_jax.fused`; on a GPU only where it compiles, H <= 128);
+    fused_vjp     `jax.grad` through ``unroll(..., backward="fused")``, the Elman and LSTM recursions as
+                  Pallas kernels (`rnn_jax.fused`; on a GPU only where they compile: H <= 128, 64);
     forward       forward mode: `jax.jvp` along random directions v, compared with <grad, v>;
     finite_diff   central differences (f(p + h e) - f(p - h e)) / 2h, on every entry of each
                   parameter up to ``max_entries`` entries and along random directions beyond;
@@ -262,7 +262,7 @@ def _check_full(config, trial, cell, params, xs, targets, key) -> list[Compariso
         run = functools.partial(unroll, activation=trial.activation, lengths=lengths, cell=cell)
     custom_vjp = not isinstance(params, deep.DeepParams)  # every single-layer cell has a hand-derived custom VJP
     hand = config.model == "elman" and custom_vjp
-    kernels = hand and fused.supported(config.hidden)
+    kernels = custom_vjp and fused.supported(config.hidden, cell)
     k_fwd, k_fd = jax.random.split(key)
     forward_probes = _probes(params, k_fwd, config.max_entries, config.directions, every_entry=False)
     fd_probes = _probes(params, k_fd, config.max_entries, config.directions, every_entry=True)
@@ -323,7 +323,7 @@ def _check_truncated(config, trial, cell, params, xs, targets, key) -> list[Comp
             total = total + bptt.loss_value(trial.loss, outputs[-k1:], targets[end - k1 : end], None, config.reduction)
         return total
 
-    kernels = cell is cells.elman and fused.supported(config.hidden)
+    kernels = fused.supported(config.hidden, cell)
 
     @jax.jit
     def summed_gradients(p):

@@ -321,10 +321,10 @@ def unroll(
         as a `jax.custom_vjp`; Elman, LSTM, GRU) or "fast" (the fastest measured, `_fast_backward`:
         "bptt" for Elman except for a single sequence (B = 1) on a GPU, "bptt" for the LSTM on a
         CPU with B > 1, "autodiff" otherwise; see the README's Performance section) or "fused"
-        (Elman only: `rnn_jax.fused`, the forward and the reverse recursion each one Pallas kernel
-        that keeps W_s on chip over all T steps, with the hand-derived BPTT around them; compiled on
-        a GPU for H <= 128, interpreted (slowly) elsewhere; ``unroll`` does not apply). The forward
-        values are the same.
+        (Elman and LSTM: `rnn_jax.fused`, the forward and the reverse recursion each one Pallas
+        kernel that keeps W_s on chip over all T steps, with the hand-derived BPTT around them;
+        compiled on a GPU for H <= 128 (Elman) or 64 (LSTM), interpreted (slowly) elsewhere;
+        ``unroll`` does not apply). The forward values are the same.
       cell: the module providing ``step`` and ``initial_state``.
       remat: rematerialisation (gradient checkpointing) of the backward pass: None (default:
         the backward pass keeps every step's intermediates, memory O(T)); an integer k: keep
@@ -416,19 +416,20 @@ def unroll(
                 f"backward: 'bptt' is derived for the Elman, LSTM and GRU cells only, got cell {cell.__name__}"
             )
     elif backward == "fused":
-        if cell is not elman:
+        from rnn_jax import fused  # fused sits on this module, like bptt
+
+        if cell not in fused.GATES:
             raise ValueError(
-                f"backward: 'fused' (rnn_jax.fused) exists for the Elman cell only, got cell {cell.__name__}"
+                f"backward: 'fused' (rnn_jax.fused) exists for the Elman and LSTM cells only, got cell {cell.__name__}"
             )
         if projections == "in_step":
             raise ValueError(
                 "projections: the fused kernels compute only the recurrent product in each step (the others are "
                 "hoisted out of the loop); use projections='auto' or 'hoisted' with backward='fused'"
             )
-        from rnn_jax import fused  # fused sits on this module, like bptt
-
-        fused.check_hidden(params.w_s.shape[0])
-        outputs, states, final = fused.elman_scan(params, xs, initial_state, mask, activation)
+        fused.check_hidden(params.w_s.shape[0], cell)
+        fused_scan = fused.elman_scan if cell is elman else fused.lstm_scan
+        outputs, states, final = fused_scan(params, xs, initial_state, mask, activation)
     elif backward == "autodiff" and hoist:
         outputs, states, final = hoisted_scan(cell, params, initial_state, xs, mask, activation, unroll)
     elif backward == "autodiff" and compute_dtype is None:

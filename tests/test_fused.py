@@ -1,5 +1,5 @@
-"""The fused recursions (`rnn_jax.fused`): the Pallas kernels against a Python-loop oracle, and the fused unroll's
-values and gradients against autodiff.
+"""The fused recursions (`rnn_jax.fused`): the Pallas kernels against Python-loop oracles, and the fused unrolls'
+(Elman and LSTM) values and gradients against autodiff.
 
 On a CPU the kernels run in Pallas's interpreter: the same kernel functions, so these tests check their
 arithmetic (the padding of B and H included); whether Triton compiles them is checked on a GPU
@@ -19,6 +19,7 @@ import pytest
 import rnn_jax as rj
 from rnn_jax import activations, bench, fused, gradcheck
 from rnn_jax.config import GradcheckConfig
+from tests.oracle import lstm_loop
 
 # (T, B, D, H, O): B and H below, at and above the kernel's block sizes (ROWS = 16; H padded to 16, 32)
 SIZES = [(6, 3, 2, 5, 2), (9, 16, 3, 16, 4), (5, 17, 2, 20, 3)]
@@ -68,31 +69,6 @@ def _value_and_gradients(params, xs, s0, lengths, activation, backward):
     return jax.jit(f, static_argnums=(4, 5))(params, xs, s0, lengths, activation, backward)
 
 
-@pytest.mark.parametrize(
-    ("size", "activation"),
-    [(size, "tanh") for size in SIZES]
-    + [(SIZES[-1], a) for a in (*sorted(set(activations.NAMED) - {"tanh"}), jnp.sin)],
-)
-def test_fused_values_and_gradients_equal_autodiff_in_float64(x64, size, activation):
-    params, xs, s0, lengths = _problem(size)
-    for lens in (None, lengths):
-        chex.assert_trees_all_close(
-            _value_and_gradients(params, xs, s0, lens, activation, "fused"),
-            _value_and_gradients(params, xs, s0, lens, activation, "autodiff"),
-            rtol=1e-10,
-            atol=1e-13,
-        )
-
-
-def test_fused_equals_autodiff_in_float32(standard_promotion):
-    params, xs, s0, lengths = _problem((12, 5, 3, 24, 2), jnp.float32)
-    got = _value_and_gradients(params, xs, s0, lengths, "tanh", "fused")
-    want = _value_and_gradients(params, xs, s0, lengths, "tanh", "autodiff")
-    assert jax.tree.leaves(got)[0].dtype == jnp.float32
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):  # 1e-5 of each array's largest entry
-        assert float(jnp.max(jnp.abs(g - w))) <= 1e-5 * float(jnp.max(jnp.abs(w)))
-
-
 def test_an_empty_sequence_gives_the_initial_state_and_zero_weight_gradients(x64):
     params, _, s0, _ = _problem((1, 3, 2, 5, 2))
     xs = jnp.zeros((0, 3, 2), jnp.float64)
@@ -109,7 +85,7 @@ def test_a_planted_error_in_the_reverse_kernel_is_caught(monkeypatch):
     correct = fused._reverse_step
 
     def transposed(masked):
-        return lambda at_t, c, w_s_t: correct(masked)(at_t, c, w_s_t.T)
+        return lambda at_t, carry, matrices: correct(masked)(at_t, carry, [w.T for w in matrices])
 
     monkeypatch.setattr(fused, "_reverse_step", transposed)
     config = GradcheckConfig(trials=2, seed=3, hidden=4, seq_len=5, activation="tanh")
@@ -133,7 +109,7 @@ def test_fused_training_takes_the_same_first_step_as_the_fast_path():
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"cell": rj.lstm}, "Elman cell only"),
+        ({"cell": rj.gru}, "Elman and LSTM cells only"),
         ({"projections": "in_step"}, "projections"),
         ({"remat": 2}, "cannot rematerialise"),
     ],
@@ -150,24 +126,29 @@ def test_the_compiled_kernel_refuses_a_state_too_wide_for_the_chip(monkeypatch):
     assert fused.supported(fused.MAX_HIDDEN) and fused.supported(100)
     assert not fused.supported(fused.MAX_HIDDEN + 1)
     params = rj.elman.init(jax.random.key(0), 2, 200, 1)
-    with pytest.raises(ValueError, match="H <= 128 on a GPU, got H = 200"):
+    with pytest.raises(ValueError, match="H <= 128 for this cell on a GPU, got H = 200"):
         rj.unroll(params, jnp.zeros((3, 2, 2)), backward="fused")
+    assert fused.max_hidden(rj.lstm) == 64 and fused.supported(64, rj.lstm) and not fused.supported(65, rj.lstm)
+    params = rj.lstm.init(jax.random.key(0), 2, 100, 1)
+    with pytest.raises(ValueError, match="H <= 64 for this cell on a GPU, got H = 100"):
+        rj.unroll(params, jnp.zeros((3, 2, 2)), backward="fused", cell=rj.lstm)
 
 
 @pytest.mark.parametrize("masked", [False, True])
-def test_the_kernels_lower_to_triton_for_a_gpu(monkeypatch, masked):
+@pytest.mark.parametrize("cell", [rj.elman, rj.lstm], ids=["elman", "lstm"])
+def test_the_kernels_lower_to_triton_for_a_gpu(monkeypatch, masked, cell):
     """Cross-platform lowering (no GPU needed): the train step's value and gradient lower for CUDA with both
     recursions as Triton kernels, so Pallas's Triton rules accept them (block shapes, loads, the loop, the
     product). Whether Triton then compiles them within the chip's limits is checked on a GPU only."""
     import jax._src.pallas.triton.pallas_call_registration  # noqa: F401  (registers the CUDA lowering of pallas_call)
 
     monkeypatch.setattr(fused, "compiled", lambda: True)
-    params = rj.elman.init(jax.random.key(0), 3, 20, 2)
+    params = cell.init(jax.random.key(0), 3, 20, 2)
     xs, targets = jnp.ones((9, 17, 3)), jnp.ones((9, 17, 2))
     lengths = jnp.arange(17) % 10 if masked else None
 
     def loss(p, xs):
-        return jnp.mean((rj.unroll(p, xs, backward="fused", lengths=lengths).outputs - targets) ** 2)
+        return jnp.mean((rj.unroll(p, xs, backward="fused", lengths=lengths, cell=cell).outputs - targets) ** 2)
 
     text = jax.jit(jax.value_and_grad(loss)).trace(params, xs).lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("custom_call @__gpu$xla.gpu.triton") == 2
@@ -193,3 +174,90 @@ def test_deep_models_refuse_the_fused_path():
 
     with pytest.raises(ValueError, match="'fused' is derived for the single-layer network"):
         train.check_model(dataclasses.replace(ModelConfig(), layers=2, backward="fused"))
+
+
+# ------------------------------------------------------------------ the LSTM
+
+
+def _lstm_problem(size, dtype=jnp.float64, seed=0):
+    t, b, d, h, o = size
+    keys = jax.random.split(jax.random.key(seed), 6)
+    params = rj.lstm.init(keys[0], d, h, o, dtype=dtype)
+    params = params._replace(b_s=params.b_s + 0.1 * jax.random.normal(keys[1], (4 * h,), dtype))
+    xs = jax.random.normal(keys[2], (t, b, d), dtype)
+    s0 = rj.lstm.LSTMState(*(0.5 * jax.random.normal(k, (b, h), dtype) for k in keys[3:5]))
+    lengths = jax.random.randint(keys[5], (b,), 0, t + 1)
+    return params, xs, s0, lengths
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_fused_lstm_equals_a_python_loop(x64, size):
+    params, xs, s0, lengths = _lstm_problem(size)
+    run = jax.jit(lambda p, x, l: rj.unroll(p, x, initial_state=s0, lengths=l, cell=rj.lstm, backward="fused"))
+    got = run(params, xs, lengths)
+    outputs, (hs, cs), (h, c) = lstm_loop(params, xs, "tanh", s0.h, s0.c, np.asarray(lengths))
+    for a, b in ((got.outputs, outputs), (got.states.h, hs), (got.states.c, cs), (got.final_state.h, h),
+                 (got.final_state.c, c)):  # fmt: skip
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+def _lstm_loss(params, xs, s0, lengths, activation, backward):
+    run = rj.unroll(
+        params, xs, activation=activation, initial_state=s0, lengths=lengths, backward=backward, cell=rj.lstm
+    )
+    # outputs, both parts of every state and of the final state feed the loss: every cotangent reaches the VJP
+    return (jnp.sum(run.outputs**2) + jnp.sum(jnp.cos(run.states.h)) + jnp.sum(jnp.sin(run.states.c))
+            + jnp.sum(run.final_state.h**3) + jnp.sum(run.final_state.c**2))  # fmt: skip
+
+
+def _lstm_value_and_gradients(params, xs, s0, lengths, activation, backward):
+    f = jax.value_and_grad(_lstm_loss, argnums=(0, 1, 2))
+    return jax.jit(f, static_argnums=(4, 5))(params, xs, s0, lengths, activation, backward)
+
+
+def test_a_planted_error_in_the_lstm_reverse_kernel_is_caught(monkeypatch, x64):
+    """The LSTM's reverse step given the gate blocks W_k where their transposes belong: the comparison with
+    autodiff must fail (so the float64 comparisons above can fail)."""
+    params, xs, s0, lengths = _lstm_problem(SIZES[0])
+    want = _lstm_value_and_gradients(params, xs, s0, lengths, "tanh", "autodiff")
+    correct = fused._lstm_reverse_step
+
+    def transposed(act, masked):
+        return lambda at_t, carry, matrices: correct(act, masked)(at_t, carry, [w.T for w in matrices])
+
+    monkeypatch.setattr(fused, "_lstm_reverse_step", transposed)
+    _, got = _lstm_value_and_gradients(params, xs, s0, lengths, "tanh", "fused")
+    assert float(jnp.max(jnp.abs(got[0].w_s - want[1][0].w_s))) > 1e-3 * float(jnp.max(jnp.abs(want[1][0].w_s)))
+
+
+# ------------------------------------------------------------------ both cells against autodiff
+
+PROBLEMS = {"elman": (_problem, _value_and_gradients), "lstm": (_lstm_problem, _lstm_value_and_gradients)}
+OTHER_ACTIVATIONS = (*sorted(set(activations.NAMED) - {"tanh"}), jnp.sin)
+
+
+@pytest.mark.parametrize(
+    ("cell", "size", "activation"),
+    [(cell, size, "tanh") for cell in PROBLEMS for size in SIZES]
+    + [(cell, SIZES[-1], a) for cell in PROBLEMS for a in OTHER_ACTIVATIONS],
+)
+def test_fused_values_and_gradients_equal_autodiff_in_float64(x64, cell, size, activation):
+    make, value_and_gradients = PROBLEMS[cell]
+    params, xs, s0, lengths = make(size)
+    for lens in (None, lengths):
+        chex.assert_trees_all_close(
+            value_and_gradients(params, xs, s0, lens, activation, "fused"),
+            value_and_gradients(params, xs, s0, lens, activation, "autodiff"),
+            rtol=1e-10,
+            atol=1e-13,
+        )
+
+
+@pytest.mark.parametrize("cell", PROBLEMS)
+def test_fused_equals_autodiff_in_float32(standard_promotion, cell):
+    make, value_and_gradients = PROBLEMS[cell]
+    params, xs, s0, lengths = make((12, 5, 3, 24, 2), jnp.float32)
+    got = value_and_gradients(params, xs, s0, lengths, "tanh", "fused")
+    want = value_and_gradients(params, xs, s0, lengths, "tanh", "autodiff")
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):  # 1e-5 of each array's largest entry
+        assert g.dtype == jnp.float32 and float(jnp.max(jnp.abs(g - w))) <= 1e-5 * float(jnp.max(jnp.abs(w)))
