@@ -11,9 +11,11 @@
 # STAGES (default "fused") picks the stages after the environment: "fused" (the Pallas kernels of rnn_jax.fused
 # compiled by Triton for the first time: their tests, 130 s; `experiments.fused_kernels`, the Elman kernels against
 # the scan and their options, 100 s; the harness against the fast path and cuDNN at the Elman sizes with H <= 128,
-# 160 s, and the LSTM sizes with H <= 64, 140 s), "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's hand-written backward passes
+# 160 s, and the LSTM sizes with H <= 64, 140 s), "fused-gru" (the GRU's fused kernels in the harness, 140 s),
+# "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's hand-written backward passes
 # against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
-# GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call; two of the others fit one.
+# GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call ("fused-gru tests" a second one);
+# two of the others fit one.
 #
 # Every stage has its own time limit and a failing stage does not stop the next. `rnn-jax bench --json` rewrites
 # its JSON after every finished size, so a stage cut short keeps the sizes it finished (the table is printed at
@@ -66,6 +68,13 @@ if [[ " $STAGES " == *" fused "* ]]; then
         --json "$OUT/bench-fused.json" 2>&1 | tee "$OUT/bench-fused.log"
     timeout 140 $PY -m rnn_jax bench --cell lstm "${lstm_sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused \
         --impl torch --json "$OUT/bench-fused-lstm.json" 2>&1 | tee "$OUT/bench-fused-lstm.log"
+fi
+
+if [[ " $STAGES " == *" fused-gru "* ]]; then
+    gru_sizes=(--config 32,100,8,64,8 --config 1,1000,1,32,1 --config 64,256,32,64,32)
+    [[ "$PRESET" == gpu ]] || gru_sizes=(--preset "$PRESET")
+    timeout 140 $PY -m rnn_jax bench --cell gru "${gru_sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused \
+        --impl torch --json "$OUT/bench-fused-gru.json" 2>&1 | tee "$OUT/bench-fused-gru.log"
 fi
 
 # the gated cells' hand-written backward passes (backward="bptt") against autodiff and cuDNN, both cells in 300 s

@@ -251,7 +251,7 @@ def rnn_jax_implementation(
         if model_options.get("backward") == "fused":
             cell = cells.get(shape.cell)
             if cell not in fused.GATES:
-                raise Unavailable("backward='fused' (rnn_jax.fused) exists for elman and lstm only")
+                raise Unavailable("backward='fused' (rnn_jax.fused) exists for elman, lstm and gru only")
             if not fused.compiled():
                 raise Unavailable(
                     f"the fused kernels compile on a GPU only (here, {jax.default_backend()}, they "

@@ -44,8 +44,8 @@ class ModelConfig:
     unroll: int = _help("time steps per scan loop iteration (lax.scan's unroll)", default=1)
     backward: Literal["fast", "autodiff", "bptt", "fused"] = _help(
         "gradients by jax.grad through the scan, by the hand-derived BPTT equations (custom VJP; elman, lstm and gru), "
-        "'fused': the same for elman and lstm with both recursions through time as Pallas kernels (rnn_jax.fused; "
-        "compiled on a GPU for H <= 128 (elman) or 64 (lstm), interpreted slowly elsewhere), or 'fast': the fastest "
+        "'fused': the same with both recursions through time as Pallas kernels (rnn_jax.fused; compiled on a GPU "
+        "for H <= 128 (elman) or 64 (lstm, gru), interpreted slowly elsewhere), or 'fast': the fastest "
         "measured (bptt for elman, except B = 1 on a GPU; bptt for lstm on a CPU with B > 1; autodiff otherwise)",
         default="fast",
     )

@@ -1,5 +1,5 @@
-"""The recursions through time of the Elman network and the LSTM as fused kernels (Pallas): one launch runs all
-T steps.
+"""The recursions through time of the Elman network, the LSTM and the GRU as fused kernels (Pallas): one launch
+runs all T steps.
 
 Of the work in BPTT, only two recursions are sequential:
 
@@ -20,11 +20,12 @@ W_s (or W_s^T) once, and loops over the T steps with it held on chip, writing s_
 it goes. `elman_scan` is the Elman unroll with these kernels and the hand-derived BPTT of
 `rnn_jax.bptt.backward` as its custom VJP (``unroll(..., backward="fused")``). The LSTM's recursions
 (`lstm_recurrence`, `lstm_reverse_errors`: the equations of `rnn_jax.bptt.lstm_backward`, carrying
-(h, c) forward and (dE/dh, dE/dc) back, with W_s as four [H, H] gate blocks) make `lstm_scan` the same way.
+(h, c) forward and (dE/dh, dE/dc) back, with W_s as four [H, H] gate blocks) make `lstm_scan` the same way,
+and the GRU's (`gru_recurrence`, `gru_reverse_errors`: `rnn_jax.bptt.gru_backward`'s equations) `gru_scan`.
 
 On a GPU the kernels compile through Triton, with float32 products in full IEEE precision (as the rest of
 rnn-jax on GPUs). The compiled kernel keeps W_s on chip, so it takes H <= `MAX_HIDDEN` for Elman and H <= 64
-for the LSTM (`max_hidden`; H is padded to a power of two >= 16, B to a multiple of `ROWS`, with zeros that
+for the LSTM and the GRU (`max_hidden`; H is padded to a power of two >= 16, B to a multiple of `ROWS`, with zeros that
 change no value). On other backends the same kernels run in Pallas's interpreter: exact, and how the tests
 check them on a CPU, but slow, for testing only.
 
@@ -45,13 +46,14 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 
 from rnn_jax import activations, bptt
-from rnn_jax.cells import elman, lstm
+from rnn_jax.cells import elman, gru, lstm
 from rnn_jax.cells.elman import ElmanParams
+from rnn_jax.cells.gru import GRUParams
 from rnn_jax.cells.lstm import LSTMParams, LSTMState
 
 ROWS = 16  # sequences per program of a kernel's grid (Triton's matrix product needs at least 16 rows)
 MAX_HIDDEN = 128  # the largest (padded) H whose W_s [H, H] the compiled kernel keeps on chip (64 KiB in float32)
-GATES = {elman: 1, lstm: 4}  # the cells with fused kernels, and the [H, H] blocks of their W_s
+GATES = {elman: 1, lstm: 4, gru: 3}  # the cells with fused kernels, and the [H, H] blocks of their W_s
 
 
 class KernelOptions(NamedTuple):
@@ -148,8 +150,9 @@ def _run_recursion(
     """The recursion as one `pl.pallas_call` over blocks of `ROWS` sequences: (``num_outputs`` [T, B, H] outputs,
     the final carries [B, H]).
 
-    ``sequences``: [T, B, H] or [T, B, 1] (a mask) arrays read at every step; ``matrices``: [H, H]; ``initials``:
-    the carries, [B, H] each. B and H must already be padded (`_padded_sizes`).
+    ``sequences``: [T, B, H] or [T, B, 1] (a mask) arrays read at every step; ``matrices``: [H, H], or [1, H] (a
+    bias), loaded as W_s is; ``initials``: the carries, [B, H] each. B and H must already be padded
+    (`_padded_sizes`).
     """
     num_steps, batch, hidden = sequences[0].shape
     dtype = initials[0].dtype
@@ -158,6 +161,7 @@ def _run_recursion(
     per_step = pl.BlockSpec((num_steps, ROWS, hidden), lambda i: (0, i, 0))
     per_step_mask = pl.BlockSpec((num_steps, ROWS, 1), lambda i: (0, i, 0))
     whole = pl.BlockSpec((hidden, hidden), lambda i: (0, 0))
+    vector = pl.BlockSpec((1, hidden), lambda i: (0, 0))
     rows = pl.BlockSpec((ROWS, hidden), lambda i: (i, 0))
     options = options or DEFAULT_OPTIONS
     counts = (len(sequences), len(matrices), len(initials), num_outputs)
@@ -183,7 +187,7 @@ def _run_recursion(
         grid=(batch // ROWS,),
         in_specs=[
             *[per_step_mask if s.shape[-1] == 1 else per_step for s in sequences],
-            *[whole] * len(matrices),
+            *[vector if w.shape[0] == 1 else whole for w in matrices],
             *[rows] * len(initials),
         ],
         out_specs=(*[per_step] * num_outputs, *[rows] * len(initials)),
@@ -335,14 +339,15 @@ elman_scan.defvjp(_elman_scan_fwd, _elman_scan_bwd)
 # ------------------------------------------------------------------ the LSTM
 
 
-def _gate_blocks(a: jax.Array, rows: int, width: int) -> list[jax.Array]:
-    """[T, B, 4H] -> the four gates' [T, B, H] blocks (i, f, g, o), each padded to [T, rows, width]."""
-    return [_pad(block, rows, width) for block in jnp.split(a, 4, axis=-1)]
+def _gate_blocks(a: jax.Array, rows: int, width: int, gates: int = 4) -> list[jax.Array]:
+    """[T, B, G H] -> the G gates' [T, B, H] blocks (the LSTM's i, f, g, o), each padded to [T, rows, width]."""
+    return [_pad(block, rows, width) for block in jnp.split(a, gates, axis=-1)]
 
 
 def _gate_matrices(w_s: jax.Array, width: int, transpose: bool = False) -> list[jax.Array]:
-    """W_s [H, 4H] -> the four gates' [H, H] blocks (or their transposes), each padded to [width, width]."""
-    return [_pad(block.T if transpose else block, width, width) for block in jnp.split(w_s, 4, axis=-1)]
+    """W_s [H, G H] -> the G gates' [H, H] blocks (or their transposes), each padded to [width, width]."""
+    gates = w_s.shape[1] // w_s.shape[0]
+    return [_pad(block.T if transpose else block, width, width) for block in jnp.split(w_s, gates, axis=-1)]
 
 
 def _lstm_forward_step(phi: Callable, masked: bool) -> Callable:
@@ -458,6 +463,11 @@ def lstm_reverse_errors(
     return dz, LSTMState(q_0[:batch, :hidden], e_0[:batch, :hidden])
 
 
+def _summed_over_steps(a: jax.Array, b: jax.Array) -> jax.Array:
+    """sum_t a_t^T b_t for a [T, B, N], b [T, B, M]: one [N, T B] @ [T B, M] product (a weight gradient)."""
+    return a.reshape(-1, a.shape[-1]).T @ b.reshape(-1, b.shape[-1])
+
+
 def lstm_backward(
     params, xs, initial_state, mask, states, pre, output_error, state_error, final_state_error, activation="tanh"
 ) -> tuple[LSTMParams, jax.Array, LSTMState]:
@@ -470,51 +480,209 @@ def lstm_backward(
     c_prev = bptt.previous_states(initial_state.c, states.c)
     dz, initial_error = lstm_reverse_errors(params, direct, pre, states.c, c_prev, m, final_state_error, activation)
     h_prev = bptt.previous_states(initial_state.h, states.h)
-
-    def flat(a):  # [T, B, N] -> [T B, N]
-        return a.reshape(-1, a.shape[-1])
-
     grads = LSTMParams(
-        w_x=flat(xs).T @ flat(dz),
-        w_s=flat(h_prev).T @ flat(dz),
-        b_s=jnp.sum(flat(dz), axis=0),
-        w_y=flat(states.h).T @ flat(g_y),
-        b_y=jnp.sum(flat(g_y), axis=0),
+        w_x=_summed_over_steps(xs, dz),
+        w_s=_summed_over_steps(h_prev, dz),
+        b_s=jnp.sum(dz, axis=(0, 1)),
+        w_y=_summed_over_steps(states.h, g_y),
+        b_y=jnp.sum(g_y, axis=(0, 1)),
     )
     return grads, dz @ params.w_x.T, initial_error
 
 
-def _lstm_forward(params, xs, initial_state, mask, activation):
-    """((outputs, states, final), pre): the hoisted unroll with the kernel as its recursion."""
+# ------------------------------------------------------------------ the GRU
+
+
+def _gru_forward_step(phi: Callable, masked: bool) -> Callable:
+    def step(at_t, carry, matrices):
+        (h,), (w_r, w_z, w_n, b_n) = carry, matrices
+        a_r, a_z, a_n = at_t[:3]  # a_r, a_z with the recurrent biases b_r, b_z already added
+        p_r, p_z = a_r + _product(h, w_r), a_z + _product(h, w_z)
+        u_n = _product(h, w_n) + b_n
+        z = jax.nn.sigmoid(p_z)
+        h_new = (1 - z) * phi(a_n + jax.nn.sigmoid(p_r) * u_n) + z * h
+        if masked:
+            h_new = jnp.where(at_t[3] > 0, h_new, h)
+        return (h_new,), (h_new, p_r, p_z, u_n)
+
+    return step
+
+
+def _gru_reverse_step(act: activations.Activation, masked: bool) -> Callable:
+    def step(at_t, carry, matrices):
+        (q,) = carry  # du_{t+1} W_s^T + p_{t+1}: what reaches h_t from step t + 1
+        direct, p_r, p_z, a_n, u_n, h_prev = at_t[:6]
+        a = direct + q
+        r, z = jax.nn.sigmoid(p_r), jax.nn.sigmoid(p_z)
+        pre_n = a_n + r * u_n
+        n = act.fn(pre_n)
+        dq = a * (1 - z) * activations.derivative(act, pre_n, n)
+        da = [dq * u_n * r * (1 - r), a * (h_prev - n) * z * (1 - z), dq]
+        if masked:
+            m = at_t[6]
+            da = [m * d for d in da]
+            q = a * (m * z + 1 - m)
+        else:
+            q = a * z
+        for d, w_t in zip((da[0], da[1], da[2] * r), matrices, strict=True):  # du: the reset gate scales u_n
+            q = q + _product(d, w_t)
+        return (q,), tuple(da)
+
+    return step
+
+
+def gru_recurrence(
+    x_proj: jax.Array,
+    params: GRUParams,
+    initial_state: jax.Array,
+    mask: jax.Array | None,
+    activation: str | Callable | activations.Activation = "tanh",
+    options: KernelOptions | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """The GRU's forward recursion as one kernel (`rnn_jax.cells.gru`): r = s(a_r + u_r), z = s(a_z + u_z),
+    n = phi(a_n + r u_n), h_t = (1 - z) n + z h_{t-1}, with [u_r, u_z, u_n] = h_{t-1} W_s + b_s.
+
+    Args:
+      x_proj: [a_r, a_z, a_n] = x_t W_x + b_x, [T, B, 3H].
+      params: the weights (W_s and b_s are read).
+      initial_state: h_0, [B, H].
+      mask: [T, B] bool (the state is frozen where False), or None.
+      activation: phi.
+      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+
+    Returns:
+      (states h_t [T, B, H], the final state [B, H], `gru.pre_activations` [p_r, p_z, a_n, u_n] [T, B, 4H]).
+    """
+    batch, hidden = initial_state.shape
+    rows, width = _padded_sizes(batch, hidden)
+    b_r, b_z, b_n = jnp.split(params.b_s, 3)
+    a_r, a_z, a_n = jnp.split(x_proj, 3, axis=-1)
+    sequences = [_pad(a, rows, width) for a in (a_r + b_r[None, None, :], a_z + b_z[None, None, :], a_n)]
+    if mask is not None:
+        sequences.append(_pad(mask.astype(x_proj.dtype)[..., None], rows, None))
+    matrices = [*_gate_matrices(params.w_s, width), _pad(b_n[None, :], 1, width)]
+    (h, p_r, p_z, u_n), (final,) = _run_recursion(
+        _gru_forward_step(activations.get(activation).fn, mask is not None),
+        sequences, matrices, [_pad(initial_state, rows, width)], 4, False, options,
+    )  # fmt: skip
+    h, p_r, p_z, u_n = (x[:, :batch, :hidden] for x in (h, p_r, p_z, u_n))
+    return h, final[:batch, :hidden], jnp.concatenate([p_r, p_z, a_n, u_n], axis=-1)
+
+
+def gru_reverse_errors(
+    params: GRUParams,
+    direct: jax.Array,
+    pre: jax.Array,
+    previous: jax.Array,
+    m: jax.Array | None,
+    final_error: jax.Array,
+    activation: str | Callable | activations.Activation = "tanh",
+    options: KernelOptions | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """The reverse recursion of `rnn_jax.bptt.gru_backward` as one kernel: (da_t = dE/d(x_t W_x + b_x)
+    [T, B, 3H] (masked), dE/dh_0 [B, H]).
+
+    Args:
+      params: the weights (W_s is read).
+      direct: the errors reaching h_t from outside the recursion, m_t g_t W_y^T + dE/dh_t|direct, [T, B, H].
+      pre: `gru.pre_activations` of the forward pass, [T, B, 4H].
+      previous: h_{t-1}, [T, B, H].
+      m: the validity mask as [T, B, 1] in the states' dtype, or None.
+      final_error: dE/dh_T from a use of the final state, [B, H].
+      activation: phi.
+      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+    """
+    batch, hidden = previous.shape[1:]
+    rows, width = _padded_sizes(batch, hidden)
+    sequences = [_pad(direct, rows, width), *_gate_blocks(pre, rows, width), _pad(previous, rows, width)]
+    if m is not None:
+        sequences.append(_pad(m, rows, width=None))
+    da, (initial_error,) = _run_recursion(
+        _gru_reverse_step(activations.get(activation), m is not None),
+        sequences, _gate_matrices(params.w_s, width, transpose=True), [_pad(final_error, rows, width)], 3, True,
+        options,
+    )  # fmt: skip
+    return jnp.concatenate([d[:, :batch, :hidden] for d in da], axis=-1), initial_error[:batch, :hidden]
+
+
+def gru_backward(
+    params, xs, initial_state, mask, states, pre, output_error, state_error, final_state_error, activation="tanh"
+) -> tuple[GRUParams, jax.Array, jax.Array]:
+    """The GRU BPTT equations of `rnn_jax.bptt.gru_backward`, with the reverse recursion as one kernel and every
+    weight gradient as one product over all T B rows afterwards: (parameter gradients, dE/dx [T, B, D],
+    dE/dh_0 [B, H]). The arguments are `rnn_jax.bptt.gru_backward`'s."""
+    m = None if mask is None else mask.astype(xs.dtype)[..., None]  # [T, B, 1]
+    g_y = output_error if m is None else output_error * m
+    h_prev = bptt.previous_states(initial_state, states)
+    da, initial_error = gru_reverse_errors(
+        params, g_y @ params.w_y.T + state_error, pre, h_prev, m, final_state_error, activation
+    )
+    hidden = states.shape[-1]
+    r = jax.nn.sigmoid(pre[..., :hidden])
+    du = jnp.concatenate([da[..., : 2 * hidden], da[..., 2 * hidden :] * r], axis=-1)  # the reset gate scales u_n
+    grads = GRUParams(
+        w_x=_summed_over_steps(xs, da),
+        w_s=_summed_over_steps(h_prev, du),
+        b_x=jnp.sum(da, axis=(0, 1)),
+        b_s=jnp.sum(du, axis=(0, 1)),
+        w_y=_summed_over_steps(states, g_y),
+        b_y=jnp.sum(g_y, axis=(0, 1)),
+    )
+    return grads, da @ params.w_x.T, initial_error
+
+
+# ------------------------------------------------------------------ the gated cells' unrolls, with BPTT as their VJPs
+
+
+def _forward_keeping_pre(cell, recurrence, params, xs, initial_state, mask, activation):
+    """((outputs, states, final), pre): the hoisted unroll of ``cell`` with ``recurrence(x_proj, params, carry,
+    mask, activation) -> (states, final, pre)``, one of the kernels above, as its recursion."""
     from rnn_jax.unroll import hoisted_scan
 
     kept = {}
 
     def fused_recurrence(x_proj, carry, mask_):
-        states, final, kept["pre"] = lstm_recurrence(
-            x_proj + params.b_s[None, None, :], params.w_s, carry, mask_, activation
-        )
+        states, final, kept["pre"] = recurrence(x_proj, params, carry, mask_, activation)
         return states, final
 
-    return hoisted_scan(lstm, params, initial_state, xs, mask, activation, recurrence=fused_recurrence), kept["pre"]
+    return hoisted_scan(cell, params, initial_state, xs, mask, activation, recurrence=fused_recurrence), kept["pre"]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def lstm_scan(params: LSTMParams, xs: jax.Array, initial_state: LSTMState, mask: jax.Array | None, activation):
-    """The LSTM unroll ``(outputs [T, B, O], states (h, c) [T, B, H] each, final_state)`` with both recursions
-    as kernels and `lstm_backward` as its VJP (``unroll(..., cell=lstm, backward="fused")``)."""
-    return _lstm_forward(params, xs, initial_state, mask, activation)[0]
+def _gated_scan(forward: Callable, backward: Callable, doc: str):
+    """A gated cell's fused unroll ``(params, xs, initial_state, mask, activation) -> (outputs, states, final)``:
+    ``forward`` (`_forward_keeping_pre`) as its primal, and ``backward(params, xs, initial_state, mask, states,
+    pre, *cotangents, activation)`` as its VJP."""
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+    def fused_scan(params, xs, initial_state, mask, activation):
+        return forward(params, xs, initial_state, mask, activation)[0]
+
+    def forward_rule(params, xs, initial_state, mask, activation):
+        (outputs, states, final), pre = forward(params, xs, initial_state, mask, activation)
+        return (outputs, states, final), (params, xs, initial_state, mask, states, pre)
+
+    def backward_rule(activation, residuals, cotangents):
+        grads, g_xs, g_initial = backward(*residuals, *cotangents, activation)
+        return grads, g_xs, g_initial, None  # the mask gets no cotangent
+
+    fused_scan.defvjp(forward_rule, backward_rule)
+    fused_scan.__doc__ = doc
+    return fused_scan
 
 
-def _lstm_scan_fwd(params, xs, initial_state, mask, activation):
-    (outputs, states, final), pre = _lstm_forward(params, xs, initial_state, mask, activation)
-    return (outputs, states, final), (params, xs, initial_state, mask, states, pre)
+def _lstm_recurrence_of_projection(x_proj, params, carry, mask, activation):
+    return lstm_recurrence(x_proj + params.b_s[None, None, :], params.w_s, carry, mask, activation)
 
 
-def _lstm_scan_bwd(activation, residuals, cotangents):
-    params, xs, initial_state, mask, states, pre = residuals
-    grads, g_xs, g_initial = lstm_backward(params, xs, initial_state, mask, states, pre, *cotangents, activation)
-    return grads, g_xs, g_initial, None
-
-
-lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
+lstm_scan = _gated_scan(
+    functools.partial(_forward_keeping_pre, lstm, _lstm_recurrence_of_projection),
+    lstm_backward,
+    """The LSTM unroll ``(outputs [T, B, O], states (h, c) [T, B, H] each, final_state)`` with both recursions as
+    kernels and `lstm_backward` as its VJP (``unroll(..., cell=lstm, backward="fused")``).""",
+)
+gru_scan = _gated_scan(
+    functools.partial(_forward_keeping_pre, gru, gru_recurrence),
+    gru_backward,
+    """The GRU unroll ``(outputs [T, B, O], states [T, B, H], final_state [B, H])`` with both recursions as
+    kernels and `gru_backward` as its VJP (``unroll(..., cell=gru, backward="fused")``).""",
+)

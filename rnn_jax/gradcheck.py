@@ -6,8 +6,9 @@ For a model and a configuration it computes the gradient of the loss (before any
     bptt          the hand-derived equations of `rnn_jax.bptt` (no `jax.grad` at all; Elman);
     custom_vjp    `jax.grad` through ``unroll(..., backward="bptt")``, the hand-derived backward pass of
                   every single-layer cell (Elman, LSTM, GRU) as a custom VJP, the training fast path;
-    fused_vjp     `jax.grad` through ``unroll(..., backward="fused")``, the Elman and LSTM recursions as
-                  Pallas kernels (`rnn_jax.fused`; on a GPU only where they compile: H <= 128, 64);
+    fused_vjp     `jax.grad` through ``unroll(..., backward="fused")``, the recursions of every single-layer
+                  cell as Pallas kernels (`rnn_jax.fused`; on a GPU only where they compile: H <= 128 for
+                  Elman, 64 for the gated cells);
     forward       forward mode: `jax.jvp` along random directions v, compared with <grad, v>;
     finite_diff   central differences (f(p + h e) - f(p - h e)) / 2h, on every entry of each
                   parameter up to ``max_entries`` entries and along random directions beyond;

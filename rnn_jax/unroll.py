@@ -321,9 +321,9 @@ def unroll(
         as a `jax.custom_vjp`; Elman, LSTM, GRU) or "fast" (the fastest measured, `_fast_backward`:
         "bptt" for Elman except for a single sequence (B = 1) on a GPU, "bptt" for the LSTM on a
         CPU with B > 1, "autodiff" otherwise; see the README's Performance section) or "fused"
-        (Elman and LSTM: `rnn_jax.fused`, the forward and the reverse recursion each one Pallas
+        (Elman, LSTM, GRU: `rnn_jax.fused`, the forward and the reverse recursion each one Pallas
         kernel that keeps W_s on chip over all T steps, with the hand-derived BPTT around them;
-        compiled on a GPU for H <= 128 (Elman) or 64 (LSTM), interpreted (slowly) elsewhere;
+        compiled on a GPU for H <= 128 (Elman) or 64 (LSTM, GRU), interpreted (slowly) elsewhere;
         ``unroll`` does not apply). The forward values are the same.
       cell: the module providing ``step`` and ``initial_state``.
       remat: rematerialisation (gradient checkpointing) of the backward pass: None (default:
@@ -420,7 +420,8 @@ def unroll(
 
         if cell not in fused.GATES:
             raise ValueError(
-                f"backward: 'fused' (rnn_jax.fused) exists for the Elman and LSTM cells only, got cell {cell.__name__}"
+                f"backward: 'fused' (rnn_jax.fused) exists for the Elman, LSTM and GRU cells only, got cell "
+                f"{cell.__name__}"
             )
         if projections == "in_step":
             raise ValueError(
@@ -428,7 +429,7 @@ def unroll(
                 "hoisted out of the loop); use projections='auto' or 'hoisted' with backward='fused'"
             )
         fused.check_hidden(params.w_s.shape[0], cell)
-        fused_scan = fused.elman_scan if cell is elman else fused.lstm_scan
+        fused_scan = {elman: fused.elman_scan, lstm: fused.lstm_scan, gru: fused.gru_scan}[cell]
         outputs, states, final = fused_scan(params, xs, initial_state, mask, activation)
     elif backward == "autodiff" and hoist:
         outputs, states, final = hoisted_scan(cell, params, initial_state, xs, mask, activation, unroll)

@@ -1,5 +1,5 @@
 """The fused recursions (`rnn_jax.fused`): the Pallas kernels against Python-loop oracles, and the fused unrolls'
-(Elman and LSTM) values and gradients against autodiff.
+(Elman, LSTM, GRU) values and gradients against autodiff.
 
 On a CPU the kernels run in Pallas's interpreter: the same kernel functions, so these tests check their
 arithmetic (the padding of B and H included); whether Triton compiles them is checked on a GPU
@@ -19,7 +19,7 @@ import pytest
 import rnn_jax as rj
 from rnn_jax import activations, bench, fused, gradcheck
 from rnn_jax.config import GradcheckConfig
-from tests.oracle import lstm_loop
+from tests.oracle import gru_loop, lstm_loop
 
 # (T, B, D, H, O): B and H below, at and above the kernel's block sizes (ROWS = 16; H padded to 16, 32)
 SIZES = [(6, 3, 2, 5, 2), (9, 16, 3, 16, 4), (5, 17, 2, 20, 3)]
@@ -106,17 +106,21 @@ def test_fused_training_takes_the_same_first_step_as_the_fast_path():
     )
 
 
+class _NotACell:
+    __name__ = "mgu"
+    initial_state = staticmethod(rj.elman.initial_state)
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"cell": rj.gru}, "Elman and LSTM cells only"),
+        ({"cell": _NotACell()}, "Elman, LSTM and GRU cells only, got cell mgu"),
         ({"projections": "in_step"}, "projections"),
         ({"remat": 2}, "cannot rematerialise"),
     ],
 )
 def test_what_the_fused_path_refuses_is_named(options, message):
-    cell = options.get("cell", rj.elman)
-    params = cell.init(jax.random.key(0), 2, 4, 1)
+    params = rj.elman.init(jax.random.key(0), 2, 4, 1)
     with pytest.raises(ValueError, match=message):
         rj.unroll(params, jnp.zeros((3, 2, 2)), backward="fused", **options)
 
@@ -128,14 +132,15 @@ def test_the_compiled_kernel_refuses_a_state_too_wide_for_the_chip(monkeypatch):
     params = rj.elman.init(jax.random.key(0), 2, 200, 1)
     with pytest.raises(ValueError, match="H <= 128 for this cell on a GPU, got H = 200"):
         rj.unroll(params, jnp.zeros((3, 2, 2)), backward="fused")
-    assert fused.max_hidden(rj.lstm) == 64 and fused.supported(64, rj.lstm) and not fused.supported(65, rj.lstm)
+    assert fused.max_hidden(rj.lstm) == fused.max_hidden(rj.gru) == 64
+    assert fused.supported(64, rj.lstm) and not fused.supported(65, rj.lstm) and not fused.supported(65, rj.gru)
     params = rj.lstm.init(jax.random.key(0), 2, 100, 1)
     with pytest.raises(ValueError, match="H <= 64 for this cell on a GPU, got H = 100"):
         rj.unroll(params, jnp.zeros((3, 2, 2)), backward="fused", cell=rj.lstm)
 
 
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("cell", [rj.elman, rj.lstm], ids=["elman", "lstm"])
+@pytest.mark.parametrize("cell", [rj.elman, rj.lstm, rj.gru], ids=["elman", "lstm", "gru"])
 def test_the_kernels_lower_to_triton_for_a_gpu(monkeypatch, masked, cell):
     """Cross-platform lowering (no GPU needed): the train step's value and gradient lower for CUDA with both
     recursions as Triton kernels, so Pallas's Triton rules accept them (block shapes, loads, the loop, the
@@ -190,14 +195,31 @@ def _lstm_problem(size, dtype=jnp.float64, seed=0):
     return params, xs, s0, lengths
 
 
+def _gru_problem(size, dtype=jnp.float64, seed=0):
+    t, b, d, h, o = size
+    keys = jax.random.split(jax.random.key(seed), 6)
+    params = rj.gru.init(keys[0], d, h, o, dtype=dtype)
+    params = params._replace(
+        b_x=0.1 * jax.random.normal(keys[1], (3 * h,), dtype), b_s=0.1 * jax.random.normal(keys[2], (3 * h,), dtype)
+    )
+    xs = jax.random.normal(keys[3], (t, b, d), dtype)
+    s0 = 0.5 * jax.random.normal(keys[4], (b, h), dtype)
+    lengths = jax.random.randint(keys[5], (b,), 0, t + 1)
+    return params, xs, s0, lengths
+
+
 @pytest.mark.parametrize("size", SIZES)
-def test_the_fused_lstm_equals_a_python_loop(x64, size):
-    params, xs, s0, lengths = _lstm_problem(size)
-    run = jax.jit(lambda p, x, l: rj.unroll(p, x, initial_state=s0, lengths=l, cell=rj.lstm, backward="fused"))
+@pytest.mark.parametrize("cell", [rj.lstm, rj.gru], ids=["lstm", "gru"])
+def test_the_fused_gated_cells_equal_a_python_loop(x64, size, cell):
+    params, xs, s0, lengths = (_lstm_problem if cell is rj.lstm else _gru_problem)(size)
+    run = jax.jit(lambda p, x, l: rj.unroll(p, x, initial_state=s0, lengths=l, cell=cell, backward="fused"))
     got = run(params, xs, lengths)
-    outputs, (hs, cs), (h, c) = lstm_loop(params, xs, "tanh", s0.h, s0.c, np.asarray(lengths))
-    for a, b in ((got.outputs, outputs), (got.states.h, hs), (got.states.c, cs), (got.final_state.h, h),
-                 (got.final_state.c, c)):  # fmt: skip
+    if cell is rj.lstm:
+        outputs, (hs, cs), (h, c) = lstm_loop(params, xs, "tanh", s0.h, s0.c, np.asarray(lengths))
+        want = (outputs, hs, cs, h, c)
+    else:
+        want = gru_loop(params, xs, "tanh", s0, np.asarray(lengths))
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
 
 
@@ -213,6 +235,14 @@ def _lstm_loss(params, xs, s0, lengths, activation, backward):
 def _lstm_value_and_gradients(params, xs, s0, lengths, activation, backward):
     f = jax.value_and_grad(_lstm_loss, argnums=(0, 1, 2))
     return jax.jit(f, static_argnums=(4, 5))(params, xs, s0, lengths, activation, backward)
+
+
+def _gru_value_and_gradients(params, xs, s0, lengths, activation, backward):
+    def loss(p, x, h_0):
+        run = rj.unroll(p, x, activation=activation, initial_state=h_0, lengths=lengths, backward=backward, cell=rj.gru)
+        return jnp.sum(run.outputs**2) + jnp.sum(jnp.cos(run.states)) + jnp.sum(run.final_state**3)
+
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))(params, xs, s0)
 
 
 def test_a_planted_error_in_the_lstm_reverse_kernel_is_caught(monkeypatch, x64):
@@ -232,14 +262,18 @@ def test_a_planted_error_in_the_lstm_reverse_kernel_is_caught(monkeypatch, x64):
 
 # ------------------------------------------------------------------ both cells against autodiff
 
-PROBLEMS = {"elman": (_problem, _value_and_gradients), "lstm": (_lstm_problem, _lstm_value_and_gradients)}
+PROBLEMS = {
+    "elman": (_problem, _value_and_gradients),
+    "lstm": (_lstm_problem, _lstm_value_and_gradients),
+    "gru": (_gru_problem, _gru_value_and_gradients),
+}
 OTHER_ACTIVATIONS = (*sorted(set(activations.NAMED) - {"tanh"}), jnp.sin)
 
 
 @pytest.mark.parametrize(
     ("cell", "size", "activation"),
     [(cell, size, "tanh") for cell in PROBLEMS for size in SIZES]
-    + [(cell, SIZES[-1], a) for cell in PROBLEMS for a in OTHER_ACTIVATIONS],
+    + [pytest.param(cell, SIZES[-1], a, marks=pytest.mark.slow) for cell in PROBLEMS for a in OTHER_ACTIVATIONS],
 )
 def test_fused_values_and_gradients_equal_autodiff_in_float64(x64, cell, size, activation):
     make, value_and_gradients = PROBLEMS[cell]

@@ -104,8 +104,8 @@ def test_the_checker_leaves_64_bit_mode_as_it_found_it():
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["lstm", "gru"])
 def test_gated_cells_pass_the_checker(model):
-    """LSTM and GRU go through the same checker: their hand-derived custom VJPs (full and truncated; the LSTM's
-    fused kernels too), forward mode and finite differences against autodiff."""
+    """LSTM and GRU go through the same checker: their hand-derived custom VJPs (full and truncated; their fused
+    kernels' too), forward mode and finite differences against autodiff."""
     report = gradcheck.check_gradients(
         dataclasses.replace(QUICK, model=model, trials=1, activation="tanh", tbptt_k1=2, tbptt_k2=3)
     )
@@ -113,5 +113,4 @@ def test_gated_cells_pass_the_checker(model):
     assert {"forward vs autodiff", "autodiff vs finite_diff", "custom_vjp vs autodiff",
             "tbptt custom_vjp vs tbptt autodiff"} <= set(report.worst())  # fmt: skip
     assert "bptt vs autodiff" not in report.worst()  # `bptt.loss_and_gradients` is the Elman network's
-    fused_pairs = {"fused_vjp vs autodiff", "tbptt fused_vjp vs tbptt autodiff"}  # `rnn_jax.fused`: Elman and LSTM
-    assert (fused_pairs <= set(report.worst())) is (model == "lstm")
+    assert {"fused_vjp vs autodiff", "tbptt fused_vjp vs tbptt autodiff"} <= set(report.worst())  # rnn_jax.fused
