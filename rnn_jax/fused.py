@@ -79,7 +79,7 @@ def padded_hidden(hidden: int) -> int:
 
 def max_hidden(cell=elman) -> int:
     """The largest H whose W_s ([H, G H]: G = `GATES` blocks) the compiled kernel keeps on chip, as much as the
-    Elman network's [`MAX_HIDDEN`, `MAX_HIDDEN`]: 128 for Elman, 64 for the LSTM."""
+    Elman network's [`MAX_HIDDEN`, `MAX_HIDDEN`]: 128 for Elman, 64 for the LSTM and the GRU."""
     width = MAX_HIDDEN
     while GATES[cell] * width * width > MAX_HIDDEN * MAX_HIDDEN:
         width //= 2
