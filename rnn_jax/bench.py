@@ -169,6 +169,7 @@ class BenchResult(NamedTuple):
     agreement: list[Agreement]
     skipped: list[tuple[Shape, str, str]]  # (shape, impl, reason)
     notes: dict[str, str]  # the backend, versions, thread settings
+    failed: tuple[tuple[Shape, str, str], ...] = ()  # (shape, impl, error): its compile or first step raised
 
 
 # ------------------------------------------------------------------ measuring
@@ -762,7 +763,7 @@ def run(
 
 
 def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchResult:
-    records, agreement, skipped = [], [], []
+    records, agreement, skipped, failed = [], [], [], []
     for finished, shape in enumerate(shapes, start=1):
         problem = _problem(shape, seed)
         prepared: dict[str, Prepared] = {}
@@ -771,6 +772,9 @@ def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchRes
                 prepared[impl.name] = impl.prepare(problem)
             except Unavailable as reason:
                 skipped.append((shape, impl.name, str(reason)))
+            except Exception as error:  # one implementation that fails to compile must not stop the others
+                message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                failed.append((shape, impl.name, f"{type(error).__name__}: {message}"))
         first = {name: p.first_step for name, p in prepared.items() if p.first_step is not None}
         if first:
             tolerances = {impl.name: rtol if impl.rtol is None else impl.rtol for impl in impls}
@@ -778,8 +782,8 @@ def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchRes
         for mode in MODES:
             records.extend(_time_mode(shape, mode, impls, prepared, repeats, min_sample_s))
         if on_shape is not None:
-            on_shape(finished, BenchResult(list(records), list(agreement), list(skipped), _notes()))
-    return BenchResult(records, agreement, skipped, _notes())
+            on_shape(finished, BenchResult(list(records), list(agreement), list(skipped), _notes(), tuple(failed)))
+    return BenchResult(records, agreement, skipped, _notes(), tuple(failed))
 
 
 def _time_mode(shape, mode, impls, prepared, repeats, min_sample_s) -> list[dict[str, Any]]:
@@ -893,6 +897,8 @@ def format_table(result: BenchResult, fast: str | None = None, bound: str = "low
         )
     for shape, impl, reason in result.skipped:
         lines.append(f"  skipped {impl} on {shape.cell} {shape.B},{shape.T},{shape.D},{shape.H},{shape.O}: {reason}")
+    for shape, impl, error in result.failed:
+        lines.append(f"  FAILED {impl} on {shape.cell} {shape.B},{shape.T},{shape.D},{shape.H},{shape.O}: {error}")
     return "\n".join(lines)
 
 

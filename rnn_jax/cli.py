@@ -149,7 +149,9 @@ def _bench(args: argparse.Namespace) -> int:
     disagreeing = [a.impl for a in result.agreement if not a.agrees]
     if disagreeing:
         print(f"error: these implementations computed a different first step: {sorted(set(disagreeing))}")
-    return 1 if disagreeing else 0
+    if result.failed:
+        print(f"error: these implementations failed (the others were timed): {sorted({f[1] for f in result.failed})}")
+    return 1 if disagreeing or result.failed else 0
 
 
 def _write_json_atomically(path: str, records: list) -> None:
@@ -301,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
         "path, flax.linen.RNN, torch.nn.RNN (when torch is installed; the better of 1 thread and all threads) and "
         "a measured lower bound, after checking that all of them compute the same first loss and gradients. "
         "Prints medians, p10-p90, compile time, peak memory, throughput and ratios; exits 1 when an "
-        "implementation disagrees.",
+        "implementation disagrees or fails (its error is printed; the others are still timed).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_dataclass_options(bench, BenchConfig)

@@ -73,6 +73,24 @@ def test_a_disagreeing_implementation_is_reported(standard_promotion, capsys):
     assert "DISAGREES" in bench.format_table(result)
 
 
+def _broken(problem):
+    raise RuntimeError("Triton: out of resources (shared memory)\nsecond line")
+
+
+def test_an_implementation_that_fails_is_reported_and_the_others_are_timed(standard_promotion, capsys, monkeypatch):
+    """A kernel that does not compile (say, on a GPU) must not cost the run the others' timings: it is listed as
+    FAILED with its error, and the command exits 1."""
+    impls = [bench.rnn_jax_implementation("reference"), bench.Implementation("broken", _broken)]
+    result = bench.run([TINY], repeats=1, implementations=impls, min_sample_s=0.0)
+    assert {r["impl"] for r in result.records} == {"reference"} and len(result.records) == 2
+    assert result.failed == ((TINY, "broken", "RuntimeError: Triton: out of resources (shared memory)"),)
+    assert "FAILED broken on elman" in bench.format_table(result)
+    monkeypatch.setitem(bench.NAMED_IMPLEMENTATIONS, "broken", lambda: bench.Implementation("broken", _broken))
+    argv = ["bench", "--config", "2,4,1,3,1", "--repeats", "1", "--impl", "rnn-jax-fast", "--impl", "broken"]
+    assert cli.main(argv) == 1
+    assert "error: these implementations failed (the others were timed): ['broken']" in capsys.readouterr().out
+
+
 def test_the_harness_times_full_float32_products_whatever_the_callers_precision(standard_promotion):
     seen = []
 
