@@ -57,8 +57,9 @@ def _scan_reverse(params, direct, dphi, mask, final_error):
     return jax.lax.scan(step, final_error, (direct, dphi), reverse=True)[1]
 
 
-def _compiled(batch: int, steps: int, hidden: int, variants) -> tuple[dict, dict]:
-    """{(recursion, variant): compiled function} and their arguments, for one size."""
+def _compiled(batch: int, steps: int, hidden: int, variants) -> tuple[dict, dict, dict]:
+    """{(recursion, variant): compiled function}, their arguments, and {(recursion, variant): error} for the
+    variants that did not compile, for one size."""
     keys = jax.random.split(jax.random.key(0), 4)
     params = rj.elman.init(keys[0], 1, hidden, 1)
     u = jax.random.normal(keys[1], (steps, batch, hidden))
@@ -70,12 +71,17 @@ def _compiled(batch: int, steps: int, hidden: int, variants) -> tuple[dict, dict
     for options in variants:
         fns["forward", _name(options)] = lambda u, w, s, o=options: fused.recurrence(u, w, s, None, "tanh", o)[0]
         fns["reverse", _name(options)] = lambda *a, o=options: fused.reverse_errors(*a, options=o)[1]
-    compiled = {key: jax.jit(fn).lower(*args[key[0]]).compile() for key, fn in fns.items()}
-    return compiled, args
+    compiled, failed = {}, {}
+    for key, fn in fns.items():
+        try:
+            compiled[key] = jax.jit(fn).lower(*args[key[0]]).compile()
+        except Exception as error:  # a variant Triton rejects (registers, shared memory) is a result, not the end
+            failed[key] = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
+    return compiled, args, failed
 
 
 def measure(batch: int, steps: int, hidden: int, variants, repeats: int) -> list[dict]:
-    compiled, args = _compiled(batch, steps, hidden, variants)
+    compiled, args, failed = _compiled(batch, steps, hidden, variants)
     outputs = {key: jax.block_until_ready(fn(*args[key[0]])) for key, fn in compiled.items()}
     samples = {key: [] for key in compiled}
     for _ in range(repeats):
@@ -90,6 +96,8 @@ def measure(batch: int, steps: int, hidden: int, variants, repeats: int) -> list
         rows.append({"B": batch, "T": steps, "H": hidden, "recursion": recursion, "variant": variant,
                      "median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
                      "p90_ms": float(np.percentile(ms, 90)), "max_abs_difference_from_scan": diff})  # fmt: skip
+    for (recursion, variant), error in failed.items():
+        rows.append({"B": batch, "T": steps, "H": hidden, "recursion": recursion, "variant": variant, "error": error})
     return rows
 
 
@@ -103,6 +111,8 @@ def main() -> None:
             "add --interpret to run the study in Pallas's interpreter (slow, and not a measurement)"
         )
     out = _common.prepare(args.out)
+    device = f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}"
+    mode = "interpreted (not a measurement)" if not fused.compiled() else "compiled"
     sizes, variants, repeats = (QUICK_SIZES, QUICK_VARIANTS, 5) if args.quick else (SIZES, VARIANTS, 20)
     rows = []
     for batch, steps, hidden in sizes:
@@ -110,21 +120,31 @@ def main() -> None:
         size_rows = measure(batch, steps, hidden, variants, repeats)
         rows += size_rows
         for recursion in ("forward", "reverse"):
-            mine = {r["variant"]: r["median_ms"] for r in size_rows if r["recursion"] == recursion}
-            best = min((v for v in mine if v != "scan"), key=mine.get)
-            print(f"B={batch} T={steps} H={hidden} {recursion}: scan {mine['scan']:.3f} ms, best kernel {best} "
-                  f"{mine[best]:.3f} ms ({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
-    device = f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}"
-    mode = "interpreted (not a measurement)" if not fused.compiled() else "compiled"
-    _common.write_json(out / "results.json", {"device": device, "kernels": mode, "repeats": repeats, "rows": rows})
+            mine = {r["variant"]: r["median_ms"] for r in size_rows if r["recursion"] == recursion and "error" not in r}
+            kernels = [v for v in mine if v != "scan"]
+            best = (
+                f"best kernel {min(kernels, key=mine.get)} {min(mine[v] for v in kernels):.3f} ms"
+                if kernels
+                else ("no kernel compiled")
+            )
+            print(f"B={batch} T={steps} H={hidden} {recursion}: scan {mine['scan']:.3f} ms, {best} "
+                  f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        # after every size, so that a run stopped by a time limit keeps what it measured
+        _common.write_json(out / "results.json", {"device": device, "kernels": mode, "repeats": repeats, "rows": rows})
     table = _common.markdown_table(
         ["B, T, H", "recursion", "variant", "median ms (p10-p90)", "scan / this", "max abs diff from scan"],
-        [[f"{r['B']}, {r['T']}, {r['H']}", r["recursion"], r["variant"],
-          f"{r['median_ms']:.3f} ({r['p10_ms']:.3f}-{r['p90_ms']:.3f})",
-          f"{_scan_ms(rows, r) / r['median_ms']:.2f}x", f"{r['max_abs_difference_from_scan']:.1e}"] for r in rows],
-    )  # fmt: skip
+        [[f"{r['B']}, {r['T']}, {r['H']}", r["recursion"], r["variant"], *_cells(rows, r)] for r in rows],
+    )
     (out / "summary.md").write_text(f"# The fused recursions against the scan\n\n{device}; kernels {mode}\n\n{table}\n")
     print(table)
+
+
+def _cells(rows: list[dict], r: dict) -> list[str]:
+    """The timing columns of the summary table for row ``r`` (its error instead, where it did not compile)."""
+    if "error" in r:
+        return [f"failed to compile: {r['error']}", "", ""]
+    return [f"{r['median_ms']:.3f} ({r['p10_ms']:.3f}-{r['p90_ms']:.3f})", f"{_scan_ms(rows, r) / r['median_ms']:.2f}x",
+            f"{r['max_abs_difference_from_scan']:.1e}"]  # fmt: skip
 
 
 def _scan_ms(rows: list[dict], row: dict) -> float:

@@ -295,3 +295,24 @@ def test_fused_equals_autodiff_in_float32(standard_promotion, cell):
     want = value_and_gradients(params, xs, s0, lengths, "tanh", "autodiff")
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):  # 1e-5 of each array's largest entry
         assert g.dtype == jnp.float32 and float(jnp.max(jnp.abs(g - w))) <= 1e-5 * float(jnp.max(jnp.abs(w)))
+
+
+def test_the_kernel_study_reports_a_variant_that_does_not_compile(monkeypatch):
+    """`experiments.fused_kernels` on a GPU tries kernel options that Triton may reject (registers, shared
+    memory): such a variant becomes a row with its error, and the other variants are still timed."""
+    from experiments import fused_kernels
+
+    real = fused.recurrence
+
+    def picky(u, w_s, s0, mask, activation, options=None):
+        if not options.weights_once:
+            raise RuntimeError("out of resources: shared memory\nmore detail")
+        return real(u, w_s, s0, mask, activation, options)
+
+    monkeypatch.setattr(fused, "recurrence", picky)
+    rows = fused_kernels.measure(4, 5, 16, fused_kernels.QUICK_VARIANTS, repeats=1)
+    failed = [r for r in rows if "error" in r]
+    assert [(r["recursion"], r["variant"], r["error"]) for r in failed] == [
+        ("forward", "4warps-per-step", "RuntimeError: out of resources: shared memory")
+    ]
+    assert len(rows) == 6 and all(r["median_ms"] > 0 for r in rows if "error" not in r)
