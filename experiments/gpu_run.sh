@@ -66,15 +66,18 @@ if [[ " $STAGES " == *" fused "* ]]; then
     fi
     timeout 160 $PY -m rnn_jax bench "${sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused --impl torch \
         --json "$OUT/bench-fused.json" 2>&1 | tee "$OUT/bench-fused.log"
+    # the gated cells hold four (three) W_s blocks: also time them read from memory at every step
     timeout 140 $PY -m rnn_jax bench --cell lstm "${lstm_sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused \
-        --impl torch --json "$OUT/bench-fused-lstm.json" 2>&1 | tee "$OUT/bench-fused-lstm.log"
+        --impl rnn-jax-fused-per-step --impl torch --json "$OUT/bench-fused-lstm.json" 2>&1 \
+        | tee "$OUT/bench-fused-lstm.log"
 fi
 
 if [[ " $STAGES " == *" fused-gru "* ]]; then
     gru_sizes=(--config 32,100,8,64,8 --config 1,1000,1,32,1 --config 64,256,32,64,32)
     [[ "$PRESET" == gpu ]] || gru_sizes=(--preset "$PRESET")
     timeout 140 $PY -m rnn_jax bench --cell gru "${gru_sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused \
-        --impl torch --json "$OUT/bench-fused-gru.json" 2>&1 | tee "$OUT/bench-fused-gru.log"
+        --impl rnn-jax-fused-per-step --impl torch --json "$OUT/bench-fused-gru.json" 2>&1 \
+        | tee "$OUT/bench-fused-gru.log"
 fi
 
 # the gated cells' hand-written backward passes (backward="bptt") against autodiff and cuDNN, both cells in 300 s

@@ -236,16 +236,28 @@ def _optimizer():
 
 
 def rnn_jax_implementation(
-    name: str, *, devices: int = 1, rtol: float | None = None, **model_options
+    name: str,
+    *,
+    devices: int = 1,
+    rtol: float | None = None,
+    kernel_options: fused.KernelOptions | None = None,
+    **model_options,
 ) -> Implementation:
     """rnn-jax's own train step (`rnn_jax.train.make_train_step`) with these `ModelConfig` options.
 
     With ``devices`` > 1 the batch is split along B over that many devices (`rnn_jax.distributed`:
     parameters and optimizer state replicated, the jitted step unchanged apart from its shardings);
-    ``rtol`` is its own agreement tolerance (None: the run's).
+    ``rtol`` is its own agreement tolerance (None: the run's); ``kernel_options``: the fused kernels' options
+    (`rnn_jax.fused.kernel_options`) while it compiles.
     """
 
     def prepare(problem: Problem) -> Prepared:
+        if kernel_options is None:
+            return prepare_with_defaults(problem)
+        with fused.kernel_options(kernel_options):
+            return prepare_with_defaults(problem)
+
+    def prepare_with_defaults(problem: Problem) -> Prepared:
         shape = problem.shape
         if model_options.get("backward") == "bptt" and shape.cell not in ("elman", "lstm", "gru"):
             raise Unavailable(f"backward={model_options['backward']!r} exists for elman, lstm and gru only")
@@ -673,6 +685,10 @@ NAMED_IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {
     },
     "rnn-jax-bptt": lambda: rnn_jax_implementation("rnn-jax-bptt", backward="bptt"),
     "rnn-jax-fused": lambda: rnn_jax_implementation("rnn-jax-fused", backward="fused"),
+    "rnn-jax-fused-per-step": lambda: rnn_jax_implementation(
+        "rnn-jax-fused-per-step", backward="fused", kernel_options=fused.KernelOptions(weights_once=False)),
+    "rnn-jax-fused-8warps": lambda: rnn_jax_implementation(
+        "rnn-jax-fused-8warps", backward="fused", kernel_options=fused.KernelOptions(num_warps=8)),
     "rnn-jax-bf16": lambda: rnn_jax_implementation("rnn-jax-bf16", rtol=BF16_RTOL, precision="bfloat16"),
     "rnn-jax-remat-100": lambda: rnn_jax_implementation("rnn-jax-remat-100", backward="autodiff", remat="100"),
     "rnn-jax-remat-sqrt": lambda: rnn_jax_implementation("rnn-jax-remat-sqrt", backward="autodiff", remat="sqrt"),

@@ -37,8 +37,10 @@ References:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import NamedTuple
 
 import jax
@@ -65,6 +67,21 @@ class KernelOptions(NamedTuple):
 
 
 DEFAULT_OPTIONS = KernelOptions()
+_OPTIONS: contextvars.ContextVar[KernelOptions] = contextvars.ContextVar(
+    "fused_kernel_options", default=DEFAULT_OPTIONS
+)
+
+
+@contextlib.contextmanager
+def kernel_options(options: KernelOptions) -> Iterator[None]:
+    """Within this context, kernels traced without explicit options use ``options`` (as
+    `jax.default_matmul_precision` does for products): how ``unroll(..., backward="fused")`` and the harness's
+    ``rnn-jax-fused-per-step`` / ``-8warps`` choose them. It applies at trace time, so compile inside it."""
+    token = _OPTIONS.set(options)
+    try:
+        yield
+    finally:
+        _OPTIONS.reset(token)
 
 
 def compiled() -> bool:
@@ -163,7 +180,7 @@ def _run_recursion(
     whole = pl.BlockSpec((hidden, hidden), lambda i: (0, 0))
     vector = pl.BlockSpec((1, hidden), lambda i: (0, 0))
     rows = pl.BlockSpec((ROWS, hidden), lambda i: (i, 0))
-    options = options or DEFAULT_OPTIONS
+    options = options or _OPTIONS.get()
     counts = (len(sequences), len(matrices), len(initials), num_outputs)
     kernel = functools.partial(
         _recursion_kernel,
@@ -246,7 +263,7 @@ def recurrence(
       initial_state: s_0, [B, H].
       mask: [T, B] bool (the state is frozen where False), or None.
       activation: phi.
-      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`).
 
     Returns:
       (states s_1 .. s_T [T, B, H], the final state [B, H]).
@@ -282,7 +299,7 @@ def reverse_errors(
       m: the validity mask as [T, B, 1] in the states' dtype, or None.
       final_error: c_T = dE/ds_T from a use of the final state, [B, H].
       unroll: unused (there is no scan to unroll); the signature of `rnn_jax.bptt`'s recursion.
-      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`).
     """
     del unroll
     num_steps, batch, hidden = direct.shape
@@ -404,7 +421,7 @@ def lstm_recurrence(
       initial_state: (h_0, c_0), each [B, H].
       mask: [T, B] bool (the state is frozen where False), or None.
       activation: phi.
-      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`).
 
     Returns:
       (states (h_t, c_t) [T, B, H] each, the final state, the pre-activations z_t [T, B, 4H]).
@@ -446,7 +463,7 @@ def lstm_reverse_errors(
       m: the validity mask as [T, B, 1] in the states' dtype, or None.
       final_error: dE/d(h_T, c_T) from a use of the final state, [B, H] each.
       activation: phi.
-      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`).
     """
     batch, hidden = cells.shape[1:]
     rows, width = _padded_sizes(batch, hidden)
@@ -548,7 +565,7 @@ def gru_recurrence(
       initial_state: h_0, [B, H].
       mask: [T, B] bool (the state is frozen where False), or None.
       activation: phi.
-      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`).
 
     Returns:
       (states h_t [T, B, H], the final state [B, H], `gru.pre_activations` [p_r, p_z, a_n, u_n] [T, B, 4H]).
@@ -590,7 +607,7 @@ def gru_reverse_errors(
       m: the validity mask as [T, B, 1] in the states' dtype, or None.
       final_error: dE/dh_T from a use of the final state, [B, H].
       activation: phi.
-      options: `KernelOptions` (None: `DEFAULT_OPTIONS`).
+      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`).
     """
     batch, hidden = previous.shape[1:]
     rows, width = _padded_sizes(batch, hidden)

@@ -163,14 +163,34 @@ def test_padded_hidden_is_a_power_of_two_at_least_16():
     assert [fused.padded_hidden(h) for h in (1, 16, 17, 32, 100, 128)] == [16, 16, 32, 32, 128, 128]
 
 
-def test_the_harness_times_the_kernels_only_where_they_compile():
-    (impl,) = bench.named_implementations(["rnn-jax-fused"])
+@pytest.mark.parametrize("name", ["rnn-jax-fused", "rnn-jax-fused-per-step", "rnn-jax-fused-8warps"])
+def test_the_harness_times_the_kernels_only_where_they_compile(name):
+    (impl,) = bench.named_implementations([name])
     problem = bench._problem(bench.Shape("elman", *bench.PRESETS["quick"][0]), seed=0)
     if fused.compiled():
         assert impl.prepare(problem).first_step is not None
     else:
         with pytest.raises(bench.Unavailable, match="interpreter"):
             impl.prepare(problem)
+
+
+def test_kernel_options_apply_to_what_is_traced_inside_the_context(monkeypatch):
+    """`fused.kernel_options` sets the options of kernels traced within it (seen in the CUDA lowering's Triton
+    warps), and only there."""
+    import jax._src.pallas.triton.pallas_call_registration  # noqa: F401  (registers the CUDA lowering of pallas_call)
+
+    monkeypatch.setattr(fused, "compiled", lambda: True)
+    params = rj.elman.init(jax.random.key(0), 3, 20, 2)
+    xs = jnp.ones((9, 17, 3))
+
+    def lowered():
+        grad = jax.jit(jax.grad(lambda p: jnp.sum(rj.unroll(p, xs, backward="fused").outputs)))
+        return grad.trace(params).lower(lowering_platforms=("cuda",)).as_text()
+
+    with fused.kernel_options(fused.KernelOptions(num_warps=8)):
+        inside = lowered()
+    assert inside.count("num_warps = 8 : i32") == 2 and "num_warps = 4" not in inside
+    assert lowered().count("num_warps = 4 : i32") == 2  # the default again, after the context
 
 
 def test_deep_models_refuse_the_fused_path():
