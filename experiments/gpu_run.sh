@@ -9,9 +9,10 @@
 #     OUT=/some/dir STAGES="preset gated" bash experiments/gpu_run.sh                  # other stages
 #
 # STAGES (default "fused") picks the stages after the environment: "fused" (the Pallas kernels of rnn_jax.fused
-# compiled by Triton for the first time: their tests, 130 s; `experiments.fused_kernels`, the Elman kernels against
-# the scan and their options, 100 s; the harness against the fast path and cuDNN at the Elman sizes with H <= 128,
-# 160 s, and the LSTM sizes with H <= 64, 140 s), "fused-gru" (the GRU's fused kernels in the harness, 140 s),
+# compiled by Triton for the first time: their default-stage tests, 140 s; `experiments.fused_kernels`, the Elman
+# kernels against the scan and their options, 100 s; the harness against the fast path and cuDNN at the Elman
+# sizes with H <= 128, 160 s, and the LSTM sizes with H <= 64, 140 s: 540 s in all, so give the call ~590 s),
+# "fused-gru" (the GRU's fused kernels in the harness, 140 s),
 # "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's hand-written backward passes
 # against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
 # GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call ("fused-gru tests" a second one);
@@ -51,9 +52,10 @@ fi
 # they save where cuDNN won (long T, small products)? H <= 128 only: the kernel keeps W_s on chip.
 if [[ " $STAGES " == *" fused "* ]]; then
     fused_workers=()
-    $PY -c "import xdist" 2>/dev/null && fused_workers=(-n 4)
-    timeout 130 $PY -m pytest -q -p no:cacheprovider -p no:benchmark "${fused_workers[@]}" tests/test_fused.py \
-        tests/test_gradcheck.py::test_every_path_agrees_and_the_report_says_so 2>&1 | tail -n 40 | tee "$OUT/fused-tests.log"
+    $PY -c "import xdist" 2>/dev/null && fused_workers=(-n 8)  # compiling dominates: one worker per two cores
+    fused_tests=(tests/test_fused.py tests/test_gradcheck.py::test_every_path_agrees_and_the_report_says_so)
+    timeout 140 $PY -m pytest -q -m "not slow" -p no:cacheprovider -p no:benchmark "${fused_workers[@]}" \
+        "${fused_tests[@]}" 2>&1 | tail -n 40 | tee "$OUT/fused-tests.log"
     if [[ "$PRESET" == gpu ]]; then
         sizes=(--config 32,100,8,64,8 --config 64,256,32,128,32 --config 1,1000,1,32,1 --config 128,512,64,128,64)
         lstm_sizes=(--config 32,100,8,64,8 --config 1,1000,1,32,1 --config 64,256,32,64,32)
