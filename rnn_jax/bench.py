@@ -263,7 +263,7 @@ def rnn_jax_implementation(
             raise Unavailable(f"backward={model_options['backward']!r} exists for elman, lstm and gru only")
         if model_options.get("backward") == "fused":
             cell = cells.get(shape.cell)
-            if cell not in fused.GATES:
+            if cell not in fused.SCANS:
                 raise Unavailable("backward='fused' (rnn_jax.fused) exists for elman, lstm and gru only")
             if not fused.compiled():
                 raise Unavailable(

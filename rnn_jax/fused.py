@@ -55,7 +55,6 @@ from rnn_jax.cells.lstm import LSTMParams, LSTMState
 
 ROWS = 16  # sequences per program of a kernel's grid (Triton's matrix product needs at least 16 rows)
 MAX_HIDDEN = 128  # the largest (padded) H whose W_s [H, H] the compiled kernel keeps on chip (64 KiB in float32)
-GATES = {elman: 1, lstm: 4, gru: 3}  # the cells with fused kernels, and the [H, H] blocks of their W_s
 
 
 class KernelOptions(NamedTuple):
@@ -95,17 +94,20 @@ def padded_hidden(hidden: int) -> int:
 
 
 def max_hidden(cell=elman) -> int:
-    """The largest H whose W_s ([H, G H]: G = `GATES` blocks) the compiled kernel keeps on chip, as much as the
-    Elman network's [`MAX_HIDDEN`, `MAX_HIDDEN`]: 128 for Elman, 64 for the LSTM and the GRU."""
+    """The largest H whose W_s ([H, G H]: one [H, H] block per gate of ``cell.GATES``, one for Elman) the compiled
+    kernel keeps on chip, as much as the Elman network's [`MAX_HIDDEN`, `MAX_HIDDEN`]: 128 for Elman, 64 for the
+    LSTM and the GRU."""
+    blocks = 1 if cell is elman else len(cell.GATES)
     width = MAX_HIDDEN
-    while GATES[cell] * width * width > MAX_HIDDEN * MAX_HIDDEN:
+    while blocks * width * width > MAX_HIDDEN * MAX_HIDDEN:
         width //= 2
     return width
 
 
 def supported(hidden: int, cell=elman) -> bool:
-    """Whether ``cell`` has fused kernels that run for state width H here (compiled, W_s must fit on chip)."""
-    return cell in GATES and (not compiled() or padded_hidden(hidden) <= max_hidden(cell))
+    """Whether ``cell`` has fused kernels (`SCANS`) that run for state width H here (compiled, W_s must fit on
+    chip)."""
+    return cell in SCANS and (not compiled() or padded_hidden(hidden) <= max_hidden(cell))
 
 
 def check_hidden(hidden: int, cell=elman) -> None:
@@ -312,45 +314,6 @@ def reverse_errors(
         _reverse_step(m is not None), sequences, [w_t], [_pad(final_error, rows, width)], 1, True, options
     )
     return initial_error[:batch, :hidden], deltas[:, :batch, :hidden]
-
-
-# ------------------------------------------------------------------ the unroll, with BPTT as its VJP
-
-
-def _elman_forward(params, xs, initial_state, mask, activation):
-    from rnn_jax.unroll import hoisted_scan  # unroll imports this module lazily; the arrow points here
-
-    def fused_recurrence(x_proj, s_0, mask_):
-        return recurrence(x_proj + params.b_s[None, None, :], params.w_s, s_0, mask_, activation)
-
-    return hoisted_scan(elman, params, initial_state, xs, mask, activation, recurrence=fused_recurrence)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def elman_scan(params: ElmanParams, xs: jax.Array, initial_state: jax.Array, mask: jax.Array | None, activation):
-    """The Elman unroll ``(outputs [T, B, O], states [T, B, H], final_state [B, H])`` with the forward
-    recursion as one kernel, and `rnn_jax.bptt.backward` with the reverse recursion as one kernel as its VJP.
-
-    The arguments are those of `rnn_jax.unroll.scan`, already checked by `rnn_jax.unroll` (use
-    ``unroll(..., backward="fused")``).
-    """
-    return _elman_forward(params, xs, initial_state, mask, activation)
-
-
-def _elman_scan_fwd(params, xs, initial_state, mask, activation):
-    outputs, states, final = _elman_forward(params, xs, initial_state, mask, activation)
-    return (outputs, states, final), (params, xs, initial_state, mask, states)
-
-
-def _elman_scan_bwd(activation, residuals, cotangents):
-    params, xs, initial_state, mask, states = residuals
-    grads = bptt.backward_of_cotangents(
-        params, xs, initial_state, mask, states, *cotangents, activation, recursion=reverse_errors
-    )
-    return grads.params, grads.inputs, grads.initial_state, None
-
-
-elman_scan.defvjp(_elman_scan_fwd, _elman_scan_bwd)
 
 
 # ------------------------------------------------------------------ the LSTM
@@ -648,13 +611,13 @@ def gru_backward(
     return grads, da @ params.w_x.T, initial_error
 
 
-# ------------------------------------------------------------------ the gated cells' unrolls, with BPTT as their VJPs
+# ------------------------------------------------------------------ the unrolls, with BPTT as their VJPs
 
 
 def _forward_keeping_pre(cell, recurrence, params, xs, initial_state, mask, activation):
     """((outputs, states, final), pre): the hoisted unroll of ``cell`` with ``recurrence(x_proj, params, carry,
     mask, activation) -> (states, final, pre)``, one of the kernels above, as its recursion."""
-    from rnn_jax.unroll import hoisted_scan
+    from rnn_jax.unroll import hoisted_scan  # unroll imports this module lazily; the arrow points here
 
     kept = {}
 
@@ -665,10 +628,11 @@ def _forward_keeping_pre(cell, recurrence, params, xs, initial_state, mask, acti
     return hoisted_scan(cell, params, initial_state, xs, mask, activation, recurrence=fused_recurrence), kept["pre"]
 
 
-def _gated_scan(forward: Callable, backward: Callable, doc: str):
-    """A gated cell's fused unroll ``(params, xs, initial_state, mask, activation) -> (outputs, states, final)``:
-    ``forward`` (`_forward_keeping_pre`) as its primal, and ``backward(params, xs, initial_state, mask, states,
-    pre, *cotangents, activation)`` as its VJP."""
+def _fused_scan(cell, recurrence: Callable, backward: Callable, doc: str):
+    """A cell's fused unroll ``(params, xs, initial_state, mask, activation) -> (outputs, states, final)``:
+    `_forward_keeping_pre` with ``recurrence`` as its primal, and ``backward(params, xs, initial_state, mask,
+    states, pre, *cotangents, activation) -> (parameter gradients, dE/dx, dE/d initial state)`` as its VJP."""
+    forward = functools.partial(_forward_keeping_pre, cell, recurrence)
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
     def fused_scan(params, xs, initial_state, mask, activation):
@@ -687,19 +651,42 @@ def _gated_scan(forward: Callable, backward: Callable, doc: str):
     return fused_scan
 
 
-def _lstm_recurrence_of_projection(x_proj, params, carry, mask, activation):
+def _elman_recurrence(x_proj, params, s_0, mask, activation):
+    states, final = recurrence(x_proj + params.b_s[None, None, :], params.w_s, s_0, mask, activation)
+    return states, final, None  # the Elman backward pass needs no pre-activations
+
+
+def _elman_backward(params, xs, initial_state, mask, states, pre, g_outputs, g_states, g_final, activation):
+    grads = bptt.backward_of_cotangents(
+        params, xs, initial_state, mask, states, g_outputs, g_states, g_final, activation, recursion=reverse_errors
+    )
+    return grads.params, grads.inputs, grads.initial_state
+
+
+def _lstm_recurrence(x_proj, params, carry, mask, activation):
     return lstm_recurrence(x_proj + params.b_s[None, None, :], params.w_s, carry, mask, activation)
 
 
-lstm_scan = _gated_scan(
-    functools.partial(_forward_keeping_pre, lstm, _lstm_recurrence_of_projection),
+elman_scan = _fused_scan(
+    elman,
+    _elman_recurrence,
+    _elman_backward,
+    """The Elman unroll ``(outputs [T, B, O], states [T, B, H], final_state [B, H])`` with the forward recursion as
+    one kernel, and `rnn_jax.bptt.backward` with the reverse recursion as one kernel as its VJP. The arguments
+    are those of `rnn_jax.unroll.scan`, already checked by `rnn_jax.unroll` (use ``unroll(..., backward="fused")``).""",
+)
+lstm_scan = _fused_scan(
+    lstm,
+    _lstm_recurrence,
     lstm_backward,
     """The LSTM unroll ``(outputs [T, B, O], states (h, c) [T, B, H] each, final_state)`` with both recursions as
     kernels and `lstm_backward` as its VJP (``unroll(..., cell=lstm, backward="fused")``).""",
 )
-gru_scan = _gated_scan(
-    functools.partial(_forward_keeping_pre, gru, gru_recurrence),
+gru_scan = _fused_scan(
+    gru,
+    gru_recurrence,
     gru_backward,
     """The GRU unroll ``(outputs [T, B, O], states [T, B, H], final_state [B, H])`` with both recursions as
     kernels and `gru_backward` as its VJP (``unroll(..., cell=gru, backward="fused")``).""",
 )
+SCANS = {elman: elman_scan, lstm: lstm_scan, gru: gru_scan}  # the cells with fused kernels, and their unrolls

@@ -418,7 +418,7 @@ def unroll(
     elif backward == "fused":
         from rnn_jax import fused  # fused sits on this module, like bptt
 
-        if cell not in fused.GATES:
+        if cell not in fused.SCANS:
             raise ValueError(
                 f"backward: 'fused' (rnn_jax.fused) exists for the Elman, LSTM and GRU cells only, got cell "
                 f"{cell.__name__}"
@@ -429,8 +429,7 @@ def unroll(
                 "hoisted out of the loop); use projections='auto' or 'hoisted' with backward='fused'"
             )
         fused.check_hidden(params.w_s.shape[0], cell)
-        fused_scan = {elman: fused.elman_scan, lstm: fused.lstm_scan, gru: fused.gru_scan}[cell]
-        outputs, states, final = fused_scan(params, xs, initial_state, mask, activation)
+        outputs, states, final = fused.SCANS[cell](params, xs, initial_state, mask, activation)
     elif backward == "autodiff" and hoist:
         outputs, states, final = hoisted_scan(cell, params, initial_state, xs, mask, activation, unroll)
     elif backward == "autodiff" and compute_dtype is None:
