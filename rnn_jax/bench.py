@@ -29,7 +29,8 @@ The implementations (`default_implementations`):
                     reported under the better setting (named in the record, e.g. "torch-1thread");
   lower-bound       measured: the T sequential [B, H] @ [H, G H] products of the forward pass (forward; G
                     gate blocks), twice that plus the weight-gradient flops at the machine's square-matmul
-                    rate (train).
+                    rate (train);
+  lower-bound-Ndev  the same with each chain on [B / N, H] slices, one per device (with several devices).
 
 The ``long`` preset (T = 1000, 10000, 100000) times `long_implementations` instead: the autodiff
 and fast paths, the autodiff path with ``remat`` every 100 steps and every ceil(sqrt(T)) steps, and
@@ -48,6 +49,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import statistics
 import threading
 import time
@@ -57,6 +59,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec
 
 from rnn_jax import cells, distributed, fused, tasks, train
 from rnn_jax.config import Config, ModelConfig, OptimConfig, TaskConfig
@@ -274,10 +277,7 @@ def rnn_jax_implementation(
                 raise Unavailable(
                     f"the fused kernel keeps W_s on chip: H <= {fused.max_hidden(cell)} for {shape.cell}, got {shape.H}"
                 )
-        if devices > len(jax.devices()):
-            raise Unavailable(f"{devices} devices asked for, {len(jax.devices())} present")
-        if shape.B % devices:
-            raise Unavailable(f"B = {shape.B} does not divide across {devices} devices")
+        _check_devices(devices, shape)
         config = Config(
             model=ModelConfig(model=shape.cell, hidden=shape.H, **model_options),
             task=TaskConfig(seq_len=shape.T, batch_size=shape.B),
@@ -293,14 +293,15 @@ def rnn_jax_implementation(
             inputs, targets = distributed.shard((inputs, targets), mesh, axis=1)  # [T, B, ...] split along B
         batch = tasks.Batch(inputs, targets, None, None)
         loss_fn = train.make_loss_fn(config.model, task)
-        loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params, batch)
+        value_and_grad = jax.value_and_grad(loss_fn) if mesh is None else distributed.value_and_grad(loss_fn, mesh)
+        loss, grads = jax.jit(value_and_grad)(params, batch)  # the first step as the train step computes it
 
         forward = jax.jit(functools.partial(train.forward, config.model, task))
         start = time.perf_counter()
         forward_c = forward.lower(params, batch).compile()
         forward_s = time.perf_counter() - start
 
-        step = train.make_train_step(config, task, optimizer)
+        step = train.make_train_step(config, task, optimizer, mesh)
         state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
         if mesh is not None:
             state = distributed.replicate(state, mesh)
@@ -586,9 +587,12 @@ def torch_implementation() -> Implementation:
 # ------------------------------------------------------------------ the lower bound
 
 
-def lower_bound_implementation() -> Implementation:
+def lower_bound_implementation(devices: int = 1) -> Implementation:
     """The measured floor: T dependent [B, H] @ [H, G H] products (forward); twice that plus the weight gradients
-    (train), for a cell with G gate blocks (Elman 1, GRU 3, LSTM 4).
+    (train), for a cell with G gate blocks (Elman 1, GRU 3, LSTM 4). With ``devices`` > 1
+    ("lower-bound-Ndev"), the chains run on [B / N, H] slices, one per device (`jax.shard_map`),
+    the floor of a data-parallel step: on a CPU, XLA runs each small product on one core, so N
+    devices are how those products use N cores.
 
     A recurrent network's step t cannot start before step t - 1 ends, in either direction, so no
     implementation of the forward pass beats the chain of T state products, and no train step
@@ -603,16 +607,18 @@ def lower_bound_implementation() -> Implementation:
 
     def prepare(problem: Problem) -> Prepared:
         s = problem.shape
+        _check_devices(devices, s)
+        rows = s.B // devices  # the batch rows of one device's chain
         gates = torch_layout.GATE_BLOCKS[s.cell]
         q = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(s.H, s.H)))[0], jnp.float32)
         w = q if gates == 1 else jnp.tile(q, (1, gates)) / gates  # [H, G H]; the blocks' sum is q: no growth
         s0 = jnp.ones((s.B, s.H), jnp.float32) / np.sqrt(s.H)
         flops = 2 * s.T * s.B * (s.D * gates * s.H + s.H * gates * s.H + s.H * s.O)
-        n = max(1, round((flops / 2) ** (1 / 3)))
-        square = jnp.ones((n, n), jnp.float32) / n
+        n = max(1, round((flops / devices / 2) ** (1 / 3)))  # one device's share of the weight-gradient flops
+        squares = jnp.ones((devices * n, n), jnp.float32) / n  # an [n, n] block per device
 
         def product(c, w):  # [B, H] @ [H, G H], its G blocks summed: [B, H]
-            return c @ w if gates == 1 else (c @ w).reshape(s.B, gates, s.H).sum(axis=1)
+            return c @ w if gates == 1 else (c @ w).reshape(rows, gates, s.H).sum(axis=1)
 
         def product_t(c, w):  # [B, G H] @ [G H, H] with the error repeated over the G blocks
             return c @ w.T if gates == 1 else jnp.tile(c, (1, gates)) @ w.T
@@ -620,43 +626,73 @@ def lower_bound_implementation() -> Implementation:
         def chain(s0, w, step=product):
             return jax.lax.scan(lambda c, _: (step(c, w), None), s0, None, length=s.T)[0]
 
-        def floor_of_train(s0, w, square):
+        def forward_floor(s0, w):
+            return chain(s0, w)
+
+        def train_floor(s0, w, square):
             back = chain(chain(s0, w), w, product_t)  # the backward chain waits for the forward one, as in BPTT
             return back, square @ square
 
-        args = (s0, w, square)
+        if devices > 1:  # each device: the chains of its B / N rows and its share of the square products
+            mesh = distributed.make_mesh(devices)
+            split, whole = PartitionSpec(distributed.AXIS), PartitionSpec()
+            forward_floor = jax.shard_map(forward_floor, mesh=mesh, in_specs=(split, whole), out_specs=split)
+            train_floor = jax.shard_map(
+                train_floor, mesh=mesh, in_specs=(split, whole, split), out_specs=(split, split)
+            )
+            s0, squares = distributed.shard((s0, squares), mesh, axis=0)
+
         start = time.perf_counter()
-        chain_c = jax.jit(chain).lower(s0, w).compile()
-        chain_s = time.perf_counter() - start
+        forward_c = jax.jit(forward_floor).lower(s0, w).compile()
+        forward_s = time.perf_counter() - start
         start = time.perf_counter()
-        train_c = jax.jit(floor_of_train).lower(*args).compile()
+        train_c = jax.jit(train_floor).lower(s0, w, squares).compile()
         train_s = time.perf_counter() - start
 
         return Prepared(
-            run={"forward": _blocking(lambda: chain_c(s0, w)), "train": _blocking(lambda: train_c(*args))},
-            compile_s={"forward": chain_s, "train": train_s},
-            peak_mem_mb={"forward": _compiled_mb(chain_c), "train": _compiled_mb(train_c)},
+            run={"forward": _blocking(lambda: forward_c(s0, w)), "train": _blocking(lambda: train_c(s0, w, squares))},
+            compile_s={"forward": forward_s, "train": train_s},
+            peak_mem_mb={"forward": _compiled_mb(forward_c), "train": _compiled_mb(train_c)},
             first_step=None,
         )
 
-    return Implementation("lower-bound", prepare)
+    name = "lower-bound" if devices == 1 else f"lower-bound-{devices}dev"
+    return Implementation(name, prepare, devices=devices)
+
+
+def _check_devices(devices: int, shape: Shape) -> None:
+    """Raises `Unavailable` unless JAX sees ``devices`` devices and B splits evenly over them."""
+    if devices > len(jax.devices()):
+        raise Unavailable(f"{devices} devices asked for, {len(jax.devices())} present")
+    if shape.B % devices:
+        raise Unavailable(f"B = {shape.B} does not divide across {devices} devices")
+
+
+def device_counts(device_count: int | None = None) -> list[int]:
+    """2, 4, 8, ... up to ``device_count`` (default: the devices JAX sees); empty with one device."""
+    count = len(jax.devices()) if device_count is None else device_count
+    return [2**i for i in range(1, count.bit_length()) if 2**i <= count]
 
 
 def scaling_implementations(device_count: int | None = None) -> list[Implementation]:
-    """The fast path's data-parallel train step over 2, 4, 8, ... of the ``device_count`` devices (default: all
-    that JAX sees), named ``rnn-jax-fast-{n}dev``; none with one device."""
-    count = len(jax.devices()) if device_count is None else device_count
-    sizes = [2**i for i in range(1, count.bit_length()) if 2**i <= count]
-    return [rnn_jax_implementation(f"rnn-jax-fast-{n}dev", devices=n, backward="fast") for n in sizes]
+    """The fast path's data-parallel train step over each of `device_counts` devices, ``rnn-jax-fast-{n}dev``."""
+    return [fast_on_devices(n) for n in device_counts(device_count)]
+
+
+def fast_on_devices(devices: int) -> Implementation:
+    """``rnn-jax-fast-{devices}dev``: the fast path's train step, data parallel over that many devices."""
+    return rnn_jax_implementation(f"rnn-jax-fast-{devices}dev", devices=devices, backward="fast")
 
 
 def default_implementations() -> list[Implementation]:
     """The reference first (rnn-jax's autodiff path), then the fast path, its bfloat16 mixed-precision variant,
-    flax, torch and the lower bound; with several devices, the fast path's data-parallel scaling too."""
+    flax, torch and the lower bound; with several devices, the fast path's data-parallel scaling and the
+    lower bound over as many devices too."""
     return [
         *named_implementations(["rnn-jax-autodiff", "rnn-jax-fast", "rnn-jax-bf16"]),
         *scaling_implementations(),
         *named_implementations(["flax", "torch", "lower-bound"]),
+        *(lower_bound_implementation(n) for n in device_counts()),
     ]
 
 
@@ -705,10 +741,21 @@ def named_implementations(names: Sequence[str]) -> list[Implementation]:
     Raises:
       ValueError: for an unknown or repeated name, listing the known ones.
     """
-    unknown = [n for n in names if n not in NAMED_IMPLEMENTATIONS]
+    unknown = [n for n in names if n not in NAMED_IMPLEMENTATIONS and not _ON_DEVICES.fullmatch(n)]
     if unknown or len(set(names)) != len(names) or not names:
-        raise ValueError(f"impl: expected distinct names among {sorted(NAMED_IMPLEMENTATIONS)}, got {list(names)!r}")
-    return [NAMED_IMPLEMENTATIONS[n]() for n in names]
+        raise ValueError(
+            f"impl: expected distinct names among {sorted(NAMED_IMPLEMENTATIONS)} or rnn-jax-fast-Ndev, "
+            f"lower-bound-Ndev (N devices, N >= 2), got {list(names)!r}"
+        )
+    return [NAMED_IMPLEMENTATIONS[n]() if n in NAMED_IMPLEMENTATIONS else _on_devices(n) for n in names]
+
+
+_ON_DEVICES = re.compile(r"(rnn-jax-fast|lower-bound)-([2-9]|[1-9][0-9]+)dev")  # N >= 2
+
+
+def _on_devices(name: str) -> Implementation:
+    kind, devices = _ON_DEVICES.fullmatch(name).groups()
+    return fast_on_devices(int(devices)) if kind == "rnn-jax-fast" else lower_bound_implementation(int(devices))
 
 
 # ------------------------------------------------------------------ running
@@ -874,7 +921,8 @@ def format_table(result: BenchResult, fast: str | None = None, bound: str = "low
     """The records as a text table, with the fast path's time over each implementation's and each over the bound.
 
     ``fast/this`` below 1 means ``fast`` (default: rnn-jax-fast if timed, else the first implementation)
-    is faster than ``this``; ``/bound`` is the time as a multiple of the measured lower bound.
+    is faster than ``this``; ``/bound`` is the time as a multiple of the measured lower bound (the lowest of
+    ``bound`` and its ``-Ndev`` variants: the floor on this machine, whichever way it is reached).
     """
     timed = [r["impl"] for r in result.records]
     if fast is None:
@@ -893,7 +941,8 @@ def format_table(result: BenchResult, fast: str | None = None, bound: str = "low
     for (config, mode), group in by_key.items():
         cell, b, t, d, h, o = config
         fast_ms = group[fast]["median_ms"] if fast in group else float("nan")
-        bound_ms = group[bound]["median_ms"] if bound in group else float("nan")
+        bounds = [r["median_ms"] for name, r in group.items() if name == bound or name.startswith(f"{bound}-")]
+        bound_ms = min(bounds, default=float("nan"))
         for r in group.values():
             ms = r["median_ms"]
             spread = f"{r['p10_ms']:.3f}-{r['p90_ms']:.3f}"

@@ -114,9 +114,10 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rnn_jax import bench
+    from rnn_jax import bench, distributed
 
     config = _build(BenchConfig, args)
+    distributed.present_cpu_devices(config.cpu_devices or distributed.cpu_cores())  # before JAX starts
     preset = config.preset or (None if config.config else "standard")
     shapes = bench.shapes_for(preset, config.config, config.cell)
     repeats = config.repeats if config.repeats is not None else bench.PRESET_REPEATS.get(preset, 9)
@@ -165,7 +166,11 @@ def _write_json_atomically(path: str, records: list) -> None:
 def _train(args: argparse.Namespace) -> int:
     import jax
 
+    from rnn_jax import distributed
+
     config = config_from_args(args)
+    if config.run.devices is not None and config.run.devices > 1:
+        distributed.present_cpu_devices(config.run.devices)  # before JAX starts; make_mesh checks the count
     if config.model.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     if config.run.resume and config.run.out is None:

@@ -183,7 +183,9 @@ class RunConfig:
         "also write the metrics as TensorBoard scalars beside metrics.jsonl (needs tensorboardX)", default=False
     )
     devices: int | None = _help(
-        "data parallel: split each batch over the first N devices, parameters replicated (None: all devices)",
+        "data parallel: split each batch over the first N devices, parameters replicated (None: all devices). "
+        "On a CPU, N makes N CPU devices (XLA runs a step's small products on one core each; one device per core "
+        "is the useful most)",
         metavar="N",
         default=None,
     )
@@ -276,11 +278,20 @@ class BenchConfig:
     )
     repeats: int | None = _help("timed samples per implementation and mode (default: the preset's)", default=None)
     seed: int = _help("seed of the shared parameters and data", default=0)
+    cpu_devices: int | None = _help(
+        "CPU devices to make (default: one per core); with two or more the harness adds the fast path data "
+        "parallel over them (rnn-jax-fast-Ndev) and the lower bound so split (lower-bound-Ndev): XLA runs a step's "
+        "small products on one core each, so this is how rnn-jax uses the others. XLA_FLAGS's "
+        "--xla_force_host_platform_device_count, when set, wins",
+        metavar="N",
+        default=None,
+    )
     impl: tuple[str, ...] = _help(
         "time only this implementation (repeatable; the first is the agreement check's reference): "
         "rnn-jax-{autodiff,fast}[-in-step|-hoisted] (the input/read-out projections inside each scan step or "
         "hoisted out of it; neither suffix: by backend), rnn-jax-bptt (the hand-derived custom VJP), rnn-jax-bf16, "
-        "rnn-jax-remat-{100,sqrt}, flax, torch, lower-bound. Default: the preset's",
+        "rnn-jax-remat-{100,sqrt}, rnn-jax-fused[-per-step|-8warps] (GPU), flax, torch, lower-bound, and with "
+        "N devices rnn-jax-fast-Ndev, lower-bound-Ndev. Default: the preset's",
         metavar="NAME",
         default=(),
     )

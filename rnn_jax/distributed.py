@@ -5,10 +5,15 @@
     batch  -> NamedSharding(mesh, P(None, "batch"))    inputs, targets, mask [T, B, ...]: split along B
               NamedSharding(mesh, P("batch"))          lengths [B] (and a TBPTT carry [B, H])
 
-The jitted train step is not changed: `jax.jit` follows the shardings of its arguments (GSPMD), so
-each device unrolls its B / N sequences, XLA inserts the all-reduce that combines the gradient
-over the devices, and every device applies the same update to its copy of the parameters. The
-losses and parameters equal those of a one-device run up to the order of floating-point sums.
+The gradient is taken per device (`value_and_grad`, a `jax.shard_map`): each device unrolls and
+differentiates its B / N sequences, and ONE all-reduce after the backward pass combines the N
+gradients, each weighted by its share of the scored steps, so the result is the whole batch's
+gradient. The rest of the jitted step (clipping, the optimizer update) follows the shardings of
+its arguments (GSPMD), and every device applies the same update to its copy of the parameters.
+Left to GSPMD alone, the gradient's sums over time (the weight gradients that a backward scan
+accumulates in its carry, replicated) would be all-reduced inside the loop, once per time step:
+on two CPU devices that made the fast path's train step 2x slower than one device's.
+The losses and parameters equal those of a one-device run up to the order of floating-point sums.
 
 Multi-host: call ``jax.distributed.initialize()`` in every process before anything else touches
 JAX; `make_mesh` then spans the devices of all processes, and every process builds the same
@@ -22,15 +27,47 @@ References:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from rnn_jax.tasks.base import Batch
 
 AXIS = "batch"  # the name of the mesh's one axis
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the OS reports it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def present_cpu_devices(count: int) -> bool:
+    """Makes JAX's CPU backend present ``count`` devices (``jax_num_cpu_devices``); returns whether it took effect.
+
+    XLA:CPU runs each of a recurrent step's small products on one core (it splits only large
+    products over its threads), so a data-parallel step over one CPU device per core is how a
+    train step uses the other cores. JAX fixes the count when its backends start: call this first.
+    It does nothing (False) once they have started, or when ``XLA_FLAGS`` sets
+    ``--xla_force_host_platform_device_count`` (the user's count stands). Other backends (GPU, TPU)
+    are not affected.
+
+    Raises:
+      ValueError: if ``count`` is not a positive integer.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ValueError(f"count: expected a positive integer, got {count!r}")
+    if "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", ""):
+        return False
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError:  # the backends have started; the count is fixed
+        return False
+    return True
 
 
 def make_mesh(devices: int | None = None) -> Mesh:
@@ -47,8 +84,8 @@ def make_mesh(devices: int | None = None) -> Mesh:
     if devices > len(available):
         raise ValueError(
             f"devices: asked for {devices} devices, but JAX sees {len(available)} "
-            f"({available[0].platform}); on the CPU, XLA_FLAGS=--xla_force_host_platform_device_count={devices} "
-            "makes that many"
+            f"({available[0].platform}); on the CPU, `present_cpu_devices({devices})` before JAX starts (or "
+            f"XLA_FLAGS=--xla_force_host_platform_device_count={devices}) makes that many"
         )
     return Mesh(np.asarray(available[:devices]), (AXIS,))
 
@@ -110,3 +147,47 @@ def shard_or_replicate(batch: Batch, mesh: Mesh) -> Batch:
     if batch.lengths.shape[0] % mesh.size == 0:
         return shard_batch(batch, mesh)
     return replicate(batch, mesh)
+
+
+def _batch_specs(batch: Batch) -> Batch:
+    """`shard_batch`'s split as `jax.shard_map` specs (None where the batch has no mask or lengths)."""
+    along_b = PartitionSpec(None, AXIS)  # [T, B, ...]
+    mask = None if batch.mask is None else along_b
+    return Batch(along_b, along_b, mask, None if batch.lengths is None else PartitionSpec(AXIS))
+
+
+def scored_steps(batch: Batch, dtype: jnp.dtype) -> jax.Array:
+    """How many (step, sequence) outputs the loss scores, in ``dtype``: the mask's sum, or T * B without a mask."""
+    if batch.mask is None:
+        return jnp.asarray(batch.inputs.shape[0] * batch.inputs.shape[1], dtype)
+    return jnp.sum(batch.mask, dtype=dtype)
+
+
+def value_and_grad(loss_fn: Callable[[Any, Batch], jax.Array], mesh: Mesh) -> Callable[[Any, Batch], Any]:
+    """``(params, batch) -> (loss, grads)`` of ``loss_fn``, data parallel over ``mesh`` with one all-reduce.
+
+    ``loss_fn`` is a mean over the scored steps (`rnn_jax.tasks.loss`). Device k holds n_k of the N
+    scored steps and computes its own mean L_k and gradient g_k; the batch's loss is the weighted sum
+
+        L = sum_k (n_k / N) L_k,      dL/dtheta = sum_k (n_k / N) g_k,
+
+    one `psum` of the weighted (loss, gradient) pair, after the backward pass. ``params`` are
+    replicated; ``batch`` is split along B (`shard_batch`).
+    """
+
+    def local(params: Any, batch: Batch) -> Any:
+        loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+        scored = scored_steps(batch, loss.dtype)  # n_k
+        weighted = jax.tree.map(lambda g: g * scored.astype(g.dtype), (loss, grads))
+        (loss, grads), total = jax.lax.psum((weighted, scored), AXIS)  # one all-reduce: each costs a rendezvous
+        return jax.tree.map(lambda g: g / jnp.maximum(total, 1).astype(g.dtype), (loss, grads))
+
+    def combined(params: Any, batch: Batch) -> Any:
+        # check_vma=False: the unrolls' scans start from unsharded zeros (the shard_map docs' "scan-vma")
+        run = jax.shard_map(
+            local, mesh=mesh, in_specs=(PartitionSpec(), _batch_specs(batch)), out_specs=PartitionSpec(),
+            check_vma=False,
+        )  # fmt: skip
+        return run(params, batch)
+
+    return combined

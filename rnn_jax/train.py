@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from rnn_jax import bptt, cells, checkpoint, deep, diagnostics, distributed, seq2seq, tasks
 from rnn_jax.config import Config, ModelConfig
@@ -244,19 +245,33 @@ def _apply_update(
     return new_state, StepMetrics(loss, grad_norm, clip_fired(config.optim, grads), finite)
 
 
-def make_train_step(config: Config, task: tasks.Task, optimizer: optax.GradientTransformation):
+def make_train_step(
+    config: Config, task: tasks.Task, optimizer: optax.GradientTransformation, mesh: Mesh | None = None
+):
     """The jitted ``(state, batch) -> (state, StepMetrics)``, with ``state`` donated.
 
-    With dropout, step t's masks are drawn from ``fold_in(dropout_key(seed), t)``.
+    With dropout, step t's masks are drawn from ``fold_in(dropout_key(seed), t)``. With a ``mesh``
+    of several devices (the batch split along B over it, `rnn_jax.distributed`), the gradient is
+    `distributed.value_and_grad`'s: one all-reduce after the backward pass. Dropout and
+    encoder-decoder models leave it to GSPMD instead (their masks are drawn for the whole batch,
+    their losses are not `tasks.loss`).
     """
     loss_fn = make_loss_fn(config.model, task)
     model = config.model
     with_dropout = model.is_deep and (model.dropout > 0 or model.recurrent_dropout > 0)
     base = dropout_key(config.run.seed) if with_dropout else None
+    if mesh is not None and mesh.size > 1 and base is None and not is_seq2seq(task):
+        sharded = distributed.value_and_grad(loss_fn, mesh)
+
+        def value_and_grad(params: Any, batch: tasks.Batch, key: None) -> tuple[jax.Array, Any]:
+            return sharded(params, batch)  # no dropout, so no key
+
+    else:
+        value_and_grad = jax.value_and_grad(loss_fn)
 
     def train_step(state: TrainState, batch: tasks.Batch) -> tuple[TrainState, StepMetrics]:
         key = None if base is None else jax.random.fold_in(base, state.step)
-        loss, grads = jax.value_and_grad(loss_fn)(state.params, batch, key)
+        loss, grads = value_and_grad(state.params, batch, key)
         return _apply_update(config, optimizer, state, loss, grads)
 
     return jax.jit(train_step, donate_argnums=0)
@@ -558,7 +573,7 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
     if run.tbptt_k1 is None:
         if run.tbptt_k2 is not None:
             raise ValueError("tbptt_k2: needs tbptt_k1 as well (the number of steps per update)")
-        train_step = make_train_step(config, task, optimizer)
+        train_step = make_train_step(config, task, optimizer, mesh)
         make_batch = jax.jit(lambda k: task.batch(k, config.task.batch_size, dtype))
 
         def advance_on_batches(state, carried, step):

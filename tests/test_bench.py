@@ -57,6 +57,33 @@ def test_torch_runs_under_its_better_thread_setting(quick_result):
     assert any(a.impl == "torch" and a.agrees for a in quick_result.agreement)
 
 
+def test_implementations_on_n_devices_are_named_by_pattern():
+    names = [impl.name for impl in bench.named_implementations(["rnn-jax-fast-2dev", "lower-bound-16dev"])]
+    assert names == ["rnn-jax-fast-2dev", "lower-bound-16dev"]
+    assert [impl.devices for impl in bench.named_implementations(["lower-bound-4dev"])] == [4]
+    for bad in ("lower-bound-1dev", "rnn-jax-fast-0dev", "rnn-jax-autodiff-2dev", "lower-bound-02dev"):
+        with pytest.raises(ValueError, match="rnn-jax-fast-Ndev"):
+            bench.named_implementations([bad])
+
+
+def test_bound_column_divides_by_the_lowest_measured_bound():
+    """A data-parallel floor below the one-device floor is the machine's floor: /bound uses the lower one."""
+
+    def record(impl, ms, devices=1):
+        return {"config": TINY.to_json(), "impl": impl, "mode": "train", "median_ms": ms, "p10_ms": ms,
+                "p90_ms": ms, "compile_s": 0.0, "peak_mem_mb": 0.0, "devices": devices}  # fmt: skip
+
+    records = [record("rnn-jax-fast", 30.0), record("lower-bound", 20.0), record("lower-bound-2dev", 10.0, 2)]
+    notes = {"backend": "cpu", "device": "cpu", "cpu_count": "2", "jax": "x", "torch": "-"}
+
+    def bound_column(records):  # impl -> its /bound entry
+        table = bench.format_table(bench.BenchResult(records, [], [], notes)).splitlines()
+        return {line.split()[3]: line.split()[-1] for line in table if line.startswith("elman ")}
+
+    assert bound_column(records) == {"rnn-jax-fast": "3.00", "lower-bound": "2.00", "lower-bound-2dev": "1.00"}
+    assert bound_column(records[:2]) == {"rnn-jax-fast": "1.50", "lower-bound": "1.00"}
+
+
 def _wrong(problem):
     """rnn-jax's fast path with its W_s gradient perturbed by 1%: a plausible bug the check must catch."""
     prepared = bench.rnn_jax_implementation("fast", backward="bptt").prepare(problem)
@@ -225,7 +252,8 @@ _SCALING_SCRIPT = textwrap.dedent(
     import jax
     from rnn_jax import bench
 
-    impls = [bench.rnn_jax_implementation("rnn-jax-fast", backward="fast"), *bench.scaling_implementations()]
+    impls = [bench.rnn_jax_implementation("rnn-jax-fast", backward="fast"), *bench.scaling_implementations(),
+             *bench.named_implementations(["lower-bound-2dev", "lower-bound-4dev"])]
     with jax.numpy_dtype_promotion("standard"):
         result = bench.run([bench.Shape("elman", 4, 5, 2, 4, 2), bench.Shape("elman", 2, 5, 2, 4, 2)],
                            repeats=1, min_sample_s=0.0, implementations=impls)
@@ -251,8 +279,11 @@ def test_bench_reports_data_parallel_scaling_over_forced_devices():
     for r in out["records"]:
         by_b.setdefault(r["config"]["B"], set()).add((r["impl"], r["devices"]))
     assert {("rnn-jax-fast", 1), ("rnn-jax-fast-2dev", 2), ("rnn-jax-fast-4dev", 4)} <= by_b[4]
+    assert {("lower-bound-2dev", 2), ("lower-bound-4dev", 4)} <= by_b[4]
     assert ("rnn-jax-fast-4dev", 4) not in by_b[2] and ("rnn-jax-fast-2dev", 2) in by_b[2]
-    assert [b for b, impl, _ in out["skipped"]] == [2] and "does not divide" in out["skipped"][0][2]
+    assert ("lower-bound-4dev", 4) not in by_b[2] and ("lower-bound-2dev", 2) in by_b[2]
+    assert sorted(impl for b, impl, _ in out["skipped"]) == ["lower-bound-4dev", "rnn-jax-fast-4dev"]
+    assert {b for b, _, _ in out["skipped"]} == {2} and all("does not divide" in r for _, _, r in out["skipped"])
     assert all(out["agrees"]), out
 
 

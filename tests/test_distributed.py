@@ -19,9 +19,10 @@ import pytest
 from rnn_jax import distributed
 
 _SCRIPT = textwrap.dedent(
-    """
-    import dataclasses, json
+    r"""
+    import dataclasses, json, re
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -36,6 +37,19 @@ _SCRIPT = textwrap.dedent(
             optim=OptimConfig(learning_rate=1e-2),
             run=RunConfig(steps=12, eval_every=6, log_every=3, eval_batches=2, progress=False, devices=devices, **run),
         )
+
+    def all_reduces(hlo):  # {"in_loops": all-reduces inside a while loop's body, "outside": the others}
+        computations, name = {}, None
+        for line in hlo.splitlines():
+            if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+                name = line.split()[1] if line.startswith("ENTRY") else line.split()[0]
+            computations.setdefault(name, []).append(line)
+        bodies = {b.lstrip("%") for line in hlo.splitlines() for b in re.findall(r"body=(%?[\w.\-]+)", line)}
+
+        def count(names):
+            return sum(" all-reduce(" in line for n in names for line in computations.get(n, []))
+
+        return {"in_loops": count({"%" + b for b in bodies} | bodies), "outside": count(set(computations) - bodies)}
 
     out = {"device_count": jax.device_count(), "runs": {}}
     for name, model, task, run in [
@@ -60,6 +74,46 @@ _SCRIPT = textwrap.dedent(
     out["lengths_shard_shapes"] = sorted({s.data.shape for s in placed.lengths.addressable_shards})
     out["inputs_spec"] = list(placed.inputs.sharding.spec)
     out["inputs_devices"] = len(placed.inputs.sharding.device_set)
+
+    # the data-parallel gradient equals the whole batch's, in float64, with shards holding 6, 1, 0 and 3 scored steps
+    from rnn_jax import cells, unroll  # the function (rnn_jax.unroll.unroll)
+
+    def loss_of(cell, backward):
+        def loss_fn(params, batch):
+            run = unroll(params, batch.inputs, lengths=batch.lengths, cell=cells.get(cell), backward=backward)
+            return tasks.loss("squared_error", run.outputs, batch)
+        return loss_fn
+
+    gradients = {}
+    with jax.enable_x64(True):
+        keys = jax.random.split(jax.random.key(1), 4)
+        t, b, d, o = 6, 8, 3, 2
+        mask = np.zeros((t, b), bool)  # two sequences per device; scored steps per device: 6, 1, 0, 3
+        mask[:3, 0:2] = True
+        mask[2, 3] = True
+        mask[1:4, 7] = True
+        lengths = np.array([6, 6, 2, 3, 6, 1, 4, 5], np.int32)
+        batch = tasks.Batch(jax.random.normal(keys[0], (t, b, d), jnp.float64),
+                            jax.random.normal(keys[1], (t, b, o), jnp.float64), jnp.asarray(mask), jnp.asarray(lengths))
+        placed = distributed.shard_batch(batch, mesh)
+        counts = [int(mask[:, 2 * k:2 * k + 2].sum()) for k in range(4)]
+        for cell, backward in [("elman", "bptt"), ("elman", "autodiff"), ("lstm", "bptt"), ("gru", "autodiff")]:
+            params = cells.get(cell).init(keys[2], d, 5, o, dtype=jnp.float64)
+            whole = jax.jit(jax.value_and_grad(loss_of(cell, backward)))(params, batch)
+            split_fn = jax.jit(distributed.value_and_grad(loss_of(cell, backward), mesh))
+            split = split_fn(distributed.replicate(params, mesh), placed)
+            hlo = split_fn.lower(distributed.replicate(params, mesh), placed).compile().as_text()
+            gradients[f"{cell}-{backward}"] = {
+                "error": max(float(np.max(np.abs(np.asarray(a) - np.asarray(w))) / np.max(np.abs(np.asarray(w))))
+                             for a, w in zip(jax.tree.leaves(split), jax.tree.leaves(whole))),
+                "all_reduces": all_reduces(hlo),
+            }
+        gspmd = jax.jit(jax.value_and_grad(loss_of("elman", "bptt")))
+        gradients["gspmd-elman-bptt"] = {"all_reduces": all_reduces(
+            gspmd.lower(distributed.replicate(cells.get("elman").init(keys[2], d, 5, o, dtype=jnp.float64), mesh),
+                        placed).compile().as_text())}
+    out["gradients"] = gradients
+    out["scored_per_shard"] = counts
 
     errors = {}
     for label, call in [
@@ -129,3 +183,72 @@ def test_default_mesh_spans_every_device_and_checks_its_argument():
     assert distributed.make_mesh(1).axis_names == ("batch",)
     with pytest.raises(ValueError, match="positive integer"):
         distributed.make_mesh(0)
+
+
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+@pytest.mark.parametrize("case", ["elman-bptt", "elman-autodiff", "lstm-bptt", "gru-autodiff"])
+def test_data_parallel_gradient_equals_the_whole_batch_gradient_in_float64(four_devices, case):
+    """distributed.value_and_grad weights each device's mean by its scored steps (here 6, 1, 0 and 3)."""
+    assert four_devices["scored_per_shard"] == [6, 1, 0, 3]
+    assert four_devices["gradients"][case]["error"] < 1e-10
+
+
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+@pytest.mark.parametrize("case", ["elman-bptt", "elman-autodiff", "lstm-bptt", "gru-autodiff"])
+def test_data_parallel_gradient_is_one_all_reduce_after_the_backward_pass(four_devices, case):
+    assert four_devices["gradients"][case]["all_reduces"] == {"in_loops": 0, "outside": 1}
+
+
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+def test_gspmd_alone_would_all_reduce_inside_the_backward_scan(four_devices):
+    """Why `distributed.value_and_grad` exists, and proof that the count above can see a loop's all-reduce:
+    left to GSPMD, the hand-derived backward scan's weight-gradient sums are all-reduced at every step."""
+    assert four_devices["gradients"]["gspmd-elman-bptt"]["all_reduces"]["in_loops"] >= 1
+
+
+_PRESENT_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import jax
+    from rnn_jax import distributed
+
+    took = distributed.present_cpu_devices(3)
+    count = jax.device_count()
+    print(json.dumps({"took": took, "count": count, "again": distributed.present_cpu_devices(2),
+                      "count_after": jax.device_count()}))
+    """
+)
+
+
+@pytest.mark.slow  # two subprocesses that start JAX (~10 s)
+@pytest.mark.parametrize("flags", ["", "--xla_force_host_platform_device_count=4"])
+def test_present_cpu_devices_sets_the_count_before_jax_starts_and_never_after(flags):
+    env = {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run([sys.executable, "-c", _PRESENT_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    if flags:  # the user's XLA_FLAGS count stands
+        assert out == {"took": False, "count": 4, "again": False, "count_after": 4}
+    else:
+        assert out == {"took": True, "count": 3, "again": False, "count_after": 3}
+
+
+@pytest.mark.slow  # a short training run in a subprocess (~10 s)
+def test_cli_train_with_devices_makes_that_many_cpu_devices(tmp_path):
+    """Without `present_cpu_devices`, --devices 2 on a one-device CPU would stop at make_mesh's error."""
+    env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+    argv = ["train", "--devices", "2", "--steps", "4", "--eval-every", "2", "--log-every", "2", "--hidden", "8",
+            "--seq-len", "10", "--no-progress", "--out", str(tmp_path / "run")]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "rnn_jax", *argv], env=env, capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(tmp_path / "run" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["config"]["run"]["devices"] == 2 and summary["status"] == "completed"
+
+
+def test_present_cpu_devices_checks_its_argument():
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            distributed.present_cpu_devices(bad)
