@@ -117,7 +117,8 @@ def _bench(args: argparse.Namespace) -> int:
     from rnn_jax import bench, distributed
 
     config = _build(BenchConfig, args)
-    distributed.present_cpu_devices(config.cpu_devices or distributed.cpu_cores())  # before JAX starts
+    # before JAX starts; at most 8 by default, so a many-core machine adds 3 device counts, not 6
+    distributed.present_cpu_devices(config.cpu_devices or min(distributed.cpu_cores(), 8))
     preset = config.preset or (None if config.config else "standard")
     shapes = bench.shapes_for(preset, config.config, config.cell)
     repeats = config.repeats if config.repeats is not None else bench.PRESET_REPEATS.get(preset, 9)

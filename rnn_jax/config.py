@@ -279,7 +279,7 @@ class BenchConfig:
     repeats: int | None = _help("timed samples per implementation and mode (default: the preset's)", default=None)
     seed: int = _help("seed of the shared parameters and data", default=0)
     cpu_devices: int | None = _help(
-        "CPU devices to make (default: one per core); with two or more the harness adds the fast path data "
+        "CPU devices to make (default: one per core, at most 8); with two or more the harness adds the fast path data "
         "parallel over them (rnn-jax-fast-Ndev) and the lower bound so split (lower-bound-Ndev): XLA runs a step's "
         "small products on one core each, so this is how rnn-jax uses the others. XLA_FLAGS's "
         "--xla_force_host_platform_device_count, when set, wins",
