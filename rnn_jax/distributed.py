@@ -191,3 +191,26 @@ def value_and_grad(loss_fn: Callable[[Any, Batch], jax.Array], mesh: Mesh) -> Ca
         return run(params, batch)
 
     return combined
+
+
+def mean_over_devices(
+    window_gradients: Callable[..., tuple[jax.Array, Any, Any]], mesh: Mesh
+) -> Callable[..., tuple[jax.Array, Any, Any]]:
+    """A TBPTT window's ``(params, entering, padded_inputs, padded_targets, index) -> (loss, carried, grads)``,
+    data parallel over ``mesh`` with one all-reduce.
+
+    Each device runs its B / N streams (``entering`` and ``carried`` [B, H] split along B, the padded
+    streams [N, B, ...] along axis 1); the loss and gradient are the devices' mean, which is the
+    whole batch's because every stream scores the same k1 steps of its window.
+    """
+
+    def local(params, entering, padded_inputs, padded_targets, index):
+        loss, carried, grads = window_gradients(params, entering, padded_inputs, padded_targets, index)
+        loss, grads = jax.lax.pmean((loss, grads), AXIS)
+        return loss, carried, grads
+
+    whole, rows, along_b = PartitionSpec(), PartitionSpec(AXIS), PartitionSpec(None, AXIS)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(whole, rows, along_b, along_b, whole), out_specs=(whole, rows, whole),
+        check_vma=False,
+    )  # fmt: skip

@@ -277,10 +277,22 @@ def make_train_step(
     return jax.jit(train_step, donate_argnums=0)
 
 
-def make_tbptt_step(config: Config, task: tasks.Task, optimizer: optax.GradientTransformation, k1: int, k2: int):
+def make_tbptt_step(
+    config: Config,
+    task: tasks.Task,
+    optimizer: optax.GradientTransformation,
+    k1: int,
+    k2: int,
+    mesh: Mesh | None = None,
+):
     """The jitted TBPTT(k1, k2) update ``(state, entering, padded_inputs, padded_targets, index) ->
     (state, carried, StepMetrics)``: window ``index`` of a `bptt.pad_stream`-ed stream, its loss on
-    the last k1 steps, gradients back at most k2 steps from the carried (fixed) entering state."""
+    the last k1 steps, gradients back at most k2 steps from the carried (fixed) entering state.
+
+    With a ``mesh`` of several devices (the streams and the carried state split along B), each
+    device differentiates its own streams and one all-reduce averages the (loss, gradient) pairs
+    (`distributed.mean_over_devices`; every stream scores the same k1 steps, so the average is exact).
+    """
     cell = cells.get(config.model.model)
     if config.model.remat is not None or config.model.precision != "float32":
         raise ValueError(
@@ -288,7 +300,7 @@ def make_tbptt_step(config: Config, task: tasks.Task, optimizer: optax.GradientT
             f"remat={config.model.remat!r}, precision={config.model.precision!r} with tbptt_k1={k1}"
         )
 
-    def tbptt_step(state, entering, padded_inputs, padded_targets, index):
+    def window_gradients(params, entering, padded_inputs, padded_targets, index):
         inputs = tasks.features(task, bptt.window(padded_inputs, index, k1, k2), DTYPES[config.model.dtype])
         targets = bptt.window(padded_targets, index, k1, k2)
         valid, scored = bptt.window_masks(index, k1, k2, inputs.shape[1])
@@ -297,8 +309,15 @@ def make_tbptt_step(config: Config, task: tasks.Task, optimizer: optax.GradientT
             backward=config.model.backward, cell=cell,
         )  # fmt: skip
         (loss, carried), grads = jax.value_and_grad(objective, has_aux=True)(
-            state.params, entering, inputs, targets, valid, scored
+            params, entering, inputs, targets, valid, scored
         )
+        return loss, carried, grads
+
+    if mesh is not None and mesh.size > 1:
+        window_gradients = distributed.mean_over_devices(window_gradients, mesh)
+
+    def tbptt_step(state, entering, padded_inputs, padded_targets, index):
+        loss, carried, grads = window_gradients(state.params, entering, padded_inputs, padded_targets, index)
         new_state, metrics = _apply_update(config, optimizer, state, loss, grads)
         carried = jax.tree.map(lambda c, e: jnp.where(metrics.finite, c, e), carried, entering)
         return new_state, carried, metrics
@@ -594,7 +613,7 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
     stream = task.stream(key, config.task.batch_size, run.steps * k1, dtype)
     padded_inputs, padded_targets = bptt.pad_stream(stream.inputs, k1, k2), bptt.pad_stream(stream.targets, k1, k2)
     padded_inputs, padded_targets = distributed.shard((padded_inputs, padded_targets), mesh, axis=1)  # [N, B, ...]
-    tbptt_step = make_tbptt_step(config, task, optimizer, k1, k2)
+    tbptt_step = make_tbptt_step(config, task, optimizer, k1, k2, mesh)
 
     zero_state = distributed.shard(cells.get(config.model.model).initial_state(params, config.task.batch_size), mesh, 0)
 

@@ -115,6 +115,21 @@ _SCRIPT = textwrap.dedent(
     out["gradients"] = gradients
     out["scored_per_shard"] = counts
 
+    # the TBPTT update's all-reduces (an LSTM: its carried state is a pair)
+    from rnn_jax import bptt, train
+
+    tbptt = config("lstm", "xor", 4, tbptt_k1=4, tbptt_k2=6)
+    xor = tasks.make(tbptt.task)
+    optimizer = train.make_optimizer(tbptt.optim, tbptt.run.steps)
+    params = train.init_params(tbptt.model, xor, jax.random.key(0))
+    stream = xor.stream(jax.random.key(1), 8, 16, jnp.float32)
+    padded = distributed.shard((bptt.pad_stream(stream.inputs, 4, 6), bptt.pad_stream(stream.targets, 4, 6)), mesh, 1)
+    state = distributed.replicate(train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params)), mesh)
+    entering = distributed.shard(cells.get("lstm").initial_state(params, 8), mesh, 0)
+    step = train.make_tbptt_step(tbptt, xor, optimizer, 4, 6, mesh)
+    compiled = step.lower(state, entering, *padded, jnp.asarray(0, jnp.int32)).compile()
+    out["tbptt_all_reduces"] = all_reduces(compiled.as_text())
+
     errors = {}
     for label, call in [
         ("train", lambda: train_and_evaluate(dataclasses.replace(
@@ -197,6 +212,11 @@ def test_data_parallel_gradient_equals_the_whole_batch_gradient_in_float64(four_
 @pytest.mark.parametrize("case", ["elman-bptt", "elman-autodiff", "lstm-bptt", "gru-autodiff"])
 def test_data_parallel_gradient_is_one_all_reduce_after_the_backward_pass(four_devices, case):
     assert four_devices["gradients"][case]["all_reduces"] == {"in_loops": 0, "outside": 1}
+
+
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+def test_data_parallel_tbptt_update_is_one_all_reduce(four_devices):
+    assert four_devices["tbptt_all_reduces"] == {"in_loops": 0, "outside": 1}
 
 
 @pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
