@@ -30,9 +30,9 @@ _SCRIPT = textwrap.dedent(
     from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
     from rnn_jax.train import train_and_evaluate
 
-    def config(model, task, devices, **run):
+    def config(model, task, devices, layers=None, **run):
         return Config(
-            model=ModelConfig(model=model, hidden=8),
+            model=ModelConfig(model=model, hidden=8, **(layers or {})),
             task=TaskConfig(task=task, seq_len=12, batch_size=8),
             optim=OptimConfig(learning_rate=1e-2),
             run=RunConfig(steps=12, eval_every=6, log_every=3, eval_batches=2, progress=False, devices=devices, **run),
@@ -56,14 +56,16 @@ _SCRIPT = textwrap.dedent(
         ("elman-adding", "elman", "adding", {}),
         ("gru-adding", "gru", "adding", {}),
         ("lstm-xor-tbptt", "lstm", "xor", {"tbptt_k1": 4, "tbptt_k2": 6}),
+        ("lstm-deep-bidirectional", "lstm", "adding", {"layers": {"layers": 2, "bidirectional": True}}),
+        ("elman-deep-dropout", "elman", "adding", {"layers": {"layers": 2, "dropout": 0.2}}),  # GSPMD's gradient
     ]:
         results = {}
         for devices in (1, 4):
             summary = train_and_evaluate(config(model, task, devices, **run))
             results[devices] = {
                 "losses": [r["loss"] for r in summary["records"]],
-                "params": [np.asarray(p).tolist() for p in summary["params"]],
-                "param_devices": len(summary["params"].w_s.sharding.device_set),
+                "params": [np.asarray(p).tolist() for p in jax.tree.leaves(summary["params"])],
+                "param_devices": len(jax.tree.leaves(summary["params"])[0].sharding.device_set),
             }
         out["runs"][name] = results
 
@@ -159,8 +161,10 @@ def four_devices() -> dict:
     return json.loads(line.removeprefix("RESULT"))
 
 
-@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
-@pytest.mark.parametrize("run", ["elman-adding", "gru-adding", "lstm-xor-tbptt"])
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
+@pytest.mark.parametrize(
+    "run", ["elman-adding", "gru-adding", "lstm-xor-tbptt", "lstm-deep-bidirectional", "elman-deep-dropout"]
+)
 def test_sharded_run_equals_one_device_run(four_devices, run):
     assert four_devices["device_count"] == 4
     one, four = four_devices["runs"][run]["1"], four_devices["runs"][run]["4"]
@@ -171,7 +175,7 @@ def test_sharded_run_equals_one_device_run(four_devices, run):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
 def test_placed_batch_is_split_along_the_batch_axis(four_devices):
     # B = 8 over 4 devices: each holds [T, 2, D] of the inputs and [2] of the lengths
     assert four_devices["inputs_devices"] == 4
@@ -180,14 +184,14 @@ def test_placed_batch_is_split_along_the_batch_axis(four_devices):
     assert four_devices["lengths_shard_shapes"] == [[2]]
 
 
-@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
 @pytest.mark.parametrize("where", ["train", "place"])
 def test_batch_that_does_not_divide_across_devices_is_a_clear_error(four_devices, where):
     message = four_devices["errors"][where]
     assert message is not None and "6" in message and "4 devices" in message
 
 
-@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
 def test_asking_for_more_devices_than_exist_is_a_clear_error(four_devices):
     message = four_devices["errors"]["too_many"]
     assert message is not None and "5 devices" in message and "sees 4" in message
@@ -200,7 +204,7 @@ def test_default_mesh_spans_every_device_and_checks_its_argument():
         distributed.make_mesh(0)
 
 
-@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
 @pytest.mark.parametrize("case", ["elman-bptt", "elman-autodiff", "lstm-bptt", "gru-autodiff"])
 def test_data_parallel_gradient_equals_the_whole_batch_gradient_in_float64(four_devices, case):
     """distributed.value_and_grad weights each device's mean by its scored steps (here 6, 1, 0 and 3)."""
@@ -208,18 +212,18 @@ def test_data_parallel_gradient_equals_the_whole_batch_gradient_in_float64(four_
     assert four_devices["gradients"][case]["error"] < 1e-10
 
 
-@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
 @pytest.mark.parametrize("case", ["elman-bptt", "elman-autodiff", "lstm-bptt", "gru-autodiff"])
 def test_data_parallel_gradient_is_one_all_reduce_after_the_backward_pass(four_devices, case):
     assert four_devices["gradients"][case]["all_reduces"] == {"in_loops": 0, "outside": 1}
 
 
-@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
 def test_data_parallel_tbptt_update_is_one_all_reduce(four_devices):
     assert four_devices["tbptt_all_reduces"] == {"in_loops": 0, "outside": 1}
 
 
-@pytest.mark.slow  # one subprocess with 4 forced host devices trains 3 models twice (~20 s)
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
 def test_gspmd_alone_would_all_reduce_inside_the_backward_scan(four_devices):
     """Why `distributed.value_and_grad` exists, and proof that the count above can see a loop's all-reduce:
     left to GSPMD, the hand-derived backward scan's weight-gradient sums are all-reduced at every step."""
