@@ -12,8 +12,9 @@ gradient. The rest of the jitted step (clipping, the optimizer update) follows t
 its arguments (GSPMD), and every device applies the same update to its copy of the parameters.
 Left to GSPMD alone, the gradient's sums over time (the weight gradients that a backward scan
 accumulates in its carry, replicated) would be all-reduced inside the loop, once per time step:
-on two CPU devices that made the fast path's train step 2x slower than one device's.
-The losses and parameters equal those of a one-device run up to the order of floating-point sums.
+on two CPU devices that made the fast path's train step 2x slower than one device's. A TBPTT
+update does the same per window (`mean_over_devices`). The losses and parameters equal those of a
+one-device run up to the order of floating-point sums.
 
 Multi-host: call ``jax.distributed.initialize()`` in every process before anything else touches
 JAX; `make_mesh` then spans the devices of all processes, and every process builds the same
