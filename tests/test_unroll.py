@@ -495,6 +495,29 @@ def test_fast_backward_takes_the_custom_vjp_where_it_was_measured_faster(
     chex.assert_tree_all_finite(grads)
 
 
+@pytest.mark.parametrize(("backend", "unroll", "reverse"), [("cpu", 1, 2), ("cpu", 3, 3), ("gpu", 1, 1)])
+def test_cpu_fast_path_unrolls_its_reverse_scan_by_two(monkeypatch, backend, unroll, reverse):
+    """On a CPU the Elman custom VJP's reverse scan is unrolled by `bptt.CPU_REVERSE_UNROLL` unless the caller chose
+    an unroll; its forward scan keeps the caller's. (Its values are the fast-path tests' business: unroll 1 there
+    runs this reverse scan.)"""
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    params = rj.elman.init(jax.random.key(0), D, H, O)
+    xs = jnp.ones((T, 2, D), jnp.float32)
+    grad = jax.grad(lambda p: jnp.sum(rj.unroll(p, xs, backward="bptt", unroll=unroll).outputs))
+
+    def scans(jaxpr):  # (reverse, unroll) of every scan, nested jaxprs included
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "scan":
+                yield eqn.params["reverse"], eqn.params["unroll"]
+            for value in eqn.params.values():
+                inner = getattr(value, "jaxpr", value)
+                if hasattr(inner, "eqns"):
+                    yield from scans(inner)
+
+    found = set(scans(jax.make_jaxpr(grad)(params).jaxpr))
+    assert found == {(False, unroll), (True, reverse)}
+
+
 def test_the_gpu_choices_give_the_autodiff_gradients(monkeypatch, x64):
     """What a GPU runs for the Elman fast path (the hoisted forward pass, the custom VJP with its weight gradients as
     single products after the reverse scan) equals autodiff through the in-step scan, on any backend: the backend
