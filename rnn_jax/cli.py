@@ -307,7 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Times, in one process with interleaved repeats, the forward pass and a full train step "
         "(forward, squared-error loss, BPTT, global-norm clipping, Adam) of rnn-jax's autodiff path, its fast "
         "path, flax.linen.RNN, torch.nn.RNN (when torch is installed; the better of 1 thread and all threads) and "
-        "a measured lower bound, after checking that all of them compute the same first loss and gradients. "
+        "a measured lower bound (with several devices, on a CPU one per core, also the fast path data parallel over "
+        "them and the lower bound so split), after checking that all of them compute the same first loss and "
+        "gradients. "
         "Prints medians, p10-p90, compile time, peak memory, throughput and ratios; exits 1 when an "
         "implementation disagrees or fails (its error is printed; the others are still timed).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
