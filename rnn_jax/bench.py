@@ -626,8 +626,7 @@ def lower_bound_implementation(devices: int = 1) -> Implementation:
         def chain(s0, w, step=product):
             return jax.lax.scan(lambda c, _: (step(c, w), None), s0, None, length=s.T)[0]
 
-        def forward_floor(s0, w):
-            return chain(s0, w)
+        forward_floor = chain
 
         def train_floor(s0, w, square):
             back = chain(chain(s0, w), w, product_t)  # the backward chain waits for the forward one, as in BPTT

@@ -330,7 +330,8 @@ def _elman_scan_bwd(activation, unroll, hoisted, residuals, cotangents):
     params, xs, initial_state, mask, states = residuals
     g_outputs, g_states, g_final = cotangents
     if jax.default_backend() == "cpu":
-        backward_of, unroll = accumulating_backward, CPU_REVERSE_UNROLL if unroll == 1 else unroll
+        backward_of = accumulating_backward
+        unroll = CPU_REVERSE_UNROLL if unroll == 1 else unroll
     else:
         backward_of = backward_of_cotangents
     grads = backward_of(params, xs, initial_state, mask, states, g_outputs, g_states, g_final, activation, unroll)
