@@ -16,7 +16,7 @@ autodiff path (`Agreement`), so no one wins by computing something else.
 The implementations (`default_implementations`):
   rnn-jax-autodiff  `rnn_jax.train.make_train_step` with ``backward="autodiff"`` (jax.grad through lax.scan);
   rnn-jax-fast      the default, ``backward="fast"`` (for elman the hand-derived BPTT custom VJP, see
-                    `rnn_jax.bptt.accumulating_backward`);
+                    `rnn_jax.bptt.concatenated_backward`);
   rnn-jax-bf16      ``precision="bfloat16"``: mixed precision (float32 parameters, Adam state, loss and gradient
                     sums; the unroll and its backward pass in bfloat16); agrees to ``BF16_RTOL``, not 1e-4;
   rnn-jax-fast-Ndev with N = 2, 4, ... devices when JAX sees several: the fast path's data-parallel

@@ -247,7 +247,7 @@ def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll, hoisted
     return (outputs, states, final), (params, xs, initial_state, mask, states)
 
 
-def accumulating_backward(
+def concatenated_backward(
     params: ElmanParams,
     xs: jax.Array,
     initial_state: jax.Array,
@@ -258,25 +258,33 @@ def accumulating_backward(
     final_state_error: jax.Array,
     activation: str | Callable | activations.Activation = "tanh",
     unroll: int = 1,
+    sum_in_scan: bool = True,
 ) -> Gradients:
-    """The BPTT equations of `backward`, with the weight gradients summed inside the reverse scan.
+    """The BPTT equations of `backward`, each step's two error products concatenated into one.
 
     One reverse `lax.scan` step t does
 
         a_t     = [m_t g_t, delta_{t+1}] [W_y ; W_s]^T + dE/ds_t|_direct + p_{t+1}    (one product)
         delta_t = m_t a_t * phi'(pre_t),        p_t = (1 - m_t) a_t                    (p = 0 unmasked)
-        dW_[x;s] += [x_t, s_{t-1}]^T delta_t,   dW_y += s_t^T (m_t g_t),   db_s += sum_b delta_t
 
     so the step's two error products (from the output and from the future) are one [B, O + H] @
-    [O + H, H] product, and no [T, B, H] array of errors is formed before the scan. Why this form
-    (measured with `rnn_jax.bench` on a 2-core CPU, XLA:CPU, JAX 0.10.2): the weight gradients as
-    single products over all T B rows (`backward`) are tall, skinny products that XLA:CPU runs
-    slowly, so the summed form is 10-15% faster at (64,256,32,128,32) and (128,512,64,256,64) and
-    as fast at the latency-bound (1,1000,1,32,1). `unroll` uses it on CPU only; on GPU and TPU,
-    where large products are what the hardware does best, the custom VJP keeps `backward`.
+    [O + H, H] product, and no [T, B, H] array of errors is formed before the scan. The weight
+    gradients are
+
+        dW_[x;s] = sum_t [x_t, s_{t-1}]^T delta_t,   dW_y = sum_t s_t^T (m_t g_t),   db_s = sum_t sum_b delta_t
+
+    summed inside the reverse scan, step by step (``sum_in_scan``), or formed after it as single
+    [D + H, T B] @ [T B, H] and [H, T B] @ [T B, O] products from the scan's deltas. Which is faster
+    depends on B (measured with `rnn_jax.bench` on 2-core CPUs, XLA:CPU, JAX 0.10.2): XLA:CPU runs
+    the tall, skinny products after the scan slowly, so summing inside is 13-22% faster with 64 rows
+    per device at (64,256,32,128,32) and (128,512,64,256,64); with few rows each step's
+    [D + H, B] @ [B, H] product is mostly overhead, so at B <= 16 the products after the scan are
+    1.2-2x faster (`CPU_SUM_IN_SCAN_MIN_BATCH`). `unroll` uses this form on CPU only; on GPU and TPU, where large
+    products are what the hardware does best, the custom VJP keeps `backward`.
 
     Args:
-      as `backward`; ``state_error`` [T, B, H] and ``final_state_error`` [B, H] are arrays here.
+      as `backward`; ``state_error`` [T, B, H] and ``final_state_error`` [B, H] are arrays here;
+      ``sum_in_scan``: where the weight gradients are summed (above).
 
     Returns:
       `Gradients` (params, inputs [T, B, D], initial_state [B, H]).
@@ -288,34 +296,51 @@ def accumulating_backward(
     w_in = jnp.concatenate([params.w_x, params.w_s], axis=0)  # [D + H, H]
     w_back = jnp.concatenate([params.w_y.T, params.w_s.T], axis=0)  # [O + H, H]
     m = None if mask is None else mask.astype(states.dtype)[..., None]  # [T, B, 1]
+    g_y = output_error if m is None else output_error * m  # [T, B, O]
+    needs_inputs = sum_in_scan or act.derivative_from_output is None  # z_t = [x_t, s_{t-1}] inside the scan
+    # Unmasked, with the sums after the scan, dE/ds_T joins the last step's direct error and no p_t is carried
+    # (0.63x the time at (1,1000,1,32,1)); the sums inside measured slower without it (README, "The fast path").
+    carries_pass = m is not None or sum_in_scan or num_steps == 0
+    direct = state_error if carries_pass else state_error.at[-1].add(final_state_error)
 
     def body(carry, inputs):
-        delta_next, passed, d_w_in, d_w_y, d_b_s = carry
-        x_t, s_t, s_prev_t, g_t, direct_t, m_t = inputs
-        if m_t is not None:
-            g_t = m_t * g_t
-        a = jnp.concatenate([g_t, delta_next], axis=1) @ w_back + direct_t + passed
-        z_t = jnp.concatenate([x_t, s_prev_t], axis=1)  # [B, D + H]
+        delta_next, passed, sums = carry
+        x_t, s_t, s_prev_t, g_t, direct_t, m_t = inputs  # g_t masked
+        a = jnp.concatenate([g_t, delta_next], axis=1) @ w_back + direct_t
+        if passed is not None:
+            a = a + passed
+        z_t = jnp.concatenate([x_t, s_prev_t], axis=1) if needs_inputs else None  # [B, D + H]
         pre = None
         if act.derivative_from_output is None:  # a user callable: phi' needs the pre-activation
             pre = z_t @ w_in + params.b_s[None, :]
         delta = a * activation_derivative(act, pre, s_t)
-        if m_t is None:
-            passed = jnp.zeros_like(a)
-        else:
+        if m_t is not None:
             delta, passed = m_t * delta, (1 - m_t) * a
-        carry = (delta, passed, d_w_in + z_t.T @ delta, d_w_y + s_t.T @ g_t, d_b_s + jnp.sum(delta, axis=0))
-        return carry, delta
+        elif passed is not None:
+            passed = jnp.zeros_like(a)
+        if sum_in_scan:
+            d_w_in, d_w_y, d_b_s = sums
+            sums = (d_w_in + z_t.T @ delta, d_w_y + s_t.T @ g_t, d_b_s + jnp.sum(delta, axis=0))
+        return (delta, passed, sums), delta
 
     zeros = functools.partial(jnp.zeros, dtype=states.dtype)
+    sums = (zeros(w_in.shape), zeros(params.w_y.shape), zeros(hidden)) if sum_in_scan else ()
     # dE/ds_T from a use of the final state enters a_T the way a frozen step's error passes back: as p_{T+1}
-    init = (zeros((batch, hidden)), final_state_error, zeros(w_in.shape), zeros(params.w_y.shape), zeros(hidden))
-    (delta_1, passed, d_w_in, d_w_y, d_b_s), deltas = jax.lax.scan(
-        body, init, (xs, states, s_prev, output_error, state_error, m), reverse=True, unroll=unroll
-    )
-    g_sum = output_error if m is None else output_error * m
-    grads = ElmanParams(d_w_in[:width], d_w_in[width:], d_b_s, d_w_y, jnp.sum(g_sum, axis=(0, 1)))
-    return Gradients(grads, deltas @ params.w_x.T, delta_1 @ params.w_s.T + passed)
+    init = (zeros((batch, hidden)), final_state_error if carries_pass else None, sums)
+    scanned = (xs if needs_inputs else None, states, s_prev if needs_inputs else None, g_y, direct, m)
+    (delta_1, passed, sums), deltas = jax.lax.scan(body, init, scanned, reverse=True, unroll=unroll)
+    if sum_in_scan:
+        d_w_in, d_w_y, d_b_s = sums
+    else:
+        rows = num_steps * batch
+        z = jnp.concatenate([xs, s_prev], axis=-1).reshape(rows, width + hidden)
+        flat_deltas = deltas.reshape(rows, hidden)
+        d_w_in = z.T @ flat_deltas
+        d_w_y = states.reshape(rows, hidden).T @ g_y.reshape(rows, g_y.shape[-1])
+        d_b_s = jnp.sum(flat_deltas, axis=0)
+    grads = ElmanParams(d_w_in[:width], d_w_in[width:], d_b_s, d_w_y, jnp.sum(g_y, axis=(0, 1)))
+    initial_error = delta_1 @ params.w_s.T
+    return Gradients(grads, deltas @ params.w_x.T, initial_error if passed is None else initial_error + passed)
 
 
 # On a CPU the Elman custom VJP's reverse scan is unrolled by 2 where the caller left ``unroll`` at 1. Measured
@@ -325,12 +350,20 @@ def accumulating_backward(
 # 1.5x slower at B = 4. (The LSTM's and GRU's reverse scans unrolled by 2 measured a tie: they keep ``unroll``.)
 CPU_REVERSE_UNROLL = 2
 
+# On a CPU the weight gradients are summed inside the reverse scan from this many batch rows (per device) up, and
+# formed after it below. Measured (train step, interleaved, 2-core AMD EPYC Zen 3 CPU, 2026-11-27; after / inside):
+# 0.59x at (1,1000,1,32,1), 0.49x at (4,1000,1,32,1), 0.54x at (8,500,8,64,8), 0.67x at (16,256,16,64,16),
+# 0.75x at (16,256,32,128,32), 0.82x at (32,100,8,64,8) on two devices (B = 16 each); 1.02x at (64,256,32,128,32)
+# on two devices, 1.29x on one, 1.15x at (128,512,64,256,64) on two, 1.01x at (256,64,128,512,128) (README).
+CPU_SUM_IN_SCAN_MIN_BATCH = 32
+
 
 def _elman_scan_bwd(activation, unroll, hoisted, residuals, cotangents):
     params, xs, initial_state, mask, states = residuals
     g_outputs, g_states, g_final = cotangents
     if jax.default_backend() == "cpu":
-        backward_of = accumulating_backward
+        sum_in_scan = states.shape[1] >= CPU_SUM_IN_SCAN_MIN_BATCH
+        backward_of = functools.partial(concatenated_backward, sum_in_scan=sum_in_scan)
         unroll = CPU_REVERSE_UNROLL if unroll == 1 else unroll
     else:
         backward_of = backward_of_cotangents

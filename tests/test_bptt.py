@@ -97,6 +97,37 @@ def test_custom_vjp_gives_input_and_initial_state_gradients(key, x64):
     )
 
 
+@pytest.mark.parametrize("min_batch", [0, 10**9], ids=["summed-in-scan", "summed-after"])
+@pytest.mark.parametrize("num_steps", [6, 0])
+@pytest.mark.parametrize("with_lengths", [False, True])
+@pytest.mark.parametrize("activation", ["tanh", jnp.sin], ids=["tanh", "callable"])
+def test_both_cpu_forms_of_the_reverse_scan_equal_autodiff(monkeypatch, x64, min_batch, num_steps, with_lengths,
+                                                           activation):  # fmt: skip
+    """On a CPU the custom VJP sums the weight gradients inside its reverse scan from `bptt.CPU_SUM_IN_SCAN_MIN_BATCH`
+    batch rows up, after it below: forced each way, every gradient (weights, inputs, initial state) equals
+    autodiff's in float64, with outputs, states and the final state all in the loss, with and without lengths,
+    for T = 0 too."""
+    monkeypatch.setattr(bptt, "CPU_SUM_IN_SCAN_MIN_BATCH", min_batch)
+    calls = []
+    concatenated = bptt.concatenated_backward
+    monkeypatch.setattr(bptt, "concatenated_backward", lambda *a, **k: calls.append(k) or concatenated(*a, **k))
+    keys = jax.random.split(jax.random.key(3), 3)
+    params = rj.elman.init(keys[0], 3, 4, 2, dtype=jnp.float64)
+    xs = jax.random.normal(keys[1], (num_steps, 3, 3), jnp.float64)
+    s0 = 0.3 * jax.random.normal(keys[2], (3, 4), jnp.float64)
+    lengths = jnp.array([num_steps, num_steps // 3, 0], jnp.int32) if with_lengths else None
+
+    def f(params, xs, s0, backward):
+        run = rj.unroll(params, xs, initial_state=s0, lengths=lengths, backward=backward, activation=activation)
+        return jnp.sum(jnp.sin(run.outputs)) + jnp.sum(run.states**2) + jnp.sum(jnp.cos(run.final_state))
+
+    got = jax.grad(f, argnums=(0, 1, 2))(params, xs, s0, "bptt")
+    want = jax.grad(f, argnums=(0, 1, 2))(params, xs, s0, "autodiff")
+    if jax.default_backend() == "cpu":  # elsewhere the custom VJP takes `bptt.backward`
+        assert [k["sum_in_scan"] for k in calls] == [min_batch == 0]
+    chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.slow
 @SETTINGS
 @given(problems())

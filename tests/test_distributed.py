@@ -110,10 +110,14 @@ _SCRIPT = textwrap.dedent(
                              for a, w in zip(jax.tree.leaves(split), jax.tree.leaves(whole))),
                 "all_reduces": all_reduces(hlo),
             }
+        from rnn_jax import bptt
+
+        default_min_batch, bptt.CPU_SUM_IN_SCAN_MIN_BATCH = bptt.CPU_SUM_IN_SCAN_MIN_BATCH, 0  # sums inside the scan
         gspmd = jax.jit(jax.value_and_grad(loss_of("elman", "bptt")))
         gradients["gspmd-elman-bptt"] = {"all_reduces": all_reduces(
             gspmd.lower(distributed.replicate(cells.get("elman").init(keys[2], d, 5, o, dtype=jnp.float64), mesh),
                         placed).compile().as_text())}
+        bptt.CPU_SUM_IN_SCAN_MIN_BATCH = default_min_batch
     out["gradients"] = gradients
     out["scored_per_shard"] = counts
 
@@ -226,7 +230,8 @@ def test_data_parallel_tbptt_update_is_one_all_reduce(four_devices):
 @pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
 def test_gspmd_alone_would_all_reduce_inside_the_backward_scan(four_devices):
     """Why `distributed.value_and_grad` exists, and proof that the count above can see a loop's all-reduce:
-    left to GSPMD, the hand-derived backward scan's weight-gradient sums are all-reduced at every step."""
+    left to GSPMD, the hand-derived backward scan's weight-gradient sums (summed inside the scan, as on a CPU from
+    `bptt.CPU_SUM_IN_SCAN_MIN_BATCH` rows per device) are all-reduced at every step."""
     assert four_devices["gradients"]["gspmd-elman-bptt"]["all_reduces"]["in_loops"] >= 1
 
 

@@ -396,7 +396,9 @@ def test_bfloat16_compute_keeps_float32_gradients_close_to_float32(cell_name):
 
 def test_bfloat16_training_still_learns(standard_promotion):
     """A short mixed-precision run (with remat, and the default backward='fast', which then takes the autodiff
-    path) on the adding task (T = 10) ends well below its first loss and the trivial baseline."""
+    path) on the adding task (T = 10) ends well below its first loss and the trivial baseline. (500 steps: at 300
+    the run sits on the plateau just before it learns, and bfloat16's rounding differs between CPUs: on a Zen 3
+    machine it ended at 0.196 there, above the baseline's 0.167, and at 0.013 by step 500.)"""
     from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
     from rnn_jax.train import train_and_evaluate
 
@@ -404,7 +406,7 @@ def test_bfloat16_training_still_learns(standard_promotion):
         model=ModelConfig(hidden=16, precision="bfloat16", remat="sqrt"),
         task=TaskConfig(task="adding", seq_len=10, batch_size=32),
         optim=OptimConfig(learning_rate=1e-2),
-        run=RunConfig(steps=300, eval_every=300, log_every=20, eval_batches=2, progress=False),
+        run=RunConfig(steps=500, eval_every=500, log_every=20, eval_batches=2, progress=False),
     )
     summary = train_and_evaluate(config)
     train_losses = [r["loss"] for r in summary["records"] if r["kind"] == "train"]
