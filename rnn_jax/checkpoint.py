@@ -30,7 +30,7 @@ import orbax.checkpoint as ocp
 
 from rnn_jax.config import Config
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the optimiser state is `optax.flatten`'s flat vectors (`rnn_jax.optim.make_optimizer`)
 
 # Run options that may differ between a run and its resumption: they change what is reported or
 # where, never the sequence of updates. Every other field of the config must be equal.

@@ -68,7 +68,14 @@ _RULES = {
 
 
 def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax.GradientTransformation:
-    """``optax.chain(clip, optimizer)`` with the configured schedule over ``total_steps``.
+    """``optax.chain(clip, optimizer)`` with the configured schedule over ``total_steps``, on one flat vector.
+
+    The chain runs inside `optax.flatten`: the parameters, gradients and optimiser state are one
+    vector each, so the clip and update rule are a few element-wise loops over all parameters
+    rather than a few per parameter array. Same arithmetic (the global norm sums the same squares
+    in another order); measured on a 2-core CPU (Zen 3, 2026-11-27, interleaved train steps): the
+    step's XLA compile 0.3-0.4 s shorter (the clip and Adam alone: 0.29 s instead of 0.69 s),
+    0.80x the time at (1,1000,1,32,1), a tie at (32,100,8,64,8) and (64,256,32,128,32).
 
     Args:
       config: the optimiser's configuration.
@@ -83,7 +90,8 @@ def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax
     if not config.learning_rate > 0:
         raise ValueError(f"learning_rate: expected a value > 0, got {config.learning_rate}")
     clip = _clip(config)
-    return optax.chain(clip, _RULES[config.optimizer](config, learning_rate_schedule(config, total_steps)))
+    rule = _RULES[config.optimizer](config, learning_rate_schedule(config, total_steps))
+    return optax.flatten(optax.chain(clip, rule))
 
 
 def clip_fired(config: OptimConfig, grads) -> jax.Array:
