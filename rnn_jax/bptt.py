@@ -300,6 +300,7 @@ def concatenated_backward(
     needs_inputs = sum_in_scan or act.derivative_from_output is None  # z_t = [x_t, s_{t-1}] inside the scan
     # Unmasked, with the sums after the scan, dE/ds_T joins the last step's direct error and no p_t is carried
     # (0.66x the time at (1,1000,1,32,1)); the sums inside measured slower without it (README, "The fast path").
+    # With T = 0 there is no last step to join, so dE/ds_T passes through p as with a mask.
     carries_pass = m is not None or sum_in_scan or num_steps == 0
     direct = state_error if carries_pass else state_error.at[-1].add(final_state_error)
 
