@@ -121,6 +121,32 @@ def previous_states(initial_state: jax.Array, states: jax.Array) -> jax.Array:
     return jnp.concatenate([initial_state[None], states[:-1]], axis=0)[: states.shape[0]]
 
 
+def _add_weight_sums(sums, x_t, s_prev_t, delta_t, s_t, g_t):
+    """One reverse step's share of the weight gradients, added to ``sums`` = (dW_[x;s], dW_y, db_s):
+    [x_t, s_{t-1}]^T delta_t, s_t^T g_t and sum_b delta_t (delta_t: [B, G H], the G gate blocks' errors)."""
+    d_w_in, d_w_y, d_b_s = sums
+    z_t = jnp.concatenate([x_t, s_prev_t], axis=1)  # [B, D + H]
+    return d_w_in + z_t.T @ delta_t, d_w_y + s_t.T @ g_t, d_b_s + jnp.sum(delta_t, axis=0)
+
+
+def _weight_sums_after(xs, s_prev, deltas, states, g_y):
+    """The same sums over all T steps at once, after the reverse scan: [D + H, T B] @ [T B, G H] and
+    [H, T B] @ [T B, O] products of the time steps' rows (xs [T, B, D]; s_prev, states [T, B, H]; deltas
+    [T, B, G H]; g_y [T, B, O], masked)."""
+
+    def flat(a):  # [T, B, N] -> [T B, N] (N written out: T B may be 0)
+        return a.reshape(a.shape[0] * a.shape[1], a.shape[2])
+
+    flat_deltas = flat(deltas)
+    z = flat(jnp.concatenate([xs, s_prev], axis=-1))
+    return z.T @ flat_deltas, flat(states).T @ flat(g_y), jnp.sum(flat_deltas, axis=0)
+
+
+def _if(condition: bool, array):
+    """``array`` where ``condition`` holds, else None (a scan input that a form of the step does not read)."""
+    return array if condition else None
+
+
 def _deltas(
     params: ElmanParams,
     direct: jax.Array,
@@ -310,35 +336,25 @@ def concatenated_backward(
         a = jnp.concatenate([g_t, delta_next], axis=1) @ w_back + direct_t
         if passed is not None:
             a = a + passed
-        z_t = jnp.concatenate([x_t, s_prev_t], axis=1) if needs_inputs else None  # [B, D + H]
         pre = None
         if act.derivative_from_output is None:  # a user callable: phi' needs the pre-activation
-            pre = z_t @ w_in + params.b_s[None, :]
+            pre = jnp.concatenate([x_t, s_prev_t], axis=1) @ w_in + params.b_s[None, :]
         delta = a * activation_derivative(act, pre, s_t)
         if m_t is not None:
             delta, passed = m_t * delta, (1 - m_t) * a
         elif passed is not None:
             passed = jnp.zeros_like(a)
         if sum_in_scan:
-            d_w_in, d_w_y, d_b_s = sums
-            sums = (d_w_in + z_t.T @ delta, d_w_y + s_t.T @ g_t, d_b_s + jnp.sum(delta, axis=0))
+            sums = _add_weight_sums(sums, x_t, s_prev_t, delta, s_t, g_t)
         return (delta, passed, sums), delta
 
     zeros = functools.partial(jnp.zeros, dtype=states.dtype)
     sums = (zeros(w_in.shape), zeros(params.w_y.shape), zeros(hidden)) if sum_in_scan else ()
     # dE/ds_T from a use of the final state enters a_T the way a frozen step's error passes back: as p_{T+1}
     init = (zeros((batch, hidden)), final_state_error if carries_pass else None, sums)
-    scanned = (xs if needs_inputs else None, states, s_prev if needs_inputs else None, g_y, direct, m)
+    scanned = (_if(needs_inputs, xs), states, _if(needs_inputs, s_prev), g_y, direct, m)
     (delta_1, passed, sums), deltas = jax.lax.scan(body, init, scanned, reverse=True, unroll=unroll)
-    if sum_in_scan:
-        d_w_in, d_w_y, d_b_s = sums
-    else:
-        rows = num_steps * batch
-        z = jnp.concatenate([xs, s_prev], axis=-1).reshape(rows, width + hidden)
-        flat_deltas = deltas.reshape(rows, hidden)
-        d_w_in = z.T @ flat_deltas
-        d_w_y = states.reshape(rows, hidden).T @ g_y.reshape(rows, g_y.shape[-1])
-        d_b_s = jnp.sum(flat_deltas, axis=0)
+    d_w_in, d_w_y, d_b_s = sums if sum_in_scan else _weight_sums_after(xs, s_prev, deltas, states, g_y)
     grads = ElmanParams(d_w_in[:width], d_w_in[width:], d_b_s, d_w_y, jnp.sum(g_y, axis=(0, 1)))
     initial_error = delta_1 @ params.w_s.T
     return Gradients(grads, deltas @ params.w_x.T, initial_error if passed is None else initial_error + passed)
@@ -446,6 +462,7 @@ def lstm_backward(
     final_state_error: LSTMState,
     activation: str | Callable | activations.Activation = "tanh",
     unroll: int = 1,
+    sum_in_scan: bool = True,
 ) -> tuple[LSTMParams, jax.Array, LSTMState]:
     """The LSTM BPTT equations of `lstm_scan`: (parameter gradients, dE/dx [T, B, D], dE/d(h_0, c_0)).
 
@@ -453,6 +470,8 @@ def lstm_backward(
       states: (h_t, c_t) from the forward pass, each [T, B, H]; ``pre``: z_t, [T, B, 4H] (zero at masked steps).
       output_error: g_t = dE/dy_t [T, B, O]; ``state_error`` / ``final_state_error``: dE/d(h_t, c_t) where the
         loss reads the states [T, B, H] / the final state [B, H] directly.
+      sum_in_scan: the weight gradients summed inside the reverse scan (True) or formed after it from the
+        scan's dz_t, as `concatenated_backward` does for the Elman cell (on a CPU `_lstm_scan_bwd` chooses).
       the others: as `backward`.
     """
     act = activations.get(activation)
@@ -462,13 +481,16 @@ def lstm_backward(
     c_prev = previous_states(initial_state.c, states.c)
     w_back = jnp.concatenate([params.w_y.T, params.w_s.T], axis=0)  # [O + 4H, H]
     m = None if mask is None else mask.astype(xs.dtype)[..., None]  # [T, B, 1]
+    g_y = output_error if m is None else output_error * m  # [T, B, O]
+    carries_pass = m is not None or sum_in_scan or num_steps == 0  # as in `concatenated_backward`
+    direct_h = state_error.h if carries_pass else state_error.h.at[-1].add(final_state_error.h)
 
     def body(carry, inputs):
-        dz_next, passed, dc_next, d_w_in, d_w_y, d_b_s = carry
-        x_t, hp_t, cp_t, h_t, c_t, z_t, g_t, direct_h, direct_c, m_t = inputs
-        if m_t is not None:
-            g_t = m_t * g_t
-        a = jnp.concatenate([g_t, dz_next], axis=1) @ w_back + direct_h + passed  # dE/dh_t
+        dz_next, passed, dc_next, sums = carry
+        x_t, hp_t, cp_t, h_t, c_t, z_t, g_t, direct_h, direct_c, m_t = inputs  # g_t masked
+        a = jnp.concatenate([g_t, dz_next], axis=1) @ w_back + direct_h  # dE/dh_t
+        if passed is not None:
+            a = a + passed
         z_i, z_f, z_g, z_o = jnp.split(z_t, 4, axis=-1)
         i, f, o, g = jax.nn.sigmoid(z_i), jax.nn.sigmoid(z_f), jax.nn.sigmoid(z_o), act.fn(z_g)
         phi_c = act.fn(c_t)
@@ -478,21 +500,25 @@ def lstm_backward(
              a * phi_c * o * (1 - o)], axis=1,
         )  # fmt: skip
         if m_t is None:
-            passed, dc_back = jnp.zeros_like(a), dc * f
+            dc_back = dc * f
+            passed = None if passed is None else jnp.zeros_like(a)
         else:
             dz, passed, dc_back = m_t * dz, (1 - m_t) * a, m_t * dc * f + (1 - m_t) * (dc_next + direct_c)
-        z_in = jnp.concatenate([x_t, hp_t], axis=1)  # [B, D + H]
-        carry = (dz, passed, dc_back, d_w_in + z_in.T @ dz, d_w_y + h_t.T @ g_t, d_b_s + jnp.sum(dz, axis=0))
-        return carry, dz
+        if sum_in_scan:
+            sums = _add_weight_sums(sums, x_t, hp_t, dz, h_t, g_t)
+        return (dz, passed, dc_back, sums), dz
 
     zeros = functools.partial(jnp.zeros, dtype=xs.dtype)
-    init = (zeros((batch, 4 * hidden)), final_state_error.h, final_state_error.c,
-            zeros((width + hidden, 4 * hidden)), zeros(params.w_y.shape), zeros(4 * hidden))  # fmt: skip
-    inputs = (xs, h_prev, c_prev, states.h, states.c, pre, output_error, state_error.h, state_error.c, m)
-    (dz_1, passed, dc_0, d_w_in, d_w_y, d_b_s), dzs = jax.lax.scan(body, init, inputs, reverse=True, unroll=unroll)
-    g_sum = output_error if m is None else output_error * m
-    grads = LSTMParams(d_w_in[:width], d_w_in[width:], d_b_s, d_w_y, jnp.sum(g_sum, axis=(0, 1)))
-    return grads, dzs @ params.w_x.T, LSTMState(h=dz_1 @ params.w_s.T + passed, c=dc_0)
+    sums = (zeros((width + hidden, 4 * hidden)), zeros(params.w_y.shape), zeros(4 * hidden)) if sum_in_scan else ()
+    init = (zeros((batch, 4 * hidden)), final_state_error.h if carries_pass else None, final_state_error.c, sums)
+    in_scan = functools.partial(_if, sum_in_scan)  # what only the sums inside the scan read
+    inputs = (in_scan(xs), in_scan(h_prev), c_prev, in_scan(states.h), states.c, pre, g_y, direct_h, state_error.c, m)
+    (dz_1, passed, dc_0, sums), dzs = jax.lax.scan(body, init, inputs, reverse=True, unroll=unroll)
+    d_w_in, d_w_y, d_b_s = sums if sum_in_scan else _weight_sums_after(xs, h_prev, dzs, states.h, g_y)
+    grads = LSTMParams(d_w_in[:width], d_w_in[width:], d_b_s, d_w_y, jnp.sum(g_y, axis=(0, 1)))
+    initial_h_error = dz_1 @ params.w_s.T
+    initial_error = LSTMState(h=initial_h_error if passed is None else initial_h_error + passed, c=dc_0)
+    return grads, dzs @ params.w_x.T, initial_error
 
 
 def _backward_rule(backward_of_arrays, activation, unroll, residuals, cotangents):
@@ -506,7 +532,15 @@ def _backward_rule(backward_of_arrays, activation, unroll, residuals, cotangents
     return grads, g_xs, g_initial, None
 
 
-lstm_scan.defvjp(_lstm_scan_fwd, functools.partial(_backward_rule, lstm_backward))
+def _lstm_scan_bwd(activation, unroll, residuals, cotangents):
+    # on a CPU, the weight gradients after the reverse scan below `CPU_SUM_IN_SCAN_MIN_BATCH` rows, as for the Elman
+    # cell (measured: README, "The LSTM's weight gradients after the scan")
+    sum_in_scan = jax.default_backend() != "cpu" or residuals[4].h.shape[1] >= CPU_SUM_IN_SCAN_MIN_BATCH
+    backward_of = functools.partial(lstm_backward, sum_in_scan=sum_in_scan)
+    return _backward_rule(backward_of, activation, unroll, residuals, cotangents)
+
+
+lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 
 
 # ------------------------------------------------------------------ the GRU, by hand

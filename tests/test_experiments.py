@@ -25,6 +25,7 @@ FIGURES = {
     "exploding_gradients": ["loss_curves.png", "grad_norm_curves.png"],
     "long_dependencies": ["success_vs_length.png"],
     "gate_input_product": [],
+    "weight_sums": [],
     "fused_kernels": [],
 }
 
@@ -124,6 +125,18 @@ def test_gate_input_product_quick(tmp_path):
     for row in results["rows"]:
         assert all(row[f"{form}_{mode}_ms"] > 0 for form in ("per_gate", "single") for mode in ("forward", "train"))
         assert row["max_grad_difference"] < 1e-5
+
+
+def test_weight_sums_quick(tmp_path):
+    """The weight-sums study times both forms of the hand-derived backward pass for the Elman and LSTM cells, on
+    one device and on two, and the harness finds every implementation in agreement (timings are reported, never
+    asserted)."""
+    results = _run("weight_sums", tmp_path)
+    assert {(r["cell"], r["devices"]) for r in results["rows"]} == {(c, n) for c in ("elman", "lstm") for n in (1, 2)}
+    assert all(r["after_ms"] > 0 and r["inside_ms"] > 0 for r in results["rows"])
+    assert results["agreement"] and all(a["agrees"] for a in results["agreement"])
+    forms = {r["impl"] for r in results["records"]}
+    assert {"rnn-jax-fast-after", "rnn-jax-fast-inside", "rnn-jax-fast-2dev-after"} <= forms
 
 
 def test_fused_kernels_quick_interpreted(tmp_path):

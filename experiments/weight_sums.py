@@ -1,0 +1,118 @@
+"""Where the hand-derived backward pass sums its weight gradients on a CPU: inside the reverse scan, or after it.
+
+Question. The Elman and LSTM custom VJPs (`rnn_jax.bptt`) can sum dW = sum_t z_t^T delta_t inside their reverse
+scans, one [D + H, B] @ [B, G H] product per step, or form it after the scan as one [D + H, T B] @ [T B, G H]
+product. On a CPU `rnn_jax.bptt` sums after the scan below `bptt.CPU_SUM_IN_SCAN_MIN_BATCH` batch rows per device
+and inside from there up. Does each side of that threshold pay, per cell, on one device and on two? Both forms run
+as `rnn_jax.bench` implementations of the fast path (the threshold forced to 0 or to infinity while each
+compiles), in one process with interleaved repeats, beside flax and (when importable) PyTorch; the harness
+checks that all agree on the first step's loss and gradients.
+
+Command:
+  python -m experiments.weight_sums            # 4 Elman and 3 LSTM sizes, 1 and 2 devices, 11 repeats
+  python -m experiments.weight_sums --quick    # 1 small size per cell, 3 repeats
+
+Expected runtime on 2 CPU cores: about 4 minutes (--quick: about 1 minute).
+Expected result (2-core AMD EPYC Zen 3, 2026-11-27): the train step with the sums after the scan in 0.5-0.97x the
+time of the sums inside at B <= 16 rows per device, and 1.0-1.2x from 32 rows up. Writes results.json (the
+harness's JSON records and agreement, and the after / inside ratios) and summary.md (the ratios per size and device
+count, and the harness's table).
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+from experiments import _common
+from rnn_jax import bench, bptt, distributed
+
+DEVICES = 2  # the CPU is presented as this many devices (one per core on the 2-core machines)
+# (B, T, D, H, O): rows per device from 1 to 64 on one device, half that on two (the LSTM's fast path takes
+# autodiff at B = 1: no custom VJP to compare there)
+BATCHED = [(8, 500, 8, 64, 8), (32, 100, 8, 64, 8), (64, 256, 32, 128, 32)]
+SIZES = {"elman": [(1, 1000, 1, 32, 1), *BATCHED], "lstm": BATCHED}
+QUICK_SIZES = {"elman": [(8, 50, 4, 16, 4)], "lstm": [(8, 50, 4, 16, 4)]}
+FORMS = {"after": 10**9, "inside": 0}  # form -> the threshold that forces it
+
+
+def forced(implementation: bench.Implementation, form: str) -> bench.Implementation:
+    """``implementation`` compiled with the weight sums ``form`` ("after" or "inside") the reverse scan."""
+
+    def prepare(problem: bench.Problem) -> bench.Prepared:
+        threshold = bptt.CPU_SUM_IN_SCAN_MIN_BATCH
+        bptt.CPU_SUM_IN_SCAN_MIN_BATCH = FORMS[form]  # read when the custom VJP's backward rule is traced
+        try:
+            return implementation.prepare(problem)
+        finally:
+            bptt.CPU_SUM_IN_SCAN_MIN_BATCH = threshold
+
+    return implementation._replace(name=f"{implementation.name}-{form}", prepare=prepare)
+
+
+def implementations(devices: int) -> list[bench.Implementation]:
+    fast = [bench.named_implementations(["rnn-jax-fast"])[0]]
+    if devices > 1:
+        fast.append(bench.fast_on_devices(devices))
+    forms = [forced(impl, form) for impl in fast for form in FORMS]
+    return forms + bench.named_implementations(["flax", "torch"])
+
+
+def ratios(records: list[dict], devices: int) -> list[dict]:
+    """after / inside train-step medians for each size and device count."""
+    median = {
+        (r["config"]["cell"], *(r["config"][k] for k in "BTDHO"), r["impl"]): r["median_ms"]
+        for r in records
+        if r["mode"] == "train"
+    }
+    rows = []
+    for (cell, *size, impl), after in median.items():
+        if not impl.endswith("-after"):
+            continue
+        n = devices if "dev-" in impl else 1
+        inside = median[(cell, *size, impl.removesuffix("-after") + "-inside")]
+        rows.append({"cell": cell, "B": size[0], "T": size[1], "D": size[2], "H": size[3], "O": size[4],
+                     "devices": n, "rows_per_device": size[0] // n, "after_ms": after, "inside_ms": inside,
+                     "after_over_inside": after / inside})  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    args = _common.parse_args("weight_sums", __doc__)
+    out = _common.prepare(args.out)
+    distributed.present_cpu_devices(DEVICES)
+    if jax.default_backend() != "cpu":
+        raise SystemExit(f"weight_sums: the choice it measures is made on a CPU only; this backend is "
+                         f"{jax.default_backend()}")  # fmt: skip
+    devices = min(DEVICES, jax.device_count())
+    sizes, repeats = (QUICK_SIZES, 3) if args.quick else (SIZES, 11)
+    shapes = [bench.Shape(cell, *size) for cell, cell_sizes in sizes.items() for size in cell_sizes]
+    result = bench.run(shapes, repeats=repeats, implementations=implementations(devices))
+    rows = ratios(result.records, devices)
+    disagreements = [a for a in result.agreement if not a.agrees]
+    _common.write_json(out / "results.json", {
+        "notes": result.notes, "repeats": repeats, "threshold": bptt.CPU_SUM_IN_SCAN_MIN_BATCH, "rows": rows,
+        "records": result.records, "agreement": [a._asdict() | {"shape": a.shape._asdict()} for a in result.agreement],
+    })  # fmt: skip
+    table = _common.markdown_table(
+        ["cell", "B, T, D, H, O", "devices", "rows per device", "after / inside (ms)", "ratio"],
+        [[r["cell"], f"{r['B']}, {r['T']}, {r['D']}, {r['H']}, {r['O']}", r["devices"], r["rows_per_device"],
+          f"{r['after_ms']:.3f} / {r['inside_ms']:.3f}", f"{r['after_over_inside']:.2f}x"] for r in rows],
+    )  # fmt: skip
+    notes = "{backend} ({device}), {cpu_count} CPUs, jax {jax}, torch {torch}".format(**result.notes)
+    summary = (
+        f"# Weight gradients after vs inside the reverse scan{' (quick)' if args.quick else ''}\n\n{notes}; "
+        f"{repeats} interleaved repeats; train step medians; the threshold in use: "
+        f"{bptt.CPU_SUM_IN_SCAN_MIN_BATCH} rows per device\n\n{table}\n\n"
+        f"Agreement: {'all agree' if not disagreements else f'{len(disagreements)} disagree'}\n\n"
+        f"```\n{bench.format_table(result)}\n```\n"
+    )
+    (out / "summary.md").write_text(summary)
+    print(table)
+    if disagreements:
+        raise SystemExit(f"weight_sums: {len(disagreements)} implementations disagree with the reference")
+    print(f"median after / inside over all rows: {np.median([r['after_over_inside'] for r in rows]):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
