@@ -20,6 +20,7 @@ import pytest
 
 import rnn_jax as rj
 from rnn_jax import bench, cli
+from tests.stages import slow_unless
 
 TINY = bench.Shape("elman", 3, 5, 2, 4, 2)
 
@@ -173,7 +174,7 @@ def test_cli_bench_times_the_implementations_named_by_impl(tmp_path, capsys, sta
     assert [r["impl"] for r in records if r["mode"] == "train"] == names
 
 
-@pytest.mark.parametrize("cell", ["elman", "lstm", "gru"])
+@pytest.mark.parametrize("cell", slow_unless(["elman"], ["elman", "lstm", "gru"]))
 def test_impl_rnn_jax_bptt_times_every_cells_hand_derived_backward_pass(cell, monkeypatch, standard_promotion):
     """``--impl rnn-jax-bptt`` trains through the cell's hand-derived custom VJP (`bptt.elman_scan`, `lstm_scan`,
     `gru_scan`: the call is watched), which agrees with the autodiff path on the first step."""
@@ -317,7 +318,7 @@ def _loss(params, xs, targets, lengths, activation, backward, unroll):
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("unroll", [1, 4])
 @pytest.mark.parametrize("with_lengths", [False, True])
-@pytest.mark.parametrize("activation", sorted(rj.activations.NAMED))
+@pytest.mark.parametrize("activation", slow_unless(["tanh"], sorted(rj.activations.NAMED)))
 def test_fast_path_equals_autodiff(activation, with_lengths, unroll, dtype):
     """Outputs, final state and every gradient of the fast path equal jax.grad's (float64 1e-10, float32 1e-5)."""
     with jax.enable_x64(dtype == "float64"):

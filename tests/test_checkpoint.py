@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 
 from rnn_jax import checkpoint, train
 from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
+from tests.stages import slow_unless
 
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's adam (see conftest)
 
@@ -74,7 +76,7 @@ def _assert_trees_equal(a, b) -> None:
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(a), jax.device_get(b))
 
 
-@pytest.mark.parametrize("path", [BATCHES, TBPTT], ids=["random-batches", "tbptt"])
+@pytest.mark.parametrize("path", slow_unless([BATCHES], [BATCHES, TBPTT], ids=["random-batches", "tbptt"]))
 def test_resumed_run_ends_bit_for_bit_where_an_uninterrupted_run_ends(tmp_path, path):
     """Run 12 steps with checkpoints at 4, 8, 12; keep only step 4 (as if killed just after it) and resume."""
     config = _config(**path)
@@ -169,9 +171,10 @@ def test_a_damaged_checkpoint_is_reported_not_loaded(tmp_path, damage):
         (step_dir / "meta" / "metadata").unlink()
     result = _run_cli(*_cli(tmp_path, "--resume", steps=12, checkpoint_every=4, log_every=3, eval_every=6))
     assert result.returncode == 2, result.stderr
-    # (tensorstore's readers still in flight may print "Event loop is closed" tracebacks beside it)
-    [message] = [line for line in result.stderr.splitlines() if line.startswith("rnn-jax train: error:")]
-    assert message.startswith(f"rnn-jax train: error: {step_dir}: ")
+    # (tensorstore's readers still in flight may print "Event loop is closed" tracebacks beside it, from their own
+    # threads: once in a CI-like run the error line did not start a line of stderr, so it is searched for anywhere)
+    [message] = re.findall(r"rnn-jax train: error: .*", result.stderr) or [result.stderr]
+    assert message.startswith(f"rnn-jax train: error: {step_dir}: "), result.stderr
     assert "cannot read the checkpoint" in message or "do not match the digest" in message
 
 

@@ -20,6 +20,7 @@ import rnn_jax as rj
 from rnn_jax import activations, bench, fused, gradcheck
 from rnn_jax.config import GradcheckConfig
 from tests.oracle import gru_loop, lstm_loop
+from tests.stages import slow_unless
 
 # (T, B, D, H, O): B and H below, at and above the kernel's block sizes (ROWS = 16; H padded to 16, 32)
 SIZES = [(6, 3, 2, 5, 2), (9, 16, 3, 16, 4), (5, 17, 2, 20, 3)]
@@ -46,7 +47,7 @@ def _loop_recurrence(u, w_s, s0, mask, phi):
     return np.stack(states), s
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", slow_unless(SIZES[:1], SIZES))
 @pytest.mark.parametrize("masked", [False, True])
 def test_the_forward_kernel_equals_a_python_loop(x64, size, masked):
     params, xs, s0, lengths = _problem(size)
@@ -228,7 +229,7 @@ def _gru_problem(size, dtype=jnp.float64, seed=0):
     return params, xs, s0, lengths
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", slow_unless(SIZES[:1], SIZES))
 @pytest.mark.parametrize("cell", [rj.lstm, rj.gru], ids=["lstm", "gru"])
 def test_the_fused_gated_cells_equal_a_python_loop(x64, size, cell):
     params, xs, s0, lengths = (_lstm_problem if cell is rj.lstm else _gru_problem)(size)
@@ -292,7 +293,11 @@ OTHER_ACTIVATIONS = (*sorted(set(activations.NAMED) - {"tanh"}), jnp.sin)
 
 @pytest.mark.parametrize(
     ("cell", "size", "activation"),
-    [(cell, size, "tanh") for cell in PROBLEMS for size in SIZES]
+    [
+        pytest.param(cell, size, "tanh", marks=() if size == SIZES[0] else pytest.mark.slow)
+        for cell in PROBLEMS
+        for size in SIZES
+    ]
     + [pytest.param(cell, SIZES[-1], a, marks=pytest.mark.slow) for cell in PROBLEMS for a in OTHER_ACTIVATIONS],
 )
 def test_fused_values_and_gradients_equal_autodiff_in_float64(x64, cell, size, activation):
@@ -307,7 +312,7 @@ def test_fused_values_and_gradients_equal_autodiff_in_float64(x64, cell, size, a
         )
 
 
-@pytest.mark.parametrize("cell", PROBLEMS)
+@pytest.mark.parametrize("cell", slow_unless(["elman"], list(PROBLEMS)))
 def test_fused_equals_autodiff_in_float32(standard_promotion, cell):
     make, value_and_gradients = PROBLEMS[cell]
     params, xs, s0, lengths = make((12, 5, 3, 24, 2), jnp.float32)
@@ -317,6 +322,7 @@ def test_fused_equals_autodiff_in_float32(standard_promotion, cell):
         assert g.dtype == jnp.float32 and float(jnp.max(jnp.abs(g - w))) <= 1e-5 * float(jnp.max(jnp.abs(w)))
 
 
+@pytest.mark.slow
 def test_the_kernel_study_reports_a_variant_that_does_not_compile(monkeypatch):
     """`experiments.fused_kernels` on a GPU tries kernel options that Triton may reject (registers, shared
     memory): such a variant becomes a row with its error, and the other variants are still timed."""

@@ -18,6 +18,7 @@ from rnn_jax import cells, cli, train
 from rnn_jax.cells import gru, lstm
 from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
 from tests.oracle import gru_loop, lstm_loop
+from tests.stages import slow_unless
 
 T, B, D, H, O = 6, 3, 4, 5, 2
 GATED = {"lstm": lstm, "gru": gru}
@@ -276,7 +277,7 @@ def test_registry_config_and_command_line_know_the_gated_cells():
 
 
 @pytest.mark.usefixtures("standard_promotion")  # optax's adam (see conftest)
-@pytest.mark.parametrize("name", GATED)
+@pytest.mark.parametrize("name", slow_unless(["lstm"], list(GATED)))
 def test_train_and_evaluate_learns_the_adding_problem(name):
     """The constant predictor scores MSE 1/6; below 0.3 x 1/6 the net must be using the marked values."""
     config = Config(

@@ -51,6 +51,7 @@ def test_a_dropped_activation_derivative_is_caught(monkeypatch):
     assert "largest disagreement: " in gradcheck.explain(report)
 
 
+@pytest.mark.slow
 def test_a_truncation_bug_is_caught(monkeypatch):
     """Plant a bug in TBPTT (a window's front padding run as real steps): the truncated check must fail."""
 
