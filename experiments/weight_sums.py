@@ -58,22 +58,22 @@ def implementations(devices: int) -> list[bench.Implementation]:
     return forms + bench.named_implementations(["flax", "torch"])
 
 
-def ratios(records: list[dict], devices: int) -> list[dict]:
-    """after / inside train-step medians for each size and device count."""
+def ratios(records: list[dict]) -> list[dict]:
+    """after / inside train-step medians for each size and device count (the forms' records only)."""
     median = {
-        (r["config"]["cell"], *(r["config"][k] for k in "BTDHO"), r["impl"]): r["median_ms"]
+        (r["config"]["cell"], *(r["config"][k] for k in "BTDHO"), r["devices"], r["impl"].rsplit("-", 1)[-1]):
+            r["median_ms"]
         for r in records
-        if r["mode"] == "train"
-    }
+        if r["mode"] == "train" and r["impl"].endswith(tuple(FORMS))
+    }  # fmt: skip
     rows = []
-    for (cell, *size, impl), after in median.items():
-        if not impl.endswith("-after"):
+    for (cell, *size, devices, form), after in median.items():
+        if form != "after":
             continue
-        n = devices if "dev-" in impl else 1
-        inside = median[(cell, *size, impl.removesuffix("-after") + "-inside")]
+        inside = median[(cell, *size, devices, "inside")]
         rows.append({"cell": cell, "B": size[0], "T": size[1], "D": size[2], "H": size[3], "O": size[4],
-                     "devices": n, "rows_per_device": size[0] // n, "after_ms": after, "inside_ms": inside,
-                     "after_over_inside": after / inside})  # fmt: skip
+                     "devices": devices, "rows_per_device": size[0] // devices, "after_ms": after,
+                     "inside_ms": inside, "after_over_inside": after / inside})  # fmt: skip
     return rows
 
 
@@ -88,7 +88,7 @@ def main() -> None:
     sizes, repeats = (QUICK_SIZES, 3) if args.quick else (SIZES, 11)
     shapes = [bench.Shape(cell, *size) for cell, cell_sizes in sizes.items() for size in cell_sizes]
     result = bench.run(shapes, repeats=repeats, implementations=implementations(devices))
-    rows = ratios(result.records, devices)
+    rows = ratios(result.records)
     disagreements = [a for a in result.agreement if not a.agrees]
     _common.write_json(out / "results.json", {
         "notes": result.notes, "repeats": repeats, "threshold": bptt.CPU_SUM_IN_SCAN_MIN_BATCH, "rows": rows,

@@ -375,12 +375,17 @@ CPU_REVERSE_UNROLL = 2
 CPU_SUM_IN_SCAN_MIN_BATCH = 32
 
 
+def _sums_in_scan(batch: int) -> bool:
+    """Whether a custom VJP's reverse scan sums the weight gradients inside it for ``batch`` rows (per device): off
+    a CPU always, on a CPU from `CPU_SUM_IN_SCAN_MIN_BATCH` rows up (the Elman and LSTM cells alike)."""
+    return jax.default_backend() != "cpu" or batch >= CPU_SUM_IN_SCAN_MIN_BATCH
+
+
 def _elman_scan_bwd(activation, unroll, hoisted, residuals, cotangents):
     params, xs, initial_state, mask, states = residuals
     g_outputs, g_states, g_final = cotangents
     if jax.default_backend() == "cpu":
-        sum_in_scan = states.shape[1] >= CPU_SUM_IN_SCAN_MIN_BATCH
-        backward_of = functools.partial(concatenated_backward, sum_in_scan=sum_in_scan)
+        backward_of = functools.partial(concatenated_backward, sum_in_scan=_sums_in_scan(states.shape[1]))
         unroll = CPU_REVERSE_UNROLL if unroll == 1 else unroll
     else:
         backward_of = backward_of_cotangents
@@ -533,10 +538,8 @@ def _backward_rule(backward_of_arrays, activation, unroll, residuals, cotangents
 
 
 def _lstm_scan_bwd(activation, unroll, residuals, cotangents):
-    # on a CPU, the weight gradients after the reverse scan below `CPU_SUM_IN_SCAN_MIN_BATCH` rows, as for the Elman
-    # cell (measured: README, "The LSTM's weight gradients after the scan")
-    sum_in_scan = jax.default_backend() != "cpu" or residuals[4].h.shape[1] >= CPU_SUM_IN_SCAN_MIN_BATCH
-    backward_of = functools.partial(lstm_backward, sum_in_scan=sum_in_scan)
+    # measured: README, "The same choice for the LSTM, and the study that measures both"
+    backward_of = functools.partial(lstm_backward, sum_in_scan=_sums_in_scan(residuals[4].h.shape[1]))
     return _backward_rule(backward_of, activation, unroll, residuals, cotangents)
 
 
