@@ -12,10 +12,11 @@ Command:
   python -m experiments.fused_kernels --quick --interpret   # anywhere: the kernels in Pallas's interpreter (a
                                                             # test of the study, not a measurement)
 
-Expected runtime on one GPU: about 2 minutes, mostly Triton compiles (--quick: 20 s). Without a GPU the study
-refuses to run unless --interpret is given. Expected result: not known yet (no GPU has run it); the kernels were
-written to remove the per-step launches of the scan, which cost about 6 us per step on an H200 (README), so at
-long T with small H they should be several times faster than the scan. Writes results.json and summary.md.
+Expected runtime on one GPU: about 1 minute, mostly Triton compiles (45 s on one H200; --quick: 20 s). Without a GPU
+the study refuses to run unless --interpret is given. Expected result (one H200, 2026-11-27, README "Fused
+recursions"): at H = 32 and 64 the best kernels 3-20x faster than the scan (0.25-0.85 ms), with 8 warps the better
+default; at H = 128 the forward kernel slower than the scan (5.4 ms against 2.0) and the reverse one faster only
+with 8 warps (1.4 ms; 18 ms with 4). Writes results.json and summary.md.
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ def _name(options: fused.KernelOptions) -> str:
     return f"{options.num_warps}warps-{'once' if options.weights_once else 'per-step'}"
 
 
+def _product(a, b):
+    """Full float32 products, as the kernels' (a GPU's default precision would round the scan's inputs to TF32)."""
+    return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
+
+
 def _scan_forward(u, w_s, s0):
     def step(s, u_t):
-        s = jnp.tanh(u_t + s @ w_s)
+        s = jnp.tanh(u_t + _product(s, w_s))
         return s, s
 
     return jax.lax.scan(step, s0, u)[1]
@@ -52,7 +58,7 @@ def _scan_reverse(params, direct, dphi, mask, final_error):
     def step(c, inputs):
         direct_t, dphi_t = inputs
         delta = (direct_t + c) * dphi_t
-        return delta @ params.w_s.T, delta
+        return _product(delta, params.w_s.T), delta
 
     return jax.lax.scan(step, final_error, (direct, dphi), reverse=True)[1]
 

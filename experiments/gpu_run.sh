@@ -12,7 +12,8 @@
 # compiled by Triton for the first time: their default-stage tests, 140 s; `experiments.fused_kernels`, the Elman
 # kernels against the scan and their options, 100 s; the harness against the fast path and cuDNN at the Elman
 # sizes with H <= 128, 160 s, and the LSTM sizes with H <= 64, 140 s: 540 s in all, so give the call ~590 s),
-# "fused-gru" (the GRU's fused kernels in the harness, 140 s),
+# "fused-gru" (the GRU's fused kernels in the harness, 140 s), "warps" (the LSTM's and the GRU's kernels with 8
+# warps, the default, against 4, 100 s),
 # "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's hand-written backward passes
 # against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
 # GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call ("fused-gru tests" a second one);
@@ -82,6 +83,17 @@ if [[ " $STAGES " == *" fused-gru "* ]]; then
         | tee "$OUT/bench-fused-gru.log"
 fi
 
+# the gated cells' kernels with the default 8 Triton warps per program against 4 (their four (three) W_s blocks
+# fill as many registers as the Elman network's H = 128, whose reverse kernel 8 warps made 13x faster)
+if [[ " $STAGES " == *" warps "* ]]; then
+    warps_size=(--config 64,256,32,64,32)
+    [[ "$PRESET" == gpu ]] || warps_size=(--preset "$PRESET")
+    for cell in lstm gru; do
+        timeout 50 $PY -m rnn_jax bench --cell $cell "${warps_size[@]}" --repeats 9 --impl rnn-jax-fused \
+            --impl rnn-jax-fused-4warps --json "$OUT/bench-$cell-warps.json" 2>&1 | tee "$OUT/bench-$cell-warps.log"
+    done
+fi
+
 # the gated cells' hand-written backward passes (backward="bptt") against autodiff and cuDNN, both cells in 300 s
 if [[ " $STAGES " == *" gated "* ]]; then
     gated_preset=$([[ "$PRESET" == gpu ]] && echo standard || echo "$PRESET")
@@ -95,9 +107,10 @@ fi
 # (-p no:benchmark: pytest-benchmark, where installed, warns under xdist, and our warnings are errors)
 if [[ " $STAGES " == *" tests "* ]]; then
     workers=()
-    $PY -c "import xdist" 2>/dev/null && workers=(-n 4)
+    $PY -c "import xdist" 2>/dev/null && workers=(-n 8)
     tests=(tests/test_unroll.py tests/test_bptt.py tests/test_cells.py tests/test_gated_cells.py tests/test_fused.py
-           tests/test_bench.py::test_fast_path_equals_autodiff)
+           tests/test_bench.py::test_fast_path_equals_autodiff
+           tests/test_gradcheck.py::test_every_path_agrees_and_the_report_says_so)
     timeout 200 $PY -m pytest -q -x -m "not slow" -p no:cacheprovider -p no:benchmark "${workers[@]}" "${tests[@]}" \
         2>&1 | tail -n 40 | tee "$OUT/tests.log"
 fi

@@ -724,8 +724,8 @@ NAMED_IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {
     "rnn-jax-fused": lambda: rnn_jax_implementation("rnn-jax-fused", backward="fused"),
     "rnn-jax-fused-per-step": lambda: rnn_jax_implementation(
         "rnn-jax-fused-per-step", backward="fused", kernel_options=fused.KernelOptions(weights_once=False)),
-    "rnn-jax-fused-8warps": lambda: rnn_jax_implementation(
-        "rnn-jax-fused-8warps", backward="fused", kernel_options=fused.KernelOptions(num_warps=8)),
+    "rnn-jax-fused-4warps": lambda: rnn_jax_implementation(
+        "rnn-jax-fused-4warps", backward="fused", kernel_options=fused.KernelOptions(num_warps=4)),
     "rnn-jax-bf16": lambda: rnn_jax_implementation("rnn-jax-bf16", rtol=BF16_RTOL, precision="bfloat16"),
     "rnn-jax-remat-100": lambda: rnn_jax_implementation("rnn-jax-remat-100", backward="autodiff", remat="100"),
     "rnn-jax-remat-sqrt": lambda: rnn_jax_implementation("rnn-jax-remat-sqrt", backward="autodiff", remat="sqrt"),
@@ -859,6 +859,8 @@ def _time_mode(shape, mode, impls, prepared, repeats, min_sample_s) -> list[dict
         for variant in impl.variants or (impl.name,):
             key = f"{mode}@{variant}" if impl.variants else mode
             calls[impl.name, variant] = prepared[impl.name].run[key]
+    if not calls:  # every implementation skipped (GPU-only ones on a CPU, say) or failed: reported as such
+        return []
     first_call = {}
     for key, fn in calls.items():  # warm up, and size each sample
         fn()

@@ -290,7 +290,7 @@ class BenchConfig:
         "time only this implementation (repeatable; the first is the agreement check's reference): "
         "rnn-jax-{autodiff,fast}[-in-step|-hoisted] (the input/read-out projections inside each scan step or "
         "hoisted out of it; neither suffix: by backend), rnn-jax-bptt (the hand-derived custom VJP), rnn-jax-bf16, "
-        "rnn-jax-remat-{100,sqrt}, rnn-jax-fused[-per-step|-8warps] (GPU), flax, torch, lower-bound, and with "
+        "rnn-jax-remat-{100,sqrt}, rnn-jax-fused[-per-step|-4warps] (GPU), flax, torch, lower-bound, and with "
         "N devices rnn-jax-fast-Ndev, lower-bound-Ndev. Default: the preset's",
         metavar="NAME",
         default=(),

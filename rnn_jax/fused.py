@@ -58,10 +58,13 @@ MAX_HIDDEN = 128  # the largest (padded) H whose W_s [H, H] the compiled kernel 
 
 
 class KernelOptions(NamedTuple):
-    """How the compiled kernels run (ignored by the interpreter). Not tuned on a GPU yet:
-    ``python -m experiments.fused_kernels`` measures the choices."""
+    """How the compiled kernels run (ignored by the interpreter). ``python -m experiments.fused_kernels`` measures
+    the choices for the Elman kernels; on one H200 (README, "Fused recursions") 8 warps were the better default:
+    the Elman kernels' forward + reverse time 0.90x 4 warps' at H = 64, 1.02x at H = 32 (B = 1) and 0.38x at
+    H = 128 (where 4 warps spill the 128 x 128 W_s), and the LSTM's and GRU's train steps at (64,256,32,64,32)
+    0.77x and 0.88x. Holding W_s in registers through the loop beat reading it at every step, or tied."""
 
-    num_warps: int = 4  # Triton warps (32 threads each) per program
+    num_warps: int = 8  # Triton warps (32 threads each) per program
     weights_once: bool = True  # load W_s into registers once before the loop (False: from memory at every step)
 
 
@@ -75,7 +78,7 @@ _OPTIONS: contextvars.ContextVar[KernelOptions] = contextvars.ContextVar(
 def kernel_options(options: KernelOptions) -> Iterator[None]:
     """Within this context, kernels traced without explicit options use ``options`` (as
     `jax.default_matmul_precision` does for products): how ``unroll(..., backward="fused")`` and the harness's
-    ``rnn-jax-fused-per-step`` / ``-8warps`` choose them. It applies at trace time, so compile inside it."""
+    ``rnn-jax-fused-per-step`` / ``-4warps`` choose them. It applies at trace time, so compile inside it."""
     token = _OPTIONS.set(options)
     try:
         yield
@@ -86,6 +89,16 @@ def kernel_options(options: KernelOptions) -> Iterator[None]:
 def compiled() -> bool:
     """Whether the kernels compile (on a GPU, through Triton) rather than run in Pallas's interpreter."""
     return jax.default_backend() == "gpu"
+
+
+def triton_available() -> bool:
+    """Whether this JAX has Pallas's Triton backend, through which the kernels compile on a GPU (deprecated since
+    JAX 0.11 in favour of Mosaic GPU; `backward="fast"` takes the kernels only while it is there)."""
+    try:
+        from jax.experimental.pallas import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def padded_hidden(hidden: int) -> int:

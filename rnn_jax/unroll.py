@@ -227,17 +227,19 @@ def resolve_projections(projections: Projections, plain: bool = True) -> bool:
     raise ValueError(f"projections: expected 'auto', 'in_step' or 'hoisted', got {projections!r}")
 
 
-def _fast_backward(cell, plain: bool, projections: Projections, batch: int) -> str:
-    """What ``backward="fast"`` runs: the hand-derived custom VJP where it was measured faster than autodiff.
+def _fast_backward(cell, plain: bool, projections: Projections, batch: int, hidden: int, dtype) -> str:
+    """What ``backward="fast"`` runs: the fastest measured of the backward passes for this cell, size and backend.
 
-    Elman: everywhere but `_custom_vjp_loses`. LSTM: on a CPU with B > 1 and the projections in the step (on the
-    2-core CPU its train step was 0.79-0.89x autodiff's at the two smaller batched standard sizes, a tie at
-    (128,512,64,256,64) and 1.27x slower at (1,1000,1,32,1); not measured on a GPU). GRU: autodiff (its custom VJP,
-    `rnn_jax.bptt.gru_scan`, measured no faster on the 2-core CPU: see the README). Remat and mixed precision need
-    autodiff.
+    On a GPU, "fused" where `_fused_kernels_win`. Elman: the hand-derived custom VJP ("bptt") everywhere else but
+    `_custom_vjp_loses`. LSTM: "bptt" on a CPU with B > 1 and the projections in the step (on the 2-core CPU its
+    train step was 0.79-0.89x autodiff's at the two smaller batched standard sizes, a tie at (128,512,64,256,64)
+    and 1.27x slower at (1,1000,1,32,1)). GRU: autodiff (its custom VJP, `rnn_jax.bptt.gru_scan`, measured no
+    faster on the 2-core CPU: see the README). Remat and mixed precision need autodiff.
     """
     if not plain:
         return "autodiff"
+    if _fused_kernels_win(cell, projections, hidden, dtype):
+        return "fused"
     if cell is elman:
         return "autodiff" if _custom_vjp_loses(batch) else "bptt"
     if cell is lstm and batch > 1 and projections != "hoisted" and jax.default_backend() == "cpu":
@@ -245,10 +247,28 @@ def _fast_backward(cell, plain: bool, projections: Projections, batch: int) -> s
     return "autodiff"
 
 
+FUSED_FAST_MAX_HIDDEN = 64  # the widest (padded) H at which backward="fast" takes the fused kernels on a GPU
+
+
+def _fused_kernels_win(cell, projections: Projections, hidden: int, dtype) -> bool:
+    """Where ``backward="fast"`` takes the fused kernels (`rnn_jax.fused`): on a GPU, in float32, for a cell that
+    has them, with the projections hoisted (as they must be) and the padded state width H at most
+    `FUSED_FAST_MAX_HIDDEN`. Measured on one H200 (README, "Fused recursions"): at H = 32 and 64 the fused train
+    step was 2.5-9.1x faster than the scan's for all three cells (Elman, LSTM, GRU at (32,100,8,64,8),
+    (1,1000,1,32,1) and, for the gated cells, (64,256,32,64,32)); at H = 128 the Elman kernels, holding a 128 x 128
+    W_s per program, made it 5.8x slower. Not where Pallas's Triton backend is missing (a later JAX may drop it)."""
+    if jax.default_backend() != "gpu" or projections == "in_step" or jnp.dtype(dtype) != jnp.float32:
+        return False
+    from rnn_jax import fused  # fused sits on this module, like bptt
+
+    return cell in fused.SCANS and fused.padded_hidden(hidden) <= FUSED_FAST_MAX_HIDDEN and fused.triton_available()
+
+
 def _custom_vjp_loses(batch: int) -> bool:
-    """Where ``backward="fast"`` takes autodiff for the Elman cell too: a single sequence on a GPU, where the
-    custom VJP's train step was 1.6x slower than autodiff's at (1,1000,1,32,1) on one H200 (in two runs; at
-    B >= 32 it was 1.2-1.6x faster; the batch sizes between were not measured)."""
+    """Where ``backward="fast"`` takes autodiff for the Elman cell rather than the custom VJP (when the fused
+    kernels do not apply): a single sequence on a GPU, where the custom VJP's train step was 1.6x slower than
+    autodiff's at (1,1000,1,32,1) on one H200 (in two runs; at B >= 32 it was 1.2-1.6x faster; the batch sizes
+    between were not measured)."""
     return batch == 1 and jax.default_backend() == "gpu"
 
 
@@ -319,8 +339,9 @@ def unroll(
       backward: how gradients through the unroll are computed: "autodiff" (`jax.grad`
         differentiates the scan), "bptt" (the hand-derived BPTT equations of `rnn_jax.bptt`
         as a `jax.custom_vjp`; Elman, LSTM, GRU) or "fast" (the fastest measured, `_fast_backward`:
-        "bptt" for Elman except for a single sequence (B = 1) on a GPU, "bptt" for the LSTM on a
-        CPU with B > 1, "autodiff" otherwise; see the README's Performance section) or "fused"
+        on a GPU "fused" in float32 for H <= 64, else "bptt" for Elman except for a single
+        sequence (B = 1) on a GPU, "bptt" for the LSTM on a CPU with B > 1, "autodiff"
+        otherwise; see the README's Performance section) or "fused"
         (Elman, LSTM, GRU: `rnn_jax.fused`, the forward and the reverse recursion each one Pallas
         kernel that keeps W_s on chip over all T steps, with the hand-derived BPTT around them;
         compiled on a GPU for H <= 128 (Elman) or 64 (LSTM, GRU), interpreted (slowly) elsewhere;
@@ -386,7 +407,7 @@ def unroll(
     plain = remat is None and compute_dtype is None
     hoist = resolve_projections(projections, plain)
     if backward == "fast":
-        backward = _fast_backward(cell, plain, projections, batch)
+        backward = _fast_backward(cell, plain, projections, batch, params.w_s.shape[0], params.w_s.dtype)
     if backward in ("bptt", "fused") and not plain:
         raise ValueError(
             f"backward: {backward!r} (a hand-derived custom VJP) keeps every state and runs in the parameters' "

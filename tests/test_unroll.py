@@ -476,26 +476,67 @@ def test_auto_projections_hoist_on_accelerators_only(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    ("cell_name", "backend", "batch", "custom_vjp"),
-    [("elman", "cpu", 1, True), ("elman", "gpu", 3, True), ("elman", "gpu", 1, False),
-     ("lstm", "cpu", 3, True), ("lstm", "cpu", 1, False), ("lstm", "gpu", 3, False), ("gru", "cpu", 3, False)],
+    ("cell_name", "backend", "batch", "hidden", "dtype", "projections", "plain", "want"),
+    [("elman", "cpu", 1, 8, jnp.float32, "auto", True, "bptt"),
+     ("elman", "gpu", 3, 8, jnp.float32, "auto", True, "fused"),
+     ("elman", "gpu", 1, 64, jnp.float32, "hoisted", True, "fused"),
+     ("elman", "gpu", 3, 65, jnp.float32, "auto", True, "bptt"),
+     ("elman", "gpu", 1, 128, jnp.float32, "auto", True, "autodiff"),
+     ("elman", "gpu", 3, 8, jnp.float64, "auto", True, "bptt"),
+     ("elman", "gpu", 3, 8, jnp.float32, "in_step", True, "bptt"),
+     ("elman", "gpu", 3, 8, jnp.float32, "auto", False, "autodiff"),
+     ("elman", "tpu", 3, 8, jnp.float32, "auto", True, "bptt"),
+     ("lstm", "cpu", 3, 8, jnp.float32, "auto", True, "bptt"),
+     ("lstm", "cpu", 1, 8, jnp.float32, "auto", True, "autodiff"),
+     ("lstm", "gpu", 3, 64, jnp.float32, "auto", True, "fused"),
+     ("lstm", "gpu", 3, 100, jnp.float32, "auto", True, "autodiff"),
+     ("gru", "cpu", 3, 8, jnp.float32, "auto", True, "autodiff"),
+     ("gru", "gpu", 1, 32, jnp.float32, "auto", True, "fused")],
 )  # fmt: skip
-def test_fast_backward_takes_the_custom_vjp_where_it_was_measured_faster(
-    monkeypatch, cell_name, backend, batch, custom_vjp
+def test_fast_backward_takes_what_was_measured_fastest(
+    monkeypatch, cell_name, backend, batch, hidden, dtype, projections, plain, want
 ):
-    """backward="fast" differentiates with the hand-derived custom VJP (`bptt.elman_scan`, `bptt.lstm_scan`) where
-    it was measured faster: Elman except a single sequence on a GPU, the LSTM on a CPU with B > 1, never the GRU."""
-    from rnn_jax import bptt
+    """backward="fast" resolves to the fused kernels on a GPU in float32 at H <= 64 (padded), to the hand-derived
+    custom VJP for Elman (but a single sequence on a GPU) and for the LSTM on a CPU with B > 1, else to autodiff;
+    remat or mixed precision (not ``plain``) always to autodiff."""
+    from rnn_jax.unroll import _fast_backward
+
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    assert _fast_backward(cells.get(cell_name), plain, projections, batch, hidden, dtype) == want
+
+
+def test_fast_backward_leaves_the_fused_kernels_where_pallas_has_no_triton(monkeypatch):
+    from rnn_jax import fused
+    from rnn_jax.unroll import _fast_backward
+
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    monkeypatch.setattr(fused, "triton_available", lambda: False)
+    assert _fast_backward(rj.elman, True, "auto", 3, 8, jnp.float32) == "bptt"
+    assert _fast_backward(rj.gru, True, "auto", 3, 8, jnp.float32) == "autodiff"
+
+
+@pytest.mark.parametrize(
+    ("cell_name", "backend", "batch", "runs"),
+    [("elman", "cpu", 1, "bptt"), ("lstm", "cpu", 3, "bptt"), ("lstm", "cpu", 1, None), ("gru", "cpu", 3, None),
+     ("elman", "gpu", 1, "fused"), ("lstm", "gpu", 3, "fused"), ("gru", "gpu", 3, "fused")],
+)  # fmt: skip
+def test_fast_backward_runs_what_it_resolves_to(monkeypatch, cell_name, backend, batch, runs):
+    """The unroll of backward="fast" calls the custom VJP (`bptt.elman_scan`, `bptt.lstm_scan`) or the fused unroll
+    it resolved to (None: neither, autodiff). A GPU is faked; the kernels then run in Pallas's interpreter."""
+    from rnn_jax import bptt, fused
 
     calls = []
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(fused, "compiled", lambda: False)
     for name, original in [("elman_scan", bptt_elman_scan), ("lstm_scan", bptt_lstm_scan)]:
-        monkeypatch.setattr(bptt, name, lambda *args, original=original: calls.append(args) or original(*args))
+        monkeypatch.setattr(bptt, name, lambda *args, original=original: calls.append("bptt") or original(*args))
     cell = cells.get(cell_name)
+    original = fused.SCANS[cell]
+    monkeypatch.setitem(fused.SCANS, cell, lambda *args: calls.append("fused") or original(*args))
     params = cell.init(jax.random.key(0), D, H, O)
     xs = jnp.ones((T, batch, D), jnp.float32)
     grads = jax.grad(lambda p: jnp.sum(rj.unroll(p, xs, backward="fast", cell=cell).outputs))(params)
-    assert bool(calls) is custom_vjp
+    assert calls == ([] if runs is None else [runs])
     chex.assert_tree_all_finite(grads)
 
 
