@@ -5,6 +5,8 @@ Property-based (hypothesis) over random sizes, lengths, activations, masks and l
 
 from __future__ import annotations
 
+import functools
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -49,13 +51,15 @@ def _make(problem):
 
 
 def _autodiff(params, xs, targets, lengths, activation, loss, reduction, backward="autodiff"):
-    mask = None if lengths is None else rj.sequence_mask(lengths, xs.shape[0])
+    """The loss and its gradient through `rj.unroll`, compiled: one compile per drawn shape takes a third of the time
+    of running the backward pass op by op."""
 
-    def f(p):
+    def f(p, xs, targets, lengths):
+        mask = None if lengths is None else rj.sequence_mask(lengths, xs.shape[0])
         out = rj.unroll(p, xs, activation=activation, lengths=lengths, backward=backward).outputs
         return rj.losses.by_name(loss, out, targets, mask, reduction)
 
-    return jax.value_and_grad(f)(params)
+    return jax.jit(jax.value_and_grad(f))(params, xs, targets, lengths)
 
 
 @SETTINGS
@@ -63,9 +67,9 @@ def _autodiff(params, xs, targets, lengths, activation, loss, reduction, backwar
 def test_hand_bptt_equals_jax_grad(x64, problem):
     params, xs, targets, lengths, activation, loss, reduction = _make(problem)
     value, reference = _autodiff(params, xs, targets, lengths, activation, loss, reduction)
-    by_hand_value, by_hand = bptt.loss_and_gradients(
-        params, xs, targets, loss=loss, reduction=reduction, activation=activation, lengths=lengths
-    )
+    by_hand_value, by_hand = jax.jit(
+        functools.partial(bptt.loss_and_gradients, loss=loss, reduction=reduction, activation=activation)
+    )(params, xs, targets, lengths=lengths)
     np.testing.assert_allclose(by_hand_value, value, rtol=1e-12)
     chex.assert_trees_all_close(by_hand, reference, rtol=1e-10, atol=1e-13)
 

@@ -518,7 +518,9 @@ def test_fast_backward_leaves_the_fused_kernels_where_pallas_has_no_triton(monke
 @pytest.mark.parametrize(
     ("cell_name", "backend", "batch", "runs"),
     [("elman", "cpu", 1, "bptt"), ("lstm", "cpu", 3, "bptt"), ("lstm", "cpu", 1, None), ("gru", "cpu", 3, None),
-     ("elman", "gpu", 1, "fused"), ("lstm", "gpu", 3, "fused"), ("gru", "gpu", 3, "fused")],
+     ("elman", "gpu", 1, "fused"),  # one faked-GPU case here, the gated cells (5-8 s each) in the slow stage
+     pytest.param("lstm", "gpu", 3, "fused", marks=pytest.mark.slow),
+     pytest.param("gru", "gpu", 3, "fused", marks=pytest.mark.slow)],
 )  # fmt: skip
 def test_fast_backward_runs_what_it_resolves_to(monkeypatch, cell_name, backend, batch, runs):
     """The unroll of backward="fast" calls the custom VJP (`bptt.elman_scan`, `bptt.lstm_scan`) or the fused unroll
