@@ -29,7 +29,7 @@ import numpy as np
 
 import rnn_jax as rj
 from experiments import _common
-from rnn_jax import fused
+from rnn_jax import bench, fused
 
 SIZES = [(64, 256, 128), (1, 1000, 32), (32, 100, 64)]  # (B, T, H): where cuDNN beat the scan on an H200
 QUICK_SIZES = [(4, 20, 16)]
@@ -41,14 +41,9 @@ def _name(options: fused.KernelOptions) -> str:
     return f"{options.num_warps}warps-{'once' if options.weights_once else 'per-step'}"
 
 
-def _product(a, b):
-    """Full float32 products, as the kernels' (a GPU's default precision would round the scan's inputs to TF32)."""
-    return jnp.dot(a, b, precision=jax.lax.Precision.HIGHEST)
-
-
 def _scan_forward(u, w_s, s0):
     def step(s, u_t):
-        s = jnp.tanh(u_t + _product(s, w_s))
+        s = jnp.tanh(u_t + s @ w_s)
         return s, s
 
     return jax.lax.scan(step, s0, u)[1]
@@ -58,7 +53,7 @@ def _scan_reverse(params, direct, dphi, mask, final_error):
     def step(c, inputs):
         direct_t, dphi_t = inputs
         delta = (direct_t + c) * dphi_t
-        return _product(delta, params.w_s.T), delta
+        return delta @ params.w_s.T, delta
 
     return jax.lax.scan(step, final_error, (direct, dphi), reverse=True)[1]
 
@@ -80,7 +75,10 @@ def _compiled(batch: int, steps: int, hidden: int, variants) -> tuple[dict, dict
     compiled, failed = {}, {}
     for key, fn in fns.items():
         try:
-            compiled[key] = jax.jit(fn).lower(*args[key[0]]).compile()
+            # the harness's full float32 products for the scans (a GPU's default would round their inputs to TF32),
+            # as the kernels' own
+            with jax.default_matmul_precision(bench.MATMUL_PRECISION):
+                compiled[key] = jax.jit(fn).lower(*args[key[0]]).compile()
         except Exception as error:  # a variant Triton rejects (registers, shared memory) is a result, not the end
             failed[key] = f"{type(error).__name__}: {(str(error).strip().splitlines() or [''])[0]}"
     return compiled, args, failed
