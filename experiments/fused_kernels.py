@@ -58,16 +58,22 @@ def _scan_reverse(params, direct, dphi, mask, final_error):
     return jax.lax.scan(step, final_error, (direct, dphi), reverse=True)[1]
 
 
-def _compiled(batch: int, steps: int, hidden: int, variants) -> tuple[dict, dict, dict]:
-    """{(recursion, variant): compiled function}, their arguments, and {(recursion, variant): error} for the
-    variants that did not compile, for one size."""
+def recursion_arguments(batch: int, steps: int, hidden: int) -> dict[str, tuple]:
+    """The arguments of the forward recursion, (u [T, B, H], W_s, s_0), and of the reverse one, (params, direct
+    errors, phi', no mask, final error), under "forward" and "reverse": random, the same for every variant."""
     keys = jax.random.split(jax.random.key(0), 4)
     params = rj.elman.init(keys[0], 1, hidden, 1)
     u = jax.random.normal(keys[1], (steps, batch, hidden))
     s0 = jnp.zeros((batch, hidden))
     direct = 1e-2 * jax.random.normal(keys[2], (steps, batch, hidden))
     dphi = jax.random.uniform(keys[3], (steps, batch, hidden))
-    args = {"forward": (u, params.w_s, s0), "reverse": (params, direct, dphi, None, s0)}
+    return {"forward": (u, params.w_s, s0), "reverse": (params, direct, dphi, None, s0)}
+
+
+def _compiled(batch: int, steps: int, hidden: int, variants) -> tuple[dict, dict, dict]:
+    """{(recursion, variant): compiled function}, their arguments, and {(recursion, variant): error} for the
+    variants that did not compile, for one size."""
+    args = recursion_arguments(batch, steps, hidden)
     fns = {("forward", "scan"): _scan_forward, ("reverse", "scan"): _scan_reverse}
     for options in variants:
         fns["forward", _name(options)] = lambda u, w, s, o=options: fused.recurrence(u, w, s, None, "tanh", o)[0]
@@ -97,26 +103,37 @@ def measure(batch: int, steps: int, hidden: int, variants, repeats: int) -> list
     for (recursion, variant), times in samples.items():
         ms = 1e3 * np.asarray(times)
         diff = float(jnp.max(jnp.abs(outputs[recursion, variant] - outputs[recursion, "scan"])))
-        rows.append({"B": batch, "T": steps, "H": hidden, "recursion": recursion, "variant": variant,
-                     "median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
-                     "p90_ms": float(np.percentile(ms, 90)), "max_abs_difference_from_scan": diff})  # fmt: skip
+        rows.append({"B": batch, "T": steps, "H": hidden, "recursion": recursion, "variant": variant, **timings(ms),
+                     "max_abs_difference_from_scan": diff})  # fmt: skip
     for (recursion, variant), error in failed.items():
         rows.append({"B": batch, "T": steps, "H": hidden, "recursion": recursion, "variant": variant, "error": error})
     return rows
 
 
-def main() -> None:
+def timings(ms: np.ndarray) -> dict:
+    """A variant's median and 10th-90th percentiles of its samples, in ms."""
+    return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
+            "p90_ms": float(np.percentile(ms, 90))}  # fmt: skip
+
+
+def parse_kernel_study_args(name: str, doc: str | None):
+    """A kernel study's options (`--quick`, `--out`, `--interpret`), its output folder, its device and whether its
+    kernels run compiled; without a GPU the study stops unless told to interpret them."""
     args = _common.parse_args(
-        "fused_kernels", __doc__, flags={"--interpret": "without a GPU: run the kernels in Pallas's interpreter"}
+        name, doc, flags={"--interpret": "without a GPU: run the kernels in Pallas's interpreter"}
     )
     if not fused.compiled() and not args.interpret:
         raise SystemExit(
-            f"fused_kernels: the kernels compile on a GPU only (backend here: {jax.default_backend()}); "
+            f"{name}: the kernels compile on a GPU only (backend here: {jax.default_backend()}); "
             "add --interpret to run the study in Pallas's interpreter (slow, and not a measurement)"
         )
-    out = _common.prepare(args.out)
     device = f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}"
     mode = "interpreted (not a measurement)" if not fused.compiled() else "compiled"
+    return args, _common.prepare(args.out), device, mode
+
+
+def main() -> None:
+    args, out, device, mode = parse_kernel_study_args("fused_kernels", __doc__)
     sizes, variants, repeats = (QUICK_SIZES, QUICK_VARIANTS, 5) if args.quick else (SIZES, VARIANTS, 20)
     rows = []
     for batch, steps, hidden in sizes:

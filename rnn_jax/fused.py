@@ -234,12 +234,19 @@ def _product(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def _forward_step(phi: Callable, masked: bool) -> Callable:
+    """The Elman forward step with its recurrent product formed at the end of the step before (the first one before
+    the kernel) and carried, with the previous state only where a mask may freeze it, so that the loop carries
+    what its matrix product produced, as the reverse kernels do. Carrying s_{t-1} and multiplying at the start of
+    the step instead was 6.6x slower at H = 128 on one H200 (7.5 against 1.14 ms at B = 64, T = 256, 8 warps; any
+    activation, even the identity; the reverse kernel took 1.3 ms). The LSTM's and GRU's forward kernels still
+    carry h_{t-1}: the same change for them has not been measured on a GPU."""
+
     def step(at_t, carry, matrices):
-        (s_prev,), (w_s,) = carry, matrices
-        s = phi(at_t[0] + _product(s_prev, w_s))
+        *kept, z = carry  # z = s_{t-1} W_s; kept = [s_{t-1}] where masked
+        s = phi(at_t[0] + z)
         if masked:
-            s = jnp.where(at_t[1] > 0, s, s_prev)
-        return (s,), (s,)
+            s = jnp.where(at_t[1] > 0, s, kept[0])
+        return (*([s] if masked else []), _product(s, matrices[0])), (s,)
 
     return step
 
@@ -290,10 +297,11 @@ def recurrence(
     if mask is not None:
         sequences.append(_pad(mask.astype(u.dtype)[..., None], rows, None))
     w = _pad(w_s, width, width)
-    (states,), (final,) = _run_recursion(
-        _forward_step(phi, mask is not None), sequences, [w], [_pad(initial_state, rows, width)], 1, False, options
-    )
-    return states[:, :batch, :hidden], final[:batch, :hidden]
+    s_0 = _pad(initial_state, rows, width)
+    initials = [*([s_0] if mask is not None else []), _product(s_0, w)]  # the carry of `_forward_step`
+    (states,), _ = _run_recursion(_forward_step(phi, mask is not None), sequences, [w], initials, 1, False, options)
+    states = states[:, :batch, :hidden]
+    return states, states[-1] if num_steps else initial_state
 
 
 def reverse_errors(

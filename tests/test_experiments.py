@@ -27,6 +27,7 @@ FIGURES = {
     "gate_input_product": [],
     "weight_sums": [],
     "fused_kernels": [],
+    "fused_forward_carry": [],
 }
 
 
@@ -154,3 +155,21 @@ def test_fused_kernels_quick_interpreted(tmp_path):
     }
     for row in results["rows"]:
         assert row["median_ms"] > 0 and row["max_abs_difference_from_scan"] < 1e-5
+
+
+def test_fused_forward_carry_quick_interpreted(tmp_path):
+    """The forward-carry study runs end to end (interpreted without a GPU), and every form of the forward kernel
+    with tanh gives the library's states (tanh through exp to float32 round-off; the identity is a timing control
+    and differs)."""
+    if jax.default_backend() == "gpu":
+        results = _run("fused_forward_carry", tmp_path)
+    else:
+        command = [sys.executable, "-m", "experiments.fused_forward_carry", "--quick", "--out", str(tmp_path)]
+        subprocess.run([*command, "--interpret"], check=True)
+        results = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["variant"]: r for r in results["rows"]}
+    assert len(rows) == 8 and all(r["median_ms"] > 0 for r in rows.values())
+    for name, row in rows.items():
+        if name.startswith("forward") and "identity" not in name:
+            assert row["max_abs_difference_from_library_forward"] < 1e-5, name
+    assert rows["forward, carries s, identity, 8 warps"]["max_abs_difference_from_library_forward"] > 1e-2
