@@ -31,7 +31,7 @@ def _setup(key, dtype=jnp.float32, scale=0.9):
     return params, xs
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", slow_unless(["tanh", "relu"], ACTIVATIONS))
 @pytest.mark.parametrize("with_lengths", [False, True])
 @pytest.mark.parametrize("unroll_factor", slow_unless([1, 3], [1, 3, T]))
 @pytest.mark.parametrize("jit", [False, True])
@@ -50,7 +50,7 @@ def test_scan_unroll_equals_python_loop(key, activation, with_lengths, unroll_fa
     )
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", slow_unless(["tanh", "relu"], ACTIVATIONS))
 @pytest.mark.parametrize("with_lengths", [False, True])
 def test_scan_gradient_equals_python_loop_gradient(key, x64, activation, with_lengths):
     """jax.grad through lax.scan equals jax.grad through a jnp Python loop (float64)."""
@@ -439,9 +439,10 @@ def test_hoisted_projections_equal_the_python_loop(cell_name, backward, with_len
     )
 
 
-@pytest.mark.parametrize(("cell_name", "backward", "activation"), [("elman", "autodiff", "sigmoid"),
-                         ("elman", "bptt", "tanh"), ("elman", "bptt", "relu"), ("lstm", "autodiff", "tanh"),
-                         ("gru", "autodiff", "identity")])  # fmt: skip
+@pytest.mark.parametrize(("cell_name", "backward", "activation"), [
+    pytest.param("elman", "autodiff", "sigmoid", marks=pytest.mark.slow), ("elman", "bptt", "tanh"),
+    pytest.param("elman", "bptt", "relu", marks=pytest.mark.slow), ("lstm", "autodiff", "tanh"),
+    ("gru", "autodiff", "identity")])  # fmt: skip
 def test_hoisted_projections_equal_in_step_float64(x64, cell_name, backward, activation):
     """Values and gradients (params, inputs, initial state) of a loss reading outputs, states and final state:
     projections hoisted = in step, float64 to 1e-10 relative, with lengths (full, short, empty) and scan unroll 2."""
