@@ -4,7 +4,7 @@ Question. On one H200 the fused reverse kernel (`rnn_jax.fused.reverse_errors`) 
 1.4 ms with 8 warps, the forward kernel 5.4-7.7 ms, though each runs one [16, H] @ [H, H] product per step. The
 reverse kernel's loop carries what its product produced (c_{t-1} = delta_t W_s^T); the forward kernel carried the
 state s_t and multiplied at the start of the next step. This study times, interleaved in one process, the forward
-kernel in both forms: carrying s_{t-1} (the previous form, written out here on `fused`'s kernel runner) with tanh,
+kernel in both forms: carrying s_{t-1} (the previous form, written out here on `fused.run_recursion`) with tanh,
 the identity and tanh written through exp, and carrying s_{t-1} W_s (the library's form since), next to the
 reverse kernel, and reports each one's largest difference from the library's forward states.
 
@@ -44,11 +44,12 @@ def _carrying_the_state(activation, warps: int):
 
     def step(at_t, carry, matrices):
         (s_prev,), (w_s,) = carry, matrices
-        s = phi(at_t[0] + fused._product(s_prev, w_s))
+        product = jnp.dot(s_prev, w_s, precision=jax.lax.Precision.HIGHEST, preferred_element_type=s_prev.dtype)
+        s = phi(at_t[0] + product)
         return (s,), (s,)
 
     def run(u, w_s, s_0):
-        (states,), _ = fused._run_recursion(step, [u], [w_s], [s_0], 1, False, fused.KernelOptions(warps))
+        (states,), _ = fused.run_recursion(step, [u], [w_s], [s_0], 1, False, fused.KernelOptions(warps))
         return states
 
     return run

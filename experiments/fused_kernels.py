@@ -16,7 +16,9 @@ Expected runtime on one GPU: about 1 minute, mostly Triton compiles (45 s on one
 the study refuses to run unless --interpret is given. Expected result (one H200, 2026-11-27, README "Fused
 recursions"): at H = 32 and 64 the best kernels 3-20x faster than the scan (0.25-0.85 ms), with 8 warps the better
 default; at H = 128 the forward kernel slower than the scan (5.4 ms against 2.0) and the reverse one faster only
-with 8 warps (1.4 ms; 18 ms with 4). Writes results.json and summary.md.
+with 8 warps (1.4 ms; 18 ms with 4). The forward kernel has since changed what its loop carries, which made it 6.6x
+faster at H = 128 (`experiments.fused_forward_carry`); this study has not been rerun on a GPU since. Writes
+results.json and summary.md.
 """
 
 from __future__ import annotations

@@ -170,7 +170,7 @@ def _recursion_kernel(
         r[...] = final
 
 
-def _run_recursion(
+def run_recursion(
     step: Callable,
     sequences: Sequence[jax.Array],
     matrices: Sequence[jax.Array],
@@ -179,12 +179,14 @@ def _run_recursion(
     reverse: bool,
     options: KernelOptions | None,
 ) -> tuple[list[jax.Array], list[jax.Array]]:
-    """The recursion as one `pl.pallas_call` over blocks of `ROWS` sequences: (``num_outputs`` [T, B, H] outputs,
-    the final carries [B, H]).
+    """A recursion ``carry, outputs = step(sequences at t, carry, matrices)`` over t = 1 .. T (T .. 1 if
+    ``reverse``) as one `pl.pallas_call` over blocks of `ROWS` sequences: (``num_outputs`` [T, B, H] outputs, the
+    final carries [B, H]). The kernel runner of every recursion here, and the building block for a new one.
 
     ``sequences``: [T, B, H] or [T, B, 1] (a mask) arrays read at every step; ``matrices``: [H, H], or [1, H] (a
-    bias), loaded as W_s is; ``initials``: the carries, [B, H] each. B and H must already be padded
-    (`_padded_sizes`).
+    bias), loaded as W_s is; ``initials``: the carries, [B, H] each. B must already be a multiple of `ROWS` and H a
+    power of two >= 16 (`padded_hidden`; zero-pad both); ``options``: `KernelOptions` (None: those of
+    `kernel_options`, else `DEFAULT_OPTIONS`).
     """
     num_steps, batch, hidden = sequences[0].shape
     dtype = initials[0].dtype
@@ -299,7 +301,7 @@ def recurrence(
     w = _pad(w_s, width, width)
     s_0 = _pad(initial_state, rows, width)
     initials = [*([s_0] if mask is not None else []), _product(s_0, w)]  # the carry of `_forward_step`
-    (states,), _ = _run_recursion(_forward_step(phi, mask is not None), sequences, [w], initials, 1, False, options)
+    (states,), _ = run_recursion(_forward_step(phi, mask is not None), sequences, [w], initials, 1, False, options)
     states = states[:, :batch, :hidden]
     return states, states[-1] if num_steps else initial_state
 
@@ -331,7 +333,7 @@ def reverse_errors(
     if m is not None:
         sequences.append(_pad(m, rows, None))
     w_t = _pad(params.w_s.T, width, width)
-    (deltas,), (initial_error,) = _run_recursion(
+    (deltas,), (initial_error,) = run_recursion(
         _reverse_step(m is not None), sequences, [w_t], [_pad(final_error, rows, width)], 1, True, options
     )
     return initial_error[:batch, :hidden], deltas[:, :batch, :hidden]
@@ -416,7 +418,7 @@ def lstm_recurrence(
     if mask is not None:
         sequences.append(_pad(mask.astype(u.dtype)[..., None], rows, None))
     initials = [_pad(initial_state.h, rows, width), _pad(initial_state.c, rows, width)]
-    outs, finals = _run_recursion(
+    outs, finals = run_recursion(
         _lstm_forward_step(activations.get(activation).fn, mask is not None),
         sequences, _gate_matrices(w_s, width), initials, 6, False, options,
     )  # fmt: skip
@@ -456,7 +458,7 @@ def lstm_reverse_errors(
     if m is not None:
         sequences.append(_pad(m, rows, width=None))
     initials = [_pad(final_error.h, rows, width), _pad(final_error.c, rows, width)]
-    dz, (q_0, e_0) = _run_recursion(
+    dz, (q_0, e_0) = run_recursion(
         _lstm_reverse_step(activations.get(activation), m is not None),
         sequences, _gate_matrices(params.w_s, width, transpose=True), initials, 4, True, options,
     )  # fmt: skip
@@ -562,7 +564,7 @@ def gru_recurrence(
     if mask is not None:
         sequences.append(_pad(mask.astype(x_proj.dtype)[..., None], rows, None))
     matrices = [*_gate_matrices(params.w_s, width), _pad(b_n[None, :], 1, width)]
-    (h, p_r, p_z, u_n), (final,) = _run_recursion(
+    (h, p_r, p_z, u_n), (final,) = run_recursion(
         _gru_forward_step(activations.get(activation).fn, mask is not None),
         sequences, matrices, [_pad(initial_state, rows, width)], 4, False, options,
     )  # fmt: skip
@@ -598,7 +600,7 @@ def gru_reverse_errors(
     sequences = [_pad(direct, rows, width), *_gate_blocks(pre, rows, width), _pad(previous, rows, width)]
     if m is not None:
         sequences.append(_pad(m, rows, width=None))
-    da, (initial_error,) = _run_recursion(
+    da, (initial_error,) = run_recursion(
         _gru_reverse_step(activations.get(activation), m is not None),
         sequences, _gate_matrices(params.w_s, width, transpose=True), [_pad(final_error, rows, width)], 3, True,
         options,

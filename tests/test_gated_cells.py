@@ -68,8 +68,9 @@ def test_scan_unroll_equals_python_loop(key, name, activation, with_lengths, jit
     )
 
 
-@pytest.mark.parametrize("name", GATED)
-@pytest.mark.parametrize("batch", [1, 3])
+@pytest.mark.parametrize(
+    ("name", "batch"), [("lstm", 1), ("lstm", 3), ("gru", 1), pytest.param("gru", 3, marks=pytest.mark.slow)]
+)
 def test_a_single_input_takes_the_per_gate_product_and_its_gradients_are_the_single_products(x64, name, batch):
     """D = 1 (a time series): `_common.gate_input_product`'s per-gate form (a CPU forward pass; the LSTM's at B > 1)
     gives the oracle's outputs; gradients by autodiff and by the hand-derived backward pass equal those of the
@@ -131,7 +132,7 @@ def test_given_initial_state_is_used(key, name):
 
 
 @pytest.mark.parametrize("name", GATED)
-@pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
+@pytest.mark.parametrize("activation", slow_unless(["tanh"], ["tanh", "sigmoid"]))
 def test_grad_equals_central_finite_differences_float64(key, x64, name, activation):
     """Every entry of every parameter leaf: jax.grad through the scan agrees with central differences."""
     cell = GATED[name]
