@@ -14,7 +14,8 @@
 # sizes with H <= 128, 160 s, and the LSTM sizes with H <= 64, 140 s: 540 s in all, so give the call ~590 s),
 # "fused-gru" (the GRU's fused kernels in the harness, 140 s), "warps" (the LSTM's and the GRU's kernels with 8
 # warps, the default, against 4, 100 s),
-# "preset" (the Elman `gpu` preset, 330 s), "gated" (the LSTM's and the GRU's hand-written backward passes
+# "h128" (the Elman forward kernel's new carry at H = 128: its study and the train step, 150 s; next to run),
+# "preset" (the Elman `gpu` preset with the default implementations, 330 s; 294 s on one H200), "gated" (the LSTM's and the GRU's hand-written backward passes
 # against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
 # GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call ("fused-gru tests" a second one);
 # two of the others fit one.
@@ -92,6 +93,23 @@ if [[ " $STAGES " == *" warps "* ]]; then
         timeout 50 $PY -m rnn_jax bench --cell $cell "${warps_size[@]}" --repeats 9 --impl rnn-jax-fused \
             --impl rnn-jax-fused-4warps --json "$OUT/bench-$cell-warps.json" 2>&1 | tee "$OUT/bench-$cell-warps.log"
     done
+fi
+
+# the Elman network at H = 128 since its forward kernel carries s_{t-1} W_s (6.6x faster alone, never timed in a
+# train step): the forward-carry study (30 s), then the train step fused against the scan and cuDNN (2 sizes, 90 s);
+# if the fused rows win, FUSED_FAST_MAX_HIDDEN in rnn_jax/unroll.py can rise to 128 for the Elman cell
+if [[ " $STAGES " == *" h128 "* ]]; then
+    if [[ "$PRESET" == gpu ]]; then
+        timeout 60 $PY -m experiments.fused_forward_carry --out "$OUT/fused_forward_carry" 2>&1 \
+            | tee "$OUT/fused-forward-carry.log"
+        h128_sizes=(--config 64,256,32,128,32 --config 128,512,64,128,64)
+    else
+        timeout 60 $PY -m experiments.fused_forward_carry --quick --interpret --out "$OUT/fused_forward_carry" 2>&1 \
+            | tee "$OUT/fused-forward-carry.log"
+        h128_sizes=(--preset "$PRESET")
+    fi
+    timeout 120 $PY -m rnn_jax bench "${h128_sizes[@]}" --repeats 9 --impl rnn-jax-fast --impl rnn-jax-fused \
+        --impl torch --json "$OUT/bench-elman-h128.json" 2>&1 | tee "$OUT/bench-elman-h128.log"
 fi
 
 # the gated cells' hand-written backward passes (backward="bptt") against autodiff and cuDNN, both cells in 300 s
