@@ -27,7 +27,6 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 import rnn_jax as rj
 from experiments import _common
@@ -103,19 +102,17 @@ def measure(batch: int, steps: int, hidden: int, variants, repeats: int) -> list
             samples[key].append(time.perf_counter() - start)
     rows = []
     for (recursion, variant), times in samples.items():
-        ms = 1e3 * np.asarray(times)
         diff = float(jnp.max(jnp.abs(outputs[recursion, variant] - outputs[recursion, "scan"])))
-        rows.append({"B": batch, "T": steps, "H": hidden, "recursion": recursion, "variant": variant, **timings(ms),
-                     "max_abs_difference_from_scan": diff})  # fmt: skip
+        rows.append({"B": batch, "T": steps, "H": hidden, "recursion": recursion, "variant": variant,
+                     **timings(times), "max_abs_difference_from_scan": diff})  # fmt: skip
     for (recursion, variant), error in failed.items():
         rows.append({"B": batch, "T": steps, "H": hidden, "recursion": recursion, "variant": variant, "error": error})
     return rows
 
 
-def timings(ms: np.ndarray) -> dict:
-    """A variant's median and 10th-90th percentiles of its samples, in ms."""
-    return {"median_ms": float(np.median(ms)), "p10_ms": float(np.percentile(ms, 10)),
-            "p90_ms": float(np.percentile(ms, 90))}  # fmt: skip
+def timings(seconds) -> dict:
+    """A variant's median and 10th-90th percentiles, in ms, of its timing samples in seconds (`bench.percentiles`)."""
+    return dict(zip(("median_ms", "p10_ms", "p90_ms"), bench.percentiles(seconds), strict=True))
 
 
 def parse_kernel_study_args(name: str, doc: str | None):

@@ -786,7 +786,8 @@ def check_agreement(
     return result
 
 
-def _percentiles(samples: Sequence[float]) -> tuple[float, float, float]:
+def percentiles(samples: Sequence[float]) -> tuple[float, float, float]:
+    """(median, 10th, 90th percentile) in ms of timing samples in seconds: what every record reports."""
     ms = np.asarray(samples) * 1e3
     return float(np.median(ms)), float(np.percentile(ms, 10)), float(np.percentile(ms, 90))
 
@@ -883,7 +884,7 @@ def _time_mode(shape, mode, impls, prepared, repeats, min_sample_s) -> list[dict
             continue
         variants = impl.variants or (impl.name,)
         best = min(variants, key=lambda v: statistics.median(samples[impl.name, v]))
-        median, p10, p90 = _percentiles(samples[impl.name, best])
+        median, p10, p90 = percentiles(samples[impl.name, best])
         records.append(
             {
                 "config": shape.to_json(),
@@ -1037,6 +1038,7 @@ __all__ = [
     "format_table",
     "long_implementations",
     "lower_bound_implementation",
+    "percentiles",
     "preset_implementations",
     "rnn_jax_implementation",
     "scaling_implementations",
