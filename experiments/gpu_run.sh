@@ -14,7 +14,8 @@
 # sizes with H <= 128, 160 s, and the LSTM sizes with H <= 64, 140 s: 540 s in all, so give the call ~590 s),
 # "fused-gru" (the GRU's fused kernels in the harness, 140 s), "warps" (the LSTM's and the GRU's kernels with 8
 # warps, the default, against 4, 100 s),
-# "h128" (the Elman forward kernel's new carry at H = 128: its study and the train step, 150 s; next to run),
+# "h128" (the Elman forward kernel's new carry at H = 128: its study and the train step, 150 s; next to run,
+# with "graphs": the scan's loop as CUDA graphs, XLA's command buffers, where cuDNN is ahead, about 200 s),
 # "preset" (the Elman `gpu` preset with the default implementations, 330 s; 294 s on one H200), "gated" (the LSTM's and the GRU's hand-written backward passes
 # against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
 # GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call ("fused-gru tests" a second one);
@@ -110,6 +111,17 @@ if [[ " $STAGES " == *" h128 "* ]]; then
     fi
     timeout 120 $PY -m rnn_jax bench "${h128_sizes[@]}" --repeats 9 --impl rnn-jax-fast --impl rnn-jax-fused \
         --impl torch --json "$OUT/bench-elman-h128.json" 2>&1 | tee "$OUT/bench-elman-h128.log"
+fi
+
+# the scan's loop as CUDA graphs (bench.GPU_COMMAND_BUFFERS: XLA's command buffers with while loops, per
+# compilation) where cuDNN was ahead: long T with H = 128 and 256, and the single sequence; the bound so compiled
+# too. If the -graphs rows win, the train step can take these compiler options on a GPU (rnn_jax.train)
+if [[ " $STAGES " == *" graphs "* ]]; then
+    graph_sizes=(--config 64,256,32,128,32 --config 128,512,64,256,64 --config 1,1000,1,32,1)
+    [[ "$PRESET" == gpu ]] || graph_sizes=(--preset "$PRESET")
+    timeout 220 $PY -m rnn_jax bench "${graph_sizes[@]}" --repeats 9 --impl rnn-jax-fast --impl rnn-jax-fast-graphs \
+        --impl rnn-jax-fast-graphs-unrolled --impl torch --impl lower-bound --impl lower-bound-graphs \
+        --json "$OUT/bench-graphs.json" 2>&1 | tee "$OUT/bench-graphs.log"
 fi
 
 # the gated cells' hand-written backward passes (backward="bptt") against autodiff and cuDNN, both cells in 300 s

@@ -32,6 +32,10 @@ The implementations (`default_implementations`):
                     rate (train);
   lower-bound-Ndev  the same with each chain on [B / N, H] slices, one per device (with several devices).
 
+On a GPU, ``--impl`` can also pick ``rnn-jax-fast-graphs``, ``rnn-jax-fast-graphs-unrolled`` and
+``lower-bound-graphs``: the same computations compiled with `GPU_COMMAND_BUFFERS` (or
+`GPU_COMMAND_BUFFERS_UNROLLED`), so that a scan's loop runs as CUDA graphs instead of kernel launches from the host.
+
 The ``long`` preset (T = 1000, 10000, 100000) times `long_implementations` instead: the autodiff
 and fast paths, the autodiff path with ``remat`` every 100 steps and every ceil(sqrt(T)) steps, and
 the lower bound.
@@ -105,6 +109,22 @@ MATMUL_PRECISION = "highest"  # full float32 products: no TensorFloat-32 on GPUs
 BF16_RTOL = 5e-2  # bfloat16 keeps 8 bits of mantissa: its first step agrees with float32's to a few per cent
 
 LEARNING_RATE = 1e-3
+
+# XLA:GPU records runs of kernels as CUDA graphs ("command buffers") to save their launch costs, but by default not
+# a while loop: each iteration of a `lax.scan` is launched from the host, kernel by kernel (about 6 us a step on
+# one H200, README "On a GPU"). These compiler options add while loops and conditionals to what XLA records (the
+# whole scan one graph with a conditional loop node; every type XLA records by default is listed too, since the
+# option replaces the list) down to one-kernel graphs; the `_UNROLLED` form also flattens a loop of known trip
+# count into the graph. They apply to one compilation (``.compile(compiler_options=...)``), so the harness times
+# them beside the default in one process; elsewhere than on a GPU XLA accepts and ignores them.
+GPU_COMMAND_BUFFERS: dict[str, str | int | bool] = {
+    "xla_gpu_enable_command_buffer": "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,DYNAMIC_SLICE_FUSION,CONDITIONAL,WHILE",
+    "xla_gpu_graph_min_graph_size": 1,
+}
+GPU_COMMAND_BUFFERS_UNROLLED: dict[str, str | int | bool] = {
+    **GPU_COMMAND_BUFFERS,
+    "xla_gpu_command_buffer_unroll_loops": True,
+}
 CLIP_NORM = 1.0
 
 
@@ -244,6 +264,7 @@ def rnn_jax_implementation(
     devices: int = 1,
     rtol: float | None = None,
     kernel_options: fused.KernelOptions | None = None,
+    compiler_options: Mapping[str, str | int | bool] | None = None,
     **model_options,
 ) -> Implementation:
     """rnn-jax's own train step (`rnn_jax.train.make_train_step`) with these `ModelConfig` options.
@@ -251,7 +272,8 @@ def rnn_jax_implementation(
     With ``devices`` > 1 the batch is split along B over that many devices (`rnn_jax.distributed`:
     parameters and optimizer state replicated, the jitted step unchanged apart from its shardings);
     ``rtol`` is its own agreement tolerance (None: the run's); ``kernel_options``: the fused kernels' options
-    (`rnn_jax.fused.kernel_options`) while it compiles.
+    (`rnn_jax.fused.kernel_options`) while it compiles; ``compiler_options``: XLA options for the compilation of
+    the forward pass and the train step (`GPU_COMMAND_BUFFERS`: on a GPU only).
     """
 
     def prepare(problem: Problem) -> Prepared:
@@ -278,6 +300,7 @@ def rnn_jax_implementation(
                     f"the fused kernel keeps W_s on chip: H <= {fused.max_hidden(cell)} for {shape.cell}, got {shape.H}"
                 )
         _check_devices(devices, shape)
+        _check_command_buffers(compiler_options)
         config = Config(
             model=ModelConfig(model=shape.cell, hidden=shape.H, **model_options),
             task=TaskConfig(seq_len=shape.T, batch_size=shape.B),
@@ -298,7 +321,7 @@ def rnn_jax_implementation(
 
         forward = jax.jit(functools.partial(train.forward, config.model, task))
         start = time.perf_counter()
-        forward_c = forward.lower(params, batch).compile()
+        forward_c = forward.lower(params, batch).compile(compiler_options)
         forward_s = time.perf_counter() - start
 
         step = train.make_train_step(config, task, optimizer, mesh)
@@ -306,7 +329,7 @@ def rnn_jax_implementation(
         if mesh is not None:
             state = distributed.replicate(state, mesh)
         start = time.perf_counter()
-        step_c = step.lower(state, batch).compile()
+        step_c = step.lower(state, batch).compile(compiler_options)
         step_s = time.perf_counter() - start
         holder = [jax.tree.map(jnp.copy, state)]
 
@@ -322,6 +345,15 @@ def rnn_jax_implementation(
         )
 
     return Implementation(name, prepare, rtol=rtol, devices=devices)
+
+
+def _check_command_buffers(compiler_options: Mapping[str, Any] | None) -> None:
+    """Raises `Unavailable` for XLA:GPU's command-buffer options (`GPU_COMMAND_BUFFERS`) off a GPU, where XLA
+    ignores them and the implementation would time its plain twin again."""
+    if compiler_options and jax.default_backend() != "gpu":
+        raise Unavailable(
+            f"XLA:GPU command buffers (CUDA graphs): on {jax.default_backend()} these compiler options do nothing"
+        )
 
 
 class _RegressionTask:
@@ -587,12 +619,15 @@ def torch_implementation() -> Implementation:
 # ------------------------------------------------------------------ the lower bound
 
 
-def lower_bound_implementation(devices: int = 1) -> Implementation:
+def lower_bound_implementation(
+    devices: int = 1, compiler_options: Mapping[str, str | int | bool] | None = None
+) -> Implementation:
     """The measured floor: T dependent [B, H] @ [H, G H] products (forward); twice that plus the weight gradients
     (train), for a cell with G gate blocks (Elman 1, GRU 3, LSTM 4). With ``devices`` > 1
     ("lower-bound-Ndev"), the chains run on [B / N, H] slices, one per device (`jax.shard_map`),
     the floor of a data-parallel step: on a CPU, XLA runs each small product on one core, so N
-    devices are how those products use N cores.
+    devices are how those products use N cores. With ``compiler_options`` (`GPU_COMMAND_BUFFERS`, on a GPU:
+    "lower-bound-graphs") the chains' loops run as CUDA graphs, the floor of the implementations so compiled.
 
     A recurrent network's step t cannot start before step t - 1 ends, in either direction, so no
     implementation of the forward pass beats the chain of T state products, and no train step
@@ -608,6 +643,7 @@ def lower_bound_implementation(devices: int = 1) -> Implementation:
     def prepare(problem: Problem) -> Prepared:
         s = problem.shape
         _check_devices(devices, s)
+        _check_command_buffers(compiler_options)
         rows = s.B // devices  # the batch rows of one device's chain
         gates = torch_layout.GATE_BLOCKS[s.cell]
         q = jnp.asarray(np.linalg.qr(np.random.default_rng(0).normal(size=(s.H, s.H)))[0], jnp.float32)
@@ -644,10 +680,10 @@ def lower_bound_implementation(devices: int = 1) -> Implementation:
             s0, squares = distributed.shard((s0, squares), mesh, axis=0)
 
         start = time.perf_counter()
-        forward_c = jax.jit(forward_floor).lower(s0, w).compile()
+        forward_c = jax.jit(forward_floor).lower(s0, w).compile(compiler_options)
         forward_s = time.perf_counter() - start
         start = time.perf_counter()
-        train_c = jax.jit(train_floor).lower(s0, w, squares).compile()
+        train_c = jax.jit(train_floor).lower(s0, w, squares).compile(compiler_options)
         train_s = time.perf_counter() - start
 
         return Prepared(
@@ -658,7 +694,7 @@ def lower_bound_implementation(devices: int = 1) -> Implementation:
         )
 
     name = "lower-bound" if devices == 1 else f"lower-bound-{devices}dev"
-    return Implementation(name, prepare, devices=devices)
+    return Implementation(f"{name}-graphs" if compiler_options else name, prepare, devices=devices)
 
 
 def _check_devices(devices: int, shape: Shape) -> None:
@@ -729,9 +765,14 @@ NAMED_IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {
     "rnn-jax-bf16": lambda: rnn_jax_implementation("rnn-jax-bf16", rtol=BF16_RTOL, precision="bfloat16"),
     "rnn-jax-remat-100": lambda: rnn_jax_implementation("rnn-jax-remat-100", backward="autodiff", remat="100"),
     "rnn-jax-remat-sqrt": lambda: rnn_jax_implementation("rnn-jax-remat-sqrt", backward="autodiff", remat="sqrt"),
+    "rnn-jax-fast-graphs": lambda: rnn_jax_implementation(
+        "rnn-jax-fast-graphs", backward="fast", compiler_options=GPU_COMMAND_BUFFERS),
+    "rnn-jax-fast-graphs-unrolled": lambda: rnn_jax_implementation(
+        "rnn-jax-fast-graphs-unrolled", backward="fast", compiler_options=GPU_COMMAND_BUFFERS_UNROLLED),
     "flax": flax_implementation,
     "torch": torch_implementation,
     "lower-bound": lower_bound_implementation,
+    "lower-bound-graphs": lambda: lower_bound_implementation(compiler_options=GPU_COMMAND_BUFFERS),
 }  # fmt: skip
 
 
@@ -971,7 +1012,7 @@ def format_table(result: BenchResult, fast: str | None = None, bound: str = "low
     return "\n".join(lines)
 
 
-IMPL_WIDTH = 26  # the table's implementation column: the longest name, rnn-jax-autodiff-in-step, and a space
+IMPL_WIDTH = 30  # the table's implementation column: the longest name, rnn-jax-fast-graphs-unrolled, and a space
 
 
 def _family(impl: str) -> str:

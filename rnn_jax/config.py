@@ -290,8 +290,9 @@ class BenchConfig:
         "time only this implementation (repeatable; the first is the agreement check's reference): "
         "rnn-jax-{autodiff,fast}[-in-step|-hoisted] (the input/read-out projections inside each scan step or "
         "hoisted out of it; neither suffix: by backend), rnn-jax-bptt (the hand-derived custom VJP), rnn-jax-bf16, "
-        "rnn-jax-remat-{100,sqrt}, rnn-jax-fused[-per-step|-4warps] (GPU), flax, torch, lower-bound, and with "
-        "N devices rnn-jax-fast-Ndev, lower-bound-Ndev. Default: the preset's",
+        "rnn-jax-remat-{100,sqrt}, rnn-jax-fused[-per-step|-4warps] (GPU), rnn-jax-fast-graphs[-unrolled] and "
+        "lower-bound-graphs (GPU: the scan's loop as CUDA graphs, XLA's command buffers), flax, torch, lower-bound, "
+        "and with N devices rnn-jax-fast-Ndev, lower-bound-Ndev. Default: the preset's",
         metavar="NAME",
         default=(),
     )

@@ -119,6 +119,57 @@ def test_an_implementation_that_fails_is_reported_and_the_others_are_timed(stand
     assert "error: these implementations failed (the others were timed): ['broken']" in capsys.readouterr().out
 
 
+GRAPH_VARIANTS = ["rnn-jax-fast-graphs", "rnn-jax-fast-graphs-unrolled", "lower-bound-graphs"]
+
+
+@pytest.mark.parametrize("name", GRAPH_VARIANTS)
+def test_command_buffer_variants_run_only_on_a_gpu(name, standard_promotion):
+    """The CUDA-graph variants compile on a GPU; elsewhere XLA would ignore their options, so the harness skips
+    them, saying so, rather than time their plain twins under another name."""
+    (impl,) = bench.named_implementations([name])
+    problem = bench._problem(TINY, seed=0)
+    if jax.default_backend() == "gpu":
+        assert impl.prepare(problem) is not None
+    else:
+        with pytest.raises(bench.Unavailable, match="command buffers .* do nothing"):
+            impl.prepare(problem)
+
+
+@pytest.mark.parametrize("options", [bench.GPU_COMMAND_BUFFERS, bench.GPU_COMMAND_BUFFERS_UNROLLED])
+def test_command_buffer_options_are_ones_this_xla_knows(options):
+    """XLA checks option names and values when it compiles, on every backend: these compile a scan here, and a
+    misspelt command type is refused (so the options are not silently dropped)."""
+    scan = jax.jit(lambda s: jax.lax.scan(lambda c, _: (jnp.tanh(c @ c.T @ c), None), s, None, length=3)[0])
+    x = jnp.eye(2, dtype=jnp.float32)
+    np.testing.assert_array_equal(scan.lower(x).compile(dict(options))(x), scan(x))
+    with pytest.raises(Exception, match="not a valid enum value"):
+        scan.lower(x).compile({**options, "xla_gpu_enable_command_buffer": "FUSION,WHILE_LOOPS"})
+
+
+def test_command_buffer_variants_pass_their_options_to_every_compilation(standard_promotion, monkeypatch):
+    """With the GPU check lifted on this backend (where XLA ignores them), each variant compiles its forward pass
+    and its train step (the bound: its two chains) with its options, and computes what its plain twin does."""
+    seen = []
+    compile_lowered = jax.stages.Lowered.compile
+
+    def recording(self, compiler_options=None, **kwargs):
+        seen.append(compiler_options)
+        return compile_lowered(self, compiler_options, **kwargs)
+
+    monkeypatch.setattr(jax.stages.Lowered, "compile", recording)
+    monkeypatch.setattr(bench, "_check_command_buffers", lambda options: None)
+    problem = bench._problem(TINY, seed=0)
+    for name, options in zip(GRAPH_VARIANTS, [bench.GPU_COMMAND_BUFFERS, bench.GPU_COMMAND_BUFFERS_UNROLLED,
+                                              bench.GPU_COMMAND_BUFFERS], strict=True):  # fmt: skip
+        seen.clear()
+        (impl,) = bench.named_implementations([name])
+        prepared = impl.prepare(problem)
+        assert [o for o in seen if o is not None] == [options, options], name
+        if prepared.first_step is not None:
+            (plain,) = bench.named_implementations(["rnn-jax-fast"])
+            assert prepared.first_step[0] == plain.prepare(problem).first_step[0]
+
+
 def test_the_harness_times_full_float32_products_whatever_the_callers_precision(standard_promotion):
     seen = []
 
