@@ -15,9 +15,9 @@ F is the cell's transition (Elman, LSTM or GRU; for the LSTM the carry is (h, c)
 m is the recurrent dropout mask that multiplies h_{t-1} where it enters the recurrent product, and
 the backward direction starts at each sequence's own last valid step T_b, not at the padded end T.
 Past T_b the states are frozen and h^l_t, o^l_t and y_t are zero, as in `rnn_jax.unroll.unroll`.
-Each direction is run by `rnn_jax.unroll.scan`, so the masking is the one `unroll` uses; the
-backward direction reverses each sequence within its length, runs the same masked scan, and
-reverses back.
+Each direction is run by `rnn_jax.unroll.scan_in_dtype`, so the masking, the rematerialisation
+(``remat``) and the mixed precision (``compute_dtype``) are the ones `unroll` uses; the backward
+direction reverses each sequence within its length, runs the same masked scan, and reverses back.
 
 Dropout (inverted: kept units are scaled by 1 / (1 - p)) is active only when a ``key`` is given:
 ``drop`` zeroes each unit with probability ``dropout``, with a fresh mask at every step, or with one
@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from rnn_jax import _checks, cells, initializers
 from rnn_jax.cells import _common
-from rnn_jax.unroll import _resolve_mask, scan
+from rnn_jax.unroll import Remat, _resolve_mask, check_compute_dtype, remat_chunk, scan_in_dtype
 
 
 class Layer(NamedTuple):
@@ -198,14 +198,15 @@ def reverse_within_lengths(a: jax.Array, lengths: jax.Array | None) -> jax.Array
     return a[source, rows]
 
 
-def _run_direction(cell, params, xs, mask, initial, recurrent_mask, activation, unroll):
-    """One direction of one layer over [T, B, width]: (h_t [T, B, H] zero past each end, final carry)."""
+def _run_direction(cell, params, xs, mask, initial, recurrent_mask, activation, unroll, remat, compute_dtype):
+    """One direction of one layer over [T, B, width]: (h_t [T, B, H] zero past each end, final carry), both in
+    the parameters' dtype (computed in ``compute_dtype`` when one is given; the recurrent mask is in it)."""
 
-    def cell_step(carry, x_t):
+    def cell_step(params, carry, x_t):
         new = cell.transition(params, carry, x_t, activation=activation, recurrent_mask=recurrent_mask)
         return new, cell.hidden(new)
 
-    outputs, _, final = scan(cell_step, initial, xs, mask, unroll)
+    outputs, _, final = scan_in_dtype(cell_step, params, initial, xs, mask, unroll, remat, compute_dtype)
     return outputs, final
 
 
@@ -222,6 +223,8 @@ def apply(
     variational: bool = False,
     residual: bool = False,
     unroll: int = 1,
+    remat: Remat = None,
+    compute_dtype: jnp.dtype | None = None,
     time_major: bool = True,
 ) -> DeepOutputs:
     """Runs the deep network of the module docstring over a batch of sequences.
@@ -241,6 +244,13 @@ def apply(
       variational: one input/output dropout mask per sequence for all steps, instead of one per step.
       residual: add each layer's input to its output for layers 2 .. L (their widths are both dirs*H).
       unroll: scan's unroll factor (time steps per loop iteration), >= 1.
+      remat: rematerialisation of every direction's scan, as in `rnn_jax.unroll.unroll`: None (keep every
+        step's intermediates), k (keep the carry every k steps, recompute the chunks in the backward pass)
+        or "sqrt"; the same values and gradients.
+      compute_dtype: mixed precision, as in `rnn_jax.unroll.unroll`: every direction's scan (and its
+        backward pass) runs in this dtype (e.g. ``jnp.bfloat16``, the recurrent dropout masks too), while
+        the parameters, the layers' outputs between the scans, the read-out and the outputs stay in the
+        parameters' dtype. None: the parameters' dtype throughout.
       time_major: False when ``xs`` is batch-first; ``outputs`` and ``top`` are then batch-first too.
 
     Returns:
@@ -255,6 +265,8 @@ def apply(
     dropout = check_rate("dropout", dropout)
     recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
     unroll = _checks.positive_int("unroll", unroll)
+    remat_chunk(remat, 1)  # checks the option
+    check_compute_dtype(compute_dtype)
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)
     num_steps, batch, width = xs.shape
@@ -277,20 +289,21 @@ def apply(
         a = _drop(keys[0], inputs, dropout, variational)
         hidden_size = layer.forward.w_s.shape[0]
 
-        def recurrent_mask(k, hidden_size=hidden_size, dtype=a.dtype):
+        def recurrent_mask(k, hidden_size=hidden_size, dtype=a.dtype if compute_dtype is None else compute_dtype):
             if k is None or recurrent_dropout == 0:
                 return None
             return dropout_mask(k, recurrent_dropout, (batch, hidden_size), dtype)
 
         h_f, final_f = _run_direction(
             cell, layer.forward, a, mask, start(index, "forward", layer.forward), recurrent_mask(keys[1]),
-            activation, unroll,
+            activation, unroll, remat, compute_dtype,
         )  # fmt: skip
         final_b = None
         if layer.backward is not None:
             h_b, final_b = _run_direction(
                 cell, layer.backward, reverse_within_lengths(a, lengths), mask,
-                start(index, "backward", layer.backward), recurrent_mask(keys[2]), activation, unroll,
+                start(index, "backward", layer.backward), recurrent_mask(keys[2]), activation, unroll, remat,
+                compute_dtype,
             )  # fmt: skip
             h = jnp.concatenate([h_f, reverse_within_lengths(h_b, lengths)], axis=-1)
         else:

@@ -151,8 +151,9 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
 
     Raises:
       ValueError: for a bad ``remat`` text (here, before anything is traced), a bad layer count or dropout
-        rate, ``residual`` without a second layer, ``backward="bptt"`` or ``"fused"`` with a deep network, or a
-        bidirectional network on a next-step prediction task (its backward direction would see the target).
+        rate, ``residual`` without a second layer, ``backward="bptt"`` or ``"fused"`` or ``projections`` other
+        than "auto" with a deep network, or a bidirectional network on a next-step prediction task (its backward
+        direction would see the target). A deep network takes ``remat`` and ``precision`` (`rnn_jax.deep.apply`).
     """
     remat_chunk(config.remat, 1)
     resolve_projections(config.projections, config.remat is None and config.precision == "float32")
@@ -167,11 +168,11 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
         )
     deep.check_rate("dropout", config.dropout)
     deep.check_rate("recurrent_dropout", config.recurrent_dropout)
-    if config.remat is not None or config.precision != "float32" or config.projections != "auto":
+    if config.projections != "auto":
         raise ValueError(
-            "remat, precision, projections: rematerialisation, mixed precision and the choice of projections are "
-            "options of the single-layer unroll; the deep options (layers, bidirectional, residual, dropout, "
-            "recurrent_dropout, learn_initial_state) do not take them yet"
+            f"projections: the choice of projections is an option of the single-layer unroll; the deep options "
+            f"(layers, bidirectional, residual, dropout, recurrent_dropout, learn_initial_state) run every layer's "
+            f"products in the step; use 'auto', got {config.projections!r}"
         )
     if config.backward in ("bptt", "fused"):
         raise ValueError(
@@ -184,6 +185,11 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
             f"read (it leaks the future); bidirectional networks fit the tasks that read a whole sequence first "
             f"(adding, temporal_order, japanese-vowels)"
         )
+
+
+def _compute_dtype(config: ModelConfig) -> jnp.dtype | None:
+    """The unroll's compute dtype for ``config.precision`` (None: the parameters' own)."""
+    return None if config.precision == "float32" else DTYPES[config.precision]
 
 
 def forward(
@@ -203,7 +209,7 @@ def forward(
             params, tasks.features(task, batch.inputs, DTYPES[config.dtype]), cell=config.model,
             activation=config.activation, lengths=batch.lengths, key=key, dropout=config.dropout,
             recurrent_dropout=config.recurrent_dropout, variational=config.variational_dropout,
-            residual=config.residual, unroll=config.unroll,
+            residual=config.residual, unroll=config.unroll, remat=config.remat, compute_dtype=_compute_dtype(config),
         ).outputs  # fmt: skip
     run = unroll(
         params,
@@ -214,7 +220,7 @@ def forward(
         backward=config.backward,
         cell=cells.get(config.model),
         remat=config.remat,
-        compute_dtype=None if config.precision == "float32" else DTYPES[config.precision],
+        compute_dtype=_compute_dtype(config),
         projections=config.projections,
     )
     return run.outputs

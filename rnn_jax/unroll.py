@@ -125,6 +125,12 @@ def remat_chunk(remat: Remat, num_steps: int) -> int | None:
     return int(remat)
 
 
+def check_compute_dtype(compute_dtype) -> None:
+    """Refuses a mixed-precision ``compute_dtype`` that is neither None nor a floating dtype (TypeError)."""
+    if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
+        raise TypeError(f"compute_dtype: expected a floating dtype or None, got {compute_dtype!r}")
+
+
 def _plain_scan(cell_step, initial_state, xs, mask, unroll):
     if mask is None:
 
@@ -193,6 +199,34 @@ def scan(
     if chunk is None or xs.shape[0] == 0:
         return _plain_scan(cell_step, initial_state, xs, mask, unroll)
     return _remat_scan(cell_step, initial_state, xs, mask, unroll, chunk)
+
+
+def scan_in_dtype(
+    step: Callable,
+    params,
+    initial_state,
+    xs: jax.Array,
+    mask: jax.Array | None,
+    unroll: int = 1,
+    remat: Remat = None,
+    compute_dtype: jnp.dtype | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`scan` of ``step(params, carry, x_t) -> (carry, y_t)``, run in ``compute_dtype`` (mixed precision).
+
+    The parameters are cast inside each step, so their cotangents arrive, and are summed over time, in
+    the parameters' own dtype; ``xs`` and the initial state are cast once before the scan, and the
+    outputs, states and final state are cast back to the parameters' dtype (that of ``params.w_s``).
+    ``compute_dtype=None`` is `scan` of ``step`` with ``params`` unchanged.
+    """
+    if compute_dtype is None:
+        return scan(functools.partial(step, params), initial_state, xs, mask, unroll, remat)
+    cast = functools.partial(jax.tree.map, lambda a: a.astype(compute_dtype))
+
+    def step_in_dtype(carry, x_t):
+        return step(cast(params), carry, x_t)
+
+    run = scan(step_in_dtype, cast(initial_state), xs.astype(compute_dtype), mask, unroll, remat)
+    return jax.tree.map(lambda a: a.astype(params.w_s.dtype), run)
 
 
 Projections = Literal["auto", "in_step", "hoisted"]
@@ -402,8 +436,7 @@ def unroll(
         jax.tree.map(functools.partial(_checks.finite, "initial_state"), initial_state)
     mask = _resolve_mask(mask, lengths, num_steps, batch)
     remat_chunk(remat, num_steps)  # checks the option
-    if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
-        raise TypeError(f"compute_dtype: expected a floating dtype or None, got {compute_dtype!r}")
+    check_compute_dtype(compute_dtype)
     plain = remat is None and compute_dtype is None
     hoist = resolve_projections(projections, plain)
     if backward == "fast":
@@ -453,18 +486,9 @@ def unroll(
         outputs, states, final = fused.SCANS[cell](params, xs, initial_state, mask, activation)
     elif backward == "autodiff" and hoist:
         outputs, states, final = hoisted_scan(cell, params, initial_state, xs, mask, activation, unroll)
-    elif backward == "autodiff" and compute_dtype is None:
-        cell_step = functools.partial(cell.step, params, activation=activation)
-        outputs, states, final = scan(cell_step, initial_state, xs, mask, unroll, remat)
     elif backward == "autodiff":
-        dtype = params.w_x.dtype
-
-        def cell_step(carry, x_t):  # the cast inside the step: the parameters' cotangents are summed in their dtype
-            return cell.step(jax.tree.map(lambda p: p.astype(compute_dtype), params), carry, x_t, activation=activation)
-
-        cast = functools.partial(jax.tree.map, lambda a: a.astype(compute_dtype))
-        outputs, states, final = scan(cell_step, cast(initial_state), xs.astype(compute_dtype), mask, unroll, remat)
-        outputs, states, final = jax.tree.map(lambda a: a.astype(dtype), (outputs, states, final))
+        cell_step = functools.partial(cell.step, activation=activation)
+        outputs, states, final = scan_in_dtype(cell_step, params, initial_state, xs, mask, unroll, remat, compute_dtype)
     else:
         raise ValueError(f"backward: expected 'autodiff', 'bptt', 'fused' or 'fast', got {backward!r}")
     if not time_major:
