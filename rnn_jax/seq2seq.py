@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import _checks, cells, initializers, losses
-from rnn_jax.unroll import scan, sequence_mask
+from rnn_jax.unroll import Remat, check_compute_dtype, remat_chunk, scan_in_dtype, sequence_mask
 
 PAD, GO, END = 0, 1, 2  # token ids: <pad> in both vocabularies; <go> and <end> in the target vocabulary
 
@@ -174,6 +174,8 @@ def encode(
     *,
     activation: str | Callable[[jax.Array], jax.Array] = "tanh",
     unroll: int = 1,
+    remat: Remat = None,
+    compute_dtype: jnp.dtype | None = None,
 ) -> Any:
     """The encoder's final state s_{S_b}: each sequence's state at its own last source token.
 
@@ -183,6 +185,8 @@ def encode(
       source_lengths: [B] int in [1, S].
       activation: phi of the cell.
       unroll: scan's unroll factor.
+      remat, compute_dtype: rematerialisation and mixed precision of the scan, as in `rnn_jax.unroll.unroll`
+        (the embeddings are looked up in the parameters' dtype and cast; the state comes back in it).
 
     Returns:
       The cell's carry ([B, H], or an ``LSTMState`` of two [B, H]).
@@ -191,13 +195,19 @@ def encode(
     _check_tokens("source", source, params.source_embedding.shape[0], "S, B")
     num_steps, batch = source.shape
     _check_lengths("source_lengths", source_lengths, num_steps, batch)
+    _check_scan_options(remat, compute_dtype)
     xs = jnp.take(params.source_embedding, source, axis=0)  # [S, B, E]
-    step = functools.partial(cell.step, params.encoder, activation=activation)
+    step = functools.partial(cell.step, activation=activation)
     initial = cell.initial_state(params.encoder, batch)
-    _, _, final = scan(
-        step, initial, xs, sequence_mask(source_lengths, num_steps), _checks.positive_int("unroll", unroll)
-    )
+    mask = sequence_mask(source_lengths, num_steps)
+    unroll = _checks.positive_int("unroll", unroll)
+    _, _, final = scan_in_dtype(step, params.encoder, initial, xs, mask, unroll, remat, compute_dtype)
     return final
+
+
+def _check_scan_options(remat: Remat, compute_dtype: jnp.dtype | None) -> None:
+    remat_chunk(remat, 1)
+    check_compute_dtype(compute_dtype)
 
 
 def decoder_inputs(target: jax.Array) -> jax.Array:
@@ -213,6 +223,8 @@ def teacher_forced(
     *,
     activation: str | Callable[[jax.Array], jax.Array] = "tanh",
     unroll: int = 1,
+    remat: Remat = None,
+    compute_dtype: jnp.dtype | None = None,
 ) -> jax.Array:
     """The decoder's logits with teacher forcing: step t is fed the true token d_{t-1} (d_0 = <go>).
 
@@ -222,17 +234,20 @@ def teacher_forced(
       target: [T, B] int target tokens (the last valid one END, PAD past it).
       activation: phi of both cells.
       unroll: scan's unroll factor.
+      remat, compute_dtype: rematerialisation and mixed precision of both scans, as in `rnn_jax.unroll.unroll`.
 
     Returns:
-      y, [T, B, V_t] logits (every step; padded steps are computed too and the loss ignores them).
+      y, [T, B, V_t] logits in the parameters' dtype (every step; padded steps are computed too and the loss
+      ignores them).
     """
     cell = cell_of(params)
     _check_tokens("target", target, params.target_embedding.shape[0], "T, B")
     _checks.dim("target", target, 1, source.shape[1], "the batch size B of source")
-    state = encode(params, source, source_lengths, activation=activation, unroll=unroll)
+    options = {"unroll": unroll, "remat": remat, "compute_dtype": compute_dtype}
+    state = encode(params, source, source_lengths, activation=activation, **options)
     xs = jnp.take(params.target_embedding, decoder_inputs(target), axis=0)  # [T, B, E]
-    step = functools.partial(cell.step, params.decoder, activation=activation)
-    logits, _, _ = scan(step, state, xs, None, unroll)
+    step = functools.partial(cell.step, activation=activation)
+    logits, _, _ = scan_in_dtype(step, params.decoder, state, xs, None, **options)
     return logits
 
 
@@ -299,11 +314,12 @@ def loss(
     *,
     activation: str | Callable[[jax.Array], jax.Array] = "tanh",
     unroll: int = 1,
+    remat: Remat = None,
+    compute_dtype: jnp.dtype | None = None,
 ) -> jax.Array:
-    """The training loss: `sequence_loss` of the `teacher_forced` logits on ``batch``."""
-    logits = teacher_forced(
-        params, batch.source, batch.source_lengths, batch.target, activation=activation, unroll=unroll
-    )
+    """The training loss: `sequence_loss` of the `teacher_forced` logits on ``batch`` (options as there)."""
+    options = {"activation": activation, "unroll": unroll, "remat": remat, "compute_dtype": compute_dtype}
+    logits = teacher_forced(params, batch.source, batch.source_lengths, batch.target, **options)
     return sequence_loss(logits, batch.target, batch.target_lengths)
 
 
@@ -338,11 +354,14 @@ def evaluate(
     *,
     activation: str | Callable[[jax.Array], jax.Array] = "tanh",
     unroll: int = 1,
+    remat: Remat = None,
+    compute_dtype: jnp.dtype | None = None,
 ) -> dict[str, jax.Array]:
-    """The teacher-forced loss, and token accuracy and exact match of greedy decoding for T steps."""
+    """The teacher-forced loss (with the options of `loss`), and token accuracy and exact match of greedy
+    decoding for T steps (in the parameters' dtype)."""
     decoded = greedy_decode(params, batch.source, batch.source_lengths, batch.target.shape[0], activation=activation)
     return {
-        "loss": loss(params, batch, activation=activation, unroll=unroll),
+        "loss": loss(params, batch, activation=activation, unroll=unroll, remat=remat, compute_dtype=compute_dtype),
         **sequence_metrics(decoded.tokens, batch.target, batch.target_lengths),
     }
 

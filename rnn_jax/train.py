@@ -84,19 +84,35 @@ def is_seq2seq(task: tasks.Task) -> bool:
     return getattr(task, "seq2seq", False) is True
 
 
+def _compute_dtype(config: ModelConfig) -> jnp.dtype | None:
+    """The unroll's compute dtype for ``config.precision`` (None: the parameters' own).
+
+    Raises:
+      ValueError: for mixed precision with parameters other than float32.
+    """
+    if config.precision == "float32":
+        return None
+    if config.dtype != "float32":
+        raise ValueError(f"precision: {config.precision!r} keeps float32 parameters; needs dtype float32, "
+                         f"got {config.dtype!r}")  # fmt: skip
+    return DTYPES[config.precision]
+
+
 def _seq2seq_options(config: ModelConfig) -> dict[str, Any]:
     if config.backward in ("bptt", "fused"):
         raise ValueError("backward: the encoder-decoder is differentiated by autodiff; use 'fast' or 'autodiff'")
-    if config.remat is not None or config.precision != "float32" or config.projections != "auto":
+    if config.projections != "auto":
         raise ValueError(
-            "remat, precision, projections: options of the single-layer unroll; the encoder-decoder does not take them"
+            f"projections: the choice of projections is an option of the single-layer unroll; the encoder-decoder "
+            f"computes its products in the step; use 'auto', got {config.projections!r}"
         )
     if config.is_deep:
         raise ValueError(
             "layers, bidirectional, residual, dropout, recurrent_dropout, learn_initial_state: the encoder-decoder "
             "(numbers task) has one layer of each cell; leave these options at their defaults"
         )
-    return {"activation": config.activation, "unroll": config.unroll}
+    return {"activation": config.activation, "unroll": config.unroll, "remat": config.remat,
+            "compute_dtype": _compute_dtype(config)}  # fmt: skip
 
 
 def _shard_batch(task: tasks.Task, batch, mesh, replicate_uneven: bool = False):
@@ -187,11 +203,6 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
         )
 
 
-def _compute_dtype(config: ModelConfig) -> jnp.dtype | None:
-    """The unroll's compute dtype for ``config.precision`` (None: the parameters' own)."""
-    return None if config.precision == "float32" else DTYPES[config.precision]
-
-
 def forward(
     config: ModelConfig, task: tasks.Task, params: Any, batch: tasks.Batch, key: jax.Array | None = None
 ) -> jax.Array:
@@ -201,15 +212,13 @@ def forward(
     ``config.remat`` and ``config.precision`` select rematerialisation and mixed precision
     (`rnn_jax.unroll.unroll`'s ``remat`` and ``compute_dtype``); the outputs are in ``config.dtype``.
     """
-    if config.precision != "float32" and config.dtype != "float32":
-        raise ValueError(f"precision: {config.precision!r} keeps float32 parameters; needs dtype float32, "
-                         f"got {config.dtype!r}")  # fmt: skip
+    compute_dtype = _compute_dtype(config)
     if config.is_deep:
         return deep.apply(
             params, tasks.features(task, batch.inputs, DTYPES[config.dtype]), cell=config.model,
             activation=config.activation, lengths=batch.lengths, key=key, dropout=config.dropout,
             recurrent_dropout=config.recurrent_dropout, variational=config.variational_dropout,
-            residual=config.residual, unroll=config.unroll, remat=config.remat, compute_dtype=_compute_dtype(config),
+            residual=config.residual, unroll=config.unroll, remat=config.remat, compute_dtype=compute_dtype,
         ).outputs  # fmt: skip
     run = unroll(
         params,
@@ -220,7 +229,7 @@ def forward(
         backward=config.backward,
         cell=cells.get(config.model),
         remat=config.remat,
-        compute_dtype=_compute_dtype(config),
+        compute_dtype=compute_dtype,
         projections=config.projections,
     )
     return run.outputs

@@ -34,3 +34,21 @@ def standard_promotion():
     """
     with jax.numpy_dtype_promotion("standard"):
         yield
+
+
+@pytest.fixture
+def record_scan_options(monkeypatch):
+    """``record(module, name)`` wraps ``module.name`` for the test so that every call appends its ``(remat,
+    compute_dtype)`` keyword arguments to the list it returns (to check that options reach a model)."""
+
+    def record(module, name: str) -> list:
+        calls, original = [], getattr(module, name)
+
+        def spy(*args, **kwargs):
+            calls.append((kwargs["remat"], kwargs["compute_dtype"]))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, spy)
+        return calls
+
+    return record

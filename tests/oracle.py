@@ -99,3 +99,12 @@ def gru_loop(params, xs, activation="tanh", h0=None, lengths=None):
         states.append(h.copy())
         outputs.append(y)
     return np.stack(outputs), np.stack(states), h
+
+
+def relative_error(got, want) -> float:
+    """|got - want| / |want| over every leaf of two pytrees of arrays (Euclidean norms of all entries together)."""
+    import jax  # the loops above are NumPy only; this compares pytrees
+
+    pairs = list(zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True))
+    difference = sum(float(np.sum(np.square(np.asarray(g, np.float64) - np.asarray(w, np.float64)))) for g, w in pairs)
+    return float(np.sqrt(difference / sum(float(np.sum(np.square(np.asarray(w, np.float64)))) for _, w in pairs)))

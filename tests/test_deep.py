@@ -18,7 +18,7 @@ from rnn_jax import cells, deep, gradcheck, train
 from rnn_jax.config import Config, GradcheckConfig, ModelConfig, OptimConfig, RunConfig, TaskConfig
 from rnn_jax.interop import saved
 from rnn_jax.unroll import unroll
-from tests.oracle import PHI
+from tests.oracle import PHI, relative_error
 
 CELLS = ["elman", "lstm", "gru"]
 
@@ -315,13 +315,6 @@ def test_deep_remat_shrinks_the_backward_pass_memory(key):
     assert temp_bytes("sqrt") < plain / 2, plain
 
 
-def _relative_error(got, want) -> float:
-    """|got - want| / |want| over every leaf of two pytrees (Euclidean norms of all entries together)."""
-    pairs = list(zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True))
-    difference = sum(float(jnp.sum(jnp.square(g - w))) for g, w in pairs)
-    return float(np.sqrt(difference / sum(float(jnp.sum(jnp.square(w))) for _, w in pairs)))
-
-
 @pytest.mark.slow  # the default stage has the single-layer test of the same scan (tests/test_unroll.py)
 @pytest.mark.parametrize("name", CELLS)
 def test_deep_bfloat16_compute_keeps_float32_values_and_gradients_close_to_float32(key, name):
@@ -336,21 +329,14 @@ def test_deep_bfloat16_compute_keeps_float32_values_and_gradients_close_to_float
     run, grads = fn(name, params, xs, lengths, drop_key, compute_dtype=jnp.bfloat16)
     assert all(a.dtype == jnp.float32 for a in jax.tree.leaves((run, grads)))
     for got, want in ((run, want_run), (grads, want_grads)):
-        assert 0 < _relative_error(got, want) <= 3e-2
+        assert 0 < relative_error(got, want) <= 3e-2
 
 
-def test_deep_model_config_passes_remat_and_precision_to_every_layer(key, monkeypatch):
+def test_deep_model_config_passes_remat_and_precision_to_every_layer(key, record_scan_options):
     """`train.forward` hands --remat and --precision to `deep.apply` (traced only, nothing compiled)."""
     from rnn_jax import tasks
 
-    seen = []
-    apply = deep.apply
-
-    def spy(*args, **kwargs):
-        seen.append((kwargs["remat"], kwargs["compute_dtype"]))
-        return apply(*args, **kwargs)
-
-    monkeypatch.setattr(deep, "apply", spy)
+    seen = record_scan_options(deep, "apply")
     model = ModelConfig(hidden=4, layers=2, remat="sqrt", precision="bfloat16")
     task = tasks.make(TaskConfig(task="adding", seq_len=8))
     params = train.init_params(model, task, key)

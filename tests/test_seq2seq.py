@@ -252,6 +252,39 @@ def test_gradients_match_finite_differences_in_float64(model, key, x64):
     check_grads(loss, (params,), order=1, modes=("rev",), atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("model", [pytest.param(m, marks=[] if m == "lstm" else pytest.mark.slow) for m in CELLS])
+def test_remat_and_bfloat16_apply_to_both_scans(model, key):
+    """remat (k = 2 and sqrt, over the 4 source and 4 target steps) gives the loss and gradients of remat=None
+    in float64 (relative 1e-10); bfloat16 compute keeps float32 logits and gradients within 3% (relative, over
+    all gradients) of float32's, and not equal to them."""
+    value_and_grad = jax.jit(jax.value_and_grad(seq2seq.loss), static_argnames=("remat", "compute_dtype"))
+    with jax.enable_x64(True):
+        _, params, batch = _tiny(model, key)
+        want = value_and_grad(params, batch)
+        for remat in (2, "sqrt"):
+            got = value_and_grad(params, batch, remat=remat)
+            for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12, err_msg=f"remat={remat}")
+    _, params, batch = _tiny(model, key, dtype=jnp.float32)
+    logits = seq2seq.teacher_forced(params, batch.source, batch.source_lengths, batch.target,
+                                    compute_dtype=jnp.bfloat16)  # fmt: skip
+    assert logits.dtype == jnp.float32
+    (value, grads), (want_value, want_grads) = value_and_grad(params, batch, compute_dtype=jnp.bfloat16), \
+        value_and_grad(params, batch)  # fmt: skip
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+    assert abs(float(value) - float(want_value)) <= 3e-2 * abs(float(want_value))
+    assert 0 < oracle.relative_error(grads, want_grads) <= 3e-2
+
+
+def test_training_passes_remat_and_precision_to_the_encoder_decoder(key, record_scan_options):
+    """--remat and --precision reach `seq2seq.loss` from the train step's loss (traced only, nothing compiled)."""
+    seen = record_scan_options(seq2seq, "loss")
+    task, params, batch = _tiny("gru", key, dtype=jnp.float32)
+    model = ModelConfig(model="gru", hidden=5, remat="sqrt", precision="bfloat16")
+    value = jax.eval_shape(lambda p: train.make_loss_fn(model, task)(p, batch), params)
+    assert seen == [("sqrt", jnp.bfloat16)] and value.dtype == jnp.float32
+
+
 def test_sequence_metrics_count_every_token_up_to_the_end():
     target = jnp.array([[3, 4], [2, 5], [PAD, 2]], jnp.int32)  # "0" <end> | "1" "2" <end>
     lengths = jnp.array([2, 3], jnp.int32)
@@ -339,3 +372,7 @@ def test_bad_inputs_get_clear_errors(key):
         train.make_loss_fn(dataclasses.replace(config.model, backward="bptt"), task)
     with pytest.raises(ValueError, match="the encoder-decoder \\(numbers task\\) has one layer of each cell"):
         train.make_loss_fn(dataclasses.replace(config.model, layers=2), task)
+    with pytest.raises(ValueError, match="projections: the choice of projections .* use 'auto', got 'hoisted'"):
+        train.make_loss_fn(dataclasses.replace(config.model, projections="hoisted"), task)
+    with pytest.raises(ValueError, match="precision: 'bfloat16' keeps float32 parameters; needs dtype float32"):
+        train.make_loss_fn(dataclasses.replace(config.model, precision="bfloat16", dtype="float64"), task)
