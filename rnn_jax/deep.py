@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from rnn_jax import _checks, cells, initializers
 from rnn_jax.cells import _common
-from rnn_jax.unroll import Remat, _resolve_mask, check_compute_dtype, remat_chunk, scan_in_dtype
+from rnn_jax.unroll import Remat, _resolve_mask, check_scan_options, scan_in_dtype
 
 
 class Layer(NamedTuple):
@@ -265,8 +265,7 @@ def apply(
     dropout = check_rate("dropout", dropout)
     recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
     unroll = _checks.positive_int("unroll", unroll)
-    remat_chunk(remat, 1)  # checks the option
-    check_compute_dtype(compute_dtype)
+    check_scan_options(remat, compute_dtype)
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)
     num_steps, batch, width = xs.shape

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import _checks, cells, initializers, losses
-from rnn_jax.unroll import Remat, check_compute_dtype, remat_chunk, scan_in_dtype, sequence_mask
+from rnn_jax.unroll import Remat, check_scan_options, scan_in_dtype, sequence_mask
 
 PAD, GO, END = 0, 1, 2  # token ids: <pad> in both vocabularies; <go> and <end> in the target vocabulary
 
@@ -195,7 +195,7 @@ def encode(
     _check_tokens("source", source, params.source_embedding.shape[0], "S, B")
     num_steps, batch = source.shape
     _check_lengths("source_lengths", source_lengths, num_steps, batch)
-    _check_scan_options(remat, compute_dtype)
+    check_scan_options(remat, compute_dtype)
     xs = jnp.take(params.source_embedding, source, axis=0)  # [S, B, E]
     step = functools.partial(cell.step, activation=activation)
     initial = cell.initial_state(params.encoder, batch)
@@ -203,11 +203,6 @@ def encode(
     unroll = _checks.positive_int("unroll", unroll)
     _, _, final = scan_in_dtype(step, params.encoder, initial, xs, mask, unroll, remat, compute_dtype)
     return final
-
-
-def _check_scan_options(remat: Remat, compute_dtype: jnp.dtype | None) -> None:
-    remat_chunk(remat, 1)
-    check_compute_dtype(compute_dtype)
 
 
 def decoder_inputs(target: jax.Array) -> jax.Array:

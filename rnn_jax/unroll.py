@@ -125,8 +125,10 @@ def remat_chunk(remat: Remat, num_steps: int) -> int | None:
     return int(remat)
 
 
-def check_compute_dtype(compute_dtype) -> None:
-    """Refuses a mixed-precision ``compute_dtype`` that is neither None nor a floating dtype (TypeError)."""
+def check_scan_options(remat: Remat, compute_dtype) -> None:
+    """Refuses a ``remat`` that `remat_chunk` does not take (ValueError) or a mixed-precision ``compute_dtype``
+    that is neither None nor a floating dtype (TypeError): the options of `scan_in_dtype`."""
+    remat_chunk(remat, 1)
     if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
         raise TypeError(f"compute_dtype: expected a floating dtype or None, got {compute_dtype!r}")
 
@@ -435,8 +437,7 @@ def unroll(
         _checks.finite("xs", xs)
         jax.tree.map(functools.partial(_checks.finite, "initial_state"), initial_state)
     mask = _resolve_mask(mask, lengths, num_steps, batch)
-    remat_chunk(remat, num_steps)  # checks the option
-    check_compute_dtype(compute_dtype)
+    check_scan_options(remat, compute_dtype)
     plain = remat is None and compute_dtype is None
     hoist = resolve_projections(projections, plain)
     if backward == "fast":

@@ -372,6 +372,10 @@ def test_bad_rates_sizes_and_widths_are_clear_errors(key):
         deep.apply(params, xs, cell="gru", lengths=jnp.asarray([6, 1], jnp.int32))
     with pytest.raises(ValueError, match="layers: expected a positive integer"):
         deep.init(key, "gru", 3, 4, 2, layers=0)
+    with pytest.raises(ValueError, match="remat: expected None, a positive integer k or 'sqrt', got 'cube'"):
+        deep.apply(params, xs, cell="gru", remat="cube")
+    with pytest.raises(TypeError, match="compute_dtype: expected a floating dtype or None"):
+        deep.apply(params, xs, cell="gru", compute_dtype=jnp.int32)
 
 
 def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:

@@ -360,6 +360,10 @@ def test_bad_inputs_get_clear_errors(key):
         seq2seq.encode(params, batch.source + 40, batch.source_lengths)
     with pytest.raises(ValueError, match=r"source_lengths: expected every length in \[1, 4\]"):
         seq2seq.encode(params, batch.source, batch.source_lengths.at[0].set(0))
+    with pytest.raises(ValueError, match="remat: expected None, a positive integer k or 'sqrt', got 0"):
+        seq2seq.loss(params, batch, remat=0)
+    with pytest.raises(TypeError, match="compute_dtype: expected a floating dtype or None"):
+        seq2seq.encode(params, batch.source, batch.source_lengths, compute_dtype=jnp.int8)
     with pytest.raises(ValueError, match="target: expected the batch size B of source"):
         seq2seq.teacher_forced(params, batch.source, batch.source_lengths, batch.target[:, :2])
     mixed = params._replace(decoder=seq2seq.init(key, "lstm", 31, 13, 4).decoder)
