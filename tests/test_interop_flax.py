@@ -121,7 +121,8 @@ def test_nnx_cell_round_trip_is_exact_and_equals_the_linen_cell(key):
     for name, a, b in zip(params._fields, params, back, strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
     x = jax.random.normal(key, (2, 3, D))
-    cell = rj_flax.NnxElmanCell.from_params(params)
+    cell = rj_flax.NnxElmanCell.from_params(params)  # built abstractly, then given params: nothing left abstract
+    assert all(isinstance(v, jax.Array) for v in jax.tree.leaves(nnx.state(cell)))
     carry = cell.initialize_carry(x.shape)
     assert carry.shape == (2, 3, H) and not carry.any() and cell.num_feature_axes == 1
     linen = rj_flax.ElmanCell(hidden_size=H, output_size=O).apply(rj_flax.to_flax(params), carry, x)

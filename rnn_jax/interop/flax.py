@@ -162,9 +162,15 @@ class NnxElmanCell(nnx.RNNCellBase):
 
     @classmethod
     def from_params(cls, params: elman.ElmanParams, *, activation: str = "tanh") -> NnxElmanCell:
-        """A cell holding ``params`` (copied), with activation phi."""
+        """A cell holding ``params`` (copied), with activation phi (no parameters are drawn: the cell is built
+        abstractly, `nnx.eval_shape`, and then given ``params``)."""
         d, h = params.w_x.shape
-        cell = cls(d, h, params.w_y.shape[1], activation=activation, param_dtype=params.w_x.dtype, rngs=nnx.Rngs(0))
+
+        def build() -> NnxElmanCell:
+            return cls(d, h, params.w_y.shape[1], activation=activation, param_dtype=params.w_x.dtype,
+                       rngs=nnx.Rngs(0))  # fmt: skip
+
+        cell = nnx.eval_shape(build)
         cell._set(params)
         return cell
 
