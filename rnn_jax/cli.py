@@ -273,10 +273,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser(
         "gradcheck",
-        help="compare BPTT gradients: autodiff, hand-derived, custom VJP, forward mode, finite differences",
+        help="compare BPTT gradients: autodiff, hand-derived, custom VJP, fused kernels, remat, forward mode, "
+        "finite differences",
         description="Check that every way of computing the BPTT gradient agrees, in float64: reverse-mode "
-        "jax.grad, the hand-derived BPTT equations, the custom-VJP fast path, forward mode along random "
-        "directions, and central finite differences; with --tbptt-k1/--tbptt-k2 also the truncated gradient "
+        "jax.grad, the hand-derived BPTT equations, the custom-VJP fast path, the fused Pallas kernels, the "
+        "rematerialised (checkpointed) scan, forward mode along random directions, and central finite "
+        "differences; with --tbptt-k1/--tbptt-k2 also the truncated gradient "
         "against finite differences of the truncated objective. Prints the worst case per check and parameter; "
         "exits 1 when any check fails. Tolerances: 1e-10 relative for the analytic paths, 1e-6 for finite "
         "differences (see rnn_jax/gradcheck.py for why).",

@@ -226,7 +226,9 @@ class GradcheckConfig:
     """What `rnn_jax.gradcheck.check_gradients` compares, and on which model."""
 
     model: Literal["elman", "lstm", "gru"] = _help(
-        "the recurrent cell (the hand-derived BPTT and custom-VJP checks exist for elman)", default="elman"
+        "the recurrent cell (the custom-VJP and fused checks exist for every cell; the hand-derived BPTT "
+        "equations without jax.grad for elman)",
+        default="elman",
     )
     activation: Literal["tanh", "sigmoid", "relu", "identity", "random"] = _help(
         "phi; 'random' draws one per trial", default="random"

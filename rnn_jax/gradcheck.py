@@ -9,12 +9,14 @@ For a model and a configuration it computes the gradient of the loss (before any
     fused_vjp     `jax.grad` through ``unroll(..., backward="fused")``, the recursions of every single-layer
                   cell as Pallas kernels (`rnn_jax.fused`; on a GPU only where they compile: H <= 128 for
                   Elman, 64 for the gated cells);
+    remat         `jax.grad` through the unroll (or the deep network) rematerialised every `REMAT_CHECK_EVERY`
+                  steps, whose backward pass recomputes each chunk of steps from its kept entering state;
     forward       forward mode: `jax.jvp` along random directions v, compared with <grad, v>;
     finite_diff   central differences (f(p + h e) - f(p - h e)) / 2h, on every entry of each
                   parameter up to ``max_entries`` entries and along random directions beyond;
 
 (with ``layers`` > 1, ``bidirectional``, ``residual`` or ``learn_initial_state`` the model is the
-deep network of `rnn_jax.deep`, checked by autodiff, forward mode and finite differences), and, for
+deep network of `rnn_jax.deep`, checked by autodiff, remat, forward mode and finite differences), and, for
 TBPTT(k1, k2), the truncated gradient (the sum over windows, at fixed parameters, with
 each window's entering state held fixed) against finite differences of that same truncated
 objective, so truncation is checked against what it claims to compute, not against the full
@@ -28,7 +30,7 @@ finite differences (floor 1e-4), whose round-off alone is eps |f| / h ~ 2e-11 |f
 gradient that is exactly zero (dE/dW_s for T = 1 from s_0 = 0) is not failed on that noise.
 Tolerances, all in float64:
 
-    analytic pairs (bptt, custom_vjp, fused_vjp, forward vs autodiff)   1e-10: the paths differ only
+    analytic pairs (bptt, custom_vjp, fused_vjp, remat, forward vs autodiff)   1e-10: the paths differ only
         in the order of float64 round-off (eps = 2.2e-16) over T steps of matrix products;
     finite differences                                                  1e-6: central differences with step
         h = 1e-5 carry a truncation error ~ h^2 |f'''| ~ 1e-10 and a round-off error
@@ -61,6 +63,7 @@ class Tolerance(NamedTuple):
 
 
 TOLERANCES = {"analytic": Tolerance(1e-10, 1e-13), "finite_diff": Tolerance(1e-6, 1e-4)}
+REMAT_CHECK_EVERY = 2  # the remat path keeps the state every 2 steps: T odd leaves a shorter last chunk
 
 
 class Comparison(NamedTuple):
@@ -256,8 +259,8 @@ def _check_full(config, trial, cell, params, xs, targets, key) -> list[Compariso
         apply = functools.partial(deep.apply, cell=cell, activation=trial.activation, lengths=lengths,
                                   residual=config.residual)  # fmt: skip
 
-        def run(p, xs, backward="autodiff"):
-            return apply(p, xs)
+        def run(p, xs, backward="autodiff", remat=None):
+            return apply(p, xs, remat=remat)
 
     else:
         run = functools.partial(unroll, activation=trial.activation, lengths=lengths, cell=cell)
@@ -268,8 +271,9 @@ def _check_full(config, trial, cell, params, xs, targets, key) -> list[Compariso
     forward_probes = _probes(params, k_fwd, config.max_entries, config.directions, every_entry=False)
     fd_probes = _probes(params, k_fd, config.max_entries, config.directions, every_entry=True)
 
-    def loss(p, backward="autodiff"):
-        return bptt.loss_value(trial.loss, run(p, xs, backward=backward).outputs, targets, mask, config.reduction)
+    def loss(p, backward="autodiff", remat=None):
+        outputs = run(p, xs, backward=backward, remat=remat).outputs
+        return bptt.loss_value(trial.loss, outputs, targets, mask, config.reduction)
 
     @jax.jit
     def analytic(p):
@@ -286,15 +290,17 @@ def _check_full(config, trial, cell, params, xs, targets, key) -> list[Compariso
             results["custom_vjp"] = jax.grad(functools.partial(loss, backward="bptt"))(p)
         if kernels:
             results["fused_vjp"] = jax.grad(functools.partial(loss, backward="fused"))(p)
+        results["remat"] = jax.grad(functools.partial(loss, remat=REMAT_CHECK_EVERY))(p)
         return results
 
     results = analytic(params)
     reference = results["autodiff"]
     tol, fd_tol = TOLERANCES["analytic"], TOLERANCES["finite_diff"]
     out = []
-    for method in ("bptt", "custom_vjp", "fused_vjp"):
+    for method in ("bptt", "custom_vjp", "fused_vjp", "remat"):
         if method in results:
-            out += _compare(trial.index, method, "autodiff", names, results[method], reference, tol)
+            got, want = jax.tree.leaves(results[method]), jax.tree.leaves(reference)  # a deep model's are nested
+            out += _compare(trial.index, method, "autodiff", names, got, want, tol)
     want = _directional(forward_probes, reference)
     out += _compare_probes(trial.index, "forward", "autodiff", params, forward_probes, results["forward"], want, tol)
     numeric = _central_differences(loss, params, fd_probes, config.fd_step)

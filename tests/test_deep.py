@@ -197,6 +197,7 @@ def test_deep_gradients_match_float64_finite_differences_in_the_gradient_checker
     assert "layers[1].forward.w_s" in checked or arch["layers"] == 1
     assert ("layers[0].backward.w_x" in checked) == bool(arch.get("bidirectional"))
     assert ("initial[0].forward" in " ".join(checked)) == bool(arch.get("learn_initial_state"))
+    assert "remat vs autodiff" in report.worst()
 
 
 def _ones_network(key, variational, rate=0.5, width=64):

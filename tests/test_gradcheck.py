@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 
 import jax
@@ -17,6 +18,7 @@ PAIRS = {
     "bptt vs autodiff",
     "custom_vjp vs autodiff",
     "fused_vjp vs autodiff",
+    "remat vs autodiff",
     "forward vs autodiff",
     "autodiff vs finite_diff",
 }
@@ -49,6 +51,30 @@ def test_a_dropped_activation_derivative_is_caught(monkeypatch):
     assert failed == {"bptt vs autodiff", "custom_vjp vs autodiff", "fused_vjp vs autodiff"}
     assert report.worst()["bptt vs autodiff"].max_rel > 1e-3
     assert "largest disagreement: " in gradcheck.explain(report)
+
+
+@pytest.mark.slow
+def test_a_rematerialisation_bug_is_caught(monkeypatch):
+    """Plant a bug in the checkpointed scan (each chunk recomputed from a state detached from the chunk before):
+    the checker must fail exactly the remat path."""
+    unroll_module = importlib.import_module("rnn_jax.unroll")  # `from rnn_jax import unroll` is the function
+
+    remat_scan = unroll_module._remat_scan
+
+    def detached_chunks(cell_step, initial_state, xs, mask, unroll, chunk):
+        outputs, states, carry = [], [], initial_state
+        for start in range(0, xs.shape[0], chunk):  # each chunk's entering state cut from the gradient
+            piece = slice(start, start + chunk)
+            out, st, carry = remat_scan(cell_step, jax.lax.stop_gradient(carry), xs[piece],
+                                        None if mask is None else mask[piece], unroll, chunk)  # fmt: skip
+            outputs.append(out)
+            states.append(st)
+        return jnp.concatenate(outputs), jnp.concatenate(states), carry
+
+    monkeypatch.setattr(unroll_module, "_remat_scan", detached_chunks)
+    report = gradcheck.check_gradients(dataclasses.replace(QUICK, trials=1, seq_len=5, activation="tanh"))
+    failed = {f"{c.method} vs {c.reference}" for c in report.comparisons if not c.passed}
+    assert failed == {"remat vs autodiff"}
 
 
 @pytest.mark.slow
