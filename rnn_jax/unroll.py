@@ -216,9 +216,10 @@ def scan_in_dtype(
     """`scan` of ``step(params, carry, x_t) -> (carry, y_t)``, run in ``compute_dtype`` (mixed precision).
 
     The parameters are cast inside each step, so their cotangents arrive, and are summed over time, in
-    the parameters' own dtype; ``xs`` and the initial state are cast once before the scan, and the
-    outputs, states and final state are cast back to the parameters' dtype (that of ``params.w_s``).
-    ``compute_dtype=None`` is `scan` of ``step`` with ``params`` unchanged.
+    the parameters' own dtype; ``xs`` [T, B, D] and the initial state (each leaf [B, H]) are cast once
+    before the scan, and the outputs [T, B, O], states [T, B, H] (per leaf) and final state are cast
+    back to the parameters' dtype (that of ``params.w_s``). ``compute_dtype=None`` is `scan` of ``step``
+    with ``params`` unchanged; ``mask``, ``unroll`` and ``remat`` are `scan`'s.
     """
     if compute_dtype is None:
         return scan(functools.partial(step, params), initial_state, xs, mask, unroll, remat)
