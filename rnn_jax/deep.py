@@ -42,14 +42,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from rnn_jax import _checks, cells, initializers
 from rnn_jax.cells import _common
-from rnn_jax.unroll import Remat, _resolve_mask, check_scan_options, scan_in_dtype
+from rnn_jax.unroll import Remat, _resolve_mask, check_scan_options, resolve_projections, scan_in_dtype
 
 
 class Layer(NamedTuple):
@@ -198,15 +198,20 @@ def reverse_within_lengths(a: jax.Array, lengths: jax.Array | None) -> jax.Array
     return a[source, rows]
 
 
-def _run_direction(cell, params, xs, mask, initial, recurrent_mask, activation, unroll, remat, compute_dtype):
+def _run_direction(cell, params, xs, mask, initial, recurrent_mask, activation, unroll, remat, compute_dtype,
+                   hoisted):  # fmt: skip
     """One direction of one layer over [T, B, width]: (h_t [T, B, H] zero past each end, final carry), both in
-    the parameters' dtype (computed in ``compute_dtype`` when one is given; the recurrent mask is in it)."""
+    the parameters' dtype (computed in ``compute_dtype`` when one is given; the recurrent mask is in it).
+    ``hoisted``: x_t W_x for all T steps as one [T B, width] @ [width, G H] product before the scan, which
+    then runs the cell's `transition_projected` (as `rnn_jax.unroll.hoisted_scan` does)."""
+    transition = cell.transition_projected if hoisted else cell.transition
 
     def cell_step(params, carry, x_t):
-        new = cell.transition(params, carry, x_t, activation=activation, recurrent_mask=recurrent_mask)
+        new = transition(params, carry, x_t, activation=activation, recurrent_mask=recurrent_mask)
         return new, cell.hidden(new)
 
-    outputs, _, final = scan_in_dtype(cell_step, params, initial, xs, mask, unroll, remat, compute_dtype)
+    inputs = cell.project_input(params, xs) if hoisted else xs
+    outputs, _, final = scan_in_dtype(cell_step, params, initial, inputs, mask, unroll, remat, compute_dtype)
     return outputs, final
 
 
@@ -225,6 +230,7 @@ def apply(
     unroll: int = 1,
     remat: Remat = None,
     compute_dtype: jnp.dtype | None = None,
+    projections: Literal["in_step", "hoisted"] = "in_step",
     time_major: bool = True,
 ) -> DeepOutputs:
     """Runs the deep network of the module docstring over a batch of sequences.
@@ -251,6 +257,9 @@ def apply(
         backward pass) runs in this dtype (e.g. ``jnp.bfloat16``, the recurrent dropout masks too), while
         the parameters, the layers' outputs between the scans, the read-out and the outputs stay in the
         parameters' dtype. None: the parameters' dtype throughout.
+      projections: "in_step" (x_t W_x inside every step of every scan) or "hoisted" (each direction's
+        input product for all T steps as one product before its scan, as `rnn_jax.unroll` does; not with
+        ``remat`` or ``compute_dtype``). The same values up to float round-off.
       time_major: False when ``xs`` is batch-first; ``outputs`` and ``top`` are then batch-first too.
 
     Returns:
@@ -266,6 +275,9 @@ def apply(
     recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
     unroll = _checks.positive_int("unroll", unroll)
     check_scan_options(remat, compute_dtype)
+    if projections not in ("in_step", "hoisted"):
+        raise ValueError(f"projections: expected 'in_step' or 'hoisted' for a deep network, got {projections!r}")
+    hoisted = resolve_projections(projections, remat is None and compute_dtype is None)
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)
     num_steps, batch, width = xs.shape
@@ -295,14 +307,14 @@ def apply(
 
         h_f, final_f = _run_direction(
             cell, layer.forward, a, mask, start(index, "forward", layer.forward), recurrent_mask(keys[1]),
-            activation, unroll, remat, compute_dtype,
+            activation, unroll, remat, compute_dtype, hoisted,
         )  # fmt: skip
         final_b = None
         if layer.backward is not None:
             h_b, final_b = _run_direction(
                 cell, layer.backward, reverse_within_lengths(a, lengths), mask,
                 start(index, "backward", layer.backward), recurrent_mask(keys[2]), activation, unroll, remat,
-                compute_dtype,
+                compute_dtype, hoisted,
             )  # fmt: skip
             h = jnp.concatenate([h_f, reverse_within_lengths(h_b, lengths)], axis=-1)
         else:

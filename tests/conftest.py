@@ -38,14 +38,14 @@ def standard_promotion():
 
 @pytest.fixture
 def record_scan_options(monkeypatch):
-    """``record(module, name)`` wraps ``module.name`` for the test so that every call appends its ``(remat,
-    compute_dtype)`` keyword arguments to the list it returns (to check that options reach a model)."""
+    """``record(module, name, keys=("remat", "compute_dtype"))`` wraps ``module.name`` for the test so that every
+    call appends a tuple of those keyword arguments to the list it returns (to check that options reach a model)."""
 
-    def record(module, name: str) -> list:
+    def record(module, name: str, keys: tuple[str, ...] = ("remat", "compute_dtype")) -> list:
         calls, original = [], getattr(module, name)
 
         def spy(*args, **kwargs):
-            calls.append((kwargs["remat"], kwargs["compute_dtype"]))
+            calls.append(tuple(kwargs[k] for k in keys))
             return original(*args, **kwargs)
 
         monkeypatch.setattr(module, name, spy)

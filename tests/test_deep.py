@@ -333,8 +333,27 @@ def test_deep_bfloat16_compute_keeps_float32_values_and_gradients_close_to_float
         assert 0 < relative_error(got, want) <= 3e-2
 
 
-def test_deep_model_config_passes_remat_and_precision_to_every_layer(key, record_scan_options):
-    """`train.forward` hands --remat and --precision to `deep.apply` (traced only, nothing compiled)."""
+@pytest.mark.parametrize("name", ["gru", pytest.param("elman", marks=pytest.mark.slow),
+                                  pytest.param("lstm", marks=pytest.mark.slow)])  # fmt: skip
+def test_deep_hoisted_projections_equal_in_step_float64(key, x64, name):
+    """projections="hoisted" (each direction's x_t W_x for all T steps before its scan) gives the values and
+    gradients of "in_step" (float64, relative 1e-10), bidirectional, residual, with dropout and lengths."""
+    params, xs, lengths = _deep_setup(key, name, jnp.float64)
+    fn = jax.jit(_deep_value_and_grad, static_argnames="projections", static_argnums=0)
+    drop_key = jax.random.fold_in(key, 3)
+    want = fn(name, params, xs, lengths, drop_key)
+    got = fn(name, params, xs, lengths, drop_key, projections="hoisted")
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(float(np.max(np.abs(w))), 1.0))
+    with pytest.raises(ValueError, match="projections: 'hoisted' .* cannot be combined with remat"):
+        deep.apply(params, xs, cell=name, projections="hoisted", remat=2)
+    with pytest.raises(ValueError, match="projections: expected 'in_step' or 'hoisted' for a deep network"):
+        deep.apply(params, xs, cell=name, projections="auto")
+
+
+def test_deep_model_config_passes_remat_precision_and_projections_to_every_layer(key, record_scan_options):
+    """`train.forward` hands --remat, --precision and --projections to `deep.apply` (traced only, nothing
+    compiled)."""
     from rnn_jax import tasks
 
     seen = record_scan_options(deep, "apply")
@@ -344,6 +363,12 @@ def test_deep_model_config_passes_remat_and_precision_to_every_layer(key, record
     batch = task.batch(key, 4, jnp.float32)
     outputs = jax.eval_shape(lambda p: train.forward(model, task, p, batch), params)
     assert seen == [("sqrt", jnp.bfloat16)] and outputs.dtype == jnp.float32
+    # --projections: hoisted only when asked for; auto keeps the deep network's products in the step
+    seen = record_scan_options(deep, "apply", keys=("projections",))
+    for projections in ("hoisted", "auto", "in_step"):
+        jax.eval_shape(lambda p, c=projections: train.forward(ModelConfig(hidden=4, layers=2, projections=c), task,
+                                                               p, batch), params)  # fmt: skip
+    assert seen == [("hoisted",), ("in_step",), ("in_step",)]
 
 
 @pytest.mark.slow
@@ -398,8 +423,7 @@ def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:
         (ModelConfig(residual=True), "adding", {}, "residual: .* needs layers >= 2, got layers=1"),
         (ModelConfig(remat="every10"), "adding", {}, "remat: expected None, a positive integer k or 'sqrt'"),
         (ModelConfig(layers=2), "xor", {"tbptt_k1": 4}, "tbptt_k1: truncated BPTT runs the single-layer network"),
-        (ModelConfig(layers=2, projections="hoisted"), "adding", {}, "projections: the choice of projections is an"),
-        (ModelConfig(dropout=0.1, projections="in_step"), "adding", {}, "use 'auto', got 'in_step'"),
+        (ModelConfig(layers=2, projections="hoisted", remat="2"), "adding", {}, "projections: 'hoisted' .* remat"),
         (ModelConfig(projections="hoisted", remat="4"), "adding", {}, "projections: 'hoisted' .* cannot be combined"),
         (ModelConfig(projections="outside"), "adding", {}, "projections: expected 'auto', 'in_step' or 'hoisted'"),
     ],
