@@ -16,6 +16,8 @@
 # warps, the default, against 4, 100 s),
 # "h128" (the Elman forward kernel's new carry at H = 128: its study and the train step, 150 s; next to run,
 # with "graphs": the scan's loop as CUDA graphs, XLA's command buffers, where cuDNN is ahead, about 200 s),
+# "deep" (`experiments.deep_projections`: a deep network's input products hoisted or in the step, ~60 s estimated; if hoisted
+# wins, deep networks' projections="auto" can hoist on a GPU as the single-layer unroll does),
 # "preset" (the Elman `gpu` preset with the default implementations, 330 s; 294 s on one H200), "gated" (the LSTM's and the GRU's hand-written backward passes
 # against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
 # GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call ("fused-gru tests" a second one);
@@ -122,6 +124,14 @@ if [[ " $STAGES " == *" graphs "* ]]; then
     timeout 220 $PY -m rnn_jax bench "${graph_sizes[@]}" --repeats 9 --impl rnn-jax-fast --impl rnn-jax-fast-graphs \
         --impl rnn-jax-fast-graphs-unrolled --impl torch --impl lower-bound --impl lower-bound-graphs \
         --json "$OUT/bench-graphs.json" 2>&1 | tee "$OUT/bench-graphs.log"
+fi
+
+# a deep network's input products hoisted out of each layer's scan, or in the step (rnn_jax.deep)
+if [[ " $STAGES " == *" deep "* ]]; then
+    deep_quick=()
+    [[ "$PRESET" == gpu ]] || deep_quick=(--quick)
+    timeout 120 $PY -m experiments.deep_projections "${deep_quick[@]}" --out "$OUT/deep_projections" 2>&1 \
+        | tee "$OUT/deep-projections.log"
 fi
 
 # the gated cells' hand-written backward passes (backward="bptt") against autodiff and cuDNN, both cells in 300 s

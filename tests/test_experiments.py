@@ -28,6 +28,7 @@ FIGURES = {
     "weight_sums": [],
     "fused_kernels": [],
     "fused_forward_carry": [],
+    "deep_projections": [],
 }
 
 
@@ -138,6 +139,16 @@ def test_weight_sums_quick(tmp_path):
     assert results["agreement"] and all(a["agrees"] for a in results["agreement"])
     forms = {r["impl"] for r in results["records"]}
     assert {"rnn-jax-fast-after", "rnn-jax-fast-inside", "rnn-jax-fast-2dev-after"} <= forms
+
+
+def test_deep_projections_quick(tmp_path):
+    """The deep-projections study times both forms for every cell and direction count it lists, and both give the
+    same loss and gradients (timings are reported, never asserted)."""
+    results = _run("deep_projections", tmp_path)
+    assert {(r["cell"], r["bidirectional"]) for r in results["rows"]} == {
+        (c, b) for c in ("elman", "lstm") for b in (False, True)
+    }
+    assert all(r["in_step_ms"] > 0 and r["hoisted_ms"] > 0 and r["agrees"] for r in results["rows"])
 
 
 def test_fused_kernels_quick_interpreted(tmp_path):
