@@ -301,11 +301,10 @@ def concatenated_backward(
 
     summed inside the reverse scan, step by step (``sum_in_scan``), or formed after it as single
     [D + H, T B] @ [T B, H] and [H, T B] @ [T B, O] products from the scan's deltas. Which is faster
-    depends on B (measured with `rnn_jax.bench` on 2-core CPUs, XLA:CPU, JAX 0.10.2): XLA:CPU runs
-    the tall, skinny products after the scan slowly, so summing inside is 13-22% faster with 64 rows
-    per device at (64,256,32,128,32) and (128,512,64,256,64); with few rows each step's
-    [D + H, B] @ [B, H] product is mostly overhead, so at B <= 16 the products after the scan are
-    1.2-2x faster (`CPU_SUM_IN_SCAN_MIN_BATCH`). `unroll` uses this form on CPU only; on GPU and TPU, where large
+    depends on B (measured with `rnn_jax.bench` on 2-core CPUs, XLA:CPU, JAX 0.10.2): summing inside is
+    7-15% faster with 64 rows per device at (64,256,32,128,32) and (128,512,64,256,64); with fewer rows
+    each step's [D + H, B] @ [B, H] product is mostly overhead, so below 64 rows the products after the scan are
+    1.1-2x faster (`CPU_SUM_IN_SCAN_MIN_BATCH`). `unroll` uses this form on CPU only; on GPU and TPU, where large
     products are what the hardware does best, the custom VJP keeps `backward`.
 
     Args:
@@ -368,11 +367,12 @@ def concatenated_backward(
 CPU_REVERSE_UNROLL = 2
 
 # On a CPU the weight gradients are summed inside the reverse scan from this many batch rows (per device) up, and
-# formed after it below. Measured (train step, interleaved, 2-core AMD EPYC Zen 3 CPU, 2026-11-27; after / inside):
+# formed after it below. Measured (train step, interleaved, 2-core AMD EPYC Zen 3 CPU; after / inside), 2026-11-27:
 # 0.59x at (1,1000,1,32,1), 0.49x at (4,1000,1,32,1), 0.54x at (8,500,8,64,8), 0.67x at (16,256,16,64,16),
-# 0.75x at (16,256,32,128,32), 0.82x at (32,100,8,64,8) on two devices (B = 16 each); 1.02x at (64,256,32,128,32)
-# on two devices, 1.29x on one, 1.15x at (128,512,64,256,64) on two, 1.01x at (256,64,128,512,128) (README).
-CPU_SUM_IN_SCAN_MIN_BATCH = 32
+# 0.75x at (16,256,32,128,32); 2026-11-28 (`experiments.weight_sums`): with 32-48 rows on one device 0.69-0.87x
+# (Elman) and 0.71-0.97x (LSTM), 0.85x at (64,100,8,64,8), but 1.07x at (64,256,32,128,32) and 1.15x at
+# (128,512,64,256,64) on two devices (64 rows each); with 32 rows on each of two devices a tie (0.99-1.08x) (README).
+CPU_SUM_IN_SCAN_MIN_BATCH = 64
 
 
 def _sums_in_scan(batch: int) -> bool:
