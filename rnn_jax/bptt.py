@@ -369,9 +369,10 @@ CPU_REVERSE_UNROLL = 2
 # On a CPU the weight gradients are summed inside the reverse scan from this many batch rows (per device) up, and
 # formed after it below. Measured (train step, interleaved, 2-core AMD EPYC Zen 3 CPU; after / inside), 2026-11-27:
 # 0.59x at (1,1000,1,32,1), 0.49x at (4,1000,1,32,1), 0.54x at (8,500,8,64,8), 0.67x at (16,256,16,64,16),
-# 0.75x at (16,256,32,128,32); 2026-11-28 (`experiments.weight_sums`): with 32-48 rows on one device 0.69-0.87x
-# (Elman) and 0.71-0.97x (LSTM), 0.85x at (64,100,8,64,8), but 1.07x at (64,256,32,128,32) and 1.15x at
-# (128,512,64,256,64) on two devices (64 rows each); with 32 rows on each of two devices a tie (0.99-1.08x) (README).
+# 0.75x at (16,256,32,128,32), 1.15x at (128,512,64,256,64) on two devices (64 rows each); 2026-11-28
+# (`experiments.weight_sums`): with 32-48 rows on one device 0.69-0.87x (Elman) and 0.71-0.97x (LSTM); with 32 rows
+# on each of two devices a tie (0.97-1.08x); with 64 rows on one device 1.07-1.08x at (64,256,32,128,32) (Elman and
+# LSTM), though 0.85x at (64,100,8,64,8), where H = 64 (the sums stay inside at 64 rows all the same) (README).
 CPU_SUM_IN_SCAN_MIN_BATCH = 64
 
 
