@@ -68,3 +68,85 @@ def cpu_note() -> str:
     import jax
 
     return f"JAX {jax.__version__}, backend {jax.default_backend()}, {os.cpu_count()} CPU cores"
+
+
+def trees_agree(got: Any, want: Any, rtol: float = 1e-4) -> bool:
+    """Whether two pytrees of arrays agree leaf by leaf to ``rtol``, relative to each leaf's largest magnitude."""
+    import jax
+    import numpy as np
+
+    return all(
+        np.allclose(a, b, rtol=rtol, atol=rtol * max(float(np.max(np.abs(b))), 1e-6))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
+    )
+
+
+def interleaved(calls: dict[str, Any], repeats: int, min_sample_s: float = 0.0) -> dict[str, tuple[float, ...]]:
+    """(median, p10, p90) in ms of each of ``calls`` (name -> a function of no arguments), timed in turn, repeat
+    after repeat (A B A B ...), each sample blocking on its result; a sample runs a call as often as it takes the
+    fastest call to fill ``min_sample_s`` (once when 0), so short calls are not timed at the clock's resolution."""
+    import time
+
+    import jax
+
+    from rnn_jax import bench
+
+    first = {}
+    for name, call in calls.items():  # warm up, then size the samples
+        jax.block_until_ready(call())
+        start = time.perf_counter()
+        jax.block_until_ready(call())
+        first[name] = time.perf_counter() - start
+    number = max(1, math.ceil(min_sample_s / max(min(first.values()), 1e-7)))
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            for _ in range(number):
+                jax.block_until_ready(call())
+            samples[name].append((time.perf_counter() - start) / number)
+    return {name: bench.percentiles(s) for name, s in samples.items()}
+
+
+def compare_forms(compiled: dict[str, Any], argument: Any, repeats: int, min_sample_s: float = 0.0) -> dict[str, Any]:
+    """Two compiled forms of one computation ({"in_step": f, "hoisted": g}, say) on ``argument``: whether the second
+    agrees with the first (`trees_agree`), and each one's median and p10-p90 (`interleaved`), as a results row's
+    fields ``{form}_ms``, ``{form}_p10_p90_ms``, ``{second}_over_{first}`` and ``agrees``."""
+    import functools
+
+    import jax
+
+    first, second = compiled
+    results = {form: jax.device_get(run(argument)) for form, run in compiled.items()}
+    calls = {form: functools.partial(run, argument) for form, run in compiled.items()}
+    times = interleaved(calls, repeats, min_sample_s)
+    return {
+        **{f"{form}_ms": times[form][0] for form in compiled},
+        **{f"{form}_p10_p90_ms": times[form][1:] for form in compiled},
+        f"{second}_over_{first}": times[second][0] / times[first][0],
+        "agrees": trees_agree(results[second], results[first]),
+    }
+
+
+def report_forms(out: pathlib.Path, name: str, title: str, detail: str, rows: list[dict[str, Any]],
+                 lead: dict[str, Any], forms: tuple[str, str] = ("in_step", "hoisted")) -> None:  # fmt: skip
+    """Writes a form comparison's results.json (the device, ``detail`` and ``rows``) and summary.md, a table of the
+    ``lead`` columns (header -> the cell of a row), the size, each form's median and their ratio (`compare_forms`);
+    prints the table, and exits with an error when a row's forms disagree."""
+    import jax
+
+    first, second = forms
+    columns = {
+        **lead,
+        "B, T, D, H, O": lambda r: ", ".join(str(r[k]) for k in "BTDHO"),
+        **{f"{form.replace('_', ' ')} ms": lambda r, form=form: f"{r[form + '_ms']:.3f}" for form in forms},
+        f"{second} / {first}".replace("_", " "): lambda r: f"{r[f'{second}_over_{first}']:.2f}x",
+        "agree": lambda r: r["agrees"],
+    }
+    device = f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
+    write_json(out / "results.json", {"device": device, "detail": detail, "rows": rows})
+    table = markdown_table(list(columns), [[cell(r) for cell in columns.values()] for r in rows])
+    (out / "summary.md").write_text(f"# {title}\n\n{device}, jax {jax.__version__}; {detail}\n\n{table}\n")
+    print(table)
+    if not all(r["agrees"] for r in rows):
+        raise SystemExit(f"{name}: the forms disagree on the outputs, loss or gradients")

@@ -21,14 +21,11 @@ percentiles, hoisted / in step, the agreement) and summary.md (the table).
 
 from __future__ import annotations
 
-import time
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments import _common
-from rnn_jax import bench, deep
+from rnn_jax import deep
 
 # (B, T, D, H, O): the harness's mid size and a long one with a wide state
 SIZES = [(64, 256, 32, 128, 32), (128, 512, 64, 256, 64)]
@@ -57,25 +54,8 @@ def _value_and_grad(cell: str, size: tuple[int, ...], bidirectional: bool):
 
 def measure(cell: str, size: tuple[int, ...], bidirectional: bool, repeats: int) -> dict:
     compiled, params = _value_and_grad(cell, size, bidirectional)
-    first = {form: jax.device_get(step(params)) for form, step in compiled.items()}
-    agrees = all(
-        np.allclose(a, b, rtol=1e-4, atol=1e-4 * max(float(np.max(np.abs(b))), 1e-6))
-        for a, b in zip(jax.tree.leaves(first["hoisted"]), jax.tree.leaves(first["in_step"]), strict=True)
-    )
-    samples = {form: [] for form in FORMS}
-    for _ in range(repeats):  # interleaved: in_step, hoisted, in_step, hoisted, ...
-        for form, step in compiled.items():
-            start = time.perf_counter()
-            jax.block_until_ready(step(params))
-            samples[form].append(time.perf_counter() - start)
-    times = {form: bench.percentiles(s) for form, s in samples.items()}
-    b, t, d, h, o = size
-    return {
-        "cell": cell, "bidirectional": bidirectional, "B": b, "T": t, "D": d, "H": h, "O": o,
-        **{f"{form}_ms": times[form][0] for form in FORMS},
-        **{f"{form}_p10_p90_ms": times[form][1:] for form in FORMS},
-        "hoisted_over_in_step": times["hoisted"][0] / times["in_step"][0], "agrees": agrees,
-    }  # fmt: skip
+    forms = _common.compare_forms(compiled, params, repeats)
+    return {"cell": cell, "bidirectional": bidirectional, **dict(zip("BTDHO", size, strict=True)), **forms}
 
 
 def main() -> None:
@@ -88,22 +68,14 @@ def main() -> None:
             rows.append(measure(cell, size, bidirectional, repeats))
             print(f"{cell} bidirectional={bidirectional} {size}: hoisted / in step "
                   f"{rows[-1]['hoisted_over_in_step']:.2f}x", flush=True)  # fmt: skip
-    device = f"{jax.default_backend()} ({jax.devices()[0].device_kind})"
-    _common.write_json(out / "results.json", {"device": device, "repeats": repeats, "rows": rows})
-    table = _common.markdown_table(
-        ["cell", "directions", "B, T, D, H, O", "in step ms", "hoisted ms", "hoisted / in step", "agree"],
-        [[r["cell"], 2 if r["bidirectional"] else 1, f"{r['B']}, {r['T']}, {r['D']}, {r['H']}, {r['O']}",
-          f"{r['in_step_ms']:.3f}", f"{r['hoisted_ms']:.3f}", f"{r['hoisted_over_in_step']:.2f}x", r["agrees"]]
-         for r in rows],
-    )  # fmt: skip
-    (out / "summary.md").write_text(
-        f"# Deep networks: input products hoisted or in the step{' (quick)' if args.quick else ''}\n\n"
-        f"{device}, jax {jax.__version__}; 2 layers, float32, value and gradient of the MSE; medians of "
-        f"{repeats} interleaved repeats\n\n{table}\n"
+    _common.report_forms(
+        out,
+        "deep_projections",
+        f"Deep networks: input products hoisted or in the step{' (quick)' if args.quick else ''}",
+        f"2 layers, float32, value and gradient of the MSE; medians of {repeats} interleaved repeats",
+        rows,
+        {"cell": lambda r: r["cell"], "directions": lambda r: 2 if r["bidirectional"] else 1},
     )
-    print(table)
-    if not all(r["agrees"] for r in rows):
-        raise SystemExit("deep_projections: hoisted and in step disagree on the loss or gradients")
 
 
 if __name__ == "__main__":

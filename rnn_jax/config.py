@@ -87,7 +87,8 @@ class ModelConfig:
     projections: Literal["auto", "in_step", "hoisted"] = _help(
         "where the products that do not depend on the state run: hoisted (x_t W_x for all T steps as one product "
         "before the scan, the read-out as one after it, as cuDNN does), in_step (inside every scan step), or auto: "
-        "hoisted on GPU/TPU, in step on CPU, as measured for the single-layer network (a deep network keeps auto in "
+        "hoisted on GPU/TPU, in step on CPU (hoisted there for an Elman network with batch <= 8), as measured for the "
+        "single-layer network (a deep network keeps auto in "
         "the step; hoisted not with remat/precision)",
         default="auto",
     )

@@ -235,23 +235,37 @@ def scan_in_dtype(
 Projections = Literal["auto", "in_step", "hoisted"]
 HOISTING_BACKENDS = ("gpu", "tpu")  # where projections="auto" hoists: measured on a GPU, see `resolve_projections`
 
+# On a CPU, "auto" hoists the Elman cell's projections for at most this many batch rows (per device). Measured
+# (`experiments.projections`, interleaved, the 2-core AMD EPYC Zen 3 CPU, 2026-11-28): with B = 1 to 8 hoisting made
+# the forward pass 0.40-0.85x the time and the autodiff train step 0.64-0.91x wherever D or O > 1 (a tie at D = O =
+# 1, where each in-step product is a broadcast multiply, not a matrix-library call); from B = 16 up mixed (forward
+# 0.89-1.10x, train 0.90-1.30x; 1.29x at (64,256,32,128,32)). The gated cells' hoisted forward passes were slower at
+# 11 of 14 sizes with B <= 8 (LSTM up to 1.6x, GRU up to 2.3x): they keep the products in the step.
+CPU_HOIST_MAX_BATCH = 8
 
-def resolve_projections(projections: Projections, plain: bool = True) -> bool:
+
+def resolve_projections(projections: Projections, plain: bool = True, *, cell=None, batch: int | None = None) -> bool:
     """Whether the unroll hoists the input and read-out projections out of the scan (see `hoisted_scan`).
 
-    "hoisted" and "in_step" say so; "auto" hoists on the backends of `HOISTING_BACKENDS` when ``plain``
-    (no remat, no mixed precision). Why by backend, measured with `rnn_jax.bench` (the README's
-    Performance section has the figures): on one H200 GPU, where one large product replaces T small
-    kernel launches, hoisting made every measured train step 1.04-1.7x faster and the forward passes
-    up to 3.7x; on a 2-core CPU, where XLA:CPU runs the tall, skinny [T B, D] @ [D, H] products
-    slowly, it made the autodiff train step at (64,256,32,128,32) 1.4x slower and forward passes up to
-    1.27x slower. (`unroll` makes one exception for the hand-derived custom VJP, see there.)
+    "hoisted" and "in_step" say so; "auto" hoists, when ``plain`` (no remat, no mixed precision), on the backends
+    of `HOISTING_BACKENDS`, and on a CPU for the Elman ``cell`` with at most `CPU_HOIST_MAX_BATCH` ``batch`` rows
+    (None, the cell or the batch unknown: in the step). Why, measured (the README's Performance section has the
+    figures): on one H200 GPU, where one large product replaces T small kernel launches, hoisting made every
+    measured train step 1.04-1.7x faster and the forward passes up to 3.7x; on a 2-core CPU, where XLA:CPU calls
+    its matrix library once per product and step, hoisting saves two such calls a step, which is what a step of a
+    few rows costs (see `CPU_HOIST_MAX_BATCH`), while with more rows the tall, skinny [T B, D] @ [D, H] products
+    ran slower than the same work inside the steps (the autodiff train step at (64,256,32,128,32) 1.4x slower).
+    (`unroll` makes one exception for the hand-derived custom VJP, see there.)
 
     Raises:
       ValueError: for another value, or "hoisted" with remat or a compute dtype (``plain`` False).
     """
     if projections == "auto":
-        return plain and jax.default_backend() in HOISTING_BACKENDS
+        if not plain:
+            return False
+        if jax.default_backend() in HOISTING_BACKENDS:
+            return True
+        return cell is elman and batch is not None and batch <= CPU_HOIST_MAX_BATCH
     if projections == "in_step":
         return False
     if projections == "hoisted":
@@ -402,8 +416,9 @@ def unroll(
       projections: where the products that do not depend on the state are computed: "in_step"
         (x_t W_x and the read-out inside every scan step), "hoisted" (`hoisted_scan`: each as one
         product over all T steps, outside the scan; not with remat or compute_dtype) or "auto"
-        (default: hoisted on GPU and TPU, in step on CPU, as measured, see `resolve_projections`;
-        on every backend, the forward pass that "bptt" differentiates is hoisted, also measured).
+        (default: hoisted on GPU and TPU; on a CPU in the step, but hoisted for the Elman cell with at
+        most `CPU_HOIST_MAX_BATCH` = 8 batch rows, as measured, see `resolve_projections`; on every
+        backend, the forward pass that "bptt" differentiates is hoisted, also measured).
         The values are the same up to float round-off; it applies to both backward passes.
 
     Returns:
@@ -440,7 +455,7 @@ def unroll(
     mask = _resolve_mask(mask, lengths, num_steps, batch)
     check_scan_options(remat, compute_dtype)
     plain = remat is None and compute_dtype is None
-    hoist = resolve_projections(projections, plain)
+    hoist = resolve_projections(projections, plain, cell=cell, batch=batch)
     if backward == "fast":
         backward = _fast_backward(cell, plain, projections, batch, params.w_s.shape[0], params.w_s.dtype)
     if backward in ("bptt", "fused") and not plain:

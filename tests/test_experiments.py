@@ -29,6 +29,7 @@ FIGURES = {
     "fused_kernels": [],
     "fused_forward_carry": [],
     "deep_projections": [],
+    "projections": [],
 }
 
 
@@ -149,6 +150,16 @@ def test_deep_projections_quick(tmp_path):
         (c, b) for c in ("elman", "lstm") for b in (False, True)
     }
     assert all(r["in_step_ms"] > 0 and r["hoisted_ms"] > 0 and r["agrees"] for r in results["rows"])
+
+
+def test_projections_quick(tmp_path):
+    """The single-layer projections study times both forms in both modes at each size it lists, both give the
+    same outputs, loss and gradients, and it records which form "auto" takes (timings reported, never asserted)."""
+    results = _run("projections", tmp_path)
+    assert {(r["mode"], r["B"]) for r in results["rows"]} == {(m, b) for m in ("forward", "train") for b in (1, 16)}
+    assert all(r["in_step_ms"] > 0 and r["hoisted_ms"] > 0 and r["agrees"] for r in results["rows"])
+    on_cpu = jax.default_backend() == "cpu"
+    assert all(r["auto"] == ("hoisted" if r["B"] == 1 or not on_cpu else "in_step") for r in results["rows"])
 
 
 def test_fused_kernels_quick_interpreted(tmp_path):

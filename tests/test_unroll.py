@@ -14,7 +14,7 @@ import rnn_jax as rj
 from rnn_jax import cells
 from rnn_jax.bptt import elman_scan as bptt_elman_scan
 from rnn_jax.bptt import lstm_scan as bptt_lstm_scan
-from rnn_jax.unroll import remat_chunk, resolve_projections
+from rnn_jax.unroll import CPU_HOIST_MAX_BATCH, remat_chunk, resolve_projections
 from tests.oracle import elman_loop, gru_loop, lstm_loop
 from tests.stages import slow_unless
 
@@ -466,15 +466,37 @@ def test_hoisted_projections_equal_in_step_float64(x64, cell_name, backward, act
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(float(np.max(np.abs(w))), 1.0))
 
 
-def test_auto_projections_hoist_on_accelerators_only(monkeypatch):
-    """The "auto" choice keeps the products in the step on CPU and hoists them on GPU/TPU, unless remat or mixed
-    precision (which keep the step's own form) are asked for."""
-    assert resolve_projections("auto") is (jax.default_backend() != "cpu")
+def test_auto_projections_by_backend_cell_and_batch(monkeypatch):
+    """The "auto" choice hoists on GPU/TPU; on a CPU it hoists for the Elman cell with at most
+    `CPU_HOIST_MAX_BATCH` rows and keeps the products in the step otherwise (gated cells, more rows, or the cell or
+    batch unknown); never with remat or mixed precision (which keep the step's own form)."""
     assert resolve_projections("in_step") is False and resolve_projections("hoisted") is True
-    for backend, hoisted in [("cpu", False), ("gpu", True), ("tpu", True)]:
+    for backend in ("cpu", "gpu", "tpu"):
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
-        assert resolve_projections("auto") is hoisted
-        assert resolve_projections("auto", plain=False) is False
+        on_cpu = backend == "cpu"
+        assert resolve_projections("auto") is not on_cpu
+        for cell, batch, cpu_hoists in [
+            (rj.elman, 1, True), (rj.elman, CPU_HOIST_MAX_BATCH, True), (rj.elman, CPU_HOIST_MAX_BATCH + 1, False),
+            (rj.elman, None, False), (rj.lstm, 1, False), (rj.gru, 1, False), (None, 1, False),
+        ]:  # fmt: skip
+            assert resolve_projections("auto", cell=cell, batch=batch) is (cpu_hoists or not on_cpu)
+            assert resolve_projections("auto", plain=False, cell=cell, batch=batch) is False
+
+
+def test_auto_projections_reach_the_unroll_on_cpu(monkeypatch):
+    """`unroll` passes its cell and batch to the choice: with "auto" on a CPU a batch of at most 8 rows runs
+    `hoisted_scan` and a larger one the scan of ``cell.step`` (seen by which of the two is called)."""
+    import importlib
+
+    module = importlib.import_module("rnn_jax.unroll")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    calls = []
+    real = module.hoisted_scan
+    monkeypatch.setattr(module, "hoisted_scan", lambda *a, **k: calls.append(a[3].shape[1]) or real(*a, **k))
+    params = rj.elman.init(jax.random.key(0), 3, 5, 2)
+    for batch in (1, CPU_HOIST_MAX_BATCH, CPU_HOIST_MAX_BATCH + 1):
+        module.unroll(params, jnp.ones((4, batch, 3)))
+    assert calls == [1, CPU_HOIST_MAX_BATCH]
 
 
 @pytest.mark.parametrize(
