@@ -244,6 +244,7 @@ def test_bptt_backward_is_elman_only(key):
         rj.unroll(params, jnp.zeros((3, 1, 2)), backward="rtrl")
 
 
+@pytest.mark.slow  # its gradients = autodiff's: the default stage's test_custom_vjp_path_equals_autodiff
 def test_train_step_on_the_bptt_path_matches_autodiff(standard_promotion, monkeypatch):
     from rnn_jax import train
     from rnn_jax.config import Config, ModelConfig, RunConfig, TaskConfig

@@ -133,7 +133,7 @@ def test_adding_problem_beats_the_constant_baseline(min_len):
     assert result["final_eval"]["mse"] < 0.3 * result["baseline"]["mse"]
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float64"])
+@pytest.mark.parametrize("dtype", ["bfloat16", pytest.param("float64", marks=pytest.mark.slow)])
 def test_other_dtypes_train(dtype):
     with jax.enable_x64(dtype == "float64"):
         result = train.train_and_evaluate(_config(model={"dtype": dtype}, run={"steps": 200, "eval_every": 200}))
