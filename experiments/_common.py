@@ -109,38 +109,41 @@ def interleaved(calls: dict[str, Any], repeats: int, min_sample_s: float = 0.0) 
 
 
 def compare_forms(compiled: dict[str, Any], argument: Any, repeats: int, min_sample_s: float = 0.0) -> dict[str, Any]:
-    """Two compiled forms of one computation ({"in_step": f, "hoisted": g}, say) on ``argument``: whether the second
+    """Compiled forms of one computation ({"in_step": f, "hoisted": g, ...}) on ``argument``: whether each later form
     agrees with the first (`trees_agree`), and each one's median and p10-p90 (`interleaved`), as a results row's
-    fields ``{form}_ms``, ``{form}_p10_p90_ms``, ``{second}_over_{first}`` and ``agrees``."""
+    fields ``{form}_ms``, ``{form}_p10_p90_ms``, ``{form}_over_{first}`` for each later form, and ``agrees``."""
     import functools
 
     import jax
 
-    first, second = compiled
+    first, *others = compiled
     results = {form: jax.device_get(run(argument)) for form, run in compiled.items()}
     calls = {form: functools.partial(run, argument) for form, run in compiled.items()}
     times = interleaved(calls, repeats, min_sample_s)
     return {
         **{f"{form}_ms": times[form][0] for form in compiled},
         **{f"{form}_p10_p90_ms": times[form][1:] for form in compiled},
-        f"{second}_over_{first}": times[second][0] / times[first][0],
-        "agrees": trees_agree(results[second], results[first]),
+        **{f"{form}_over_{first}": times[form][0] / times[first][0] for form in others},
+        "agrees": all(trees_agree(results[form], results[first]) for form in others),
     }
 
 
 def report_forms(out: pathlib.Path, name: str, title: str, detail: str, rows: list[dict[str, Any]],
-                 lead: dict[str, Any], forms: tuple[str, str] = ("in_step", "hoisted")) -> None:  # fmt: skip
+                 lead: dict[str, Any], forms: tuple[str, ...] = ("in_step", "hoisted")) -> None:  # fmt: skip
     """Writes a form comparison's results.json (the device, ``detail`` and ``rows``) and summary.md, a table of the
-    ``lead`` columns (header -> the cell of a row), the size, each form's median and their ratio (`compare_forms`);
-    prints the table, and exits with an error when a row's forms disagree."""
+    ``lead`` columns (header -> the cell of a row), the size, each form's median and each later form's ratio to the
+    first (`compare_forms`); prints the table, and exits with an error when a row's forms disagree."""
     import jax
 
-    first, second = forms
+    first, *others = forms
     columns = {
         **lead,
         "B, T, D, H, O": lambda r: ", ".join(str(r[k]) for k in "BTDHO"),
         **{f"{form.replace('_', ' ')} ms": lambda r, form=form: f"{r[form + '_ms']:.3f}" for form in forms},
-        f"{second} / {first}".replace("_", " "): lambda r: f"{r[f'{second}_over_{first}']:.2f}x",
+        **{
+            f"{form} / {first}".replace("_", " "): lambda r, form=form: f"{r[f'{form}_over_{first}']:.2f}x"
+            for form in others
+        },
         "agree": lambda r: r["agrees"],
     }
     device = f"{jax.default_backend()} ({jax.devices()[0].device_kind})"

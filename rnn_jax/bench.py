@@ -754,7 +754,8 @@ NAMED_IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {
         f"rnn-jax-{backward}{suffix}": functools.partial(rnn_jax_implementation, f"rnn-jax-{backward}{suffix}",
                                                          backward=backward, projections=projections)
         for backward in ("autodiff", "fast")
-        for suffix, projections in (("", "auto"), ("-in-step", "in_step"), ("-hoisted", "hoisted"))
+        for suffix, projections in (("", "auto"), ("-in-step", "in_step"), ("-hoisted", "hoisted"),
+                                    ("-hoisted-readout", "hoisted_readout"))
     },
     "rnn-jax-bptt": lambda: rnn_jax_implementation("rnn-jax-bptt", backward="bptt"),
     "rnn-jax-fused": lambda: rnn_jax_implementation("rnn-jax-fused", backward="fused"),

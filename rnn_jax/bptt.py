@@ -251,25 +251,28 @@ def backward(
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
-def elman_scan(params, xs, initial_state, mask, activation, unroll, hoisted=(False, False)):
+def elman_scan(params, xs, initial_state, mask, activation, unroll, forms=("in_step", "in_step")):
     """The Elman unroll ``(outputs, states, final_state)`` whose VJP is `backward`.
 
     The arguments are those of `rnn_jax.unroll.scan`, already checked by `rnn_jax.unroll`
-    (use ``unroll(..., backward="bptt")``); ``hoisted`` = (for a forward pass alone, for a forward
-    pass that will be differentiated): whether that pass is `hoisted_scan` rather than the scan of
-    `elman.step` (`rnn_jax.unroll.unroll` chooses them, as measured).
+    (use ``unroll(..., backward="bptt")``); ``forms`` = (for a forward pass alone, for a forward
+    pass that will be differentiated): where that pass computes its projections, "in_step" (the scan of
+    `elman.step`), "hoisted" or "hoisted_readout" (`hoisted_scan`; `rnn_jax.unroll.unroll` chooses them, as
+    measured).
     """
-    return _elman_forward(params, xs, initial_state, mask, activation, unroll, hoisted[0])
+    return _elman_forward(params, xs, initial_state, mask, activation, unroll, forms[0])
 
 
-def _elman_forward(params, xs, initial_state, mask, activation, unroll, hoisted):
-    if hoisted:
-        return hoisted_scan(elman, params, initial_state, xs, mask, activation, unroll)
+def _elman_forward(params, xs, initial_state, mask, activation, unroll, form):
+    if form != "in_step":
+        return hoisted_scan(
+            elman, params, initial_state, xs, mask, activation, unroll, input_in_step=form == "hoisted_readout"
+        )
     return scan(functools.partial(elman.step, params, activation=activation), initial_state, xs, mask, unroll)
 
 
-def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll, hoisted):
-    outputs, states, final = _elman_forward(params, xs, initial_state, mask, activation, unroll, hoisted[1])
+def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll, forms):
+    outputs, states, final = _elman_forward(params, xs, initial_state, mask, activation, unroll, forms[1])
     return (outputs, states, final), (params, xs, initial_state, mask, states)
 
 
@@ -382,7 +385,7 @@ def _sums_in_scan(batch: int) -> bool:
     return jax.default_backend() != "cpu" or batch >= CPU_SUM_IN_SCAN_MIN_BATCH
 
 
-def _elman_scan_bwd(activation, unroll, hoisted, residuals, cotangents):
+def _elman_scan_bwd(activation, unroll, forms, residuals, cotangents):
     params, xs, initial_state, mask, states = residuals
     g_outputs, g_states, g_final = cotangents
     if jax.default_backend() == "cpu":

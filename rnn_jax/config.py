@@ -84,12 +84,13 @@ class ModelConfig:
         "state, loss and gradient sums stay float32 (with --dtype float32; uses the autodiff backward pass)",
         default="float32",
     )
-    projections: Literal["auto", "in_step", "hoisted"] = _help(
+    projections: Literal["auto", "in_step", "hoisted", "hoisted_readout"] = _help(
         "where the products that do not depend on the state run: hoisted (x_t W_x for all T steps as one product "
-        "before the scan, the read-out as one after it, as cuDNN does), in_step (inside every scan step), or auto: "
-        "hoisted on GPU/TPU, in step on CPU (hoisted there for an Elman network with batch <= 8), as measured for the "
-        "single-layer network (a deep network keeps auto in "
-        "the step; hoisted not with remat/precision)",
+        "before the scan, the read-out as one after it, as cuDNN does), in_step (inside every scan step), "
+        "hoisted_readout (x_t W_x in the step, the read-out after the scan; single-layer only), or auto: hoisted on "
+        "GPU/TPU; on CPU with batch <= 8 hoisted for an Elman network with D or O > 1, hoisted_readout for LSTM/GRU "
+        "and for Elman at batch 1 with D = 1, else in step; as measured for the single-layer network (a deep "
+        "network keeps auto in the step; hoisted forms not with remat/precision)",
         default="auto",
     )
 
@@ -292,8 +293,9 @@ class BenchConfig:
     )
     impl: tuple[str, ...] = _help(
         "time only this implementation (repeatable; the first is the agreement check's reference): "
-        "rnn-jax-{autodiff,fast}[-in-step|-hoisted] (the input/read-out projections inside each scan step or "
-        "hoisted out of it; neither suffix: by backend), rnn-jax-bptt (the hand-derived custom VJP), rnn-jax-bf16, "
+        "rnn-jax-{autodiff,fast}[-in-step|-hoisted|-hoisted-readout] (the input/read-out projections inside each "
+        "scan step, hoisted out of it, or only the read-out hoisted; no suffix: by backend and size), rnn-jax-bptt "
+        "(the hand-derived custom VJP), rnn-jax-bf16, "
         "rnn-jax-remat-{100,sqrt}, rnn-jax-fused[-per-step|-4warps] (GPU), rnn-jax-fast-graphs[-unrolled] and "
         "lower-bound-graphs (GPU: the scan's loop as CUDA graphs, XLA's command buffers), flax, torch, lower-bound, "
         "and with N devices rnn-jax-fast-Ndev, lower-bound-Ndev. Default: the preset's",

@@ -277,7 +277,7 @@ def apply(
     check_scan_options(remat, compute_dtype)
     if projections not in ("in_step", "hoisted"):
         raise ValueError(f"projections: expected 'in_step' or 'hoisted' for a deep network, got {projections!r}")
-    hoisted = resolve_projections(projections, remat is None and compute_dtype is None)
+    hoisted = resolve_projections(projections, remat is None and compute_dtype is None) == "hoisted"
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)
     num_steps, batch, width = xs.shape

@@ -184,6 +184,11 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
         )
     deep.check_rate("dropout", config.dropout)
     deep.check_rate("recurrent_dropout", config.recurrent_dropout)
+    if config.projections == "hoisted_readout":
+        raise ValueError(
+            "projections: 'hoisted_readout' is a form of the single-layer unroll; a deep network takes 'auto', "
+            "'in_step' or 'hoisted'"
+        )
     if config.backward in ("bptt", "fused"):
         raise ValueError(
             f"backward: {config.backward!r} is derived for the single-layer network; the deep options (layers, "

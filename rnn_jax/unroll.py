@@ -232,29 +232,58 @@ def scan_in_dtype(
     return jax.tree.map(lambda a: a.astype(params.w_s.dtype), run)
 
 
-Projections = Literal["auto", "in_step", "hoisted"]
+Projections = Literal["auto", "in_step", "hoisted", "hoisted_readout"]
+Form = Literal["in_step", "hoisted", "hoisted_readout"]  # what "auto" resolves to: where each product runs
 HOISTING_BACKENDS = ("gpu", "tpu")  # where projections="auto" hoists: measured on a GPU, see `resolve_projections`
 
-# On a CPU, "auto" hoists the Elman cell's projections for at most this many batch rows (per device). Measured
-# (`experiments.projections`, interleaved, the 2-core AMD EPYC Zen 3 CPU, 2026-11-28): with B = 1 to 8 hoisting made
-# the forward pass 0.40-0.85x the time and the autodiff train step 0.64-0.91x wherever D or O > 1 (a tie at D = O =
-# 1, where each in-step product is a broadcast multiply, not a matrix-library call); from B = 16 up mixed (forward
-# 0.89-1.10x, train 0.90-1.30x; 1.29x at (64,256,32,128,32)). The gated cells' hoisted forward passes were slower at
-# 11 of 14 sizes with B <= 8 (LSTM up to 1.6x, GRU up to 2.3x): they keep the products in the step.
+# On a CPU, "auto" hoists the Elman cell's projections for at most this many batch rows (per device), when D or O
+# is above 1. Measured (`experiments.projections`, interleaved, the 2-core AMD EPYC Zen 3 CPU, 2026-11-28): with B = 1
+# to 8 hoisting made the forward pass 0.40-0.85x the time and the autodiff train step 0.64-0.91x wherever D or O > 1;
+# from B = 16 up mixed (forward 0.89-1.10x, train 0.90-1.30x; 1.29x at (64,256,32,128,32)). At D = O = 1, where
+# each in-step "product" is a broadcast multiply, not a matrix-library call, it gained nothing there (1.06x forward,
+# 1.02x train at (1,1000,1,32,1)) and lost on a 2-core Intel Xeon with AVX-512 (2026-11-29, 15 repeats: forward
+# 1.03-1.11x, train 1.00-1.12x at (1,1000,1,{32,64},1), (4,500,1,32,1), (8,256,1,32,1); with O = 8 it won, 0.96x and
+# 0.93x, and D = 8, O = 1 was a tie), so there the products stay in the step. The gated cells' hoisted forward passes
+# were slower at 11 of 14 sizes with B <= 8 (LSTM up to 1.6x, GRU up to 2.3x): their input products stay in the step.
 CPU_HOIST_MAX_BATCH = 8
 
+# With at most `CPU_HOIST_MAX_BATCH` rows on a CPU, "auto" hoists only the read-out ("hoisted_readout", as flax's
+# `nn.RNN` with a Dense read-out does) for the LSTM and GRU, and for the Elman cell with one sequence and one input
+# (B = 1, D = 1). There the in-step input term is cheap (a broadcast multiply fused with the step's bias and phi for
+# Elman at D = 1; for the gated cells the hoisted input's per-step slice is what compiled slowly), while the read-out
+# is a [B, H] @ [H, O] matrix-library call per step. Measured (`experiments.projections`, 9 interleaved repeats, the
+# 2-core Intel Xeon with AVX-512, 2026-11-29; `experiments/results/projections/xeon/`), over the in-step time, at the
+# 10 sizes with B <= 8: LSTM forward 0.53-0.99x, train (autodiff) 0.76-0.98x; GRU forward 0.45-1.05x (above 1 only at
+# (4,500,1,32,1), (4,500,32,128,32) and (8,256,32,128,32): 1.02-1.05x), train 0.87-1.01x; Elman with B = 1, D = 1
+# forward 0.91-0.95x, train 0.88-0.98x, the best of the three forms; the Elman cell with D > 1 was faster with both
+# hoisted (e.g. (2,1000,8,32,8) forward 0.47x against 0.71x), and with D = O = 1 and B = 4 in the step (1.04x). From
+# 16 rows the read-out alone was mixed for the gated cells (0.94-1.10x, GRU forward 1.05-1.10x) and for Elman
+# (0.92-1.35x): in the step.
 
-def resolve_projections(projections: Projections, plain: bool = True, *, cell=None, batch: int | None = None) -> bool:
-    """Whether the unroll hoists the input and read-out projections out of the scan (see `hoisted_scan`).
 
-    "hoisted" and "in_step" say so; "auto" hoists, when ``plain`` (no remat, no mixed precision), on the backends
-    of `HOISTING_BACKENDS`, and on a CPU for the Elman ``cell`` with at most `CPU_HOIST_MAX_BATCH` ``batch`` rows
-    (None, the cell or the batch unknown: in the step). Why, measured (the README's Performance section has the
-    figures): on one H200 GPU, where one large product replaces T small kernel launches, hoisting made every
-    measured train step 1.04-1.7x faster and the forward passes up to 3.7x; on a 2-core CPU, where XLA:CPU calls
-    its matrix library once per product and step, hoisting saves two such calls a step, which is what a step of a
-    few rows costs (see `CPU_HOIST_MAX_BATCH`), while with more rows the tall, skinny [T B, D] @ [D, H] products
-    ran slower than the same work inside the steps (the autodiff train step at (64,256,32,128,32) 1.4x slower).
+def resolve_projections(
+    projections: Projections,
+    plain: bool = True,
+    *,
+    cell=None,
+    batch: int | None = None,
+    widths: tuple[int, int] | None = None,
+) -> Form:
+    """Where the unroll computes the input and read-out projections: "in_step" (inside every scan step),
+    "hoisted" (both out of the scan, see `hoisted_scan`) or "hoisted_readout" (x_t W_x in the step, the read-out
+    after the scan).
+
+    "in_step", "hoisted" and "hoisted_readout" say so; "auto" hoists both, when ``plain`` (no remat, no mixed
+    precision), on the backends of `HOISTING_BACKENDS`; on a CPU, with at most `CPU_HOIST_MAX_BATCH` ``batch`` rows,
+    it hoists both for the Elman ``cell`` with ``widths`` (D, O) not both 1, and only the read-out for the LSTM and
+    GRU and for an Elman network of one sequence (B = 1) with D = 1 (see the constants' comments); otherwise (and
+    with the cell, batch or Elman widths unknown) it keeps both in the step. Why, measured (the
+    README's Performance section has the figures): on one H200 GPU, where one large product replaces T small kernel
+    launches, hoisting made every measured train step 1.04-1.7x faster and the forward passes up to 3.7x; on a
+    2-core CPU, where XLA:CPU calls its matrix library once per product and step, hoisting saves two such calls a
+    step, which is what a step of a few rows costs (see `CPU_HOIST_MAX_BATCH`; at D = O = 1 the step makes no such
+    call), while with more rows the tall, skinny [T B, D] @ [D, H] products ran slower than the same work inside
+    the steps (the autodiff train step at (64,256,32,128,32) 1.4x slower).
     (`unroll` makes one exception for the hand-derived custom VJP, see there.)
 
     Raises:
@@ -262,20 +291,28 @@ def resolve_projections(projections: Projections, plain: bool = True, *, cell=No
     """
     if projections == "auto":
         if not plain:
-            return False
+            return "in_step"
         if jax.default_backend() in HOISTING_BACKENDS:
-            return True
-        return cell is elman and batch is not None and batch <= CPU_HOIST_MAX_BATCH
+            return "hoisted"
+        if batch is None or batch > CPU_HOIST_MAX_BATCH:
+            return "in_step"
+        if cell is lstm or cell is gru:
+            return "hoisted_readout"
+        if cell is not elman or widths is None:
+            return "in_step"
+        if batch == 1 and widths[0] == 1:
+            return "hoisted_readout"
+        return "hoisted" if max(widths) > 1 else "in_step"
     if projections == "in_step":
-        return False
-    if projections == "hoisted":
+        return "in_step"
+    if projections in ("hoisted", "hoisted_readout"):
         if not plain:
             raise ValueError(
-                "projections: 'hoisted' computes every step's x_t W_x before the scan in the parameters' dtype and "
-                "keeps it; it cannot be combined with remat or compute_dtype (use 'auto' or 'in_step')"
+                f"projections: {projections!r} computes a product for all T steps outside the scan in the "
+                "parameters' dtype; it cannot be combined with remat or compute_dtype (use 'auto' or 'in_step')"
             )
-        return True
-    raise ValueError(f"projections: expected 'auto', 'in_step' or 'hoisted', got {projections!r}")
+        return projections
+    raise ValueError(f"projections: expected 'auto', 'in_step', 'hoisted' or 'hoisted_readout', got {projections!r}")
 
 
 def _fast_backward(cell, plain: bool, projections: Projections, batch: int, hidden: int, dtype) -> str:
@@ -332,6 +369,8 @@ def hoisted_scan(
     activation,
     unroll: int = 1,
     recurrence: Callable | None = None,
+    *,
+    input_in_step: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`scan` of ``cell.step`` with the projections that do not depend on the state taken out of the loop:
 
@@ -339,19 +378,21 @@ def hoisted_scan(
         s_t    = transition_projected(s_{t-1}, X_proj[t])     the scan: only the recurrent product
         Y      = readout(S)                  one [T B, H] @ [H, O] product after it
 
-    (as cuDNN does). The same values as ``scan(cell.step, ...)`` up to the order of float round-off;
-    the outputs are zero past each sequence's end, as there. ``recurrence(X_proj, s_0, mask) -> (states,
-    final)``, when given, replaces the scan (`rnn_jax.fused` passes its kernel).
+    (as cuDNN does); with ``input_in_step`` only the read-out leaves the loop, and each step computes its own
+    project_input(x_t) (projections="hoisted_readout"). The same values as ``scan(cell.step, ...)`` up to the
+    order of float round-off; the outputs are zero past each sequence's end, as there. ``recurrence(X_proj, s_0,
+    mask) -> (states, final)``, when given, replaces the scan (`rnn_jax.fused` passes its kernel).
     """
 
-    def transition_step(carry, x_proj_t):
+    def transition_step(carry, x_t):
+        x_proj_t = cell.project_input(params, x_t) if input_in_step else x_t
         return cell.transition_projected(params, carry, x_proj_t, activation=activation), None
 
-    x_proj = cell.project_input(params, xs)
     if recurrence is None:
-        _, states, final = _plain_scan(transition_step, initial_state, x_proj, mask, unroll)
+        scanned = xs if input_in_step else cell.project_input(params, xs)
+        _, states, final = _plain_scan(transition_step, initial_state, scanned, mask, unroll)
     else:
-        states, final = recurrence(x_proj, initial_state, mask)
+        states, final = recurrence(cell.project_input(params, xs), initial_state, mask)
     outputs = _common.readout(params, states)
     if mask is not None:
         outputs = jnp.where(mask[..., None], outputs, jnp.zeros_like(outputs))
@@ -415,10 +456,13 @@ def unroll(
         dtype throughout. Like ``remat``, it needs the autodiff backward pass.
       projections: where the products that do not depend on the state are computed: "in_step"
         (x_t W_x and the read-out inside every scan step), "hoisted" (`hoisted_scan`: each as one
-        product over all T steps, outside the scan; not with remat or compute_dtype) or "auto"
-        (default: hoisted on GPU and TPU; on a CPU in the step, but hoisted for the Elman cell with at
-        most `CPU_HOIST_MAX_BATCH` = 8 batch rows, as measured, see `resolve_projections`; on every
-        backend, the forward pass that "bptt" differentiates is hoisted, also measured).
+        product over all T steps, outside the scan; not with remat or compute_dtype),
+        "hoisted_readout" (x_t W_x in the step, the read-out as one product after the scan; the same
+        limits) or "auto" (default: hoisted on GPU and TPU; on a CPU in the step, but with at most
+        `CPU_HOIST_MAX_BATCH` = 8 batch rows hoisted for the Elman cell with D or O above 1 and
+        hoisted_readout for the LSTM, the GRU and one Elman sequence with D = 1, as measured, see
+        `resolve_projections`; on every backend, the forward pass that the Elman "bptt"
+        differentiates is hoisted, also measured).
         The values are the same up to float round-off; it applies to both backward passes.
 
     Returns:
@@ -455,7 +499,8 @@ def unroll(
     mask = _resolve_mask(mask, lengths, num_steps, batch)
     check_scan_options(remat, compute_dtype)
     plain = remat is None and compute_dtype is None
-    hoist = resolve_projections(projections, plain, cell=cell, batch=batch)
+    widths = (input_size, params.w_y.shape[1]) if cell is elman else None  # (D, O): only Elman's choice reads them
+    form = resolve_projections(projections, plain, cell=cell, batch=batch, widths=widths)
     if backward == "fast":
         backward = _fast_backward(cell, plain, projections, batch, params.w_s.shape[0], params.w_s.dtype)
     if backward in ("bptt", "fused") and not plain:
@@ -468,11 +513,12 @@ def unroll(
         from rnn_jax import bptt  # bptt sits on this module; imported here to keep the arrow one way
 
         if cell is lstm or cell is gru:
-            if projections == "hoisted":
+            if projections in ("hoisted", "hoisted_readout"):
                 raise ValueError(
                     f"projections: the {cell.__name__.rsplit('.', 1)[-1].upper()}'s hand-derived backward pass "
-                    "(backward='bptt') keeps the gate pre-activations of a forward pass that projects in the step; "
-                    "use projections='auto' or 'in_step', or backward='autodiff'"
+                    "(backward='bptt') keeps the gate pre-activations and outputs of a forward pass that computes "
+                    f"its products in the step; use projections='auto' or 'in_step', or backward='autodiff' (got "
+                    f"{projections!r})"
                 )
             gated_scan = bptt.lstm_scan if cell is lstm else bptt.gru_scan
             outputs, states, final = gated_scan(params, xs, initial_state, mask, activation, unroll)
@@ -480,8 +526,8 @@ def unroll(
             # the forward pass that the custom VJP differentiates is hoisted with "auto" on every backend: on the
             # 2-core CPU that made its train step 2-16% faster at 4 of the 5 standard sizes (4% slower at
             # (256,64,128,512,128))
-            hoisted = (hoist, hoist or projections == "auto")
-            outputs, states, final = bptt.elman_scan(params, xs, initial_state, mask, activation, unroll, hoisted)
+            forms = (form, "hoisted" if projections == "auto" else form)
+            outputs, states, final = bptt.elman_scan(params, xs, initial_state, mask, activation, unroll, forms)
         else:
             raise ValueError(
                 f"backward: 'bptt' is derived for the Elman, LSTM and GRU cells only, got cell {cell.__name__}"
@@ -494,15 +540,18 @@ def unroll(
                 f"backward: 'fused' (rnn_jax.fused) exists for the Elman, LSTM and GRU cells only, got cell "
                 f"{cell.__name__}"
             )
-        if projections == "in_step":
+        if projections in ("in_step", "hoisted_readout"):
             raise ValueError(
                 "projections: the fused kernels compute only the recurrent product in each step (the others are "
-                "hoisted out of the loop); use projections='auto' or 'hoisted' with backward='fused'"
+                f"hoisted out of the loop); use projections='auto' or 'hoisted' with backward='fused', got "
+                f"{projections!r}"
             )
         fused.check_hidden(params.w_s.shape[0], cell)
         outputs, states, final = fused.SCANS[cell](params, xs, initial_state, mask, activation)
-    elif backward == "autodiff" and hoist:
-        outputs, states, final = hoisted_scan(cell, params, initial_state, xs, mask, activation, unroll)
+    elif backward == "autodiff" and form != "in_step":
+        outputs, states, final = hoisted_scan(
+            cell, params, initial_state, xs, mask, activation, unroll, input_in_step=form == "hoisted_readout"
+        )
     elif backward == "autodiff":
         cell_step = functools.partial(cell.step, activation=activation)
         outputs, states, final = scan_in_dtype(cell_step, params, initial_state, xs, mask, unroll, remat, compute_dtype)

@@ -326,7 +326,8 @@ def test_gated_bptt_fails_on_a_planted_error(x64, monkeypatch, cell_name):
 
 
 @pytest.mark.parametrize("cell_name", ["lstm", "gru"])
-def test_gated_bptt_refuses_hoisted_projections(key, cell_name):
+@pytest.mark.parametrize("form", ["hoisted", "hoisted_readout"])
+def test_gated_bptt_refuses_hoisted_projections(key, cell_name, form):
     params = rj.cells.get(cell_name).init(key, 2, 3, 1)
-    with pytest.raises(ValueError, match=rf"projections: the {cell_name.upper()}'s hand-derived backward pass"):
-        rj.unroll(params, jnp.zeros((3, 2, 2)), cell=rj.cells.get(cell_name), backward="bptt", projections="hoisted")
+    with pytest.raises(ValueError, match=rf"projections: the {cell_name.upper()}'s hand-derived backward pass.*{form}"):
+        rj.unroll(params, jnp.zeros((3, 2, 2)), cell=rj.cells.get(cell_name), backward="bptt", projections=form)

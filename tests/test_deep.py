@@ -425,7 +425,13 @@ def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:
         (ModelConfig(layers=2), "xor", {"tbptt_k1": 4}, "tbptt_k1: truncated BPTT runs the single-layer network"),
         (ModelConfig(layers=2, projections="hoisted", remat="2"), "adding", {}, "projections: 'hoisted' .* remat"),
         (ModelConfig(projections="hoisted", remat="4"), "adding", {}, "projections: 'hoisted' .* cannot be combined"),
-        (ModelConfig(projections="outside"), "adding", {}, "projections: expected 'auto', 'in_step' or 'hoisted'"),
+        (ModelConfig(projections="outside"), "adding", {}, "projections: expected 'auto', 'in_step', 'hoisted' or"),
+        (
+            ModelConfig(layers=2, projections="hoisted_readout"),
+            "adding",
+            {},
+            "'hoisted_readout' is a form of the single",
+        ),
     ],
 )
 def test_options_that_cannot_combine_are_clear_errors(model, task, run, message):

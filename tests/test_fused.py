@@ -117,6 +117,7 @@ class _NotACell:
     [
         ({"cell": _NotACell()}, "Elman, LSTM and GRU cells only, got cell mgu"),
         ({"projections": "in_step"}, "projections"),
+        ({"projections": "hoisted_readout"}, "projections: the fused kernels .* got 'hoisted_readout'"),
         ({"remat": 2}, "cannot rematerialise"),
     ],
 )

@@ -355,7 +355,11 @@ def test_remat_shrinks_the_backward_pass_memory(cell_name, remat):
         ({"compute_dtype": jnp.int32}, r"compute_dtype: expected a floating dtype"),
         ({"projections": "hoisted", "remat": 2}, r"projections: 'hoisted' .* cannot be combined with remat"),
         ({"projections": "hoisted", "compute_dtype": jnp.bfloat16}, r"projections: 'hoisted' .*compute_dtype"),
-        ({"projections": "outside"}, r"projections: expected 'auto', 'in_step' or 'hoisted', got 'outside'"),
+        ({"projections": "hoisted_readout", "remat": 2}, r"projections: 'hoisted_readout' .* cannot be combined"),
+        (
+            {"projections": "outside"},
+            r"projections: expected 'auto', 'in_step', 'hoisted' or 'hoisted_readout', got 'outside'",
+        ),
     ],
 )
 def test_bad_remat_or_precision_gets_a_clear_error(key, kwargs, message):
@@ -427,12 +431,13 @@ LOOPS = {"elman": elman_loop, "lstm": lstm_loop, "gru": gru_loop}
 @pytest.mark.parametrize(("cell_name", "backward"), [("elman", "autodiff"), ("elman", "bptt"), ("lstm", "autodiff"),
                                                      ("gru", "autodiff")])  # fmt: skip
 @pytest.mark.parametrize("with_lengths", [False, True])
-def test_hoisted_projections_equal_the_python_loop(cell_name, backward, with_lengths):
-    """The unroll with x_t W_x computed for all steps before the scan and the read-out after it equals the
-    NumPy loop oracle (outputs zero past each end, states frozen), float32."""
+@pytest.mark.parametrize("form", ["hoisted", "hoisted_readout"])
+def test_hoisted_projections_equal_the_python_loop(cell_name, backward, with_lengths, form):
+    """The unroll with x_t W_x computed for all steps before the scan (or in the step) and the read-out after it
+    equals the NumPy loop oracle (outputs zero past each end, states frozen), float32."""
     cell, params, xs, _ = _cell_setup(cell_name, jnp.float32)
     lengths = jnp.array([T, 3, 0], jnp.int32) if with_lengths else None
-    run = jax.jit(functools.partial(rj.unroll, cell=cell, backward=backward, projections="hoisted"))
+    run = jax.jit(functools.partial(rj.unroll, cell=cell, backward=backward, projections=form))
     got = run(params, xs, lengths=lengths)
     want = LOOPS[cell_name](params, xs, "tanh", lengths=None if lengths is None else np.asarray(lengths))
     chex.assert_trees_all_close(
@@ -444,9 +449,11 @@ def test_hoisted_projections_equal_the_python_loop(cell_name, backward, with_len
     pytest.param("elman", "autodiff", "sigmoid", marks=pytest.mark.slow), ("elman", "bptt", "tanh"),
     pytest.param("elman", "bptt", "relu", marks=pytest.mark.slow), ("lstm", "autodiff", "tanh"),
     ("gru", "autodiff", "identity")])  # fmt: skip
-def test_hoisted_projections_equal_in_step_float64(x64, cell_name, backward, activation):
+@pytest.mark.parametrize("form", ["hoisted", "hoisted_readout"])
+def test_hoisted_projections_equal_in_step_float64(x64, cell_name, backward, activation, form):
     """Values and gradients (params, inputs, initial state) of a loss reading outputs, states and final state:
-    projections hoisted = in step, float64 to 1e-10 relative, with lengths (full, short, empty) and scan unroll 2."""
+    projections hoisted (both, or the read-out only) = in step, float64 to 1e-10 relative, with lengths (full,
+    short, empty) and scan unroll 2."""
     cell, params, xs, targets = _cell_setup(cell_name, jnp.float64)
     lengths = jnp.array([T, 3, 0], jnp.int32)
     s0 = jax.tree.map(lambda a: 0.3 * jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape),
@@ -461,42 +468,70 @@ def test_hoisted_projections_equal_in_step_float64(x64, cell_name, backward, act
 
     value_and_grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True), static_argnums=3)
     want = value_and_grad(params, xs, s0, "in_step")
-    got = value_and_grad(params, xs, s0, "hoisted")
+    got = value_and_grad(params, xs, s0, form)
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(float(np.max(np.abs(w))), 1.0))
 
 
-def test_auto_projections_by_backend_cell_and_batch(monkeypatch):
-    """The "auto" choice hoists on GPU/TPU; on a CPU it hoists for the Elman cell with at most
-    `CPU_HOIST_MAX_BATCH` rows and keeps the products in the step otherwise (gated cells, more rows, or the cell or
-    batch unknown); never with remat or mixed precision (which keep the step's own form)."""
-    assert resolve_projections("in_step") is False and resolve_projections("hoisted") is True
+def test_auto_projections_by_backend_cell_batch_and_widths(monkeypatch):
+    """The "auto" choice hoists both products on GPU/TPU; on a CPU with at most `CPU_HOIST_MAX_BATCH` rows it hoists
+    both for the Elman cell whose widths (D, O) are not both 1, only the read-out for the gated cells and for one
+    Elman sequence with D = 1, and keeps the products in the step otherwise (more rows, Elman's D = O = 1 with B > 1,
+    or the cell, batch or Elman widths unknown); never with remat or mixed precision (the step's own form)."""
+    assert resolve_projections("in_step") == "in_step" and resolve_projections("hoisted") == "hoisted"
+    assert resolve_projections("hoisted_readout") == "hoisted_readout"
     for backend in ("cpu", "gpu", "tpu"):
         monkeypatch.setattr(jax, "default_backend", lambda backend=backend: backend)
         on_cpu = backend == "cpu"
-        assert resolve_projections("auto") is not on_cpu
-        for cell, batch, cpu_hoists in [
-            (rj.elman, 1, True), (rj.elman, CPU_HOIST_MAX_BATCH, True), (rj.elman, CPU_HOIST_MAX_BATCH + 1, False),
-            (rj.elman, None, False), (rj.lstm, 1, False), (rj.gru, 1, False), (None, 1, False),
+        assert resolve_projections("auto") == ("in_step" if on_cpu else "hoisted")
+        for cell, batch, widths, on_a_cpu in [
+            (rj.elman, 2, (3, 2), "hoisted"), (rj.elman, CPU_HOIST_MAX_BATCH, (3, 2), "hoisted"),
+            (rj.elman, 1, (3, 2), "hoisted"), (rj.elman, 1, (8, 1), "hoisted"),
+            (rj.elman, 1, (1, 1), "hoisted_readout"), (rj.elman, 1, (1, 8), "hoisted_readout"),
+            (rj.elman, 2, (1, 1), "in_step"), (rj.elman, 2, (1, 4), "hoisted"),
+            (rj.elman, CPU_HOIST_MAX_BATCH + 1, (3, 2), "in_step"),
+            (rj.elman, None, (3, 2), "in_step"), (rj.elman, 1, None, "in_step"),
+            (rj.lstm, 1, (1, 1), "hoisted_readout"), (rj.gru, CPU_HOIST_MAX_BATCH, None, "hoisted_readout"),
+            (rj.lstm, CPU_HOIST_MAX_BATCH + 1, (3, 2), "in_step"), (rj.gru, None, (3, 2), "in_step"),
+            (None, 1, (3, 2), "in_step"),
         ]:  # fmt: skip
-            assert resolve_projections("auto", cell=cell, batch=batch) is (cpu_hoists or not on_cpu)
-            assert resolve_projections("auto", plain=False, cell=cell, batch=batch) is False
+            kwargs = {"cell": cell, "batch": batch, "widths": widths}
+            assert resolve_projections("auto", **kwargs) == (on_a_cpu if on_cpu else "hoisted"), (backend, kwargs)
+            assert resolve_projections("auto", plain=False, **kwargs) == "in_step"
 
 
 def test_auto_projections_reach_the_unroll_on_cpu(monkeypatch):
-    """`unroll` passes its cell and batch to the choice: with "auto" on a CPU a batch of at most 8 rows runs
-    `hoisted_scan` and a larger one the scan of ``cell.step`` (seen by which of the two is called)."""
+    """`unroll` passes its cell, batch and widths to the choice: with "auto" on a CPU a batch of at most 8 rows
+    runs `hoisted_scan` (the input product in the step for the GRU and for one Elman sequence with D = 1; Elman's
+    D = O = 1 with more rows in the step) and a larger one the scan of ``cell.step`` (seen by which of the two is
+    called, and how)."""
     import importlib
 
     module = importlib.import_module("rnn_jax.unroll")
     monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
     calls = []
     real = module.hoisted_scan
-    monkeypatch.setattr(module, "hoisted_scan", lambda *a, **k: calls.append(a[3].shape[1]) or real(*a, **k))
+
+    def spy(*args, **kwargs):
+        calls.append((args[3].shape[1:], kwargs.get("input_in_step", False)))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(module, "hoisted_scan", spy)
     params = rj.elman.init(jax.random.key(0), 3, 5, 2)
     for batch in (1, CPU_HOIST_MAX_BATCH, CPU_HOIST_MAX_BATCH + 1):
         module.unroll(params, jnp.ones((4, batch, 3)))
-    assert calls == [1, CPU_HOIST_MAX_BATCH]
+    narrow = rj.elman.init(jax.random.key(0), 1, 5, 1)
+    for batch in (1, 2):
+        module.unroll(narrow, jnp.ones((4, batch, 1)))
+    gru_params = rj.gru.init(jax.random.key(0), 3, 5, 2)
+    for batch in (CPU_HOIST_MAX_BATCH, CPU_HOIST_MAX_BATCH + 1):
+        module.unroll(gru_params, jnp.ones((4, batch, 3)), cell=rj.gru)
+    assert calls == [
+        ((1, 3), False),
+        ((CPU_HOIST_MAX_BATCH, 3), False),
+        ((1, 1), True),
+        ((CPU_HOIST_MAX_BATCH, 3), True),
+    ]
 
 
 @pytest.mark.parametrize(
