@@ -8,7 +8,8 @@ for JAX, through ``jax.default_matmul_precision(MATMUL_PRECISION)``, and for tor
     train     loss = mean |y - d|^2;  g = BPTT;  clip(g, global norm 1);  Adam update
 
 Repeats are interleaved (A B C A B C ...), so a noisy, shared machine slows every implementation
-alike and the ratios hold; each record gives the median and the 10th/90th percentiles of the
+alike and the ratios hold, with a pause before each sample (`SETTLE_S`) so that none starts while
+the previous one's threads still spin; each record gives the median and the 10th/90th percentiles of the
 time per call, the compile time apart, and the peak memory. Before any timing, every
 implementation's loss and gradient at the shared initial parameters are compared with rnn-jax's
 autodiff path (`Agreement`), so no one wins by computing something else.
@@ -893,6 +894,17 @@ def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchRes
     return BenchResult(records, agreement, skipped, _notes(), tuple(failed))
 
 
+# A pause before every timed sample, so that no implementation's sample starts while the previous one's threads are
+# still busy. PyTorch's OpenMP workers keep spinning for a while after a multi-threaded call returns: on the 2-core
+# Intel Xeon (2026-11-29) the sample timed right after torch's 2-thread sample was 14-20% slower than the same
+# compiled program timed elsewhere in the round (LSTM (8,256,8,32,8): 0.974 vs 0.854 ms forward, 3.45 vs 2.88 ms
+# train), and a throwaway script (30 nn.LSTM calls on 2 threads, then 20 calls of a jitted rnn-jax LSTM) measured
+# 0.978 ms a call with no pause, 0.831 after 5 ms, 0.814 after 50 ms and 0.831 with no torch before it. Before this
+# pause the harness's fixed order put lower-bound right after torch (its bound read high) and a study's first
+# implementation after torch on the next round.
+SETTLE_S = 0.01
+
+
 def _time_mode(shape, mode, impls, prepared, repeats, min_sample_s) -> list[dict[str, Any]]:
     """Interleaved samples of every implementation's ``mode``; variants reported under the better one."""
     calls: dict[tuple[str, str], Callable[[], None]] = {}
@@ -916,6 +928,7 @@ def _time_mode(shape, mode, impls, prepared, repeats, min_sample_s) -> list[dict
     for _ in range(repeats):
         for key, fn in calls.items():
             count = number if first_call[key] * number < 10 * min_sample_s else 1
+            time.sleep(SETTLE_S)
             start = time.perf_counter()
             for _ in range(count):
                 fn()

@@ -184,6 +184,27 @@ def test_the_harness_times_full_float32_products_whatever_the_callers_precision(
     assert seen == [bench.MATMUL_PRECISION] == ["highest"]
 
 
+def test_every_timed_sample_starts_after_a_pause(standard_promotion, monkeypatch):
+    """Each implementation's sample starts `SETTLE_S` after the previous one ended (torch's spinning threads would
+    otherwise slow whichever sample follows its own): one pause per sample, and none inside a sample."""
+    events = []
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: events.append(("pause", seconds)))
+
+    def counting(name):
+        def prepare(problem):
+            prepared = bench.rnn_jax_implementation(name).prepare(problem)
+            run = {mode: (lambda fn=fn: events.append(("call", name)) or fn()) for mode, fn in prepared.run.items()}
+            return prepared._replace(run=run)
+
+        return bench.Implementation(name, prepare)
+
+    bench.run([TINY], repeats=3, implementations=[counting("a"), counting("b")], min_sample_s=0.0)
+    warm_up = [("call", "a")] * 2 + [("call", "b")] * 2  # two calls each: compile and size the samples
+    pause = ("pause", bench.SETTLE_S)
+    assert events == (warm_up + [pause, ("call", "a"), pause, ("call", "b")] * 3) * 2  # forward, then train
+    assert bench.SETTLE_S >= 0.005
+
+
 def test_each_finished_shape_is_reported_with_the_records_so_far(standard_promotion):
     seen = []
     impls = [bench.rnn_jax_implementation("reference")]
