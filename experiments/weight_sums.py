@@ -2,11 +2,12 @@
 
 Question. The Elman and LSTM custom VJPs (`rnn_jax.bptt`) can sum dW = sum_t z_t^T delta_t inside their reverse
 scans, one [D + H, B] @ [B, G H] product per step, or form it after the scan as one [D + H, T B] @ [T B, G H]
-product. On a CPU `rnn_jax.bptt` sums after the scan below `bptt.CPU_SUM_IN_SCAN_MIN_BATCH` batch rows per device
-and inside from there up. Does each side of that threshold pay, per cell, on one device and on two? Both forms run
-as `rnn_jax.bench` implementations of the fast path (the threshold forced to 0 or to infinity while each
-compiles), in one process with interleaved repeats, beside flax and (when importable) PyTorch; the harness
-checks that all agree on the first step's loss and gradients.
+product. On a CPU `rnn_jax.bptt` sums after the scan below `bptt.CPU_SUM_IN_SCAN_MIN_BATCH` batch rows on one
+device (`CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT` rows per device in a step split over several) and inside from there up.
+Does each side of those thresholds pay, per cell, on one device and on two? Both forms run as `rnn_jax.bench`
+implementations of the fast path (the thresholds forced to 0 or to infinity while each compiles), in one process
+with interleaved repeats, beside flax and (when importable) PyTorch; the harness checks that all agree on the first
+step's loss and gradients.
 
 Command:
   python -m experiments.weight_sums            # 5 Elman and 4 LSTM sizes, 1 and 2 devices, 11 repeats
@@ -14,7 +15,9 @@ Command:
 
 Expected runtime on 2 CPU cores: about 3 minutes (--quick: about 1 minute).
 Expected result (2-core AMD EPYC Zen 3, 2026-11-28): the train step with the sums after the scan in 0.5-0.97x the
-time of the sums inside below 64 rows per device (a tie at 32 rows on each of two devices), and 1.0-1.2x at 64.
+time of the sums inside below 64 rows per device (a tie at 32 rows on each of two devices), and 1.0-1.2x at 64. On
+the 2-core Intel Xeon (2026-11-29, 2 minutes 25 s; results/weight_sums/xeon/) the same on one device (0.67-0.98x
+below 64 rows, 1.03x at 64) but 1.11-1.15x with 32 rows on each of two devices, hence the split threshold of 32.
 Writes results.json (the harness's JSON records and agreement, and the after / inside ratios) and summary.md (the
 ratios per size and device count, and the harness's table).
 """
@@ -40,12 +43,15 @@ def forced(implementation: bench.Implementation, form: str) -> bench.Implementat
     """``implementation`` compiled with the weight sums ``form`` ("after" or "inside") the reverse scan."""
 
     def prepare(problem: bench.Problem) -> bench.Prepared:
-        threshold = bptt.CPU_SUM_IN_SCAN_MIN_BATCH
-        bptt.CPU_SUM_IN_SCAN_MIN_BATCH = FORMS[form]  # read when the custom VJP's backward rule is traced
+        names = ("CPU_SUM_IN_SCAN_MIN_BATCH", "CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT")  # one device; a split step
+        thresholds = {name: getattr(bptt, name) for name in names}
+        for name in names:  # read when the custom VJP's backward rule is traced
+            setattr(bptt, name, FORMS[form])
         try:
             return implementation.prepare(problem)
         finally:
-            bptt.CPU_SUM_IN_SCAN_MIN_BATCH = threshold
+            for name, threshold in thresholds.items():
+                setattr(bptt, name, threshold)
 
     return implementation._replace(name=f"{implementation.name}-{form}", prepare=prepare)
 
@@ -91,7 +97,8 @@ def main() -> None:
     rows = ratios(result.records)
     disagreements = [a for a in result.agreement if not a.agrees]
     _common.write_json(out / "results.json", {
-        "notes": result.notes, "repeats": repeats, "threshold": bptt.CPU_SUM_IN_SCAN_MIN_BATCH, "rows": rows,
+        "notes": result.notes, "repeats": repeats, "threshold": bptt.CPU_SUM_IN_SCAN_MIN_BATCH,
+        "threshold_split": bptt.CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT, "rows": rows,
         "records": result.records, "agreement": [a._asdict() | {"shape": a.shape._asdict()} for a in result.agreement],
     })  # fmt: skip
     table = _common.markdown_table(
@@ -102,8 +109,9 @@ def main() -> None:
     notes = "{backend} ({device}), {cpu_count} CPUs, jax {jax}, torch {torch}".format(**result.notes)
     summary = (
         f"# Weight gradients after vs inside the reverse scan{' (quick)' if args.quick else ''}\n\n{notes}; "
-        f"{repeats} interleaved repeats; train step medians; the threshold in use: "
-        f"{bptt.CPU_SUM_IN_SCAN_MIN_BATCH} rows per device\n\n{table}\n\n"
+        f"{repeats} interleaved repeats; train step medians; the thresholds in use: "
+        f"{bptt.CPU_SUM_IN_SCAN_MIN_BATCH} rows on one device, {bptt.CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT} rows per "
+        f"device in a split step\n\n{table}\n\n"
         f"Agreement: {'all agree' if not disagreements else f'{len(disagreements)} disagree'}\n\n"
         f"```\n{bench.format_table(result)}\n```\n"
     )

@@ -38,6 +38,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Literal, NamedTuple
 
@@ -378,11 +379,30 @@ CPU_REVERSE_UNROLL = 2
 # LSTM), though 0.85x at (64,100,8,64,8), where H = 64 (the sums stay inside at 64 rows all the same) (README).
 CPU_SUM_IN_SCAN_MIN_BATCH = 64
 
+# The same threshold when the step is split over several CPU devices (`rnn_jax.distributed`, a shard_map): each
+# device then runs on one core, and the products after the scan lose the second core that made them pay on one
+# device. Measured (`experiments.weight_sums`, 11 interleaved repeats with the harness's settling pause, the 2-core
+# Intel Xeon, 2026-11-29; after / inside): 32 rows on each of two devices 1.11x (Elman) and 1.15x (LSTM) at
+# (64,256,32,128,32), while one device with 32 rows was 0.77-0.98x and with 64 rows 1.03x; 16 rows on each of two a tie
+# (0.96-1.04x). On the Zen 3 machine 32 rows on each of two were a tie (0.97x, 1.01x), 16 rows 0.79-0.93x.
+CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT = 32
+
+
+def _split_devices() -> int:
+    """How many devices the step being traced is split over: the size of the manual axes of the enclosing
+    `jax.shard_map` (1 outside one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return math.prod(mesh.shape[axis] for axis in mesh.manual_axes) if not mesh.empty else 1
+
 
 def _sums_in_scan(batch: int) -> bool:
     """Whether a custom VJP's reverse scan sums the weight gradients inside it for ``batch`` rows (per device): off
-    a CPU always, on a CPU from `CPU_SUM_IN_SCAN_MIN_BATCH` rows up (the Elman and LSTM cells alike)."""
-    return jax.default_backend() != "cpu" or batch >= CPU_SUM_IN_SCAN_MIN_BATCH
+    a CPU always, on a CPU from `CPU_SUM_IN_SCAN_MIN_BATCH` rows up, or `CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT` inside a
+    step split over several devices (the Elman and LSTM cells alike)."""
+    if jax.default_backend() != "cpu":
+        return True
+    split = _split_devices() > 1
+    return batch >= (CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT if split else CPU_SUM_IN_SCAN_MIN_BATCH)
 
 
 def _elman_scan_bwd(activation, unroll, forms, residuals, cotangents):

@@ -141,6 +141,21 @@ def test_both_cpu_forms_of_the_reverse_scan_equal_autodiff(monkeypatch, x64, min
     chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-13)
 
 
+def test_cpu_weight_sums_threshold_is_lower_in_a_split_step(monkeypatch):
+    """On a CPU the sums go inside the reverse scan from `CPU_SUM_IN_SCAN_MIN_BATCH` rows on one device and from
+    `CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT` rows per device in a step split over several (the split seen through
+    `_split_devices`, faked here; tests/test_distributed.py checks it inside a real shard_map); off a CPU always."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    one, split = bptt.CPU_SUM_IN_SCAN_MIN_BATCH, bptt.CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT
+    assert split < one
+    assert bptt._split_devices() == 1  # outside a shard_map
+    for devices, threshold in ((1, one), (2, split), (4, split)):
+        monkeypatch.setattr(bptt, "_split_devices", lambda devices=devices: devices)
+        assert [bptt._sums_in_scan(rows) for rows in (threshold - 1, threshold)] == [False, True]
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    assert bptt._sums_in_scan(1)
+
+
 @pytest.mark.slow
 @SETTINGS
 @given(problems())

@@ -70,6 +70,18 @@ _SCRIPT = textwrap.dedent(
         out["runs"][name] = results
 
     mesh = distributed.make_mesh(4)
+    # where the hand-derived backward pass sums its weight gradients, for rows per device, in a split step and not
+    from rnn_jax import bptt
+
+    def sums_inside(rows):
+        seen = []
+        axis = jax.sharding.PartitionSpec(mesh.axis_names[0])
+        local = lambda x: seen.append(bptt._sums_in_scan(rows)) or x  # noqa: E731
+        split = jax.shard_map(local, mesh=mesh, in_specs=axis, out_specs=axis, check_vma=False)
+        jax.eval_shape(split, jax.ShapeDtypeStruct((4,), jnp.float32))
+        return {"split": seen[0], "one_device": bptt._sums_in_scan(rows)}
+
+    out["sums_inside"] = {rows: sums_inside(rows) for rows in (16, 32, 64)}
     task = tasks.make(TaskConfig(task="adding", seq_len=5, batch_size=8))
     placed = distributed.shard_batch(task.batch(jax.random.key(0), 8), mesh)
     out["inputs_shard_shapes"] = sorted({s.data.shape for s in placed.inputs.addressable_shards})
@@ -220,6 +232,18 @@ def test_data_parallel_gradient_equals_the_whole_batch_gradient_in_float64(four_
 @pytest.mark.parametrize("case", ["elman-bptt", "elman-autodiff", "lstm-bptt", "gru-autodiff"])
 def test_data_parallel_gradient_is_one_all_reduce_after_the_backward_pass(four_devices, case):
     assert four_devices["gradients"][case]["all_reduces"] == {"in_loops": 0, "outside": 1}
+
+
+@pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
+def test_weight_sums_go_inside_the_scan_from_fewer_rows_in_a_split_step(four_devices):
+    """On a CPU the custom VJPs sum their weight gradients inside the reverse scan from
+    `bptt.CPU_SUM_IN_SCAN_MIN_BATCH` (64) rows on one device, but from `CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT` (32) rows per
+    device inside a `jax.shard_map` over several (each device a core: the products after the scan lose the other)."""
+    assert four_devices["sums_inside"] == {
+        "16": {"split": False, "one_device": False},
+        "32": {"split": True, "one_device": False},
+        "64": {"split": True, "one_device": True},
+    }
 
 
 @pytest.mark.slow  # one subprocess with 4 forced host devices trains 5 models twice (~30 s)
