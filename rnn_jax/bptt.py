@@ -261,19 +261,20 @@ def elman_scan(params, xs, initial_state, mask, activation, unroll, forms=("in_s
     `elman.step`), "hoisted" or "hoisted_readout" (`hoisted_scan`; `rnn_jax.unroll.unroll` chooses them, as
     measured).
     """
-    return _elman_forward(params, xs, initial_state, mask, activation, unroll, forms[0])
+    return _forward_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[0])
 
 
-def _elman_forward(params, xs, initial_state, mask, activation, unroll, form):
+def _forward_in_form(cell, params, xs, initial_state, mask, activation, unroll, form):
+    """``cell``'s unroll with its projections where ``form`` says (`rnn_jax.unroll.resolve_projections`)."""
     if form != "in_step":
         return hoisted_scan(
-            elman, params, initial_state, xs, mask, activation, unroll, input_in_step=form == "hoisted_readout"
+            cell, params, initial_state, xs, mask, activation, unroll, input_in_step=form == "hoisted_readout"
         )
-    return scan(functools.partial(elman.step, params, activation=activation), initial_state, xs, mask, unroll)
+    return scan(functools.partial(cell.step, params, activation=activation), initial_state, xs, mask, unroll)
 
 
 def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll, forms):
-    outputs, states, final = _elman_forward(params, xs, initial_state, mask, activation, unroll, forms[1])
+    outputs, states, final = _forward_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[1])
     return (outputs, states, final), (params, xs, initial_state, mask, states)
 
 
@@ -443,8 +444,8 @@ elman_scan.defvjp(_elman_scan_fwd, _elman_scan_bwd)
 # ------------------------------------------------------------------ the LSTM, by hand
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def lstm_scan(params, xs, initial_state, mask, activation, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def lstm_scan(params, xs, initial_state, mask, activation, unroll, form="in_step"):
     """The LSTM unroll ``(outputs, states, final_state)`` whose VJP is `lstm_backward`.
 
     For z_t = x_t W_x + h_{t-1} W_s + b_s = [z_i, z_f, z_g, z_o], gates i, f, o = sigmoid(z_.), g = phi(z_g),
@@ -458,14 +459,18 @@ def lstm_scan(params, xs, initial_state, mask, activation, unroll):
 
     with the gate pre-activations z_t kept from the forward pass (recomputing them cost one more product per step
     and was slower than autodiff). The arguments are those of `rnn_jax.unroll.scan`, checked by `rnn_jax.unroll`
-    (use ``unroll(..., cell=lstm, backward="bptt")``).
+    (use ``unroll(..., cell=lstm, backward="bptt")``); ``form`` is where a forward pass alone computes its
+    projections (`rnn_jax.unroll.resolve_projections`); a forward pass that will be differentiated computes them in
+    the step, whose pre-activations it keeps.
     """
-    return scan(functools.partial(lstm.step, params, activation=activation), initial_state, xs, mask, unroll)
+    return _forward_in_form(lstm, params, xs, initial_state, mask, activation, unroll, form)
 
 
-def _scan_keeping_pre(cell, params, xs, initial_state, mask, activation, unroll):
+def _scan_keeping_pre(cell, params, xs, initial_state, mask, activation, unroll, form):
     """A gated cell's `scan` that also returns every step's ``cell.pre_activations`` (zero at masked steps): the
-    forward rule of `lstm_scan` and `gru_scan`, ``((outputs, states, final), residuals)``."""
+    forward rule of `lstm_scan` and `gru_scan`, ``((outputs, states, final), residuals)``; in the step whatever the
+    primal's ``form``."""
+    del form
 
     def step(carry, x_t):  # cell.step, also returning the pre-activations
         pre = cell.pre_activations(params, cell.hidden(carry), cell.project_input(params, x_t))
@@ -550,9 +555,10 @@ def lstm_backward(
     return grads, dzs @ params.w_x.T, initial_error
 
 
-def _backward_rule(backward_of_arrays, activation, unroll, residuals, cotangents):
+def _backward_rule(backward_of_arrays, activation, unroll, form, residuals, cotangents):
     """The custom VJP's backward rule of `lstm_scan` and `gru_scan` (``backward_of_arrays``: `lstm_backward` or
-    `gru_backward`); the mask gets no cotangent."""
+    `gru_backward`); the mask gets no cotangent (``form`` is the primal's, see `_scan_keeping_pre`)."""
+    del form
     params, xs, initial_state, mask, states, pre = residuals
     g_outputs, g_states, g_final = cotangents
     grads, g_xs, g_initial = backward_of_arrays(
@@ -561,10 +567,10 @@ def _backward_rule(backward_of_arrays, activation, unroll, residuals, cotangents
     return grads, g_xs, g_initial, None
 
 
-def _lstm_scan_bwd(activation, unroll, residuals, cotangents):
+def _lstm_scan_bwd(activation, unroll, form, residuals, cotangents):
     # measured: README, "The same choice for the LSTM, and the study that measures both"
     backward_of = functools.partial(lstm_backward, sum_in_scan=_sums_in_scan(residuals[4].h.shape[1]))
-    return _backward_rule(backward_of, activation, unroll, residuals, cotangents)
+    return _backward_rule(backward_of, activation, unroll, form, residuals, cotangents)
 
 
 lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
@@ -573,8 +579,8 @@ lstm_scan.defvjp(_lstm_scan_fwd, _lstm_scan_bwd)
 # ------------------------------------------------------------------ the GRU, by hand
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def gru_scan(params, xs, initial_state, mask, activation, unroll):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def gru_scan(params, xs, initial_state, mask, activation, unroll, form="in_step"):
     """The GRU unroll ``(outputs, states, final_state)`` whose VJP is `gru_backward`.
 
     For the PyTorch-form GRU of `rnn_jax.cells.gru`, with the kept pre-activations [p_r, p_z, a_n, u_n]
@@ -589,9 +595,9 @@ def gru_scan(params, xs, initial_state, mask, activation, unroll):
         dW_x += x_t^T da_t,  dW_s += h_{t-1}^T du_t,  dW_y += h_t^T (m_t g_t),  db_x += sum_b da_t,  db_s += sum_b du_t
 
     and dE/dh_0 = du_1 W_s^T + p_1. The arguments are those of `rnn_jax.unroll.scan`, checked by
-    `rnn_jax.unroll` (use ``unroll(..., cell=gru, backward="bptt")``).
+    `rnn_jax.unroll` (use ``unroll(..., cell=gru, backward="bptt")``); ``form`` as in `lstm_scan`.
     """
-    return scan(functools.partial(gru.step, params, activation=activation), initial_state, xs, mask, unroll)
+    return _forward_in_form(gru, params, xs, initial_state, mask, activation, unroll, form)
 
 
 _gru_scan_fwd = functools.partial(_scan_keeping_pre, gru)

@@ -324,6 +324,39 @@ def test_gated_bptt_equals_autodiff_float64(x64, cell_name, activation, with_len
 
 
 @pytest.mark.parametrize("cell_name", ["lstm", "gru"])
+def test_gated_bptt_forward_alone_takes_the_auto_form_and_training_keeps_the_step(x64, monkeypatch, cell_name):
+    """With few rows on a CPU, "auto" makes a gated cell's hand-derived unroll run its forward pass alone with the
+    read-out hoisted (`hoisted_scan`, input in the step) and equal to the step's values (float64, with lengths),
+    while the forward pass it differentiates stays in the step (its residuals are the step's pre-activations), so
+    the gradients are those of autodiff."""
+    import importlib
+
+    module = importlib.import_module("rnn_jax.unroll")
+    monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+    calls = []
+    real = module.hoisted_scan
+    monkeypatch.setattr(bptt, "hoisted_scan", lambda *a, **k: calls.append(k) or real(*a, **k))
+    cell = rj.cells.get(cell_name)
+    params = cell.init(jax.random.key(1), 2, 3, 2, dtype=jnp.float64)
+    xs = jax.random.normal(jax.random.key(2), (5, 3, 2), jnp.float64)
+    lengths = jnp.array([5, 2, 0], jnp.int32)
+
+    def run(p, backward, projections="auto"):
+        return rj.unroll(p, xs, cell=cell, lengths=lengths, backward=backward, projections=projections)
+
+    got, want = run(params, "bptt"), run(params, "autodiff", "in_step")
+    assert calls == [{"input_in_step": True}]
+    chex.assert_trees_all_close(got, want, rtol=1e-12, atol=1e-14)
+
+    def grad(backward):
+        return jax.grad(lambda p: jnp.sum(jnp.sin(run(p, backward).outputs)))(params)
+
+    calls.clear()
+    chex.assert_trees_all_close(grad("bptt"), grad("autodiff"), rtol=1e-10, atol=1e-13)
+    assert calls == []  # the bptt forward rule ran in the step (autodiff's "auto" goes through unroll, not bptt)
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "gru"])
 def test_gated_bptt_fails_on_a_planted_error(x64, monkeypatch, cell_name):
     """The comparison above can fail: a dropped term in the hand-derived backward pass (phi' taken as 1) changes
     the gradients beyond its tolerance."""
