@@ -51,7 +51,7 @@ from rnn_jax.cells._common import readout
 from rnn_jax.cells.elman import ElmanParams
 from rnn_jax.cells.gru import GRUParams
 from rnn_jax.cells.lstm import LSTMParams, LSTMState
-from rnn_jax.unroll import hoisted_scan, scan, sequence_mask, unroll
+from rnn_jax.unroll import scan, scan_in_form, sequence_mask, unroll
 
 LossName = losses.LossName
 
@@ -261,20 +261,11 @@ def elman_scan(params, xs, initial_state, mask, activation, unroll, forms=("in_s
     `elman.step`), "hoisted" or "hoisted_readout" (`hoisted_scan`; `rnn_jax.unroll.unroll` chooses them, as
     measured).
     """
-    return _forward_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[0])
-
-
-def _forward_in_form(cell, params, xs, initial_state, mask, activation, unroll, form):
-    """``cell``'s unroll with its projections where ``form`` says (`rnn_jax.unroll.resolve_projections`)."""
-    if form != "in_step":
-        return hoisted_scan(
-            cell, params, initial_state, xs, mask, activation, unroll, input_in_step=form == "hoisted_readout"
-        )
-    return scan(functools.partial(cell.step, params, activation=activation), initial_state, xs, mask, unroll)
+    return scan_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[0])
 
 
 def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll, forms):
-    outputs, states, final = _forward_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[1])
+    outputs, states, final = scan_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[1])
     return (outputs, states, final), (params, xs, initial_state, mask, states)
 
 
@@ -463,7 +454,7 @@ def lstm_scan(params, xs, initial_state, mask, activation, unroll, form="in_step
     projections (`rnn_jax.unroll.resolve_projections`); a forward pass that will be differentiated computes them in
     the step, whose pre-activations it keeps.
     """
-    return _forward_in_form(lstm, params, xs, initial_state, mask, activation, unroll, form)
+    return scan_in_form(lstm, params, xs, initial_state, mask, activation, unroll, form)
 
 
 def _scan_keeping_pre(cell, params, xs, initial_state, mask, activation, unroll, form):
@@ -597,7 +588,7 @@ def gru_scan(params, xs, initial_state, mask, activation, unroll, form="in_step"
     and dE/dh_0 = du_1 W_s^T + p_1. The arguments are those of `rnn_jax.unroll.scan`, checked by
     `rnn_jax.unroll` (use ``unroll(..., cell=gru, backward="bptt")``); ``form`` as in `lstm_scan`.
     """
-    return _forward_in_form(gru, params, xs, initial_state, mask, activation, unroll, form)
+    return scan_in_form(gru, params, xs, initial_state, mask, activation, unroll, form)
 
 
 _gru_scan_fwd = functools.partial(_scan_keeping_pre, gru)

@@ -399,6 +399,17 @@ def hoisted_scan(
     return outputs, states, final
 
 
+def scan_in_form(cell, params, xs, initial_state, mask, activation, unroll: int, form: Form):
+    """``cell``'s unroll ``(outputs, states, final)`` with its projections where ``form`` says
+    (`resolve_projections`): the scan of ``cell.step``, or `hoisted_scan` (the input product in the step for
+    "hoisted_readout")."""
+    if form != "in_step":
+        return hoisted_scan(
+            cell, params, initial_state, xs, mask, activation, unroll, input_in_step=form == "hoisted_readout"
+        )
+    return scan(functools.partial(cell.step, params, activation=activation), initial_state, xs, mask, unroll)
+
+
 def unroll(
     params: elman.ElmanParams,
     xs: jax.Array,
@@ -551,9 +562,7 @@ def unroll(
         fused.check_hidden(params.w_s.shape[0], cell)
         outputs, states, final = fused.SCANS[cell](params, xs, initial_state, mask, activation)
     elif backward == "autodiff" and form != "in_step":
-        outputs, states, final = hoisted_scan(
-            cell, params, initial_state, xs, mask, activation, unroll, input_in_step=form == "hoisted_readout"
-        )
+        outputs, states, final = scan_in_form(cell, params, xs, initial_state, mask, activation, unroll, form)
     elif backward == "autodiff":
         cell_step = functools.partial(cell.step, activation=activation)
         outputs, states, final = scan_in_dtype(cell_step, params, initial_state, xs, mask, unroll, remat, compute_dtype)
