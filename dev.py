@@ -10,12 +10,18 @@ when setup.cfg or pyproject.toml changed), then runs inside it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 import venv
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV = os.path.join(ROOT, ".venv")
@@ -31,15 +37,46 @@ def _stamp() -> str:
     return digest.hexdigest()
 
 
+def _installed(stamp_file: str) -> bool:
+    if not os.path.exists(stamp_file):
+        return False
+    with open(stamp_file) as f:
+        return f.read() == _stamp()
+
+
+@contextlib.contextmanager
+def _install_lock():
+    """Holds an exclusive lock on this file, so that two dev.py commands started together in a fresh checkout
+    (the README's train and test) do not run pip into the same .venv at once: the second waits, then finds the
+    install done. Without it one of them died inside pip."""
+    if fcntl is None:  # not Linux/macOS: no lock, as before
+        yield
+        return
+    with open(os.path.abspath(__file__), "rb") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("dev.py: another dev.py is installing into .venv; waiting for it", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def ensure_environment() -> None:
     """Creates .venv and installs rnn-jax with its test extras, unless that is already done."""
     if sys.version_info < (3, 11):
         sys.exit(f"dev.py: rnn-jax needs Python >= 3.11, this is {sys.version.split()[0]}")
     stamp_file = os.path.join(VENV, ".rnn-jax-installed")
-    if os.path.exists(stamp_file):
-        with open(stamp_file) as f:
-            if f.read() == _stamp():
-                return
+    if _installed(stamp_file):
+        return
+    with _install_lock():
+        if not _installed(stamp_file):  # another dev.py may have installed while this one waited
+            _install(stamp_file)
+
+
+def _install(stamp_file: str) -> None:
     if not os.path.exists(PYTHON):
         print(f"dev.py: creating {VENV}", flush=True)
         try:
