@@ -82,29 +82,17 @@ def trees_agree(got: Any, want: Any, rtol: float = 1e-4) -> bool:
 
 
 def interleaved(calls: dict[str, Any], repeats: int, min_sample_s: float = 0.0) -> dict[str, tuple[float, ...]]:
-    """(median, p10, p90) in ms of each of ``calls`` (name -> a function of no arguments), timed in turn, repeat
-    after repeat (A B A B ...), each sample blocking on its result; a sample runs a call as often as it takes the
-    fastest call to fill ``min_sample_s`` (once when 0), so short calls are not timed at the clock's resolution."""
-    import time
-
+    """(median, p10, p90) in ms of each of ``calls`` (name -> a function of no arguments), timed as the harness
+    times (`rnn_jax.bench.interleaved_samples`: in turn, repeat after repeat, A B A B ..., each sample after a
+    settling pause and blocking on its result, repeated to fill ``min_sample_s``)."""
     import jax
 
     from rnn_jax import bench
 
-    first = {}
-    for name, call in calls.items():  # warm up, then size the samples
-        jax.block_until_ready(call())
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        first[name] = time.perf_counter() - start
-    number = max(1, math.ceil(min_sample_s / max(min(first.values()), 1e-7)))
-    samples: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, call in calls.items():
-            start = time.perf_counter()
-            for _ in range(number):
-                jax.block_until_ready(call())
-            samples[name].append((time.perf_counter() - start) / number)
+    def blocking(call):
+        return lambda: jax.block_until_ready(call())
+
+    samples = bench.interleaved_samples({name: blocking(call) for name, call in calls.items()}, repeats, min_sample_s)
     return {name: bench.percentiles(s) for name, s in samples.items()}
 
 

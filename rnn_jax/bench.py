@@ -19,7 +19,8 @@ The implementations (`default_implementations`):
   rnn-jax-fast      the default, ``backward="fast"`` (for elman the hand-derived BPTT custom VJP, see
                     `rnn_jax.bptt.concatenated_backward`);
   rnn-jax-bf16      ``precision="bfloat16"``: mixed precision (float32 parameters, Adam state, loss and gradient
-                    sums; the unroll and its backward pass in bfloat16); agrees to ``BF16_RTOL``, not 1e-4;
+                    sums; the unroll and its backward pass in bfloat16); agrees to ``BF16_RTOL``, not 1e-4,
+                    of the largest gradient entry over all parameters;
   rnn-jax-fast-Ndev with N = 2, 4, ... devices when JAX sees several: the fast path's data-parallel
                     step, the batch split along B (`rnn_jax.distributed`); its records carry ``devices``;
   flax              ``flax.linen.RNN`` over the matching flax cell (SimpleCell, OptimizedLSTMCell, GRUCell),
@@ -59,7 +60,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -108,6 +109,12 @@ PRESETS: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
 PRESET_REPEATS = {"quick": 3, "standard": 9, "gpu": 9, "long": 3}
 MATMUL_PRECISION = "highest"  # full float32 products: no TensorFloat-32 on GPUs, for JAX and torch alike
 BF16_RTOL = 5e-2  # bfloat16 keeps 8 bits of mantissa: its first step agrees with float32's to a few per cent
+# ... of the largest gradient entry over all parameters (`GradScale` "overall"), not of each parameter's own: a
+# parameter whose gradient is a sum over time that nearly cancels carries bfloat16's round-off of the terms, not of
+# the sum. LSTM (1,1000,1,32,1), seed 0, 2026-11-29: b_y's gradient, (2/T) sum_t (y_t - target_t), is -0.0052 from
+# terms |y_t - target_t| up to 3.4; the bfloat16 outputs are within 0.0044 of float32's (at most 0.37), yet b_y's
+# gradient is 11% off its own size (b_s 4.0%, w_x, w_s, w_y under 0.9%), while the largest error over all
+# parameters is 2.1% of the largest gradient entry (0.037). Elman there: 2.4% per parameter, 0.7% overall.
 
 LEARNING_RATE = 1e-3
 
@@ -165,6 +172,9 @@ class Prepared(NamedTuple):
     first_step: tuple[float, Any] | None  # (loss, gradients as the rnn-jax Params) at the initial parameters
 
 
+GradScale = Literal["parameter", "overall"]
+
+
 class Implementation(NamedTuple):
     """A named way to run a `Problem`: ``prepare(problem) -> Prepared`` (or raise `Unavailable`)."""
 
@@ -173,6 +183,7 @@ class Implementation(NamedTuple):
     variants: tuple[str, ...] = ()  # names timed separately and reported as the better one (torch's threads)
     rtol: float | None = None  # its own agreement tolerance (bfloat16); None: the run's
     devices: int = 1  # devices the batch is split over (data parallel)
+    grad_scale: GradScale = "parameter"  # what its gradient error is relative to (`check_agreement`)
 
 
 class Agreement(NamedTuple):
@@ -182,7 +193,7 @@ class Agreement(NamedTuple):
     impl: str
     loss: float
     loss_rel_err: float  # |loss - loss_ref| / |loss_ref|
-    grad_rel_err: float  # max over parameters of max |g - g_ref| / max |g_ref|
+    grad_rel_err: float  # max |g - g_ref| / max |g_ref|, per parameter (the largest) or over all (`GradScale`)
     agrees: bool
 
 
@@ -264,6 +275,7 @@ def rnn_jax_implementation(
     *,
     devices: int = 1,
     rtol: float | None = None,
+    grad_scale: GradScale = "parameter",
     kernel_options: fused.KernelOptions | None = None,
     compiler_options: Mapping[str, str | int | bool] | None = None,
     **model_options,
@@ -345,7 +357,7 @@ def rnn_jax_implementation(
             first_step=(float(loss), jax.device_get(grads)),
         )
 
-    return Implementation(name, prepare, rtol=rtol, devices=devices)
+    return Implementation(name, prepare, rtol=rtol, devices=devices, grad_scale=grad_scale)
 
 
 def _check_command_buffers(compiler_options: Mapping[str, Any] | None) -> None:
@@ -764,7 +776,9 @@ NAMED_IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {
         "rnn-jax-fused-per-step", backward="fused", kernel_options=fused.KernelOptions(weights_once=False)),
     "rnn-jax-fused-4warps": lambda: rnn_jax_implementation(
         "rnn-jax-fused-4warps", backward="fused", kernel_options=fused.KernelOptions(num_warps=4)),
-    "rnn-jax-bf16": lambda: rnn_jax_implementation("rnn-jax-bf16", rtol=BF16_RTOL, precision="bfloat16"),
+    "rnn-jax-bf16": lambda: rnn_jax_implementation(
+        "rnn-jax-bf16", rtol=BF16_RTOL, grad_scale="overall", precision="bfloat16"
+    ),
     "rnn-jax-remat-100": lambda: rnn_jax_implementation("rnn-jax-remat-100", backward="autodiff", remat="100"),
     "rnn-jax-remat-sqrt": lambda: rnn_jax_implementation("rnn-jax-remat-sqrt", backward="autodiff", remat="sqrt"),
     "rnn-jax-fast-graphs": lambda: rnn_jax_implementation(
@@ -806,23 +820,32 @@ def _on_devices(name: str) -> Implementation:
 
 
 def check_agreement(
-    shape: Shape, first_steps: dict[str, tuple[float, Any]], rtol: float | Mapping[str, float]
+    shape: Shape,
+    first_steps: dict[str, tuple[float, Any]],
+    rtol: float | Mapping[str, float],
+    grad_scale: Mapping[str, GradScale] | None = None,
 ) -> list[Agreement]:
     """Compares every first step (loss, gradients) with the first one given (the reference).
 
     The gradient error of a parameter is ``max |g - g_ref| / max |g_ref|``, so a tiny entry's
-    round-off does not count as a disagreement; ``agrees`` when loss and every gradient are
-    within ``rtol`` (one tolerance, or one per implementation name).
+    round-off does not count as a disagreement, and the largest over the parameters is reported;
+    with ``grad_scale[name] == "overall"`` (bfloat16) both maxima run over all parameters at once,
+    so a parameter whose gradient is a nearly cancelling sum does not count its terms' round-off
+    against the small sum (see `BF16_RTOL`). ``agrees`` when loss and gradient errors are within
+    ``rtol`` (one tolerance, or one per implementation name).
     """
     (ref_loss, ref_grads), *_ = first_steps.values()
     result = []
     for name, (loss, grads) in first_steps.items():
         loss_err = abs(loss - ref_loss) / max(abs(ref_loss), np.finfo(np.float32).tiny)
-        errors = [
-            float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))) / max(np.max(np.abs(b)), 1e-30))
+        pairs = [
+            (np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))), np.max(np.abs(b)))
             for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True)
         ]
-        grad_err = max(errors)
+        if (grad_scale or {}).get(name, "parameter") == "overall":
+            grad_err = float(max(d for d, _ in pairs) / max(max(r for _, r in pairs), 1e-30))
+        else:
+            grad_err = float(max(d / max(r, 1e-30) for d, r in pairs))
         tol = rtol[name] if isinstance(rtol, Mapping) else rtol
         agrees = bool(np.isfinite(loss_err) and np.isfinite(grad_err) and loss_err <= tol and grad_err <= tol)
         result.append(Agreement(shape, name, float(loss), float(loss_err), grad_err, agrees))
@@ -886,7 +909,8 @@ def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchRes
         first = {name: p.first_step for name, p in prepared.items() if p.first_step is not None}
         if first:
             tolerances = {impl.name: rtol if impl.rtol is None else impl.rtol for impl in impls}
-            agreement.extend(check_agreement(shape, first, tolerances))
+            scales = {impl.name: impl.grad_scale for impl in impls}
+            agreement.extend(check_agreement(shape, first, tolerances, scales))
         for mode in MODES:
             records.extend(_time_mode(shape, mode, impls, prepared, repeats, min_sample_s))
         if on_shape is not None:
@@ -903,6 +927,37 @@ def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchRes
 # pause the harness's fixed order put lower-bound right after torch (its bound read high) and a study's first
 # implementation after torch on the next round.
 SETTLE_S = 0.01
+K = TypeVar("K")
+
+
+def interleaved_samples(
+    calls: Mapping[K, Callable[[], None]], repeats: int, min_sample_s: float
+) -> dict[K, list[float]]:
+    """``repeats`` timing samples in seconds per call of each of ``calls`` (key -> a function of no arguments that
+    waits for its result), taken in turn (A B C A B C ...), each after a `SETTLE_S` pause.
+
+    Each call is run twice first (a warm-up, then a timed call that sizes the samples): a sample repeats a call as
+    often as it takes the fastest to fill ``min_sample_s`` (at most 1000 times; once when 0), unless that would
+    make this call's sample over 10x ``min_sample_s``, so short calls are not timed at the clock's resolution.
+    """
+    first_call = {}
+    for key, fn in calls.items():
+        fn()
+        start = time.perf_counter()
+        fn()
+        first_call[key] = time.perf_counter() - start
+    number = max(1, int(np.ceil(min_sample_s / max(min(first_call.values()), 1e-7))))
+    number = min(number, 1000)
+    samples: dict[K, list[float]] = {key: [] for key in calls}
+    for _ in range(repeats):
+        for key, fn in calls.items():
+            count = number if first_call[key] * number < 10 * min_sample_s else 1
+            time.sleep(SETTLE_S)
+            start = time.perf_counter()
+            for _ in range(count):
+                fn()
+            samples[key].append((time.perf_counter() - start) / count)
+    return samples
 
 
 def _time_mode(shape, mode, impls, prepared, repeats, min_sample_s) -> list[dict[str, Any]]:
@@ -916,23 +971,7 @@ def _time_mode(shape, mode, impls, prepared, repeats, min_sample_s) -> list[dict
             calls[impl.name, variant] = prepared[impl.name].run[key]
     if not calls:  # every implementation skipped (GPU-only ones on a CPU, say) or failed: reported as such
         return []
-    first_call = {}
-    for key, fn in calls.items():  # warm up, and size each sample
-        fn()
-        start = time.perf_counter()
-        fn()
-        first_call[key] = time.perf_counter() - start
-    number = max(1, int(np.ceil(min_sample_s / max(min(first_call.values()), 1e-7))))
-    number = min(number, 1000)
-    samples: dict[tuple[str, str], list[float]] = {key: [] for key in calls}
-    for _ in range(repeats):
-        for key, fn in calls.items():
-            count = number if first_call[key] * number < 10 * min_sample_s else 1
-            time.sleep(SETTLE_S)
-            start = time.perf_counter()
-            for _ in range(count):
-                fn()
-            samples[key].append((time.perf_counter() - start) / count)
+    samples = interleaved_samples(calls, repeats, min_sample_s)
     records = []
     for impl in impls:
         if impl.name not in prepared:

@@ -101,6 +101,24 @@ def test_a_disagreeing_implementation_is_reported(standard_promotion, capsys):
     assert "DISAGREES" in bench.format_table(result)
 
 
+def test_the_overall_gradient_scale_measures_errors_against_the_largest_entry_of_all():
+    """bfloat16's check ("overall"): a 10% error on a parameter whose gradient is 1000x smaller than the largest is
+    round-off of its cancelling terms, not a disagreement; the same 10% on the largest parameter still is one."""
+    ref = (1.0, {"big": np.array([1.0, -0.5]), "small": np.array([1e-3])})
+    small_off = (1.0, {"big": np.array([1.0, -0.5]), "small": np.array([1.1e-3])})
+    big_off = (1.0, {"big": np.array([1.1, -0.5]), "small": np.array([1e-3])})
+    steps = {"ref": ref, "small-off": small_off, "big-off": big_off}
+    per_parameter = {a.impl: a for a in bench.check_agreement(TINY, steps, 0.05)}
+    overall = {a.impl: a for a in bench.check_agreement(TINY, steps, 0.05, dict.fromkeys(steps, "overall"))}
+    assert per_parameter["small-off"].grad_rel_err == pytest.approx(0.1) and not per_parameter["small-off"].agrees
+    assert overall["small-off"].grad_rel_err == pytest.approx(1e-4) and overall["small-off"].agrees
+    assert overall["big-off"].grad_rel_err == pytest.approx(0.1) and not overall["big-off"].agrees
+    assert [i.grad_scale for i in bench.named_implementations(["rnn-jax-fast", "rnn-jax-bf16"])] == [
+        "parameter",
+        "overall",
+    ]
+
+
 def _broken(problem):
     raise RuntimeError("Triton: out of resources (shared memory)\nsecond line")
 
@@ -205,6 +223,19 @@ def test_every_timed_sample_starts_after_a_pause(standard_promotion, monkeypatch
     assert bench.SETTLE_S >= 0.005
 
 
+def test_the_studies_time_with_the_harness_sampler_and_its_pauses(monkeypatch):
+    """experiments._common.interleaved (the projections studies) takes its samples as the harness does, a pause
+    before each, so a study that adds torch is not biased the way the harness was before `SETTLE_S`."""
+    from experiments import _common
+
+    events = []
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: events.append("pause"))
+    calls = {name: (lambda name=name: events.append(name) or jnp.zeros(())) for name in ("a", "b")}
+    timings = _common.interleaved(calls, repeats=2)
+    assert events == ["a", "a", "b", "b"] + ["pause", "a", "pause", "b"] * 2
+    assert set(timings) == {"a", "b"} and all(len(t) == 3 and t[1] <= t[0] <= t[2] for t in timings.values())
+
+
 def test_each_finished_shape_is_reported_with_the_records_so_far(standard_promotion):
     seen = []
     impls = [bench.rnn_jax_implementation("reference")]
@@ -303,6 +334,7 @@ def test_gated_cells_agree_across_rnn_jax_flax_and_torch(cell, standard_promotio
     assert len(agreement) == len(impls) and all(a.agrees for a in agreement), agreement
     bf16 = bench.rnn_jax_implementation("bf16", rtol=bench.BF16_RTOL, precision="bfloat16").prepare(problem)
     verdict = bench.check_agreement(problem.shape, {"ref": first["ref"], "bf16": bf16.first_step}, bench.BF16_RTOL)
+    # per parameter, the stricter scale, at this size
     assert verdict[1].agrees and verdict[1].grad_rel_err > 0, verdict  # close, and really computed in bfloat16
 
 
