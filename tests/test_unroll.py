@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import functools
+import importlib
 
 import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -398,6 +400,47 @@ def test_bfloat16_compute_keeps_float32_gradients_close_to_float32(cell_name):
         err = float(jnp.max(jnp.abs(g - w))) / float(jnp.max(jnp.abs(w)))
         assert err <= 3e-2, f"{name}: relative error {err:.2e}"
         assert float(jnp.max(jnp.abs(g - w))) > 0 or float(jnp.max(jnp.abs(w))) == 0  # it did run in bfloat16
+
+
+def _scan_dtypes(jaxpr) -> set:
+    """The dtypes of every value a scan carries from step to step or slices and stacks along T (inputs, outputs,
+    residuals saved for the backward pass); not its loop-invariant constants (such as the parameters, cast once)."""
+    dtypes = set()
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "scan":
+            dtypes |= {v.aval.dtype for v in (*eqn.invars[eqn.params["num_consts"] :], *eqn.outvars)}
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            dtypes |= _scan_dtypes(sub)
+    return dtypes
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of mixed precision")
+@pytest.mark.parametrize("cell_name", ["elman", "lstm"])
+@pytest.mark.parametrize("remat", [None, 3])
+def test_cpu_mixed_precision_keeps_bfloat16_off_the_scan_boundary(cell_name, remat, monkeypatch):
+    """On a CPU, where a dynamic-update-slice into a bfloat16 [T, ...] buffer converts the whole buffer at every step
+    (O(T^2), `CPU_CHECKPOINTED_MIXED_PRECISION`), no scan of the bfloat16 value and gradient carries, stacks or saves
+    a bfloat16 array. The outputs are those of the scan in bfloat16 bit for bit (the float32 carry holds bfloat16
+    values), and the gradients agree within bfloat16's rounding (their cotangents are summed in float32 there)."""
+    cell, params, xs, targets = _cell_setup(cell_name, jnp.float32)
+    lengths = jnp.array([T, 3, 0], jnp.int32)
+
+    def run(p):
+        return rj.unroll(p, xs, lengths=lengths, cell=cell, compute_dtype=jnp.bfloat16, remat=remat).outputs
+
+    def loss(p):
+        return jnp.mean(jnp.square(run(p) - targets))
+
+    assert jnp.dtype(jnp.bfloat16) not in _scan_dtypes(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
+    outputs, grads = jax.jit(run)(params), jax.jit(jax.grad(loss))(params)
+    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_CHECKPOINTED_MIXED_PRECISION", False)
+    bfloat16_in_scans = jnp.dtype(jnp.bfloat16) in _scan_dtypes(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
+    assert bfloat16_in_scans  # what the CPU form avoids
+    np.testing.assert_array_equal(outputs, jax.jit(run)(params))
+    want = jax.jit(jax.grad(loss))(params)
+    scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
+        assert float(jnp.max(jnp.abs(g - w))) <= 1e-2 * scale
 
 
 @pytest.mark.slow
