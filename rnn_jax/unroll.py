@@ -195,12 +195,60 @@ def scan(
     ``cell_step(carry, x_t) -> (carry, y_t)``; with a ``mask`` [T, B] the carry is frozen and
     the output zeroed wherever the mask is False. With ``remat`` (see `unroll`) the same values
     come out of a two-level scan whose chunks `jax.checkpoint` recomputes in the backward pass.
-    No argument checking: `unroll` does that.
+    No argument checking: `unroll` does that. On a CPU a carry or input in half precision (bfloat16,
+    float16) crosses the loop's boundary in float32 (`CPU_WIDENED_HALF_PRECISION_SCANS`).
     """
     chunk = remat_chunk(remat, xs.shape[0])
+    if CPU_WIDENED_HALF_PRECISION_SCANS and jax.default_backend() == "cpu" and _half_precision(initial_state, xs):
+        return _widened_scan(cell_step, initial_state, xs, mask, unroll, chunk)
+    return _scan_in_chunks(cell_step, initial_state, xs, mask, unroll, chunk)
+
+
+def _scan_in_chunks(cell_step, initial_state, xs, mask, unroll, chunk):
     if chunk is None or xs.shape[0] == 0:
         return _plain_scan(cell_step, initial_state, xs, mask, unroll)
     return _remat_scan(cell_step, initial_state, xs, mask, unroll, chunk)
+
+
+# XLA:CPU has no bfloat16 arithmetic: it computes each bfloat16 operation in float32 between conversions, and a
+# dynamic-update-slice into a bfloat16 [T, ...] buffer (a scan stacking a bfloat16 output, or autodiff saving a
+# bfloat16 residual for the backward pass) converted the whole buffer at every step, O(T^2) work. On the 2-core Xeon
+# (2026-11-29, interleaved) a scan of T = 1000 steps tanh([1, 32] @ [32, 32] + x_t) took 17.2-17.8 ms in bfloat16
+# against 0.28-0.36 ms in float32 (0.23-0.31 ms in bfloat16 stacking float32 outputs), and its gradient 51 ms
+# against 0.97 (1.32 ms with the float32 carry and each step checkpointed; a float32 carry alone: still 52 ms,
+# the residuals). So on a CPU a scan in half precision carries, reads and stacks float32 arrays that hold the half
+# precision values, and each step is checkpointed: the backward pass recomputes its half-precision intermediates
+# instead of saving them. GPUs and TPUs compute in bfloat16 natively (on one H200 mixed precision took 0.67-0.90x
+# the float32 autodiff train step at the batched sizes): there the scan is unchanged.
+CPU_WIDENED_HALF_PRECISION_SCANS = True
+HALF_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+
+
+def _half_precision(*trees) -> bool:
+    return any(leaf.dtype in HALF_PRECISION for leaf in jax.tree.leaves(trees))
+
+
+def _widened(tree):
+    return jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype in HALF_PRECISION else a, tree)
+
+
+def _widened_scan(cell_step, initial_state, xs, mask, unroll, chunk):
+    """`scan` with every half-precision carry, input and output widened to float32 at the loop's boundary (holding
+    the same values: each step rounds them back on entry) and each step checkpointed (`CPU_WIDENED_HALF_PRECISION_
+    SCANS`); the results come back in the dtypes ``cell_step`` gives them."""
+    carry_dtypes = jax.tree.map(lambda a: a.dtype, initial_state)
+    _, output_shapes = jax.eval_shape(cell_step, initial_state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
+
+    def narrowed(tree, dtypes):
+        return jax.tree.map(lambda a, dtype: a.astype(dtype), tree, dtypes)
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)  # inside a scan, CSE cannot undo the recomputation
+    def step(carry, x_t):
+        return _widened(cell_step(narrowed(carry, carry_dtypes), x_t.astype(xs.dtype)))
+
+    outputs, states, final = _scan_in_chunks(step, _widened(initial_state), _widened(xs), mask, unroll, chunk)
+    output_dtypes = jax.tree.map(lambda a: a.dtype, output_shapes)
+    return narrowed(outputs, output_dtypes), narrowed(states, carry_dtypes), narrowed(final, carry_dtypes)
 
 
 def scan_in_dtype(
@@ -216,45 +264,21 @@ def scan_in_dtype(
     """`scan` of ``step(params, carry, x_t) -> (carry, y_t)``, run in ``compute_dtype`` (mixed precision).
 
     The parameters are cast inside each step, so their cotangents arrive, and are summed over time, in
-    the parameters' own dtype; ``xs`` [T, B, D] and the initial state (each leaf [B, H]) are rounded to
-    ``compute_dtype`` once, and the outputs [T, B, O], states [T, B, H] (per leaf) and final state come
-    back in the parameters' dtype (that of ``params.w_s``). ``compute_dtype=None`` is `scan` of ``step``
-    with ``params`` unchanged; ``mask``, ``unroll`` and ``remat`` are `scan`'s.
-
-    On a CPU the carry, the inputs and the stacked outputs cross the scan's boundary in the parameters' dtype
-    (holding the values of ``compute_dtype``, so the results are the same but for the cotangents' sums, which are
-    then in the parameters' dtype), and each step is checkpointed (`CPU_CHECKPOINTED_MIXED_PRECISION`).
+    the parameters' own dtype; ``xs`` [T, B, D] and the initial state (each leaf [B, H]) are cast once
+    before the scan, and the outputs [T, B, O], states [T, B, H] (per leaf) and final state are cast
+    back to the parameters' dtype (that of ``params.w_s``). ``compute_dtype=None`` is `scan` of ``step``
+    with ``params`` unchanged; ``mask``, ``unroll`` and ``remat`` are `scan`'s (on a CPU it widens the
+    loop's boundary to float32: `CPU_WIDENED_HALF_PRECISION_SCANS`).
     """
     if compute_dtype is None:
         return scan(functools.partial(step, params), initial_state, xs, mask, unroll, remat)
-    dtype = params.w_s.dtype
     cast = functools.partial(jax.tree.map, lambda a: a.astype(compute_dtype))
-    uncast = functools.partial(jax.tree.map, lambda a: a.astype(dtype))
-    if jax.default_backend() != "cpu" or not CPU_CHECKPOINTED_MIXED_PRECISION:
 
-        def step_in_dtype(carry, x_t):
-            return step(cast(params), carry, x_t)
+    def step_in_dtype(carry, x_t):
+        return step(cast(params), carry, x_t)
 
-        return uncast(scan(step_in_dtype, cast(initial_state), xs.astype(compute_dtype), mask, unroll, remat))
-
-    @functools.partial(jax.checkpoint, prevent_cse=False)  # inside a scan, CSE cannot undo the recomputation
-    def step_on_cpu(carry, x_t):
-        return uncast(step(cast(params), cast(carry), x_t.astype(compute_dtype)))
-
-    return scan(step_on_cpu, uncast(cast(initial_state)), xs.astype(compute_dtype).astype(dtype), mask, unroll, remat)
-
-
-# XLA:CPU has no bfloat16 arithmetic: it computes each bfloat16 operation in float32 between conversions, and a
-# dynamic-update-slice into a bfloat16 [T, ...] buffer (a scan stacking a bfloat16 output, or autodiff saving a
-# bfloat16 residual for the backward pass) converted the whole buffer at every step, O(T^2) work. On the 2-core Xeon
-# (2026-11-29, interleaved) a scan of T = 1000 steps tanh([1, 32] @ [32, 32] + x_t) took 17.2-17.8 ms in bfloat16
-# against 0.28-0.36 ms in float32 (0.23-0.31 ms in bfloat16 stacking float32 outputs), and its gradient 51 ms
-# against 0.97 (1.32 ms with the float32 carry and each step checkpointed; a float32 carry alone: still 52 ms,
-# the residuals). So on a CPU `scan_in_dtype` keeps bfloat16 off the scan's boundary and recomputes each step's
-# bfloat16 intermediates in the backward pass instead of saving them. GPUs and TPUs compute in bfloat16 natively
-# (on one H200 mixed precision took 0.67-0.90x the float32 autodiff train step at the batched sizes): there the
-# scan is unchanged.
-CPU_CHECKPOINTED_MIXED_PRECISION = True
+    run = scan(step_in_dtype, cast(initial_state), xs.astype(compute_dtype), mask, unroll, remat)
+    return jax.tree.map(lambda a: a.astype(params.w_s.dtype), run)
 
 
 Projections = Literal["auto", "in_step", "hoisted", "hoisted_readout"]
@@ -347,9 +371,12 @@ def _fast_backward(cell, plain: bool, projections: Projections, batch: int, hidd
     `_custom_vjp_loses`. LSTM: "bptt" on a CPU with B > 1 and the projections in the step (on the 2-core CPU its
     train step was 0.79-0.89x autodiff's at the two smaller batched standard sizes, a tie at (128,512,64,256,64)
     and 1.27x slower at (1,1000,1,32,1)). GRU: autodiff (its custom VJP, `rnn_jax.bptt.gru_scan`, measured no
-    faster on the 2-core CPU: see the README). Remat and mixed precision need autodiff.
+    faster on the 2-core CPU: see the README). Remat and mixed precision need autodiff; so do half-precision
+    parameters on a CPU, where only the autodiff path's scans are widened (`CPU_WIDENED_HALF_PRECISION_SCANS`): the
+    hand-derived reverse scans stack bfloat16 errors (Xeon, 2026-11-29, bfloat16 parameters, T = 1000: Elman B = 1
+    10.4 ms against 2.3 with autodiff, LSTM B = 4 54 against 15 ms).
     """
-    if not plain:
+    if not plain or (jax.default_backend() == "cpu" and jnp.dtype(dtype) in HALF_PRECISION):
         return "autodiff"
     if _fused_kernels_win(cell, projections, hidden, dtype):
         return "fused"
@@ -415,7 +442,7 @@ def hoisted_scan(
 
     if recurrence is None:
         scanned = xs if input_in_step else cell.project_input(params, xs)
-        _, states, final = _plain_scan(transition_step, initial_state, scanned, mask, unroll)
+        _, states, final = scan(transition_step, initial_state, scanned, mask, unroll)
     else:
         states, final = recurrence(cell.project_input(params, xs), initial_state, mask)
     outputs = _common.readout(params, states)

@@ -403,44 +403,53 @@ def test_bfloat16_compute_keeps_float32_gradients_close_to_float32(cell_name):
 
 
 def _scan_dtypes(jaxpr) -> set:
-    """The dtypes of every value a scan carries from step to step or slices and stacks along T (inputs, outputs,
-    residuals saved for the backward pass); not its loop-invariant constants (such as the parameters, cast once)."""
+    """The dtypes of every [T, ...] array a scan slices or stacks (inputs, outputs, residuals saved for the backward
+    pass); not its constants or carries (such as the parameters' cotangent sums), which no step writes into."""
     dtypes = set()
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "scan":
-            dtypes |= {v.aval.dtype for v in (*eqn.invars[eqn.params["num_consts"] :], *eqn.outvars)}
+            carried = eqn.params["num_consts"] + eqn.params["num_carry"]
+            stacked = (*eqn.invars[carried:], *eqn.outvars[eqn.params["num_carry"] :])
+            dtypes |= {v.aval.dtype for v in stacked}
         for sub in jax.extend.core.jaxprs_in_params(eqn.params):
             dtypes |= _scan_dtypes(sub)
     return dtypes
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of mixed precision")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of half-precision scans")
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
-@pytest.mark.parametrize("remat", [None, 3])
-def test_cpu_mixed_precision_keeps_bfloat16_off_the_scan_boundary(cell_name, remat, monkeypatch):
+@pytest.mark.parametrize(("precision", "remat"), [("mixed", None), ("mixed", 3), ("bfloat16", None)])
+def test_cpu_half_precision_scans_keep_bfloat16_off_the_scan_boundary(cell_name, precision, remat, monkeypatch):
     """On a CPU, where a dynamic-update-slice into a bfloat16 [T, ...] buffer converts the whole buffer at every step
-    (O(T^2), `CPU_CHECKPOINTED_MIXED_PRECISION`), no scan of the bfloat16 value and gradient carries, stacks or saves
-    a bfloat16 array. The outputs are those of the scan in bfloat16 bit for bit (the float32 carry holds bfloat16
-    values), and the gradients agree within bfloat16's rounding (their cotangents are summed in float32 there)."""
+    (O(T^2), `CPU_WIDENED_HALF_PRECISION_SCANS`), no scan of the bfloat16 value and gradient (mixed precision, or
+    bfloat16 parameters) reads, stacks or saves a bfloat16 [T, ...] array. The outputs are those of the scan in bfloat16
+    bit for bit (the float32 carry holds bfloat16 values), and the gradients agree within bfloat16's rounding
+    (the state's cotangents are summed in float32 there)."""
     cell, params, xs, targets = _cell_setup(cell_name, jnp.float32)
     lengths = jnp.array([T, 3, 0], jnp.int32)
+    compute_dtype = jnp.bfloat16 if precision == "mixed" else None
+    if precision == "bfloat16":
+        params, xs = jax.tree.map(lambda a: a.astype(jnp.bfloat16), (params, xs))
 
     def run(p):
-        return rj.unroll(p, xs, lengths=lengths, cell=cell, compute_dtype=jnp.bfloat16, remat=remat).outputs
+        return rj.unroll(p, xs, lengths=lengths, cell=cell, compute_dtype=compute_dtype, remat=remat).outputs
 
     def loss(p):
-        return jnp.mean(jnp.square(run(p) - targets))
+        return jnp.mean(jnp.square(run(p).astype(jnp.float32) - targets))
 
-    assert jnp.dtype(jnp.bfloat16) not in _scan_dtypes(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
+    def scan_dtypes():
+        return _scan_dtypes(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
+
+    assert jnp.dtype(jnp.bfloat16) not in scan_dtypes()
     outputs, grads = jax.jit(run)(params), jax.jit(jax.grad(loss))(params)
-    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_CHECKPOINTED_MIXED_PRECISION", False)
-    bfloat16_in_scans = jnp.dtype(jnp.bfloat16) in _scan_dtypes(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
-    assert bfloat16_in_scans  # what the CPU form avoids
+    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_HALF_PRECISION_SCANS", False)
+    assert jnp.dtype(jnp.bfloat16) in scan_dtypes()  # what the CPU form avoids
     np.testing.assert_array_equal(outputs, jax.jit(run)(params))
     want = jax.jit(jax.grad(loss))(params)
     scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
-        assert float(jnp.max(jnp.abs(g - w))) <= 1e-2 * scale
+        assert g.dtype == w.dtype
+        assert float(jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32)))) <= 1e-2 * scale
 
 
 @pytest.mark.slow
@@ -589,6 +598,9 @@ def test_auto_projections_reach_the_unroll_on_cpu(monkeypatch):
      ("elman", "gpu", 3, 8, jnp.float32, "auto", False, "autodiff"),
      ("elman", "tpu", 3, 8, jnp.float32, "auto", True, "bptt"),
      ("lstm", "cpu", 3, 8, jnp.float32, "auto", True, "bptt"),
+     ("elman", "cpu", 3, 8, jnp.bfloat16, "auto", True, "autodiff"),
+     ("lstm", "cpu", 3, 8, jnp.bfloat16, "auto", True, "autodiff"),
+     ("elman", "gpu", 3, 128, jnp.bfloat16, "auto", True, "bptt"),
      ("lstm", "cpu", 1, 8, jnp.float32, "auto", True, "autodiff"),
      ("lstm", "gpu", 3, 64, jnp.float32, "auto", True, "fused"),
      ("lstm", "gpu", 3, 100, jnp.float32, "auto", True, "autodiff"),
@@ -600,7 +612,7 @@ def test_fast_backward_takes_what_was_measured_fastest(
 ):
     """backward="fast" resolves to the fused kernels on a GPU in float32 at H <= 64 (padded), to the hand-derived
     custom VJP for Elman (but a single sequence on a GPU) and for the LSTM on a CPU with B > 1, else to autodiff;
-    remat or mixed precision (not ``plain``) always to autodiff."""
+    remat or mixed precision (not ``plain``) always to autodiff, and bfloat16 parameters on a CPU."""
     from rnn_jax.unroll import _fast_backward
 
     monkeypatch.setattr(jax, "default_backend", lambda: backend)
