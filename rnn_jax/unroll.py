@@ -693,10 +693,14 @@ def generate(
             index = jax.random.categorical(jax.random.fold_in(key, t), y / temperature, axis=-1)
         return jax.nn.one_hot(index, o, dtype=y.dtype)
 
+    # on a CPU a half-precision sequence is stacked in float32 and narrowed once (`CPU_WIDENED_HALF_PRECISION_SCANS`)
+    widen = CPU_WIDENED_HALF_PRECISION_SCANS and jax.default_backend() == "cpu"
+    stacked = jax.eval_shape(lambda s, x: (x, cell_step(s, x)[1], s), initial_state, first_input)
+
     def body(carry, t):
         s, x = carry
         s, y = cell_step(s, x)
-        return (s, next_input(y, t)), (x, y, s)
+        return (s, next_input(y, t)), _widened((x, y, s)) if widen else (x, y, s)
 
-    _, (inputs, outputs, states) = jax.lax.scan(body, (initial_state, first_input), jnp.arange(num_steps))
-    return Generated(inputs, outputs, states)
+    _, sequences = jax.lax.scan(body, (initial_state, first_input), jnp.arange(num_steps))
+    return Generated(*jax.tree.map(lambda a, like: a.astype(like.dtype), sequences, stacked))

@@ -190,6 +190,27 @@ def test_generate_feeds_outputs_back(key, feedback):
         chex.assert_trees_all_close(jnp.sum(gen.inputs, -1), jnp.ones((6, 2)))
 
 
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of half-precision scans")
+def test_generate_in_bfloat16_stacks_float32_on_a_cpu_with_the_same_values(key, monkeypatch):
+    """A bfloat16 network's generated sequence is stacked in float32 inside the loop (`CPU_WIDENED_HALF_PRECISION_
+    SCANS`) and returned in bfloat16, equal bit for bit to stacking in bfloat16."""
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), rj.elman.init(key, 3, 6, 3))
+    first = jax.nn.one_hot(jnp.array([0, 2]), 3, dtype=jnp.bfloat16)
+
+    def run():
+        return rj.generate(params, jax.random.key(5), first, 6, feedback="sample")
+
+    def scan_dtypes():  # a new function each time: make_jaxpr caches its trace by function, not by the flag
+        return _scan_dtypes(jax.make_jaxpr(lambda: run())().jaxpr)
+
+    assert jnp.dtype(jnp.bfloat16) not in scan_dtypes()
+    widened = run()
+    assert {a.dtype for a in widened} == {jnp.dtype(jnp.bfloat16)}
+    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_HALF_PRECISION_SCANS", False)
+    assert jnp.dtype(jnp.bfloat16) in scan_dtypes()
+    chex.assert_trees_all_equal(widened, run())
+
+
 def test_generate_samples_follow_the_softmax(key):
     """With a fixed state-independent output, sampled symbol frequencies match softmax(y / temperature)."""
     params = rj.elman.init(key, 3, 4, 3)
@@ -440,12 +461,15 @@ def test_cpu_half_precision_scans_keep_bfloat16_off_the_scan_boundary(cell_name,
     def scan_dtypes():
         return _scan_dtypes(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
 
+    def outputs_and_gradients():  # new functions each time: jit caches its trace by function, not by the flag
+        return jax.jit(lambda p: run(p))(params), jax.jit(jax.grad(loss))(params)
+
     assert jnp.dtype(jnp.bfloat16) not in scan_dtypes()
-    outputs, grads = jax.jit(run)(params), jax.jit(jax.grad(loss))(params)
+    outputs, grads = outputs_and_gradients()
     monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_HALF_PRECISION_SCANS", False)
     assert jnp.dtype(jnp.bfloat16) in scan_dtypes()  # what the CPU form avoids
-    np.testing.assert_array_equal(outputs, jax.jit(run)(params))
-    want = jax.jit(jax.grad(loss))(params)
+    want_outputs, want = outputs_and_gradients()
+    np.testing.assert_array_equal(outputs, want_outputs)
     scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want))
     for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want), strict=True):
         assert g.dtype == w.dtype
