@@ -232,6 +232,14 @@ def _widened(tree):
     return jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype in HALF_PRECISION else a, tree)
 
 
+def stackable(tree):
+    """``tree`` as a scan step should hand it to the scan to stack: on a CPU its half-precision arrays widened to
+    float32 (`CPU_WIDENED_HALF_PRECISION_SCANS`; the caller narrows the stacked result once), elsewhere as it is."""
+    if CPU_WIDENED_HALF_PRECISION_SCANS and jax.default_backend() == "cpu":
+        return _widened(tree)
+    return tree
+
+
 def _widened_scan(cell_step, initial_state, xs, mask, unroll, chunk):
     """`scan` with every half-precision carry, input and output widened to float32 at the loop's boundary (holding
     the same values: each step rounds them back on entry) and each step checkpointed (`CPU_WIDENED_HALF_PRECISION_
@@ -693,14 +701,12 @@ def generate(
             index = jax.random.categorical(jax.random.fold_in(key, t), y / temperature, axis=-1)
         return jax.nn.one_hot(index, o, dtype=y.dtype)
 
-    # on a CPU a half-precision sequence is stacked in float32 and narrowed once (`CPU_WIDENED_HALF_PRECISION_SCANS`)
-    widen = CPU_WIDENED_HALF_PRECISION_SCANS and jax.default_backend() == "cpu"
     stacked = jax.eval_shape(lambda s, x: (x, cell_step(s, x)[1], s), initial_state, first_input)
 
     def body(carry, t):
         s, x = carry
         s, y = cell_step(s, x)
-        return (s, next_input(y, t)), _widened((x, y, s)) if widen else (x, y, s)
+        return (s, next_input(y, t)), stackable((x, y, s))  # narrowed once, after the scan
 
     _, sequences = jax.lax.scan(body, (initial_state, first_input), jnp.arange(num_steps))
     return Generated(*jax.tree.map(lambda a, like: a.astype(like.dtype), sequences, stacked))

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import importlib
 import json
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import oracle
 import pytest
 from jax.test_util import check_grads
+from jaxprs import scan_stacked_dtypes
 
 from rnn_jax import cells, cli, seq2seq, tasks, train
 from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
@@ -196,6 +199,29 @@ def test_teacher_forced_logits_equal_encoder_and_decoder_python_loops(model, key
     assert logits.shape == (4, 6, len(tasks.numbers.TARGET_VOCABULARY))
     np.testing.assert_allclose(logits, _teacher_forced_oracle(model, params, batch), rtol=1e-10, atol=1e-12)
     assert seq2seq.cell_of(params) is cells.get(model)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of half-precision scans")
+def test_greedy_decoding_in_bfloat16_stacks_float32_on_a_cpu_with_the_same_values(key, monkeypatch):
+    """A bfloat16 model's decoded logits are stacked in float32 inside the loop (`rnn_jax.unroll.
+    CPU_WIDENED_HALF_PRECISION_SCANS`: XLA:CPU converts a whole bfloat16 [L, ...] buffer at every step otherwise) and
+    returned in bfloat16, equal bit for bit to stacking them in bfloat16."""
+    _, params, batch = _tiny("lstm", key, dtype=jnp.bfloat16)
+
+    def decode():  # a new function each call: jit caches its trace by function, not by the flag
+        return jax.jit(lambda p: seq2seq.greedy_decode(p, batch.source, batch.source_lengths, 6))(params)
+
+    def stacked_dtypes():
+        return scan_stacked_dtypes(
+            jax.make_jaxpr(lambda p: seq2seq.greedy_decode(p, batch.source, batch.source_lengths, 6))(params).jaxpr
+        )
+
+    assert jnp.dtype(jnp.bfloat16) not in stacked_dtypes()
+    widened = decode()
+    assert widened.logits.dtype == jnp.bfloat16
+    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_HALF_PRECISION_SCANS", False)
+    assert jnp.dtype(jnp.bfloat16) in stacked_dtypes()
+    chex.assert_trees_all_equal(widened, decode())
 
 
 @pytest.mark.parametrize("model", CELLS)

@@ -7,7 +7,6 @@ import importlib
 
 import chex
 import jax
-import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -17,6 +16,7 @@ from rnn_jax import cells
 from rnn_jax.bptt import elman_scan as bptt_elman_scan
 from rnn_jax.bptt import lstm_scan as bptt_lstm_scan
 from rnn_jax.unroll import CPU_HOIST_MAX_BATCH, remat_chunk, resolve_projections
+from tests.jaxprs import scan_stacked_dtypes
 from tests.oracle import elman_loop, gru_loop, lstm_loop
 from tests.stages import slow_unless
 
@@ -201,7 +201,7 @@ def test_generate_in_bfloat16_stacks_float32_on_a_cpu_with_the_same_values(key, 
         return rj.generate(params, jax.random.key(5), first, 6, feedback="sample")
 
     def scan_dtypes():  # a new function each time: make_jaxpr caches its trace by function, not by the flag
-        return _scan_dtypes(jax.make_jaxpr(lambda: run())().jaxpr)
+        return scan_stacked_dtypes(jax.make_jaxpr(lambda: run())().jaxpr)
 
     assert jnp.dtype(jnp.bfloat16) not in scan_dtypes()
     widened = run()
@@ -423,20 +423,6 @@ def test_bfloat16_compute_keeps_float32_gradients_close_to_float32(cell_name):
         assert float(jnp.max(jnp.abs(g - w))) > 0 or float(jnp.max(jnp.abs(w))) == 0  # it did run in bfloat16
 
 
-def _scan_dtypes(jaxpr) -> set:
-    """The dtypes of every [T, ...] array a scan slices or stacks (inputs, outputs, residuals saved for the backward
-    pass); not its constants or carries (such as the parameters' cotangent sums), which no step writes into."""
-    dtypes = set()
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "scan":
-            carried = eqn.params["num_consts"] + eqn.params["num_carry"]
-            stacked = (*eqn.invars[carried:], *eqn.outvars[eqn.params["num_carry"] :])
-            dtypes |= {v.aval.dtype for v in stacked}
-        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-            dtypes |= _scan_dtypes(sub)
-    return dtypes
-
-
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of half-precision scans")
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
 @pytest.mark.parametrize(("precision", "remat"), [("mixed", None), ("mixed", 3), ("bfloat16", None)])
@@ -459,7 +445,7 @@ def test_cpu_half_precision_scans_keep_bfloat16_off_the_scan_boundary(cell_name,
         return jnp.mean(jnp.square(run(p).astype(jnp.float32) - targets))
 
     def scan_dtypes():
-        return _scan_dtypes(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
+        return scan_stacked_dtypes(jax.make_jaxpr(jax.value_and_grad(loss))(params).jaxpr)
 
     def outputs_and_gradients():  # new functions each time: jit caches its trace by function, not by the flag
         return jax.jit(lambda p: run(p))(params), jax.jit(jax.grad(loss))(params)
