@@ -195,11 +195,11 @@ def scan(
     ``cell_step(carry, x_t) -> (carry, y_t)``; with a ``mask`` [T, B] the carry is frozen and
     the output zeroed wherever the mask is False. With ``remat`` (see `unroll`) the same values
     come out of a two-level scan whose chunks `jax.checkpoint` recomputes in the backward pass.
-    No argument checking: `unroll` does that. On a CPU a carry or input in half precision (bfloat16,
-    float16) crosses the loop's boundary in float32 (`CPU_WIDENED_HALF_PRECISION_SCANS`).
+    No argument checking: `unroll` does that. On a CPU a bfloat16 carry or input crosses the loop's
+    boundary in float32 (`CPU_WIDENED_BFLOAT16_SCANS`).
     """
     chunk = remat_chunk(remat, xs.shape[0])
-    if CPU_WIDENED_HALF_PRECISION_SCANS and jax.default_backend() == "cpu" and _half_precision(initial_state, xs):
+    if CPU_WIDENED_BFLOAT16_SCANS and jax.default_backend() == "cpu" and _has_bfloat16(initial_state, xs):
         return _widened_scan(cell_step, initial_state, xs, mask, unroll, chunk)
     return _scan_in_chunks(cell_step, initial_state, xs, mask, unroll, chunk)
 
@@ -216,34 +216,34 @@ def _scan_in_chunks(cell_step, initial_state, xs, mask, unroll, chunk):
 # (2026-11-29, interleaved) a scan of T = 1000 steps tanh([1, 32] @ [32, 32] + x_t) took 17.2-17.8 ms in bfloat16
 # against 0.28-0.36 ms in float32 (0.23-0.31 ms in bfloat16 stacking float32 outputs), and its gradient 51 ms
 # against 0.97 (1.32 ms with the float32 carry and each step checkpointed; a float32 carry alone: still 52 ms,
-# the residuals). So on a CPU a scan in half precision carries, reads and stacks float32 arrays that hold the half
-# precision values, and each step is checkpointed: the backward pass recomputes its half-precision intermediates
-# instead of saving them. GPUs and TPUs compute in bfloat16 natively (on one H200 mixed precision took 0.67-0.90x
-# the float32 autodiff train step at the batched sizes): there the scan is unchanged.
-CPU_WIDENED_HALF_PRECISION_SCANS = True
-HALF_PRECISION = (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16))
+# the residuals). So on a CPU a bfloat16 scan carries, reads and stacks float32 arrays that hold the bfloat16
+# values, and each step is checkpointed: the backward pass recomputes its bfloat16 intermediates instead of saving
+# them. float16 is native to XLA:CPU (the same scan: 0.19 ms stacking float16, its gradient 0.97 ms; 1.58 ms widened
+# and checkpointed), so it is left alone; so are GPUs and TPUs, which compute in bfloat16 natively (on one H200
+# mixed precision took 0.67-0.90x the float32 autodiff train step at the batched sizes).
+CPU_WIDENED_BFLOAT16_SCANS = True
 
 
-def _half_precision(*trees) -> bool:
-    return any(leaf.dtype in HALF_PRECISION for leaf in jax.tree.leaves(trees))
+def _has_bfloat16(*trees) -> bool:
+    return any(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(trees))
 
 
 def _widened(tree):
-    return jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype in HALF_PRECISION else a, tree)
+    return jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a, tree)
 
 
 def stackable(tree):
-    """``tree`` as a scan step should hand it to the scan to stack: on a CPU its half-precision arrays widened to
-    float32 (`CPU_WIDENED_HALF_PRECISION_SCANS`; the caller narrows the stacked result once), elsewhere as it is."""
-    if CPU_WIDENED_HALF_PRECISION_SCANS and jax.default_backend() == "cpu":
+    """``tree`` as a scan step should hand it to the scan to stack: on a CPU its bfloat16 arrays widened to
+    float32 (`CPU_WIDENED_BFLOAT16_SCANS`; the caller narrows the stacked result once), elsewhere as it is."""
+    if CPU_WIDENED_BFLOAT16_SCANS and jax.default_backend() == "cpu":
         return _widened(tree)
     return tree
 
 
 def _widened_scan(cell_step, initial_state, xs, mask, unroll, chunk):
-    """`scan` with every half-precision carry, input and output widened to float32 at the loop's boundary (holding
-    the same values: each step rounds them back on entry) and each step checkpointed (`CPU_WIDENED_HALF_PRECISION_
-    SCANS`); the results come back in the dtypes ``cell_step`` gives them."""
+    """`scan` with every bfloat16 carry, input and output widened to float32 at the loop's boundary (holding
+    the same values: each step rounds them back on entry) and each step checkpointed (`CPU_WIDENED_BFLOAT16_SCANS`);
+    the results come back in the dtypes ``cell_step`` gives them."""
     carry_dtypes = jax.tree.map(lambda a: a.dtype, initial_state)
     _, output_shapes = jax.eval_shape(cell_step, initial_state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
 
@@ -276,7 +276,7 @@ def scan_in_dtype(
     before the scan, and the outputs [T, B, O], states [T, B, H] (per leaf) and final state are cast
     back to the parameters' dtype (that of ``params.w_s``). ``compute_dtype=None`` is `scan` of ``step``
     with ``params`` unchanged; ``mask``, ``unroll`` and ``remat`` are `scan`'s (on a CPU it widens the
-    loop's boundary to float32: `CPU_WIDENED_HALF_PRECISION_SCANS`).
+    loop's boundary to float32: `CPU_WIDENED_BFLOAT16_SCANS`).
     """
     if compute_dtype is None:
         return scan(functools.partial(step, params), initial_state, xs, mask, unroll, remat)
@@ -379,12 +379,12 @@ def _fast_backward(cell, plain: bool, projections: Projections, batch: int, hidd
     `_custom_vjp_loses`. LSTM: "bptt" on a CPU with B > 1 and the projections in the step (on the 2-core CPU its
     train step was 0.79-0.89x autodiff's at the two smaller batched standard sizes, a tie at (128,512,64,256,64)
     and 1.27x slower at (1,1000,1,32,1)). GRU: autodiff (its custom VJP, `rnn_jax.bptt.gru_scan`, measured no
-    faster on the 2-core CPU: see the README). Remat and mixed precision need autodiff; so do half-precision
-    parameters on a CPU, where only the autodiff path's scans are widened (`CPU_WIDENED_HALF_PRECISION_SCANS`): the
+    faster on the 2-core CPU: see the README). Remat and mixed precision need autodiff; so do bfloat16
+    parameters on a CPU, where only the autodiff path's scans are widened (`CPU_WIDENED_BFLOAT16_SCANS`): the
     hand-derived reverse scans stack bfloat16 errors (Xeon, 2026-11-29, bfloat16 parameters, T = 1000: Elman B = 1
     10.4 ms against 2.3 with autodiff, LSTM B = 4 54 against 15 ms).
     """
-    if not plain or (jax.default_backend() == "cpu" and jnp.dtype(dtype) in HALF_PRECISION):
+    if not plain or (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.bfloat16):
         return "autodiff"
     if _fused_kernels_win(cell, projections, hidden, dtype):
         return "fused"

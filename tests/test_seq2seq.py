@@ -201,10 +201,10 @@ def test_teacher_forced_logits_equal_encoder_and_decoder_python_loops(model, key
     assert seq2seq.cell_of(params) is cells.get(model)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of half-precision scans")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of bfloat16 scans")
 def test_greedy_decoding_in_bfloat16_stacks_float32_on_a_cpu_with_the_same_values(key, monkeypatch):
     """A bfloat16 model's decoded logits are stacked in float32 inside the loop (`rnn_jax.unroll.
-    CPU_WIDENED_HALF_PRECISION_SCANS`: XLA:CPU converts a whole bfloat16 [L, ...] buffer at every step otherwise) and
+    CPU_WIDENED_BFLOAT16_SCANS`: XLA:CPU converts a whole bfloat16 [L, ...] buffer at every step otherwise) and
     returned in bfloat16, equal bit for bit to stacking them in bfloat16."""
     _, params, batch = _tiny("lstm", key, dtype=jnp.bfloat16)
 
@@ -219,7 +219,7 @@ def test_greedy_decoding_in_bfloat16_stacks_float32_on_a_cpu_with_the_same_value
     assert jnp.dtype(jnp.bfloat16) not in stacked_dtypes()
     widened = decode()
     assert widened.logits.dtype == jnp.bfloat16
-    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_HALF_PRECISION_SCANS", False)
+    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_BFLOAT16_SCANS", False)
     assert jnp.dtype(jnp.bfloat16) in stacked_dtypes()
     chex.assert_trees_all_equal(widened, decode())
 

@@ -190,10 +190,10 @@ def test_generate_feeds_outputs_back(key, feedback):
         chex.assert_trees_all_close(jnp.sum(gen.inputs, -1), jnp.ones((6, 2)))
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of half-precision scans")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of bfloat16 scans")
 def test_generate_in_bfloat16_stacks_float32_on_a_cpu_with_the_same_values(key, monkeypatch):
-    """A bfloat16 network's generated sequence is stacked in float32 inside the loop (`CPU_WIDENED_HALF_PRECISION_
-    SCANS`) and returned in bfloat16, equal bit for bit to stacking in bfloat16."""
+    """A bfloat16 network's generated sequence is stacked in float32 inside the loop (`CPU_WIDENED_BFLOAT16_SCANS`)
+    and returned in bfloat16, equal bit for bit to stacking in bfloat16."""
     params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), rj.elman.init(key, 3, 6, 3))
     first = jax.nn.one_hot(jnp.array([0, 2]), 3, dtype=jnp.bfloat16)
 
@@ -206,7 +206,7 @@ def test_generate_in_bfloat16_stacks_float32_on_a_cpu_with_the_same_values(key, 
     assert jnp.dtype(jnp.bfloat16) not in scan_dtypes()
     widened = run()
     assert {a.dtype for a in widened} == {jnp.dtype(jnp.bfloat16)}
-    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_HALF_PRECISION_SCANS", False)
+    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_BFLOAT16_SCANS", False)
     assert jnp.dtype(jnp.bfloat16) in scan_dtypes()
     chex.assert_trees_all_equal(widened, run())
 
@@ -423,12 +423,12 @@ def test_bfloat16_compute_keeps_float32_gradients_close_to_float32(cell_name):
         assert float(jnp.max(jnp.abs(g - w))) > 0 or float(jnp.max(jnp.abs(w))) == 0  # it did run in bfloat16
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of half-precision scans")
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of bfloat16 scans")
 @pytest.mark.parametrize("cell_name", ["elman", "lstm"])
 @pytest.mark.parametrize(("precision", "remat"), [("mixed", None), ("mixed", 3), ("bfloat16", None)])
-def test_cpu_half_precision_scans_keep_bfloat16_off_the_scan_boundary(cell_name, precision, remat, monkeypatch):
+def test_cpu_bfloat16_scans_keep_bfloat16_off_the_scan_boundary(cell_name, precision, remat, monkeypatch):
     """On a CPU, where a dynamic-update-slice into a bfloat16 [T, ...] buffer converts the whole buffer at every step
-    (O(T^2), `CPU_WIDENED_HALF_PRECISION_SCANS`), no scan of the bfloat16 value and gradient (mixed precision, or
+    (O(T^2), `CPU_WIDENED_BFLOAT16_SCANS`), no scan of the bfloat16 value and gradient (mixed precision, or
     bfloat16 parameters) reads, stacks or saves a bfloat16 [T, ...] array. The outputs are those of the scan in bfloat16
     bit for bit (the float32 carry holds bfloat16 values), and the gradients agree within bfloat16's rounding
     (the state's cotangents are summed in float32 there)."""
@@ -452,7 +452,7 @@ def test_cpu_half_precision_scans_keep_bfloat16_off_the_scan_boundary(cell_name,
 
     assert jnp.dtype(jnp.bfloat16) not in scan_dtypes()
     outputs, grads = outputs_and_gradients()
-    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_HALF_PRECISION_SCANS", False)
+    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_BFLOAT16_SCANS", False)
     assert jnp.dtype(jnp.bfloat16) in scan_dtypes()  # what the CPU form avoids
     want_outputs, want = outputs_and_gradients()
     np.testing.assert_array_equal(outputs, want_outputs)
