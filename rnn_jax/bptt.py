@@ -51,7 +51,7 @@ from rnn_jax.cells._common import readout
 from rnn_jax.cells.elman import ElmanParams
 from rnn_jax.cells.gru import GRUParams
 from rnn_jax.cells.lstm import LSTMParams, LSTMState
-from rnn_jax.unroll import scan, scan_in_form, sequence_mask, unroll
+from rnn_jax.unroll import scan, scan_in_form, sequence_mask, stackable, unroll
 
 LossName = losses.LossName
 
@@ -163,17 +163,19 @@ def _deltas(
         def body(carry, inputs):
             direct_t, dphi_t = inputs
             delta = (direct_t + carry) * dphi_t
-            return delta @ w_s_t, delta
+            return delta @ w_s_t, stackable(delta)  # narrowed after the scan, as every reverse scan here
 
-        return jax.lax.scan(body, final_error, (direct, dphi), reverse=True, unroll=unroll)
+        error, deltas = jax.lax.scan(body, final_error, (direct, dphi), reverse=True, unroll=unroll)
+        return error, deltas.astype(direct.dtype)
 
     def masked_body(carry, inputs):
         direct_t, dphi_t, m_t = inputs
         total = direct_t + carry
         delta = m_t * total * dphi_t
-        return delta @ w_s_t + (1 - m_t) * total, delta
+        return delta @ w_s_t + (1 - m_t) * total, stackable(delta)
 
-    return jax.lax.scan(masked_body, final_error, (direct, dphi, m), reverse=True, unroll=unroll)
+    error, deltas = jax.lax.scan(masked_body, final_error, (direct, dphi, m), reverse=True, unroll=unroll)
+    return error, deltas.astype(direct.dtype)
 
 
 def _errors(params, xs, initial_state, mask, states, output_error, state_error, final_state_error, activation, unroll,
@@ -341,7 +343,7 @@ def concatenated_backward(
             passed = jnp.zeros_like(a)
         if sum_in_scan:
             sums = _add_weight_sums(sums, x_t, s_prev_t, delta, s_t, g_t)
-        return (delta, passed, sums), delta
+        return (delta, passed, sums), stackable(delta)
 
     zeros = functools.partial(jnp.zeros, dtype=states.dtype)
     sums = (zeros(w_in.shape), zeros(params.w_y.shape), zeros(hidden)) if sum_in_scan else ()
@@ -349,6 +351,7 @@ def concatenated_backward(
     init = (zeros((batch, hidden)), final_state_error if carries_pass else None, sums)
     scanned = (_if(needs_inputs, xs), states, _if(needs_inputs, s_prev), g_y, direct, m)
     (delta_1, passed, sums), deltas = jax.lax.scan(body, init, scanned, reverse=True, unroll=unroll)
+    deltas = deltas.astype(states.dtype)
     d_w_in, d_w_y, d_b_s = sums if sum_in_scan else _weight_sums_after(xs, s_prev, deltas, states, g_y)
     grads = ElmanParams(d_w_in[:width], d_w_in[width:], d_b_s, d_w_y, jnp.sum(g_y, axis=(0, 1)))
     initial_error = delta_1 @ params.w_s.T
@@ -531,7 +534,7 @@ def lstm_backward(
             dz, passed, dc_back = m_t * dz, (1 - m_t) * a, m_t * dc * f + (1 - m_t) * (dc_next + direct_c)
         if sum_in_scan:
             sums = _add_weight_sums(sums, x_t, hp_t, dz, h_t, g_t)
-        return (dz, passed, dc_back, sums), dz
+        return (dz, passed, dc_back, sums), stackable(dz)
 
     zeros = functools.partial(jnp.zeros, dtype=xs.dtype)
     sums = (zeros((width + hidden, 4 * hidden)), zeros(params.w_y.shape), zeros(4 * hidden)) if sum_in_scan else ()
@@ -539,6 +542,7 @@ def lstm_backward(
     in_scan = functools.partial(_if, sum_in_scan)  # what only the sums inside the scan read
     inputs = (in_scan(xs), in_scan(h_prev), c_prev, in_scan(states.h), states.c, pre, g_y, direct_h, state_error.c, m)
     (dz_1, passed, dc_0, sums), dzs = jax.lax.scan(body, init, inputs, reverse=True, unroll=unroll)
+    dzs = dzs.astype(xs.dtype)
     d_w_in, d_w_y, d_b_s = sums if sum_in_scan else _weight_sums_after(xs, h_prev, dzs, states.h, g_y)
     grads = LSTMParams(d_w_in[:width], d_w_in[width:], d_b_s, d_w_y, jnp.sum(g_y, axis=(0, 1)))
     initial_h_error = dz_1 @ params.w_s.T
@@ -641,7 +645,7 @@ def gru_backward(
             da, du, passed = m_t * da, m_t * du, a * (m_t * z + 1 - m_t)
         carry = (du, passed, d_w_x + x_t.T @ da, d_w_s + hp_t.T @ du, d_w_y + h_t.T @ g_t,
                  d_b_x + jnp.sum(da, axis=0), d_b_s + jnp.sum(du, axis=0))  # fmt: skip
-        return carry, da
+        return carry, stackable(da)
 
     zeros = functools.partial(jnp.zeros, dtype=xs.dtype)
     init = (zeros((batch, 3 * hidden)), final_state_error, zeros(params.w_x.shape), zeros(params.w_s.shape),
@@ -650,6 +654,7 @@ def gru_backward(
     (du_1, passed, d_w_x, d_w_s, d_w_y, d_b_x, d_b_s), das = jax.lax.scan(
         body, init, inputs, reverse=True, unroll=unroll
     )
+    das = das.astype(xs.dtype)
     g_sum = output_error if m is None else output_error * m
     grads = GRUParams(d_w_x, d_w_s, d_b_x, d_b_s, d_w_y, jnp.sum(g_sum, axis=(0, 1)))
     return grads, das @ params.w_x.T, du_1 @ params.w_s.T + passed

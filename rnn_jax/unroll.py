@@ -379,12 +379,12 @@ def _fast_backward(cell, plain: bool, projections: Projections, batch: int, hidd
     `_custom_vjp_loses`. LSTM: "bptt" on a CPU with B > 1 and the projections in the step (on the 2-core CPU its
     train step was 0.79-0.89x autodiff's at the two smaller batched standard sizes, a tie at (128,512,64,256,64)
     and 1.27x slower at (1,1000,1,32,1)). GRU: autodiff (its custom VJP, `rnn_jax.bptt.gru_scan`, measured no
-    faster on the 2-core CPU: see the README). Remat and mixed precision need autodiff; so do bfloat16
-    parameters on a CPU, where only the autodiff path's scans are widened (`CPU_WIDENED_BFLOAT16_SCANS`): the
-    hand-derived reverse scans stack bfloat16 errors (Xeon, 2026-11-29, bfloat16 parameters, T = 1000: Elman B = 1
-    10.4 ms against 2.3 with autodiff, LSTM B = 4 54 against 15 ms).
+    faster on the 2-core CPU: see the README). Remat and mixed precision need autodiff. bfloat16 parameters follow
+    the same rule: with their reverse scans widened on a CPU (`CPU_WIDENED_BFLOAT16_SCANS`) the hand-derived
+    passes stay ahead there (Xeon, 2026-11-29, value and gradient: Elman (1,1000,1,32,1) 1.57 against 2.79 ms,
+    (64,256,32,128,32) 68 against 88 ms; LSTM (4,1000,1,32,1) 13.8 against 18.9 ms).
     """
-    if not plain or (jax.default_backend() == "cpu" and jnp.dtype(dtype) == jnp.bfloat16):
+    if not plain:
         return "autodiff"
     if _fused_kernels_win(cell, projections, hidden, dtype):
         return "fused"
