@@ -158,15 +158,11 @@ def _deltas(
 ) -> tuple[jax.Array, jax.Array]:
     """The reverse-time recursion: (dE/ds_0 [B, H], delta [T, B, H]) from the direct errors [T, B, H]."""
     w_s_t = params.w_s.T
-    if m is None:
 
-        def body(carry, inputs):
-            direct_t, dphi_t = inputs
-            delta = (direct_t + carry) * dphi_t
-            return delta @ w_s_t, stackable(delta)  # narrowed after the scan, as every reverse scan here
-
-        error, deltas = jax.lax.scan(body, final_error, (direct, dphi), reverse=True, unroll=unroll)
-        return error, deltas.astype(direct.dtype)
+    def body(carry, inputs):
+        direct_t, dphi_t = inputs
+        delta = (direct_t + carry) * dphi_t
+        return delta @ w_s_t, stackable(delta)  # narrowed after the scan, as in every reverse scan here
 
     def masked_body(carry, inputs):
         direct_t, dphi_t, m_t = inputs
@@ -174,7 +170,8 @@ def _deltas(
         delta = m_t * total * dphi_t
         return delta @ w_s_t + (1 - m_t) * total, stackable(delta)
 
-    error, deltas = jax.lax.scan(masked_body, final_error, (direct, dphi, m), reverse=True, unroll=unroll)
+    scanned = (direct, dphi) if m is None else (direct, dphi, m)
+    error, deltas = jax.lax.scan(body if m is None else masked_body, final_error, scanned, reverse=True, unroll=unroll)
     return error, deltas.astype(direct.dtype)
 
 

@@ -199,7 +199,7 @@ def scan(
     boundary in float32 (`CPU_WIDENED_BFLOAT16_SCANS`).
     """
     chunk = remat_chunk(remat, xs.shape[0])
-    if CPU_WIDENED_BFLOAT16_SCANS and jax.default_backend() == "cpu" and _has_bfloat16(initial_state, xs):
+    if _widens_bfloat16() and _has_bfloat16(initial_state, xs):
         return _widened_scan(cell_step, initial_state, xs, mask, unroll, chunk)
     return _scan_in_chunks(cell_step, initial_state, xs, mask, unroll, chunk)
 
@@ -224,6 +224,10 @@ def _scan_in_chunks(cell_step, initial_state, xs, mask, unroll, chunk):
 CPU_WIDENED_BFLOAT16_SCANS = True
 
 
+def _widens_bfloat16() -> bool:
+    return CPU_WIDENED_BFLOAT16_SCANS and jax.default_backend() == "cpu"
+
+
 def _has_bfloat16(*trees) -> bool:
     return any(leaf.dtype == jnp.bfloat16 for leaf in jax.tree.leaves(trees))
 
@@ -232,31 +236,29 @@ def _widened(tree):
     return jax.tree.map(lambda a: a.astype(jnp.float32) if a.dtype == jnp.bfloat16 else a, tree)
 
 
+def _narrowed(tree, like):
+    """``tree`` cast back to the dtypes of ``like`` (arrays or `jax.ShapeDtypeStruct`s, the same structure)."""
+    return jax.tree.map(lambda a, other: a.astype(other.dtype), tree, like)
+
+
 def stackable(tree):
     """``tree`` as a scan step should hand it to the scan to stack: on a CPU its bfloat16 arrays widened to
     float32 (`CPU_WIDENED_BFLOAT16_SCANS`; the caller narrows the stacked result once), elsewhere as it is."""
-    if CPU_WIDENED_BFLOAT16_SCANS and jax.default_backend() == "cpu":
-        return _widened(tree)
-    return tree
+    return _widened(tree) if _widens_bfloat16() else tree
 
 
 def _widened_scan(cell_step, initial_state, xs, mask, unroll, chunk):
     """`scan` with every bfloat16 carry, input and output widened to float32 at the loop's boundary (holding
     the same values: each step rounds them back on entry) and each step checkpointed (`CPU_WIDENED_BFLOAT16_SCANS`);
     the results come back in the dtypes ``cell_step`` gives them."""
-    carry_dtypes = jax.tree.map(lambda a: a.dtype, initial_state)
-    _, output_shapes = jax.eval_shape(cell_step, initial_state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
-
-    def narrowed(tree, dtypes):
-        return jax.tree.map(lambda a, dtype: a.astype(dtype), tree, dtypes)
+    _, output_like = jax.eval_shape(cell_step, initial_state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
 
     @functools.partial(jax.checkpoint, prevent_cse=False)  # inside a scan, CSE cannot undo the recomputation
     def step(carry, x_t):
-        return _widened(cell_step(narrowed(carry, carry_dtypes), x_t.astype(xs.dtype)))
+        return _widened(cell_step(_narrowed(carry, initial_state), x_t.astype(xs.dtype)))
 
     outputs, states, final = _scan_in_chunks(step, _widened(initial_state), _widened(xs), mask, unroll, chunk)
-    output_dtypes = jax.tree.map(lambda a: a.dtype, output_shapes)
-    return narrowed(outputs, output_dtypes), narrowed(states, carry_dtypes), narrowed(final, carry_dtypes)
+    return _narrowed(outputs, output_like), _narrowed(states, initial_state), _narrowed(final, initial_state)
 
 
 def scan_in_dtype(
@@ -709,4 +711,4 @@ def generate(
         return (s, next_input(y, t)), stackable((x, y, s))  # narrowed once, after the scan
 
     _, sequences = jax.lax.scan(body, (initial_state, first_input), jnp.arange(num_steps))
-    return Generated(*jax.tree.map(lambda a, like: a.astype(like.dtype), sequences, stacked))
+    return Generated(*_narrowed(sequences, stacked))
