@@ -51,7 +51,7 @@ from rnn_jax.cells._common import readout
 from rnn_jax.cells.elman import ElmanParams
 from rnn_jax.cells.gru import GRUParams
 from rnn_jax.cells.lstm import LSTMParams, LSTMState
-from rnn_jax.unroll import scan, scan_in_form, sequence_mask, stackable, unroll
+from rnn_jax.unroll import lax_scan, scan, scan_in_form, sequence_mask, stackable, unroll
 
 LossName = losses.LossName
 
@@ -896,5 +896,5 @@ def tbptt_gradients(
         (value, carried), grads = jax.value_and_grad(objective, has_aux=True)(params, carry, *win)
         return carried, (value, grads)
 
-    final, (values, grads) = jax.lax.scan(body, s0, tuple(w))
+    final, (values, grads) = lax_scan(body, s0, tuple(w))
     return values, grads, final

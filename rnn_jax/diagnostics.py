@@ -36,6 +36,7 @@ from jax.flatten_util import ravel_pytree
 
 from rnn_jax import _checks, activations, initializers
 from rnn_jax.cells import _common, elman
+from rnn_jax.unroll import lax_scan
 
 Activation = str | Callable[[jax.Array], jax.Array]
 
@@ -106,7 +107,7 @@ def state_gradient_norms(
             new, _ = step(carry, x_t)
             return jax.tree.map(jnp.add, new, e_t), None
 
-        final, _ = jax.lax.scan(body, s0, (xs, eps))
+        final, _ = lax_scan(body, s0, (xs, eps))
         return jnp.sum(loss(readout(params, final), targets))
 
     zeros = jax.tree.map(lambda a: jnp.zeros((num_steps, *a.shape), a.dtype), s0)
@@ -177,7 +178,7 @@ def step_jacobians(
         new, _ = step(carry, x_t)
         return new, jacobian(vectors, x_t)
 
-    _, jacobians = jax.lax.scan(body, s0, xs)
+    _, jacobians = lax_scan(body, s0, xs)
     return jacobians
 
 
@@ -195,11 +196,15 @@ def jacobian_product_singular_values(
       params, xs, cell, activation, initial_state: as for `step_jacobians`.
 
     Returns:
-      [T, B, N], row k - 1 the singular values of P_k (largest first); P_k maps a change of s_0 to
+      [T, B, N] (float32 for half-precision parameters: the products and their SVD are formed in at least
+      float32, which XLA's SVD needs and a product of T factors deserves), row k - 1 the singular values of P_k
+      (largest first); P_k maps a change of s_0 to
       the change of s_k, so its largest singular value is ||ds_k/ds_0||_2, the factor by which a
       gradient can grow or shrink over a lag of k steps.
     """
     jacobians = step_jacobians(params, xs, cell=cell, activation=activation, initial_state=initial_state)
+    if jnp.finfo(jacobians.dtype).bits < 32:
+        jacobians = jacobians.astype(jnp.float32)
     n = jacobians.shape[-1]
     eye = jnp.broadcast_to(jnp.eye(n, dtype=jacobians.dtype), jacobians.shape[1:])
 

@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import _checks, cells, initializers, losses
-from rnn_jax.unroll import Remat, check_scan_options, scan_in_dtype, sequence_mask, stackable
+from rnn_jax.unroll import Remat, check_scan_options, lax_scan, scan_in_dtype, sequence_mask
 
 PAD, GO, END = 0, 1, 2  # token ids: <pad> in both vocabularies; <go> and <end> in the target vocabulary
 
@@ -279,13 +279,11 @@ def greedy_decode(
         z, y = step(z, jnp.take(params.target_embedding, previous, axis=0))
         token = jnp.argmax(y, axis=-1).astype(jnp.int32)
         emitted = jnp.where(done, PAD, token)
-        return (z, token, done | (token == END)), (emitted, stackable(y), done)  # y narrowed after the scan
+        return (z, token, done | (token == END)), (emitted, y, done)
 
     batch = source.shape[1]
     start = (state, jnp.full((batch,), GO, jnp.int32), jnp.zeros((batch,), bool))
-    logits_dtype = jax.eval_shape(step, state, params.target_embedding[start[1]])[1].dtype
-    _, (tokens, logits, done_before) = jax.lax.scan(body, start, None, length=max_length)
-    logits = logits.astype(logits_dtype)
+    _, (tokens, logits, done_before) = lax_scan(body, start, length=max_length)
     lengths = jnp.sum(~done_before, axis=0).astype(jnp.int32)  # steps emitted before (and at) the first END
     return Decoded(tokens, lengths, logits)
 

@@ -243,20 +243,51 @@ def _narrowed(tree, like):
 
 def stackable(tree):
     """``tree`` as a scan step should hand it to the scan to stack: on a CPU its bfloat16 arrays widened to
-    float32 (`CPU_WIDENED_BFLOAT16_SCANS`; the caller narrows the stacked result once), elsewhere as it is."""
+    float32 (`CPU_WIDENED_BFLOAT16_SCANS`; the caller narrows the stacked result once), elsewhere as it is.
+    For loops that are never differentiated and keep their carry in its own dtype (the hand-derived reverse
+    scans); `lax_scan` widens the carry too and checkpoints the step."""
     return _widened(tree) if _widens_bfloat16() else tree
 
 
-def _widened_scan(cell_step, initial_state, xs, mask, unroll, chunk):
-    """`scan` with every bfloat16 carry, input and output widened to float32 at the loop's boundary (holding
-    the same values: each step rounds them back on entry) and each step checkpointed (`CPU_WIDENED_BFLOAT16_SCANS`);
-    the results come back in the dtypes ``cell_step`` gives them."""
-    _, output_like = jax.eval_shape(cell_step, initial_state, jax.ShapeDtypeStruct(xs.shape[1:], xs.dtype))
+def _boundary_step(step, carry_like, x_like):
+    """``step(carry, x) -> (carry, y)`` for a loop whose carry and inputs cross its boundary widened: it narrows
+    them back to ``carry_like``'s and ``x_like``'s dtypes on entry (the same values), widens what it returns, and
+    is checkpointed, so that autodiff saves only its (widened) inputs and recomputes its bfloat16 intermediates."""
 
     @functools.partial(jax.checkpoint, prevent_cse=False)  # inside a scan, CSE cannot undo the recomputation
-    def step(carry, x_t):
-        return _widened(cell_step(_narrowed(carry, initial_state), x_t.astype(xs.dtype)))
+    def widened_step(carry, x):
+        return _widened(step(_narrowed(carry, carry_like), _narrowed(x, x_like)))
 
+    return widened_step
+
+
+def _step_like(xs):
+    """What a scan over ``xs`` (a pytree of [T, ...] arrays, or None) hands each step, as `jax.ShapeDtypeStruct`s."""
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), xs)
+
+
+def lax_scan(step: Callable, init, xs=None, *, length: int | None = None, reverse: bool = False, unroll: int = 1):
+    """`jax.lax.scan` ``(step, init, xs) -> (final carry, stacked outputs)``, for loops outside `scan` (diagnostics,
+    decoding, generation): on a CPU, when the carry, the inputs or the outputs hold bfloat16, they cross the
+    loop's boundary as float32 arrays holding the bfloat16 values and each step is checkpointed
+    (`CPU_WIDENED_BFLOAT16_SCANS`); the results come back in the dtypes ``step`` gives them, equal bit for bit."""
+    options = {"length": length, "reverse": reverse, "unroll": unroll}
+    if not _widens_bfloat16():
+        return jax.lax.scan(step, init, xs, **options)
+    x_like = _step_like(xs)
+    _, output_like = jax.eval_shape(step, init, x_like)
+    if not _has_bfloat16(init, x_like, output_like):
+        return jax.lax.scan(step, init, xs, **options)
+    final, outputs = jax.lax.scan(_boundary_step(step, init, x_like), _widened(init), _widened(xs), **options)
+    return _narrowed(final, init), _narrowed(outputs, output_like)
+
+
+def _widened_scan(cell_step, initial_state, xs, mask, unroll, chunk):
+    """`scan` with every bfloat16 carry, input and output widened to float32 at the loop's boundary
+    (`_boundary_step`, as in `lax_scan`), here inside `scan`'s masking and rematerialisation."""
+    x_like = _step_like(xs)
+    _, output_like = jax.eval_shape(cell_step, initial_state, x_like)
+    step = _boundary_step(cell_step, initial_state, x_like)
     outputs, states, final = _scan_in_chunks(step, _widened(initial_state), _widened(xs), mask, unroll, chunk)
     return _narrowed(outputs, output_like), _narrowed(states, initial_state), _narrowed(final, initial_state)
 
@@ -703,12 +734,10 @@ def generate(
             index = jax.random.categorical(jax.random.fold_in(key, t), y / temperature, axis=-1)
         return jax.nn.one_hot(index, o, dtype=y.dtype)
 
-    stacked = jax.eval_shape(lambda s, x: (x, cell_step(s, x)[1], s), initial_state, first_input)
-
     def body(carry, t):
         s, x = carry
         s, y = cell_step(s, x)
-        return (s, next_input(y, t)), stackable((x, y, s))  # narrowed once, after the scan
+        return (s, next_input(y, t)), (x, y, s)
 
-    _, sequences = jax.lax.scan(body, (initial_state, first_input), jnp.arange(num_steps))
-    return Generated(*_narrowed(sequences, stacked))
+    _, sequences = lax_scan(body, (initial_state, first_input), jnp.arange(num_steps))
+    return Generated(*sequences)

@@ -6,6 +6,7 @@ Property-based (hypothesis) over random sizes, lengths, activations, masks and l
 from __future__ import annotations
 
 import functools
+import importlib
 
 import chex
 import jax
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 import rnn_jax as rj
 from rnn_jax import activations, bptt
+from tests.jaxprs import scan_stacked_dtypes
 from tests.stages import slow_unless
 
 SETTINGS = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -234,6 +236,33 @@ def test_truncated_gradient_differs_from_the_full_one(key, x64):
     _, full = _autodiff(params, xs, targets, None, "tanh", "squared_error", "sum")
     _, grads, _ = bptt.tbptt_gradients(params, xs, targets, 2, 2, reduction="sum")
     assert not np.allclose(grads.w_s.sum(0), full.w_s, rtol=1e-3)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of bfloat16 scans")
+def test_bfloat16_tbptt_gradients_stack_float32_on_a_cpu_with_the_same_values(key, monkeypatch):
+    """On a CPU the loop over TBPTT windows of a bfloat16 network stacks its per-window gradients in float32
+    (`unroll.lax_scan`; stacking bfloat16 there is O(U^2) in the U windows) and returns them in bfloat16. The
+    losses and the carried state equal those of the bfloat16 loops bit for bit; the gradients agree within
+    bfloat16's rounding (the windows' own scans sum the state's cotangents in float32)."""
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), rj.elman.init(key, 2, 4, 2))
+    xs = jax.random.normal(jax.random.key(1), (8, 2, 2), jnp.bfloat16)
+    targets = jax.random.normal(jax.random.key(2), (8, 2, 2), jnp.bfloat16)
+
+    def run():  # new functions each time: make_jaxpr and jit cache their traces by function, not by the flag
+        stacked = scan_stacked_dtypes(jax.make_jaxpr(lambda: bptt.tbptt_gradients(params, xs, targets, 2, 3))().jaxpr)
+        return stacked, jax.jit(lambda: bptt.tbptt_gradients(params, xs, targets, 2, 3))()
+
+    stacked, got = run()
+    assert jnp.dtype(jnp.bfloat16) not in stacked
+    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_BFLOAT16_SCANS", False)
+    stacked, want = run()
+    assert jnp.dtype(jnp.bfloat16) in stacked
+    chex.assert_trees_all_equal_dtypes(got, want)
+    (losses, grads, final), (want_losses, want_grads, want_final) = got, want
+    chex.assert_trees_all_equal((losses, final), (want_losses, want_final))
+    scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree.leaves(want_grads))
+    for g, w in zip(jax.tree.leaves(grads), jax.tree.leaves(want_grads), strict=True):
+        assert float(jnp.max(jnp.abs(g.astype(jnp.float32) - w.astype(jnp.float32)))) <= 1e-2 * scale
 
 
 @pytest.mark.parametrize(("k1", "k2", "message"), [(3, 2, r"k1 <= k2"), (0, 2, r"k1: expected a positive integer")])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import rnn_jax as rj
 from rnn_jax import diagnostics
 from rnn_jax.cells import gru, lstm
+from tests.jaxprs import scan_stacked_dtypes
 from tests.stages import slow_unless
 
 T, B, D, H, O = 8, 3, 2, 5, 1
@@ -64,6 +67,50 @@ def test_state_gradients_equal_a_perturbed_rerun(key, x64, cell):
     for lag in range(T):
         np.testing.assert_allclose(norms[lag], np.linalg.norm(row, axis=-1), rtol=1e-9)
         row = np.einsum("bi,bik->bk", row, jacobians[T - 1 - lag])
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16], ids=["bfloat16", "float16"])
+@pytest.mark.parametrize("cell", [rj.elman, lstm], ids=["elman", "lstm"])
+def test_half_precision_diagnostics_agree_with_float32(key, cell, dtype):
+    """Half-precision parameters give the float32 diagnostics of the same (rounded) weights within the half
+    precision's rounding; the Jacobian products and their singular values come back in float32 (XLA has no
+    half-precision SVD: it used to fail inside XLA)."""
+    half = jax.tree.map(lambda a: a.astype(dtype), cell.init(key, D, H, O))
+    wide = jax.tree.map(lambda a: a.astype(jnp.float32), half)
+    xs = _inputs().astype(dtype)
+    targets = jnp.ones((B, O), dtype)
+    eps = float(jnp.finfo(dtype).eps)
+    got = diagnostics.jacobian_product_singular_values(half, xs, cell=cell)
+    want = diagnostics.jacobian_product_singular_values(wide, xs.astype(jnp.float32), cell=cell)
+    assert got.dtype == jnp.float32
+    np.testing.assert_allclose(got, want, atol=4 * T * eps * float(jnp.max(want)))
+    got = diagnostics.state_gradient_norms(half, xs, targets, cell=cell)
+    want = diagnostics.state_gradient_norms(wide, xs.astype(jnp.float32), targets.astype(jnp.float32), cell=cell)
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, atol=4 * T * eps * float(jnp.max(want)))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of bfloat16 scans")
+def test_bfloat16_diagnostics_stack_float32_on_a_cpu_with_the_same_values(key, monkeypatch):
+    """On a CPU the diagnostics' scans of a bfloat16 network stack (and save for the backward pass) no bfloat16
+    [T, ...] array (`unroll.CPU_WIDENED_BFLOAT16_SCANS`: stacking bfloat16 there is O(T^2)); the Jacobians are
+    those of the scan in bfloat16 bit for bit and the gradient norms agree within bfloat16's rounding."""
+    params = jax.tree.map(lambda a: a.astype(jnp.bfloat16), rj.elman.init(key, D, H, O))
+    xs = _inputs(jnp.bfloat16)
+    targets = jnp.ones((B, O), jnp.bfloat16)
+
+    def run():  # new functions each time: make_jaxpr and jit cache their traces by function, not by the flag
+        jacobians = lambda: diagnostics.step_jacobians(params, xs)  # noqa: E731
+        norms = lambda: diagnostics.state_gradient_norms(params, xs, targets)  # noqa: E731
+        stacked = set().union(*(scan_stacked_dtypes(jax.make_jaxpr(f)().jaxpr) for f in (jacobians, norms)))
+        return stacked, jax.jit(jacobians)(), jax.jit(norms)()
+
+    stacked, jacobians, norms = run()
+    assert jnp.dtype(jnp.bfloat16) not in stacked
+    monkeypatch.setattr(importlib.import_module("rnn_jax.unroll"), "CPU_WIDENED_BFLOAT16_SCANS", False)
+    stacked, want_jacobians, want_norms = run()
+    assert jnp.dtype(jnp.bfloat16) in stacked  # what the CPU form avoids
+    np.testing.assert_array_equal(jacobians, want_jacobians)
+    np.testing.assert_allclose(norms, want_norms, atol=1e-2 * float(jnp.max(want_norms)))
 
 
 def test_small_recurrent_weights_lose_the_gradient(key):

@@ -15,7 +15,7 @@ import rnn_jax as rj
 from rnn_jax import cells
 from rnn_jax.bptt import elman_scan as bptt_elman_scan
 from rnn_jax.bptt import lstm_scan as bptt_lstm_scan
-from rnn_jax.unroll import CPU_HOIST_MAX_BATCH, remat_chunk, resolve_projections
+from rnn_jax.unroll import CPU_HOIST_MAX_BATCH, lax_scan, remat_chunk, resolve_projections
 from tests.jaxprs import scan_stacked_dtypes
 from tests.oracle import elman_loop, gru_loop, lstm_loop
 from tests.stages import slow_unless
@@ -709,3 +709,46 @@ def test_the_gpu_choices_give_the_autodiff_gradients(monkeypatch, x64):
     got = jax.grad(loss, argnums=(0, 1, 2))(params, xs, s0, "fast", "auto")
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(float(np.max(np.abs(w))), 1.0))
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the CPU form of bfloat16 scans")
+@pytest.mark.parametrize("reverse", [False, True])
+def test_lax_scan_is_jax_lax_scan_with_bfloat16_off_the_boundary_on_a_cpu(key, reverse):
+    """`unroll.lax_scan` returns what `jax.lax.scan` does, bit for bit and in the same dtypes (forward, reversed,
+    and with no inputs), while on a CPU no bfloat16 [T, ...] array is stacked or saved for the backward pass;
+    its gradient agrees within bfloat16's rounding."""
+    w = jax.random.normal(key, (4, 4), jnp.bfloat16)
+    xs = {"x": jax.random.normal(jax.random.key(1), (9, 2, 4), jnp.bfloat16), "t": jnp.arange(9, dtype=jnp.int32)}
+
+    def step(carry, x):
+        s, count = carry
+        s = jnp.tanh(s @ w + (x["x"] if x is not None else 0.5))
+        return (s, count + 1), (s, s.astype(jnp.float32) * 2, count)
+
+    def run(scan, w_scale):
+        def scaled(carry, x):
+            return step((carry[0] * w_scale, carry[1]), x)
+
+        init = (jnp.ones((2, 4), jnp.bfloat16), jnp.int32(0))
+        with_inputs = scan(scaled, init, xs, reverse=reverse)
+        without = scan(scaled, init, None, length=5, reverse=reverse)
+        return with_inputs, without
+
+    def loss(scan, w_scale):
+        (_, (states, _, _)), _ = run(scan, w_scale)
+        return jnp.sum(states.astype(jnp.float32))
+
+    scale = jnp.bfloat16(0.9)
+
+    def stacked(scan):
+        return scan_stacked_dtypes(jax.make_jaxpr(jax.grad(lambda a: loss(scan, a)))(scale).jaxpr)
+
+    plain = jax.lax.scan
+    assert jnp.dtype(jnp.bfloat16) not in stacked(lax_scan)
+    assert jnp.dtype(jnp.bfloat16) in stacked(plain)
+    got, want = run(lax_scan, scale), run(plain, scale)
+    chex.assert_trees_all_equal(got, want)
+    chex.assert_trees_all_equal_dtypes(got, want)
+    g, g_want = jax.grad(lambda a: loss(lax_scan, a))(scale), jax.grad(lambda a: loss(plain, a))(scale)
+    assert g.dtype == g_want.dtype
+    np.testing.assert_allclose(np.float32(g), np.float32(g_want), rtol=2e-2)
