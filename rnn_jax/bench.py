@@ -875,8 +875,8 @@ def run(
       repeats: timed samples per implementation and mode (>= 1).
       implementations: default: `default_implementations`; the first with a first step is the
         reference of the agreement check.
-      min_sample_s: a sample repeats a call until it lasts about this long (the same count for
-        every implementation of a shape and mode); its time is divided by the count.
+      min_sample_s: a sample repeats a call back to back until it lasts at least this long (each call its own
+        count, at most 1000; `interleaved_samples`); its time is divided by the count.
       rtol: the agreement check's relative tolerance (float32), for implementations without their own.
       seed: the parameters and data.
       on_shape: called after each shape with the number of shapes finished and the result so far (the
@@ -927,6 +927,14 @@ def _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape) -> BenchRes
 # pause the harness's fixed order put lower-bound right after torch (its bound read high) and a study's first
 # implementation after torch on the next round.
 SETTLE_S = 0.01
+
+# Why each call fills its own sample (`interleaved_samples`): the first call after a pause runs slow (caches, the
+# CPU's idle state). On the 2-core Intel Xeon (2026-11-29, rnn-jax's train step at (1,1000,1,32,1), 30 single calls
+# each) a call took 0.44 ms right after another, 0.88 ms after 10 ms idle and 1.43 ms after 100 ms, against 0.53 ms
+# a call back to back. The sampler used to repeat every call as often as the fastest one needed, or once when that
+# made a sample over 10x ``min_sample_s``: a call 10x slower than the fastest (PyTorch's at B = 1; a long size
+# timed beside a short one in a study) was then timed as a single cold call (the train step above read 2.0-2.7 ms
+# beside a T = 2 step).
 K = TypeVar("K")
 
 
@@ -937,21 +945,21 @@ def interleaved_samples(
     waits for its result), taken in turn (A B C A B C ...), each after a `SETTLE_S` pause.
 
     Each call is run twice first (a warm-up, then a timed call that sizes the samples): a sample repeats a call as
-    often as it takes the fastest to fill ``min_sample_s`` (at most 1000 times; once when 0), unless that would
-    make this call's sample over 10x ``min_sample_s``, so short calls are not timed at the clock's resolution.
+    often as it takes that call to fill ``min_sample_s`` (at least once, at most 1000 times; once when 0), so
+    that short calls are not timed at the clock's resolution and no sample is one call just after the pause
+    (a cold call, slower: the comment above).
     """
-    first_call = {}
+    counts = {}
     for key, fn in calls.items():
         fn()
         start = time.perf_counter()
         fn()
-        first_call[key] = time.perf_counter() - start
-    number = max(1, int(np.ceil(min_sample_s / max(min(first_call.values()), 1e-7))))
-    number = min(number, 1000)
+        first_call = time.perf_counter() - start
+        counts[key] = min(1000, max(1, int(np.ceil(min_sample_s / max(first_call, 1e-7)))))
     samples: dict[K, list[float]] = {key: [] for key in calls}
     for _ in range(repeats):
         for key, fn in calls.items():
-            count = number if first_call[key] * number < 10 * min_sample_s else 1
+            count = counts[key]
             time.sleep(SETTLE_S)
             start = time.perf_counter()
             for _ in range(count):

@@ -223,6 +223,28 @@ def test_every_timed_sample_starts_after_a_pause(standard_promotion, monkeypatch
     assert bench.SETTLE_S >= 0.005
 
 
+def test_each_call_fills_its_own_sample(monkeypatch):
+    """A call 32x slower than the fastest is still timed over ``min_sample_s`` of back-to-back calls, not as one
+    call just after the pause (which runs slow: `interleaved_samples`); each sample is the mean call time."""
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    made = {"fast": 0, "slow": 0}
+    cost = {"fast": 2.0**-10, "slow": 2.0**-5}  # seconds, binary fractions: the fake clock adds them exactly
+
+    def call(name):
+        def run():
+            made[name] += 1
+            clock[0] += cost[name]
+
+        return run
+
+    samples = bench.interleaved_samples({name: call(name) for name in cost}, repeats=2, min_sample_s=0.125)
+    assert made == {"fast": 2 + 2 * 128, "slow": 2 + 2 * 4}  # two warm-up calls, then min_sample_s / cost a sample
+    for name in cost:
+        np.testing.assert_allclose(samples[name], [cost[name]] * 2)
+
+
 def test_the_studies_time_with_the_harness_sampler_and_its_pauses(monkeypatch):
     """experiments._common.interleaved (the projections studies) takes its samples as the harness does, a pause
     before each, so a study that adds torch is not biased the way the harness was before `SETTLE_S`."""
