@@ -276,8 +276,9 @@ def lax_scan(step: Callable, init, xs=None, *, length: int | None = None, revers
         return jax.lax.scan(step, init, xs, **options)
     x_like = _step_like(xs)
     _, output_like = jax.eval_shape(step, init, x_like)
-    if not _has_bfloat16(init, x_like, output_like):
+    if not _has_bfloat16(jax.eval_shape(lambda: init), x_like, output_like):  # (init may hold Python numbers)
         return jax.lax.scan(step, init, xs, **options)
+    init = jax.tree.map(jnp.asarray, init)
     final, outputs = jax.lax.scan(_boundary_step(step, init, x_like), _widened(init), _widened(xs), **options)
     return _narrowed(final, init), _narrowed(outputs, output_like)
 

@@ -729,7 +729,7 @@ def test_lax_scan_is_jax_lax_scan_with_bfloat16_off_the_boundary_on_a_cpu(key, r
         def scaled(carry, x):
             return step((carry[0] * w_scale, carry[1]), x)
 
-        init = (jnp.ones((2, 4), jnp.bfloat16), jnp.int32(0))
+        init = (jnp.ones((2, 4), jnp.bfloat16), 0)  # a Python number in the carry, as jax.lax.scan allows
         with_inputs = scan(scaled, init, xs, reverse=reverse)
         without = scan(scaled, init, None, length=5, reverse=reverse)
         return with_inputs, without
