@@ -1073,6 +1073,88 @@ def format_table(result: BenchResult, fast: str | None = None, bound: str = "low
     return "\n".join(lines)
 
 
+class Goal(NamedTuple):
+    """One of the speed goals (README, "Performance") as a run measured it: ``met`` is None when the run lacks
+    the records it needs (a size, PyTorch, the bound), and ``measured`` then says which."""
+
+    goal: str
+    measured: str
+    met: bool | None
+
+
+GOAL_MID = (64, 256, 32, 128, 32)  # the size of the ratio goals
+GOAL_BOUND_SIZES = (GOAL_MID, (1, 1000, 1, 32, 1))  # the sizes of the lower-bound goal
+GOAL_MAX_COMPILE_S = 2.0
+
+
+def speed_goals(records: Sequence[Mapping[str, Any]], fast: str = "rnn-jax-fast") -> list[Goal]:
+    """Where a run's records put the speed goals: for the Elman network, at (64,256,32,128,32) a train step at most
+    0.5x PyTorch's and 0.7x flax's, and within 1.3x of the lower bound there and at (1,1000,1,32,1); for every cell
+    in the records, at no size and mode slower than flax or PyTorch, and compile under 2 s. rnn-jax's time is the
+    better of ``fast`` and its ``-Ndev`` rows (the step split over devices), PyTorch's the better thread count, the
+    bound the lowest of ``lower-bound`` and its ``-Ndev`` rows, as in the table's ``/bound`` column."""
+    times: dict[tuple, dict[str, float]] = {}
+    compile_s: dict[str, float] = {}
+    for r in records:
+        name = _family(r["impl"])
+        if name.startswith(f"{fast}-") and name.endswith("dev"):
+            name = fast
+        elif name.startswith("lower-bound"):
+            name = "lower-bound"
+        c = r["config"]
+        key = (c["cell"], tuple(c[k] for k in CONFIG_KEYS[1:]), r["mode"])
+        group = times.setdefault(key, {})
+        group[name] = min(group.get(name, float("inf")), r["median_ms"])
+        if name == fast:
+            compile_s[c["cell"]] = max(compile_s.get(c["cell"], 0.0), r["compile_s"])
+
+    def ratio(cell, size, mode, other):
+        group = times.get((cell, size, mode), {})
+        return group[fast] / group[other] if fast in group and other in group else None
+
+    def sized(size):
+        return ",".join(map(str, size))
+
+    def at_most(goal, r, limit):
+        return Goal(goal, f"{r:.2f}x" if r is not None else "not measured", None if r is None else r <= limit)
+
+    goals = []
+    for cell in sorted({key[0] for key in times}):
+        if cell == "elman":  # the ratio and bound goals are the Elman network's (nn.RNN's); the others, every cell's
+            for other, limit in (("torch", 0.5), ("flax", 0.7)):
+                r = ratio(cell, GOAL_MID, "train", other)
+                goals.append(at_most(f"{cell} train at ({sized(GOAL_MID)}) <= {limit}x {other}", r, limit))
+            for size in GOAL_BOUND_SIZES:
+                r = ratio(cell, size, "train", "lower-bound")
+                goals.append(at_most(f"{cell} train at ({sized(size)}) <= 1.3x the lower bound", r, 1.3))
+        against = [
+            (f"{mode} ({sized(size)}) {other}", r)
+            for (c, size, mode) in times
+            for other in ("flax", "torch")
+            if c == cell and (r := ratio(cell, size, mode, other)) is not None
+        ]
+        slower = "; ".join(f"{where} {r:.2f}x" for where, r in against if r > 1)
+        measured = slower or ("nowhere slower" if against else "not measured")
+        goals.append(Goal(f"{cell} never slower than flax or torch", measured, not slower if against else None))
+        most = compile_s.get(cell)
+        goals.append(
+            Goal(
+                f"{cell} {fast} compile < {GOAL_MAX_COMPILE_S:g} s",
+                f"at most {most:.2f} s" if most is not None else "not measured",
+                None if most is None else most < GOAL_MAX_COMPILE_S,
+            )
+        )
+    return goals
+
+
+def format_goals(goals: Sequence[Goal]) -> str:
+    """The goals as lines: met, NOT MET, or n/a (what the run did not measure)."""
+    verdicts = {True: "met", False: "NOT MET", None: "n/a"}
+    lines = ["speed goals (README, Performance) in this run:"]
+    lines += [f"  {verdicts[g.met]:<8}{g.goal}: {g.measured}" for g in goals]
+    return "\n".join(lines)
+
+
 IMPL_WIDTH = 30  # the table's implementation column: the longest name, rnn-jax-fast-graphs-unrolled, and a space
 
 

@@ -145,6 +145,8 @@ def _bench(args: argparse.Namespace) -> int:
         on_shape=on_shape,
     )
     print(bench.format_table(result))
+    print()
+    print(bench.format_goals(bench.speed_goals(result.records)))
     if args.json:
         _write_json_atomically(args.json, result.records)
         print(f"wrote {args.json}")

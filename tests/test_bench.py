@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -281,10 +282,45 @@ def test_cli_bench_writes_json_and_exits_zero(tmp_path, capsys, standard_promoti
     assert code == 0
     printed = capsys.readouterr().out
     assert "agreement of the first step" in printed and "lower-bound" in printed
+    assert "speed goals" in printed and "gru never slower than flax or torch" in printed
     records = json.loads(path.read_text())
     bench.validate_records(records)
     assert {r["config"]["T"] for r in records} == {4} and {r["config"]["cell"] for r in records} == {"gru"}
     assert {"rnn-jax-bf16", "flax"} <= {r["impl"] for r in records}
+
+
+def _record(cell, size, mode, impl, ms, compile_s=0.1):
+    config = dict(zip(bench.CONFIG_KEYS, (cell, *size), strict=True))
+    return {"config": config, "impl": impl, "mode": mode, "median_ms": ms, "compile_s": compile_s}
+
+
+def test_speed_goals_read_the_best_of_each_family():
+    """The goals take rnn-jax's better of one and N devices, PyTorch's better thread count and the lowest bound,
+    list every size and mode where rnn-jax is slower, and say n/a for what a run did not measure."""
+    mid, big, single = (64, 256, 32, 128, 32), (256, 64, 128, 512, 128), (1, 1000, 1, 32, 1)
+    records = [
+        _record("elman", mid, "train", "rnn-jax-fast", 10.0, compile_s=0.5),
+        _record("elman", mid, "train", "rnn-jax-fast-2dev", 8.0, compile_s=2.5),
+        _record("elman", mid, "train", "flax", 20.0),
+        _record("elman", mid, "train", "torch-2threads", 17.0),
+        _record("elman", mid, "train", "lower-bound", 7.0),
+        _record("elman", mid, "train", "lower-bound-2dev", 6.0),
+        _record("elman", big, "forward", "rnn-jax-fast", 5.0),
+        _record("elman", big, "forward", "torch-1thread", 4.0),
+        _record("gru", single, "forward", "rnn-jax-fast", 1.0),
+        _record("gru", single, "forward", "flax", 2.0),
+    ]
+    goals = {g.goal: g for g in bench.speed_goals(records)}
+    assert goals["elman train at (64,256,32,128,32) <= 0.5x torch"] == (mock.ANY, "0.47x", True)
+    assert goals["elman train at (64,256,32,128,32) <= 0.7x flax"].measured == "0.40x"
+    assert goals["elman train at (64,256,32,128,32) <= 1.3x the lower bound"][1:] == ("1.33x", False)
+    assert goals["elman train at (1,1000,1,32,1) <= 1.3x the lower bound"][1:] == ("not measured", None)
+    assert goals["elman never slower than flax or torch"][1:] == ("forward (256,64,128,512,128) torch 1.25x", False)
+    assert goals["elman rnn-jax-fast compile < 2 s"][1:] == ("at most 2.50 s", False)
+    assert goals["gru never slower than flax or torch"][1:] == ("nowhere slower", True)
+    assert not any(g.startswith("gru train") for g in goals)  # the ratio and bound goals are the Elman network's
+    text = bench.format_goals(list(goals.values()))
+    assert "NOT MET elman rnn-jax-fast compile < 2 s: at most 2.50 s" in text and "n/a     elman train at (1" in text
 
 
 def test_cli_bench_times_the_implementations_named_by_impl(tmp_path, capsys, standard_promotion):
