@@ -1090,10 +1090,10 @@ GOAL_MAX_COMPILE_S = 2.0
 def speed_goals(records: Sequence[Mapping[str, Any]], fast: str = "rnn-jax-fast") -> list[Goal]:
     """Where a run's records put the speed goals: for the Elman network, at (64,256,32,128,32) a train step at most
     0.5x PyTorch's and 0.7x flax's, and within 1.3x of the lower bound there and at (1,1000,1,32,1) (the forward
-    pass and the train step); for every cell
-    in the records, at no size and mode slower than flax or PyTorch, and compile under 2 s. rnn-jax's time is the
-    better of ``fast`` and its ``-Ndev`` rows (the step split over devices), PyTorch's the better thread count, the
-    bound the lowest of ``lower-bound`` and its ``-Ndev`` rows, as in the table's ``/bound`` column."""
+    pass and the train step); for every cell in the records, at no size and mode slower than flax or PyTorch, and
+    compile under 2 s. rnn-jax's time is the better of ``fast`` and its ``-Ndev`` rows (the step split over
+    devices), PyTorch's the better thread count, the bound the lowest of ``lower-bound`` and its ``-Ndev`` rows, as
+    in the table's ``/bound`` column."""
     times: dict[tuple, dict[str, float]] = {}
     compile_s: dict[str, float] = {}
     for r in records:
