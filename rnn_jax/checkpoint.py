@@ -33,7 +33,8 @@ from rnn_jax.config import Config
 FORMAT_VERSION = 2  # 2: the optimiser state is `optax.flatten`'s flat vectors (`rnn_jax.optim.make_optimizer`)
 
 # Run options that may differ between a run and its resumption: they change what is reported or
-# where, never the sequence of updates. Every other field of the config must be equal.
+# where, never the sequence of updates. Every other field of the config must be equal, but for run.steps where
+# `steps_change_refused` allows it.
 RESUMABLE_CHANGES = frozenset(
     {
         "out",
@@ -76,11 +77,12 @@ def digest(tree: Any) -> str:
     return sha.hexdigest()
 
 
-def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def config_differences(saved: dict[str, Any], current: dict[str, Any], step: int | None = None) -> list[str]:
     """``"section.field: checkpoint A, now B"`` for every field that differs and must not.
 
     A field the checkpoint lacks (written by an rnn-jax from before the field existed) counts as the
-    field's default, which is what that older rnn-jax computed with.
+    field's default, which is what that older rnn-jax computed with. ``run.steps`` may differ when
+    `steps_change_refused` finds no reason against it for a checkpoint of ``step`` (None: it may not).
     """
     defaults = Config().to_dict()
     differences = []
@@ -90,11 +92,38 @@ def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[s
         for name in sorted(set(old) | set(new)):
             if section == "run" and name in RESUMABLE_CHANGES:
                 continue
-            if old.get(name, "<absent>") != new.get(name, "<absent>"):
-                differences.append(
-                    f"{section}.{name}: checkpoint {old.get(name, '<absent>')!r}, now {new.get(name, '<absent>')!r}"
-                )
+            before, now = old.get(name, "<absent>"), new.get(name, "<absent>")
+            if before != now:
+                difference = f"{section}.{name}: checkpoint {before!r}, now {now!r}"
+                if section == "run" and name == "steps" and step is not None:
+                    reason = steps_change_refused(current, step)
+                    if not reason:
+                        continue
+                    difference += f" ({reason})"
+                differences.append(difference)
     return differences
+
+
+def steps_change_refused(current: dict[str, Any], step: int) -> str:
+    """Why a run resumed from a checkpoint of ``step`` may not run to another ``run.steps`` than the run that wrote
+    it, or "" when it may.
+
+    The updates of a run do not depend on its length, so that a run resumed with more steps (or fewer, but no fewer
+    than the checkpoint's) ends where a run started with that many would, except where the length enters them: a
+    learning-rate schedule other than "constant" decays over the run's length, and truncated BPTT's stream is drawn
+    for it.
+    """
+    schedule = current.get("optim", {}).get("schedule", "constant")
+    if schedule != "constant":
+        return (
+            f"the {schedule!r} learning-rate schedule spans the run's length, so a run of another length trains "
+            "differently from its first step; --steps can change on resume only with the constant schedule"
+        )
+    if current.get("run", {}).get("tbptt_k1") is not None:
+        return "truncated BPTT's stream is drawn for the run's length, so --steps cannot change on resume with it"
+    if current["run"]["steps"] < step:
+        return f"the checkpoint is of step {step}, past the new --steps"
+    return ""
 
 
 def open_run(workdir: str | None, config: Any, start: Position) -> tuple[Checkpoints | None, Position]:
@@ -179,7 +208,7 @@ class Checkpoints:
             raise CheckpointError(
                 f"{where}: checkpoint format version {version!r}, this rnn-jax reads version {FORMAT_VERSION}"
             )
-        differences = config_differences(meta.get("config", {}), self._config)
+        differences = config_differences(meta.get("config", {}), self._config, step)
         if differences:
             raise CheckpointError(
                 f"{where}: written by an incompatible config, so resuming could not reproduce the run: "

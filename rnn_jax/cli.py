@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a recurrent network with BPTT (jax.grad through lax.scan) and a clipped optax "
         "optimiser. Writes OUT/metrics.jsonl (one JSON line per log/eval), OUT/summary.json, "
         "OUT/loss_curve.png and checkpoints of the whole training position in OUT/checkpoints, from which "
-        "--resume continues a stopped run to the same result.",
+        "--resume continues a stopped run to the same result (or, with a constant learning rate, a finished "
+        "one to more --steps).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for cls in (ModelConfig, TaskConfig, OptimConfig, RunConfig):

@@ -179,7 +179,8 @@ class RunConfig:
     keep_checkpoints: int = _help("keep the newest N checkpoints", default=3)
     resume: bool = _help(
         "continue from the newest checkpoint in --out (from step 0 when there is none), to the same result as a "
-        "run that was never stopped",
+        "run that was never stopped; with the constant learning-rate schedule --steps may differ from the "
+        "stopped run's (a finished run continues to the result of a run started with the new --steps)",
         default=False,
     )
     tensorboard: bool = _help(

@@ -105,6 +105,39 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     assert again["final_eval"] == whole["final_eval"] and again["resumed_from_step"] == 12
 
 
+def test_a_finished_run_resumed_with_more_steps_ends_where_a_run_of_that_many_ends(tmp_path):
+    """With the constant learning rate the updates do not depend on the run's length: a finished 8-step run resumed
+    with --steps 12 ends bit for bit where a 12-step run does, its metrics the short run's lines and then the long
+    run's lines after step 8."""
+    train.train_and_evaluate(_config(run={"steps": 8}), str(tmp_path / "extended"))
+    short_lines = _lines(tmp_path / "extended")
+    extended = train.train_and_evaluate(_config(run={"resume": True}), str(tmp_path / "extended"))
+    whole = train.train_and_evaluate(_config(), str(tmp_path / "whole"))
+
+    assert extended["resumed_from_step"] == 8 and extended["steps"] == whole["steps"] == 12
+    _assert_trees_equal(extended["params"], whole["params"])
+    _assert_trees_equal(_restore_final(_config(), tmp_path / "extended"), _restore_final(_config(), tmp_path / "whole"))
+    assert _lines(tmp_path / "extended") == short_lines + [line for line in _lines(tmp_path / "whole") if line[1] > 8]
+    assert extended["final_eval"] == whole["final_eval"] and extended["final_train"] == whole["final_train"]
+
+
+@pytest.mark.parametrize(
+    "sections, steps, reason",
+    [
+        ({"optim": {"schedule": "cosine"}}, 16, r"the 'cosine' learning-rate schedule spans the run's length"),
+        (TBPTT, 16, r"truncated BPTT's stream is drawn for the run's length"),
+        ({}, 8, r"the checkpoint is of step 12, past the new --steps"),
+    ],
+    ids=["decaying-schedule", "tbptt", "fewer-steps-than-the-checkpoint"],
+)
+def test_a_change_of_steps_is_refused_where_it_would_change_the_run(tmp_path, sections, steps, reason):
+    train.train_and_evaluate(_config(**sections), str(tmp_path))
+    resume = _config(**{**sections, "run": {**sections.get("run", {}), "resume": True, "steps": steps}})
+    message = rf"incompatible config.*run\.steps: checkpoint 12, now {steps} \({reason}"
+    with pytest.raises(checkpoint.CheckpointError, match=message):
+        train.train_and_evaluate(resume, str(tmp_path))
+
+
 def test_only_the_newest_checkpoints_are_kept(tmp_path):
     train.train_and_evaluate(_config(run={"checkpoint_every": 2, "keep_checkpoints": 2}), str(tmp_path))
     assert _steps(tmp_path) == [10, 12]
