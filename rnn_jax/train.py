@@ -28,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from rnn_jax import bptt, cells, checkpoint, deep, diagnostics, distributed, seq2seq, tasks
+from rnn_jax import _checks, bptt, cells, checkpoint, deep, diagnostics, distributed, seq2seq, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import remat_chunk, resolve_projections, unroll
@@ -166,11 +166,13 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
     """Refuses, naming the option, what the deep options (`rnn_jax.deep`) cannot combine with.
 
     Raises:
-      ValueError: for a bad ``remat`` text (here, before anything is traced), a bad layer count or dropout
+      ValueError: for a hidden size that is not a positive integer, a bad ``remat`` text (here, before anything is
+        traced), a bad layer count or dropout
         rate, ``residual`` without a second layer, ``backward="bptt"`` or ``"fused"`` with a deep network, or a
         bidirectional network on a next-step prediction task (its backward direction would see the target). A deep
         network takes ``remat``, ``precision`` and ``projections`` (`rnn_jax.deep.apply`).
     """
+    _checks.positive_int("hidden", config.hidden)  # the option's own name (the cells' init says hidden_size)
     remat_chunk(config.remat, 1)
     resolve_projections(config.projections, config.remat is None and config.precision == "float32")
     if not config.is_deep:
