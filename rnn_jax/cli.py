@@ -101,12 +101,13 @@ def _gradcheck(args: argparse.Namespace) -> int:
     from rnn_jax import gradcheck
 
     config = _build(GradcheckConfig, args)
+    if args.json:
+        _output_file("--json", args.json)
     report = gradcheck.check_gradients(config)
     print(gradcheck.format_table(report))
     if args.explain:
         print(gradcheck.explain(report))
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(report.to_json(), f, indent=2)
         print(f"wrote {args.json}")
@@ -117,6 +118,8 @@ def _bench(args: argparse.Namespace) -> int:
     from rnn_jax import bench, distributed
 
     config = _build(BenchConfig, args)
+    if args.json:
+        _output_file("--json", args.json)  # now, not after the first shape's minutes of timing
     # before JAX starts; at most 8 by default, so a many-core machine adds 3 device counts, not 6
     distributed.present_cpu_devices(config.cpu_devices or min(distributed.cpu_cores(), 8))
     preset = config.preset or (None if config.config else "standard")
@@ -158,9 +161,28 @@ def _bench(args: argparse.Namespace) -> int:
     return 1 if disagreeing or result.failed else 0
 
 
+def _output_file(option: str, path: str) -> None:
+    """Refuses, before any work, a ``path`` that ``option`` could not write when the work is done: a directory, or
+    a file whose directory cannot be made (a ValueError naming the option). Makes that directory."""
+    if os.path.isdir(path):
+        raise ValueError(f"{option}: {path!r} is a directory; expected the path of a file to write")
+    _output_directory(option, os.path.dirname(os.path.abspath(path)))
+
+
+def _output_directory(option: str, path: str) -> None:
+    """Makes the directory ``path`` for ``option``, or refuses it (a ValueError naming the option and the reason)."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{option}: {path!r} exists and is not a directory; expected a directory to write into")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"{option}: cannot make the directory {path!r} ({error.strerror or error})") from error
+    if not os.access(path, os.W_OK):
+        raise ValueError(f"{option}: the directory {path!r} is not writable")
+
+
 def _write_json_atomically(path: str, records: list) -> None:
     """Writes ``records`` to ``path`` through a temporary file and a rename, so a reader never sees half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path + ".tmp", "w") as f:
         json.dump(records, f, indent=2)
     os.replace(path + ".tmp", path)
@@ -181,6 +203,7 @@ def _train(args: argparse.Namespace) -> int:
     out = config.run.out or os.path.join(
         "runs", f"{config.task.task}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     )
+    _output_directory("--out", out)
     from rnn_jax import tasks
     from rnn_jax.checkpoint import CheckpointError
     from rnn_jax.train import TrainingDiverged, train_and_evaluate

@@ -368,6 +368,14 @@ def test_cli_bench_rejects_bad_configs(argv, message, capsys):
     assert info.value.code == 2 and re.search(message, capsys.readouterr().err)
 
 
+def test_cli_bench_refuses_a_json_path_it_could_not_write_before_timing_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "--config", "1,2,1,3,1", "--impl", "rnn-jax-fast", "--json", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"--json: {str(tmp_path)!r} is a directory" in err
+    assert "bench: 1/1" not in err  # refused before the first shape was timed
+
+
 def _with_random_biases(problem):
     """The problem with every bias drawn away from zero (the cells' init leaves most at zero), so that a bias put
     in the wrong gate block, or on the wrong side of the GRU's reset gate, changes the loss."""

@@ -112,3 +112,15 @@ def test_bad_options_exit_2_with_a_clear_message(tmp_path, capsys, argv, message
         cli.main(["train", "--no-progress", "--out", str(tmp_path), *argv])
     assert info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--no-progress", "--steps", "2", "--out", str(taken)])
+    assert info.value.code == 2
+    assert f"--out: {str(taken)!r} exists and is not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        cli.main(["gradcheck", "--trials", "1", "--json", str(taken / "report.json")])
+    assert info.value.code == 2 and "--json: " in capsys.readouterr().err and not taken.is_dir()
