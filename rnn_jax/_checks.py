@@ -52,3 +52,30 @@ def finite(name: str, array: jax.Array) -> None:
             f"{name}: expected finite values, found {int(bad.sum())} NaN/Inf entries; "
             f"first at index {index} = {values[index]}"
         )
+
+
+def integers(name: str, array: jax.Array, what: str) -> None:
+    """Raises TypeError unless ``array`` has an integer dtype (``what``: the values it holds, for the message)."""
+    if not jnp.issubdtype(jnp.result_type(array), jnp.integer):
+        raise TypeError(f"{name}: expected {what}, got dtype {jnp.result_type(array)}")
+
+
+def within(name: str, array: jax.Array, low: int, high: int, expected: str, where: jax.Array | None = None) -> None:
+    """Raises ValueError unless every entry of a concrete ``array`` (those where ``where`` holds, when given) is in
+    [low, high]; the message says what was ``expected`` and the range of values that came. Traced values (inside
+    jit, grad or vmap) are not checked."""
+    if not is_concrete(array) or (where is not None and not is_concrete(where)):
+        return
+    values = np.asarray(array) if where is None else np.asarray(array)[np.asarray(where, bool)]
+    if values.size and (values.min() < low or values.max() > high):
+        raise ValueError(f"{name}: expected {expected}, got values in [{values.min()}, {values.max()}]")
+
+
+def lengths(name: str, array: jax.Array, num_steps: int, batch: int, shortest: int = 0) -> jax.Array:
+    """``array`` as [B] integer sequence lengths, each in [shortest, T] when concrete, or an error naming ``name``."""
+    array = jnp.asarray(array)
+    rank(name, array, 1, "B")
+    dim(name, array, 0, batch, "the batch size B")
+    integers(name, array, "an integer dtype")
+    within(name, array, shortest, num_steps, f"every length in [{shortest}, T={num_steps}]")
+    return array

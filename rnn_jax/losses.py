@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from rnn_jax import _checks
+
 Reduction = Literal["sum", "mean"]
 LossName = Literal["squared_error", "cross_entropy"]
 
@@ -71,7 +73,7 @@ def cross_entropy(
 
     Args:
       logits: y, [..., O].
-      labels: [...] integers in [0, O).
+      labels: [...] integers in [0, O) where ``mask`` holds (checked when concrete; padding may hold anything).
       mask: [...], bool or 0/1; None means every step counts.
       reduction: "sum" or "mean" (per valid step).
 
@@ -82,8 +84,12 @@ def cross_entropy(
         raise ValueError(
             f"labels: expected shape {jnp.shape(logits)[:-1]} (the logits' without O), got {jnp.shape(labels)}"
         )
-    if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
-        raise TypeError(f"labels: expected integer class indices, got dtype {jnp.result_type(labels)}")
+    _checks.integers("labels", labels, "integer class indices")
+    classes = jnp.shape(logits)[-1]  # out of range, a label would give NaN (or, negative, another class's loss)
+    where = "" if mask is None else " where the mask holds"
+    _checks.within("labels", labels, 0, classes - 1, f"class indices in [0, O={classes}){where}", mask)
+    if mask is not None:  # padding may hold any id (a PAD, -1): it is never looked up, so it cannot make a NaN
+        labels = jnp.where(jnp.asarray(mask).astype(bool), labels, 0)
     mask, count = _mask_and_count(mask, logits.shape[:-1], logits.dtype)
     per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return _reduce(per_step, mask, count, 1, reduction)

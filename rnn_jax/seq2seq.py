@@ -43,7 +43,6 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from rnn_jax import _checks, cells, initializers, losses
 from rnn_jax.unroll import Remat, check_scan_options, lax_scan, scan_in_dtype, sequence_mask
@@ -144,27 +143,8 @@ def init(
 
 def _check_tokens(name: str, tokens: jax.Array, vocab: int, letters: str) -> None:
     _checks.rank(name, tokens, 2, letters)
-    if not jnp.issubdtype(jnp.result_type(tokens), jnp.integer):
-        raise TypeError(f"{name}: expected integer token ids, got dtype {jnp.result_type(tokens)}")
-    if _checks.is_concrete(tokens) and tokens.size:
-        values = np.asarray(tokens)
-        if values.min() < 0 or values.max() >= vocab:
-            raise ValueError(
-                f"{name}: expected token ids in [0, {vocab}), got values in [{values.min()}, {values.max()}]"
-            )
-
-
-def _check_lengths(name: str, lengths: jax.Array, num_steps: int, batch: int) -> None:
-    _checks.rank(name, lengths, 1, "B")
-    _checks.dim(name, lengths, 0, batch, "the batch size B")
-    if not jnp.issubdtype(jnp.result_type(lengths), jnp.integer):
-        raise TypeError(f"{name}: expected an integer dtype, got {jnp.result_type(lengths)}")
-    if _checks.is_concrete(lengths) and lengths.size:
-        values = np.asarray(lengths)
-        if values.min() < 1 or values.max() > num_steps:
-            raise ValueError(
-                f"{name}: expected every length in [1, {num_steps}], got values in [{values.min()}, {values.max()}]"
-            )
+    _checks.integers(name, tokens, "integer token ids")
+    _checks.within(name, tokens, 0, vocab - 1, f"token ids in [0, {vocab})")
 
 
 def encode(
@@ -194,7 +174,7 @@ def encode(
     cell = cell_of(params)
     _check_tokens("source", source, params.source_embedding.shape[0], "S, B")
     num_steps, batch = source.shape
-    _check_lengths("source_lengths", source_lengths, num_steps, batch)
+    _checks.lengths("source_lengths", source_lengths, num_steps, batch, shortest=1)
     check_scan_options(remat, compute_dtype)
     xs = jnp.take(params.source_embedding, source, axis=0)  # [S, B, E]
     step = functools.partial(cell.step, activation=activation)
@@ -298,7 +278,7 @@ def sequence_loss(logits: jax.Array, target: jax.Array, target_lengths: jax.Arra
       A scalar (float32 for bfloat16 logits).
     """
     _checks.rank("logits", logits, 3, "T, B, V")
-    _check_lengths("target_lengths", target_lengths, target.shape[0], target.shape[1])
+    _checks.lengths("target_lengths", target_lengths, target.shape[0], target.shape[1], shortest=1)
     mask = sequence_mask(target_lengths, target.shape[0])
     return losses.by_name("cross_entropy", logits, target, mask, reduction="mean")
 

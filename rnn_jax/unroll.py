@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import _checks
+from rnn_jax import _checks, cells
 from rnn_jax.cells import _common, elman, gru, lstm
 
 
@@ -69,29 +69,15 @@ def last_valid(sequence: jax.Array, lengths: jax.Array) -> jax.Array:
     Returns:
       [B, ...].
     """
-    batch = jnp.arange(sequence.shape[1])
-    return sequence[jnp.asarray(lengths) - 1, batch]
-
-
-def _check_lengths(lengths: jax.Array, num_steps: int, batch: int) -> jax.Array:
-    lengths = jnp.asarray(lengths)
-    _checks.rank("lengths", lengths, 1, "B")
-    _checks.dim("lengths", lengths, 0, batch, "the batch size B")
-    if not jnp.issubdtype(lengths.dtype, jnp.integer):
-        raise TypeError(f"lengths: expected an integer dtype, got {lengths.dtype}")
-    if _checks.is_concrete(lengths) and lengths.size:
-        values = np.asarray(lengths)
-        low, high = int(values.min()), int(values.max())
-        if low < 0 or high > num_steps:
-            raise ValueError(f"lengths: expected every length in [0, T={num_steps}], got values in [{low}, {high}]")
-    return lengths
+    lengths = _checks.lengths("lengths", lengths, sequence.shape[0], sequence.shape[1], shortest=1)
+    return sequence[lengths - 1, jnp.arange(sequence.shape[1])]
 
 
 def _resolve_mask(mask: jax.Array | None, lengths: jax.Array | None, num_steps: int, batch: int) -> jax.Array | None:
     if mask is not None and lengths is not None:
         raise ValueError("mask, lengths: give one of them, not both")
     if lengths is not None:
-        return sequence_mask(_check_lengths(lengths, num_steps, batch), num_steps)
+        return sequence_mask(_checks.lengths("lengths", lengths, num_steps, batch), num_steps)
     if mask is not None:
         mask = jnp.asarray(mask)
         _checks.rank("mask", mask, 2, "T, B")
@@ -504,6 +490,20 @@ def scan_in_form(cell, params, xs, initial_state, mask, activation, unroll: int,
     return scan(functools.partial(cell.step, params, activation=activation), initial_state, xs, mask, unroll)
 
 
+def check_params(params, cell) -> None:
+    """Raises TypeError when ``params`` are not ``cell``'s ``Params`` (for a cell module that declares them), naming
+    the registered cell whose parameters they are, if any."""
+    expected = getattr(cell, "Params", None)
+    if expected is None or isinstance(params, expected):
+        return
+    owners = [name for name, module in cells.CELLS.items() if isinstance(params, module.Params)]
+    hint = f" (they are the {owners[0]} cell's: pass cell=rnn_jax.{owners[0]})" if owners else ""
+    raise TypeError(
+        f"params: expected the {cell.__name__.rsplit('.', 1)[-1]} cell's {expected.__name__}, got "
+        f"{type(params).__name__}{hint}"
+    )
+
+
 def unroll(
     params: elman.ElmanParams,
     xs: jax.Array,
@@ -581,6 +581,7 @@ def unroll(
       cost. arXiv:1604.06174. Gruslys, A. et al. (2016). Memory-efficient backpropagation through
       time. NeurIPS.
     """
+    check_params(params, cell)
     _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
     _checks.floating("xs", xs)
     if not time_major:

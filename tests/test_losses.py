@@ -70,3 +70,20 @@ def test_bad_shapes_get_clear_errors(key):
         rj.cross_entropy(outputs, labels.astype(jnp.float32))
     with pytest.raises(ValueError, match=r"reduction: expected 'sum' or 'mean', got 'max'"):
         rj.squared_error(outputs, targets, reduction="max")
+
+
+def test_labels_out_of_range_are_refused_where_valid_and_never_looked_up_in_padding(key):
+    """An out-of-range label gives NaN (or, negative, another class's loss) inside the lookup: concrete labels are
+    checked where the mask holds, and the padding may hold any id, such as -1 or a PAD past O, without a NaN."""
+    outputs, _, labels, mask = _data(key)
+    with pytest.raises(ValueError, match=r"labels: expected class indices in \[0, O=4\), got values in \[0, 4\]"):
+        rj.cross_entropy(outputs, labels.at[0, 0].set(4))
+    with pytest.raises(ValueError, match=r"labels: .* where the mask holds, got values in \[-1, "):
+        rj.cross_entropy(outputs, labels.at[0, 0].set(-1), mask)
+    padded = jnp.where(mask, labels, 99)  # mask row 2 is empty, row 1 valid for 2 steps
+    for reduction in ("sum", "mean"):
+        loss = rj.cross_entropy(outputs, padded, mask, reduction)
+        assert float(loss) == float(rj.cross_entropy(outputs, labels, mask, reduction))
+        grads = jax.grad(lambda y, r=reduction: rj.cross_entropy(y, padded, mask, r))(outputs)
+        assert bool(jnp.isfinite(grads).all())
+        assert float(jax.jit(rj.cross_entropy, static_argnums=3)(outputs, padded, mask, reduction)) == float(loss)

@@ -384,7 +384,7 @@ def test_bad_inputs_get_clear_errors(key):
         seq2seq.encode(params, batch.source.astype(jnp.float32), batch.source_lengths)
     with pytest.raises(ValueError, match=r"source: expected token ids in \[0, 31\)"):
         seq2seq.encode(params, batch.source + 40, batch.source_lengths)
-    with pytest.raises(ValueError, match=r"source_lengths: expected every length in \[1, 4\]"):
+    with pytest.raises(ValueError, match=r"source_lengths: expected every length in \[1, T=4\]"):
         seq2seq.encode(params, batch.source, batch.source_lengths.at[0].set(0))
     with pytest.raises(ValueError, match="remat: expected None, a positive integer k or 'sqrt', got 0"):
         seq2seq.loss(params, batch, remat=0)

@@ -166,6 +166,8 @@ def test_many_to_one_reads_the_last_valid_step(key):
     want_y, _, want_final = elman_loop(params, xs, lengths=np.asarray(lengths))
     for b, length in enumerate(np.asarray(lengths)):
         np.testing.assert_allclose(last[b], want_y[length - 1, b], atol=2e-5)
+    with pytest.raises(ValueError, match=r"lengths: expected every length in \[1, T=7\], got values in \[0, 7\]"):
+        rj.last_valid(run.outputs, lengths.at[1].set(0))  # no last valid step (index -1 would read step T)
     # the final state is the state at the last valid step, so its read-out is the many-to-one output
     chex.assert_trees_all_close(last, run.final_state @ params.w_y + params.b_y[None, :], atol=1e-6)
     chex.assert_trees_all_close(run.final_state, want_final, atol=2e-5)
@@ -239,6 +241,7 @@ def test_generate_samples_follow_the_softmax(key):
         ({"activation": "softsign"}, r"activation: expected one of .*'tanh'.*got 'softsign'"),
         ({"mask": jnp.ones((T, B), jnp.int32)}, r"mask: expected dtype bool"),
         ({"xs": jnp.full((T, B, D), jnp.nan), "check_finite": True}, r"xs: expected finite values, found 84 NaN/Inf"),
+        ({"cell": rj.gru}, r"params: expected the gru cell's GRUParams, got ElmanParams \(they are the elman cell's"),
     ],
 )
 def test_bad_input_gets_a_clear_error(key, kwargs, message):
