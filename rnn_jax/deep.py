@@ -49,7 +49,7 @@ import jax.numpy as jnp
 
 from rnn_jax import _checks, cells, initializers
 from rnn_jax.cells import _common
-from rnn_jax.unroll import Remat, _resolve_mask, check_scan_options, resolve_projections, scan_in_dtype
+from rnn_jax.unroll import Remat, _resolve_mask, check_params, check_scan_options, resolve_projections, scan_in_dtype
 
 
 class Layer(NamedTuple):
@@ -269,6 +269,7 @@ def apply(
       ValueError / TypeError naming the argument, on a wrong rank, width, length or rate.
     """
     cell = _cell(cell)
+    check_params(params.layers[0].forward, cell)  # drawn for another cell, they would fail inside the scan
     _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
     _checks.floating("xs", xs)
     dropout = check_rate("dropout", dropout)

@@ -98,6 +98,9 @@ def state_gradient_norms(
     """
     num_steps, batch = _check_inputs(params, xs)
     _checks.rank("targets", targets, 2, "B, O")
+    _checks.dim("targets", targets, 0, batch, "the batch size B")
+    if loss is squared_error_at_end:  # a loss of the caller's may read targets of another width
+        _checks.dim("targets", targets, 1, params.w_y.shape[1], "the output width O")
     s0 = cell.initial_state(params, batch)
     step = functools.partial(cell.step, params, activation=activation)
 

@@ -402,6 +402,8 @@ def test_bad_rates_sizes_and_widths_are_clear_errors(key):
         deep.apply(params, xs, cell="gru", remat="cube")
     with pytest.raises(TypeError, match="compute_dtype: expected a floating dtype or None"):
         deep.apply(params, xs, cell="gru", compute_dtype=jnp.int32)
+    with pytest.raises(TypeError, match=r"params: expected the lstm cell's LSTMParams, got GRUParams"):
+        deep.apply(params, xs, cell="lstm")  # drawn for the GRU: failed inside the scan
 
 
 def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:

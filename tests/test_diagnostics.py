@@ -121,6 +121,17 @@ def test_small_recurrent_weights_lose_the_gradient(key):
     assert diagnostics.gradient_horizon(mean) is not None
 
 
+def test_targets_of_another_batch_or_width_are_clear_errors(key):
+    params = rj.elman.init(key, D, H, O)
+    with pytest.raises(ValueError, match=r"targets: expected the batch size B = 3 on axis 0, got 4"):
+        diagnostics.state_gradient_norms(params, _inputs(), jnp.ones((B + 1, O)))
+    with pytest.raises(ValueError, match=r"targets: expected the output width O = 1 on axis 1, got 2"):
+        diagnostics.state_gradient_norms(params, _inputs(), jnp.ones((B, O + 1)))  # broadcast inside the loss before
+    labels = jnp.zeros((B, 2))  # a loss of the caller's may read targets of another width
+    norms = diagnostics.state_gradient_norms(params, _inputs(), labels, loss=lambda y, d: jnp.sum(y, -1) + d[:, 0])
+    assert norms.shape == (T, B)
+
+
 def test_gradient_horizon():
     assert diagnostics.gradient_horizon(np.array([1.0, 0.1, 0.01, 0.001, 1e-4])) == 4
     assert diagnostics.gradient_horizon(np.array([2.0, 1.0, 0.5])) is None
