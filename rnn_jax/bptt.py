@@ -44,6 +44,7 @@ from typing import Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import custom_derivatives
 
 from rnn_jax import _checks, activations, losses
 from rnn_jax.cells import elman, gru, lstm
@@ -263,7 +264,20 @@ def elman_scan(params, xs, initial_state, mask, activation, unroll, forms=("in_s
     return scan_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[0])
 
 
+def primal_values(args):
+    """The arrays of a custom VJP's primal arguments, each leaf of which is a `CustomVJPPrimal` (the VJPs here are
+    defined with ``symbolic_zeros=True``)."""
+    return jax.tree.map(lambda p: p.value, args, is_leaf=lambda a: isinstance(a, custom_derivatives.CustomVJPPrimal))
+
+
+def known_zero(cotangent):
+    """None for a symbolically zero cotangent (an output the loss does not read), else the cotangent itself: the
+    backward passes then leave the additions of zero errors out of their scans."""
+    return None if isinstance(cotangent, custom_derivatives.SymbolicZero) else cotangent
+
+
 def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll, forms):
+    params, xs, initial_state, mask = primal_values((params, xs, initial_state, mask))
     outputs, states, final = scan_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[1])
     return (outputs, states, final), (params, xs, initial_state, mask, states)
 
@@ -303,8 +317,9 @@ def concatenated_backward(
     products are what the hardware does best, the custom VJP keeps `backward`.
 
     Args:
-      as `backward`; ``state_error`` [T, B, H] and ``final_state_error`` [B, H] are arrays here;
-      ``sum_in_scan``: where the weight gradients are summed (above).
+      as `backward`; ``state_error`` [T, B, H] and ``final_state_error`` [B, H] are arrays, or None where they
+      are known to be zero (the loss reads neither: the custom VJP's symbolic zeros), which leaves their additions
+      out of the scan; ``sum_in_scan``: where the weight gradients are summed (above).
 
     Returns:
       `Gradients` (params, inputs [T, B, D], initial_state [B, H]).
@@ -320,14 +335,22 @@ def concatenated_backward(
     needs_inputs = sum_in_scan or act.derivative_from_output is None  # z_t = [x_t, s_{t-1}] inside the scan
     # Unmasked, with the sums after the scan, dE/ds_T joins the last step's direct error and no p_t is carried
     # (0.66x the time at (1,1000,1,32,1)); the sums inside measured slower without it (README, "The fast path").
-    # With T = 0 there is no last step to join, so dE/ds_T passes through p as with a mask.
-    carries_pass = m is not None or sum_in_scan or num_steps == 0
-    direct = state_error if carries_pass else state_error.at[-1].add(final_state_error)
+    # With T = 0 there is no last step to join, so dE/ds_T passes through p as with a mask. Unmasked with no
+    # dE/ds_T at all (None), the sums inside carry p = 0 only for larger steps (`CPU_ZERO_PASS_MIN_WORK`).
+    zero_pass = sum_in_scan and batch * hidden >= CPU_ZERO_PASS_MIN_WORK
+    carries_pass = m is not None or num_steps == 0 or (sum_in_scan and (final_state_error is not None or zero_pass))
+    direct = state_error
+    if final_state_error is not None and not carries_pass:
+        direct = (jnp.zeros_like(states) if direct is None else direct).at[-1].add(final_state_error)
+    if final_state_error is None and carries_pass:
+        final_state_error = jnp.zeros_like(initial_state)
 
     def body(carry, inputs):
         delta_next, passed, sums = carry
         x_t, s_t, s_prev_t, g_t, direct_t, m_t = inputs  # g_t masked
-        a = jnp.concatenate([g_t, delta_next], axis=1) @ w_back + direct_t
+        a = jnp.concatenate([g_t, delta_next], axis=1) @ w_back
+        if direct_t is not None:
+            a = a + direct_t
         if passed is not None:
             a = a + passed
         pre = None
@@ -361,6 +384,14 @@ def concatenated_backward(
 # or 4 it was up to 2x slower at (1,1000,1,64,1), and unrolling the forward scan as well made forward passes up to
 # 1.5x slower at B = 4. (The LSTM's and GRU's reverse scans unrolled by 2 measured a tie: they keep ``unroll``.)
 CPU_REVERSE_UNROLL = 2
+
+# With the weight sums inside the reverse scan and no mask, a pass-through error p_t = 0 carried through the scan
+# (two copies and a fill a step, needed only with a mask or a dE/ds_T) made the Elman reverse scan faster from this
+# many B H per device up: XLA:CPU's concurrency-optimised scheduler then ordered the step's products so that they
+# overlapped (with that scheduler turned off both forms took the slower time). Measured (the reverse scan alone,
+# interleaved, 11 repeats, the 2-core Xeon, 2026-11-29; without / with): B H = 4096 (32 x 128) 0.75x, 8192
+# (64 x 128) 0.81x; 12288-16384 1.03-1.07x, 32768 (128 x 256) 1.15-1.19x, 65536 (256 x 256, T = 64) 0.95x.
+CPU_ZERO_PASS_MIN_WORK = 12288
 
 # On a CPU the weight gradients are summed inside the reverse scan from this many batch rows (per device) up, and
 # formed after it below. Measured (train step, interleaved, 2-core AMD EPYC Zen 3 CPU; after / inside), 2026-11-27:
@@ -399,7 +430,9 @@ def _sums_in_scan(batch: int) -> bool:
 
 def _elman_scan_bwd(activation, unroll, forms, residuals, cotangents):
     params, xs, initial_state, mask, states = residuals
-    g_outputs, g_states, g_final = cotangents
+    g_outputs, g_states, g_final = map(known_zero, cotangents)  # in a train step the states and final state are
+    if g_outputs is None:  # read by no loss; the outputs, unless only the final state is
+        g_outputs = jnp.zeros((*states.shape[:2], params.w_y.shape[1]), states.dtype)
     if jax.default_backend() == "cpu":
         backward_of = functools.partial(concatenated_backward, sum_in_scan=_sums_in_scan(states.shape[1]))
         unroll = CPU_REVERSE_UNROLL if unroll == 1 else unroll
@@ -429,7 +462,7 @@ def backward_of_cotangents(
     )
 
 
-elman_scan.defvjp(_elman_scan_fwd, _elman_scan_bwd)
+elman_scan.defvjp(_elman_scan_fwd, _elman_scan_bwd, symbolic_zeros=True)
 
 
 # ------------------------------------------------------------------ the LSTM, by hand

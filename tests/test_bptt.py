@@ -143,6 +143,40 @@ def test_both_cpu_forms_of_the_reverse_scan_equal_autodiff(monkeypatch, x64, min
     chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("with_lengths", slow_unless([False], [False, True]))
+@pytest.mark.parametrize("zero_pass", [0, 10**9], ids=["zero-pass", "no-pass"])
+@pytest.mark.parametrize("min_batch", [0, 10**9], ids=["summed-in-scan", "summed-after"])
+@pytest.mark.parametrize("reads", ["outputs", "states", "final_state"])
+def test_errors_of_what_the_loss_does_not_read_are_left_out(monkeypatch, x64, reads, min_batch, zero_pass,
+                                                            with_lengths):  # fmt: skip
+    """The Elman custom VJP gets symbolic zeros for the outputs its loss does not read (in a train step: the states
+    and the final state) and gives the backward pass None for them, so no zero error is added in its reverse scan;
+    the gradients still equal autodiff's in float64, the weight sums inside or after the scan, with or without the
+    zero pass-through of larger steps (`bptt.CPU_ZERO_PASS_MIN_WORK`), with and without lengths."""
+    monkeypatch.setattr(bptt, "CPU_SUM_IN_SCAN_MIN_BATCH", min_batch)
+    monkeypatch.setattr(bptt, "CPU_ZERO_PASS_MIN_WORK", zero_pass)
+    calls = []
+    original = bptt.concatenated_backward
+    monkeypatch.setattr(bptt, "concatenated_backward", lambda *a, **k: calls.append(a) or original(*a, **k))
+    keys = jax.random.split(jax.random.key(5), 3)
+    params = rj.elman.init(keys[0], 3, 4, 2, dtype=jnp.float64)
+    xs = jax.random.normal(keys[1], (6, 3, 3), jnp.float64)
+    s0 = 0.3 * jax.random.normal(keys[2], (3, 4), jnp.float64)
+    lengths = jnp.array([6, 2, 0], jnp.int32) if with_lengths else None
+
+    def f(params, xs, s0, backward):
+        run = rj.unroll(params, xs, initial_state=s0, lengths=lengths, backward=backward)
+        return jnp.sum(jnp.sin(getattr(run, reads)))
+
+    got = jax.grad(f, argnums=(0, 1, 2))(params, xs, s0, "bptt")
+    want = jax.grad(f, argnums=(0, 1, 2))(params, xs, s0, "autodiff")
+    chex.assert_trees_all_close(got, want, rtol=1e-10, atol=1e-13)
+    if jax.default_backend() == "cpu":  # elsewhere `bptt.backward`, which takes None for them as well
+        ((*_, output_error, state_error, final_state_error, _, _),) = calls
+        assert (state_error is None, final_state_error is None) == (reads != "states", reads != "final_state")
+        assert output_error is not None  # instantiated where the loss reads only the final state
+
+
 def test_cpu_weight_sums_threshold_is_lower_in_a_split_step(monkeypatch):
     """On a CPU the sums go inside the reverse scan from `CPU_SUM_IN_SCAN_MIN_BATCH` rows on one device and from
     `CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT` rows per device in a step split over several (the split seen through

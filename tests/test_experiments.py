@@ -26,6 +26,7 @@ FIGURES = {
     "long_dependencies": ["success_vs_length.png"],
     "gate_input_product": [],
     "weight_sums": [],
+    "reverse_layout": [],
     "fused_kernels": [],
     "fused_forward_carry": [],
     "deep_projections": [],
@@ -140,6 +141,16 @@ def test_weight_sums_quick(tmp_path):
     assert results["agreement"] and all(a["agrees"] for a in results["agreement"])
     forms = {r["impl"] for r in results["records"]}
     assert {"rnn-jax-fast-after", "rnn-jax-fast-inside", "rnn-jax-fast-2dev-after"} <= forms
+
+
+def test_reverse_layout_quick(tmp_path):
+    """The reverse-layout study's transposed forms give the library's parameter gradients (it stops otherwise), and it
+    reports every form's time and the library step's parts (timings are reported, never asserted)."""
+    results = _run("reverse_layout", tmp_path)
+    (row,) = results["rows"]
+    assert set(row["median_ms"]) == {"library (rows)", "columns", "columns-pairs"}
+    assert row["over_library"]["library (rows)"] == 1.0 and all(v > 0 for v in row["median_ms"].values())
+    assert list(row["parts_ms_per_step"]) == ["error product", "+ phi'", "+ dW_[x;s]", "+ dW_y, db"]
 
 
 def test_deep_projections_quick(tmp_path):
