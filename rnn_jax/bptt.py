@@ -264,20 +264,20 @@ def elman_scan(params, xs, initial_state, mask, activation, unroll, forms=("in_s
     return scan_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[0])
 
 
-def primal_values(args):
-    """The arrays of a custom VJP's primal arguments, each leaf of which is a `CustomVJPPrimal` (the VJPs here are
-    defined with ``symbolic_zeros=True``)."""
+def _primal_values(args):
+    """The arrays of a custom VJP's primal arguments, each leaf of which is a `CustomVJPPrimal` (in a VJP defined
+    with ``symbolic_zeros=True``, as `elman_scan`'s is)."""
     return jax.tree.map(lambda p: p.value, args, is_leaf=lambda a: isinstance(a, custom_derivatives.CustomVJPPrimal))
 
 
-def known_zero(cotangent):
+def _known_zero(cotangent):
     """None for a symbolically zero cotangent (an output the loss does not read), else the cotangent itself: the
     backward passes then leave the additions of zero errors out of their scans."""
     return None if isinstance(cotangent, custom_derivatives.SymbolicZero) else cotangent
 
 
 def _elman_scan_fwd(params, xs, initial_state, mask, activation, unroll, forms):
-    params, xs, initial_state, mask = primal_values((params, xs, initial_state, mask))
+    params, xs, initial_state, mask = _primal_values((params, xs, initial_state, mask))
     outputs, states, final = scan_in_form(elman, params, xs, initial_state, mask, activation, unroll, forms[1])
     return (outputs, states, final), (params, xs, initial_state, mask, states)
 
@@ -334,9 +334,9 @@ def concatenated_backward(
     g_y = output_error if m is None else output_error * m  # [T, B, O]
     needs_inputs = sum_in_scan or act.derivative_from_output is None  # z_t = [x_t, s_{t-1}] inside the scan
     # Unmasked, with the sums after the scan, dE/ds_T joins the last step's direct error and no p_t is carried
-    # (0.66x the time at (1,1000,1,32,1)); the sums inside measured slower without it (README, "The fast path").
-    # With T = 0 there is no last step to join, so dE/ds_T passes through p as with a mask. Unmasked with no
-    # dE/ds_T at all (None), the sums inside carry p = 0 only for larger steps (`CPU_ZERO_PASS_MIN_WORK`).
+    # (0.66x the time at (1,1000,1,32,1)); with the sums inside it passes through p (measured faster, README, "The
+    # fast path"). With T = 0 there is no last step to join, so dE/ds_T passes through p as with a mask. Unmasked
+    # with no dE/ds_T at all (None), the sums inside carry p = 0 only for larger steps (`CPU_ZERO_PASS_MIN_WORK`).
     zero_pass = sum_in_scan and batch * hidden >= CPU_ZERO_PASS_MIN_WORK
     carries_pass = m is not None or num_steps == 0 or (sum_in_scan and (final_state_error is not None or zero_pass))
     direct = state_error
@@ -430,8 +430,9 @@ def _sums_in_scan(batch: int) -> bool:
 
 def _elman_scan_bwd(activation, unroll, forms, residuals, cotangents):
     params, xs, initial_state, mask, states = residuals
-    g_outputs, g_states, g_final = map(known_zero, cotangents)  # in a train step the states and final state are
-    if g_outputs is None:  # read by no loss; the outputs, unless only the final state is
+    # None for what the loss does not read: in a train step the states and the final state
+    g_outputs, g_states, g_final = map(_known_zero, cotangents)
+    if g_outputs is None:  # a loss of the final state alone: the output errors are zero
         g_outputs = jnp.zeros((*states.shape[:2], params.w_y.shape[1]), states.dtype)
     if jax.default_backend() == "cpu":
         backward_of = functools.partial(concatenated_backward, sum_in_scan=_sums_in_scan(states.shape[1]))
