@@ -141,3 +141,57 @@ def report_forms(out: pathlib.Path, name: str, title: str, detail: str, rows: li
     print(table)
     if not all(r["agrees"] for r in rows):
         raise SystemExit(f"{name}: the forms disagree on the outputs, loss or gradients")
+
+
+def forced(implementation: Any, suffix: str, module: Any, settings: dict[str, Any]) -> Any:
+    """``implementation`` (a `rnn_jax.bench.Implementation`) named NAME-``suffix`` and prepared (traced and compiled)
+    with ``module``'s attributes set to ``settings``, restored afterwards: how a study times both sides of a choice
+    that the library makes while it traces."""
+
+    def prepare(problem):
+        saved = {name: getattr(module, name) for name in settings}
+        for name, value in settings.items():
+            setattr(module, name, value)
+        try:
+            return implementation.prepare(problem)
+        finally:
+            for name, value in saved.items():
+                setattr(module, name, value)
+
+    return implementation._replace(name=f"{implementation.name}-{suffix}", prepare=prepare)
+
+
+def harness_on_cpu_devices(name: str, shapes: list, repeats: int, implementations_for, devices: int = 2):
+    """`rnn_jax.bench.run` over ``shapes`` with ``implementations_for(n)`` on a CPU presented as ``devices`` devices
+    (one per core on the 2-core machines; n = how many JAX then has): (the harness's result, the implementations
+    that disagreed with the reference). Exits when the backend is not a CPU."""
+    import jax
+
+    from rnn_jax import bench, distributed
+
+    distributed.present_cpu_devices(devices)
+    if jax.default_backend() != "cpu":
+        raise SystemExit(
+            f"{name}: the choice it measures is made on a CPU only; this backend is {jax.default_backend()}"
+        )
+    result = bench.run(shapes, repeats=repeats, implementations=implementations_for(min(devices, jax.device_count())))
+    return result, [a for a in result.agreement if not a.agrees]
+
+
+def harness_tail(result: Any, disagreements: list) -> str:
+    """The end of a harness study's summary.md: the agreement verdict and the harness's own table."""
+    from rnn_jax import bench
+
+    verdict = "all agree" if not disagreements else f"{len(disagreements)} disagree"
+    return f"Agreement: {verdict}\n\n```\n{bench.format_table(result)}\n```\n"
+
+
+def harness_verdict(name: str, table: str, disagreements: list, ratio: str, ratios: list[float]) -> None:
+    """Prints a harness study's table and the median of its ``ratio`` over the rows; exits when any implementation
+    disagreed with the reference."""
+    import numpy as np
+
+    print(table)
+    if disagreements:
+        raise SystemExit(f"{name}: {len(disagreements)} implementations disagree with the reference")
+    print(f"median {ratio} over all rows: {np.median(ratios):.2f}x")

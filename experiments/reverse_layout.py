@@ -37,10 +37,9 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from experiments import _common
-from rnn_jax import bench, bptt
+from rnn_jax import bptt
 from rnn_jax.cells import elman
 
 SIZES = [(256, 64, 128, 512, 128), (64, 256, 32, 128, 32)]  # (B, T, D, H, O)
@@ -126,10 +125,6 @@ def part(params, xs, states, s0, g, level: int):
     return carry
 
 
-def _blocking(f, problem) -> None:
-    jax.block_until_ready(f(*problem))
-
-
 def main() -> None:
     args = _common.parse_args("reverse_layout", __doc__)
     out = _common.prepare(args.out)
@@ -145,10 +140,8 @@ def main() -> None:
                 raise SystemExit(f"reverse_layout: {name} disagrees with bptt.concatenated_backward at {size}")
         parts = {p: jax.jit(functools.partial(part, level=i)) for i, p in enumerate(PARTS)}
         calls = {**compiled, **parts}
-        samples = bench.interleaved_samples(
-            {name: functools.partial(_blocking, f, problem) for name, f in calls.items()}, repeats, 0.02
-        )
-        median = {name: 1e3 * float(np.median(s)) for name, s in samples.items()}
+        times = _common.interleaved({name: functools.partial(f, *problem) for name, f in calls.items()}, repeats, 0.02)
+        median = {name: t[0] for name, t in times.items()}  # ms
         rows.append({
             "B": size[0], "T": size[1], "D": size[2], "H": size[3], "O": size[4],
             "median_ms": {name: median[name] for name in forms},

@@ -24,11 +24,8 @@ ratios per size and device count, and the harness's table).
 
 from __future__ import annotations
 
-import jax
-import numpy as np
-
 from experiments import _common
-from rnn_jax import bench, bptt, distributed
+from rnn_jax import bench, bptt
 
 DEVICES = 2  # the CPU is presented as this many devices (one per core on the 2-core machines)
 # (B, T, D, H, O): rows per device from 1 to 64 on one device, half that on two (the LSTM's fast path takes
@@ -39,28 +36,12 @@ QUICK_SIZES = {"elman": [(8, 50, 4, 16, 4)], "lstm": [(8, 50, 4, 16, 4)]}
 FORMS = {"after": 10**9, "inside": 0}  # form -> the threshold that forces it
 
 
-def forced(implementation: bench.Implementation, form: str) -> bench.Implementation:
-    """``implementation`` compiled with the weight sums ``form`` ("after" or "inside") the reverse scan."""
-
-    def prepare(problem: bench.Problem) -> bench.Prepared:
-        names = ("CPU_SUM_IN_SCAN_MIN_BATCH", "CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT")  # one device; a split step
-        thresholds = {name: getattr(bptt, name) for name in names}
-        for name in names:  # read when the custom VJP's backward rule is traced
-            setattr(bptt, name, FORMS[form])
-        try:
-            return implementation.prepare(problem)
-        finally:
-            for name, threshold in thresholds.items():
-                setattr(bptt, name, threshold)
-
-    return implementation._replace(name=f"{implementation.name}-{form}", prepare=prepare)
-
-
 def implementations(devices: int) -> list[bench.Implementation]:
     fast = [bench.named_implementations(["rnn-jax-fast"])[0]]
     if devices > 1:
         fast.append(bench.fast_on_devices(devices))
-    forms = [forced(impl, form) for impl in fast for form in FORMS]
+    names = ("CPU_SUM_IN_SCAN_MIN_BATCH", "CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT")  # one device; a split step
+    forms = [_common.forced(impl, form, bptt, dict.fromkeys(names, FORMS[form])) for impl in fast for form in FORMS]
     return forms + bench.named_implementations(["flax", "torch"])
 
 
@@ -86,16 +67,10 @@ def ratios(records: list[dict]) -> list[dict]:
 def main() -> None:
     args = _common.parse_args("weight_sums", __doc__)
     out = _common.prepare(args.out)
-    distributed.present_cpu_devices(DEVICES)
-    if jax.default_backend() != "cpu":
-        raise SystemExit(f"weight_sums: the choice it measures is made on a CPU only; this backend is "
-                         f"{jax.default_backend()}")  # fmt: skip
-    devices = min(DEVICES, jax.device_count())
     sizes, repeats = (QUICK_SIZES, 3) if args.quick else (SIZES, 11)
     shapes = [bench.Shape(cell, *size) for cell, cell_sizes in sizes.items() for size in cell_sizes]
-    result = bench.run(shapes, repeats=repeats, implementations=implementations(devices))
+    result, disagreements = _common.harness_on_cpu_devices("weight_sums", shapes, repeats, implementations, DEVICES)
     rows = ratios(result.records)
-    disagreements = [a for a in result.agreement if not a.agrees]
     _common.write_json(out / "results.json", {
         "notes": result.notes, "repeats": repeats, "threshold": bptt.CPU_SUM_IN_SCAN_MIN_BATCH,
         "threshold_split": bptt.CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT, "rows": rows,
@@ -111,15 +86,12 @@ def main() -> None:
         f"# Weight gradients after vs inside the reverse scan{' (quick)' if args.quick else ''}\n\n{notes}; "
         f"{repeats} interleaved repeats; train step medians; the thresholds in use: "
         f"{bptt.CPU_SUM_IN_SCAN_MIN_BATCH} rows on one device, {bptt.CPU_SUM_IN_SCAN_MIN_BATCH_SPLIT} rows per "
-        f"device in a split step\n\n{table}\n\n"
-        f"Agreement: {'all agree' if not disagreements else f'{len(disagreements)} disagree'}\n\n"
-        f"```\n{bench.format_table(result)}\n```\n"
+        f"device in a split step\n\n{table}\n\n" + _common.harness_tail(result, disagreements)
     )
     (out / "summary.md").write_text(summary)
-    print(table)
-    if disagreements:
-        raise SystemExit(f"weight_sums: {len(disagreements)} implementations disagree with the reference")
-    print(f"median after / inside over all rows: {np.median([r['after_over_inside'] for r in rows]):.2f}x")
+    _common.harness_verdict(
+        "weight_sums", table, disagreements, "after / inside", [r["after_over_inside"] for r in rows]
+    )
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ FIGURES = {
     "gate_input_product": [],
     "weight_sums": [],
     "reverse_layout": [],
+    "unread_errors": [],
     "fused_kernels": [],
     "fused_forward_carry": [],
     "deep_projections": [],
@@ -151,6 +152,19 @@ def test_reverse_layout_quick(tmp_path):
     assert set(row["median_ms"]) == {"library (rows)", "columns", "columns-pairs"}
     assert row["over_library"]["library (rows)"] == 1.0 and all(v > 0 for v in row["median_ms"].values())
     assert list(row["parts_ms_per_step"]) == ["error product", "+ phi'", "+ dW_[x;s]", "+ dW_y, db"]
+
+
+def test_unread_errors_quick(tmp_path):
+    """The unread-errors study times the Elman fast path with the unread errors as symbolic zeros and as arrays of
+    zeros, on one device and on two, and the harness finds every implementation in agreement (timings are
+    reported, never asserted)."""
+    results = _run("unread_errors", tmp_path)
+    assert {r["devices"] for r in results["rows"]} == {1, 2}
+    assert all(r["zeros_ms"] > 0 and r["symbolic_ms"] > 0 for r in results["rows"])
+    assert results["agreement"] and all(a["agrees"] for a in results["agreement"])
+    assert {"rnn-jax-fast-zeros", "rnn-jax-fast-symbolic", "rnn-jax-fast-2dev-symbolic"} <= {
+        r["impl"] for r in results["records"]
+    }
 
 
 def test_deep_projections_quick(tmp_path):
