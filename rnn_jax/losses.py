@@ -85,12 +85,13 @@ def cross_entropy(
             f"labels: expected shape {jnp.shape(logits)[:-1]} (the logits' without O), got {jnp.shape(labels)}"
         )
     _checks.integers("labels", labels, "integer class indices")
+    masked = mask is not None
+    mask, count = _mask_and_count(mask, logits.shape[:-1], logits.dtype)  # the mask's shape checked first
     classes = jnp.shape(logits)[-1]  # out of range, a label would give NaN (or, negative, another class's loss)
-    where = "" if mask is None else " where the mask holds"
+    where = " where the mask holds" if masked else ""
     _checks.within("labels", labels, 0, classes - 1, f"class indices in [0, O={classes}){where}", mask)
-    if mask is not None:  # padding may hold any id (a PAD, -1): it is never looked up, so it cannot make a NaN
-        labels = jnp.where(jnp.asarray(mask).astype(bool), labels, 0)
-    mask, count = _mask_and_count(mask, logits.shape[:-1], logits.dtype)
+    if masked:  # padding may hold any id (a PAD, -1): it is never looked up, so it cannot make a NaN
+        labels = jnp.where(mask != 0, labels, 0)
     per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return _reduce(per_step, mask, count, 1, reduction)
 

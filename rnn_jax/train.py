@@ -167,10 +167,10 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
 
     Raises:
       ValueError: for a hidden size that is not a positive integer, a bad ``remat`` text (here, before anything is
-        traced), a bad layer count or dropout
-        rate, ``residual`` without a second layer, ``backward="bptt"`` or ``"fused"`` with a deep network, or a
-        bidirectional network on a next-step prediction task (its backward direction would see the target). A deep
-        network takes ``remat``, ``precision`` and ``projections`` (`rnn_jax.deep.apply`).
+        traced), a bad layer count or dropout rate, ``residual`` without a second layer, ``backward="bptt"`` or
+        ``"fused"`` with a deep network, or a bidirectional network on a next-step prediction task (its backward
+        direction would see the target). A deep network takes ``remat``, ``precision`` and ``projections``
+        (`rnn_jax.deep.apply`).
     """
     _checks.positive_int("hidden", config.hidden)  # the option's own name (the cells' init says hidden_size)
     remat_chunk(config.remat, 1)

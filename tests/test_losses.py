@@ -68,6 +68,8 @@ def test_bad_shapes_get_clear_errors(key):
         rj.squared_error(outputs, targets, mask[:, :2])
     with pytest.raises(TypeError, match=r"labels: expected integer class indices"):
         rj.cross_entropy(outputs, labels.astype(jnp.float32))
+    with pytest.raises(ValueError, match=r"mask: expected shape \(5, 3\)"):  # before the labels' range is read
+        rj.cross_entropy(outputs, labels, mask[:, :2])
     with pytest.raises(ValueError, match=r"reduction: expected 'sum' or 'mean', got 'max'"):
         rj.squared_error(outputs, targets, reduction="max")
 
