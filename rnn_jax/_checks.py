@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,6 +14,15 @@ def positive_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{name}: expected a positive integer, got {value!r}")
     return int(value)
+
+
+def real(name: str, value: object, expected: str, holds: Callable[[float], bool] = lambda v: True) -> float:
+    """``value`` as a float, or a ValueError (``expected``: what was, in words) when it is not a real number (a
+    bool, a string: a YAML ``1e-3`` is one) or ``holds(value)`` is false (NaN fails any comparison)."""
+    number = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
+    if not number or not holds(float(value)):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return float(value)
 
 
 def rank(name: str, array: jax.Array, expected: int, letters: str) -> None:
@@ -33,6 +44,17 @@ def floating(name: str, array: jax.Array) -> None:
     """Raises TypeError unless ``array`` has a floating dtype."""
     if not jnp.issubdtype(jnp.result_type(array), jnp.floating):
         raise TypeError(f"{name}: expected a floating dtype, got {jnp.result_type(array)}")
+
+
+def not_float64(name: str, array: jax.Array, params_dtype: jnp.dtype) -> None:
+    """Raises TypeError when ``array`` is float64 and the parameters (``params_dtype``) are not: with 64-bit JAX on
+    (plain NumPy arrays are float64), the scan's state would turn float64 after one step and no longer match its
+    carry, an error deep inside `jax.lax.scan`."""
+    if jnp.result_type(array) == jnp.float64 and jnp.dtype(params_dtype) != jnp.float64:
+        raise TypeError(
+            f"{name}: got float64 values for {jnp.dtype(params_dtype)} parameters (64-bit JAX is on); cast {name} to "
+            f"{jnp.dtype(params_dtype)}, or make the parameters float64 (init(..., dtype=jnp.float64))"
+        )
 
 
 def is_concrete(array: object) -> bool:

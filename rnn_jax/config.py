@@ -9,7 +9,23 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Union, get_args, get_origin, get_type_hints
+
+
+def check_choices(section: object) -> None:
+    """Raises ValueError, naming the field, when a field of the dataclass ``section`` typed ``Literal[...]`` (or
+    ``Literal[...] | None``) holds none of its choices: the command line refuses those, a config built in Python
+    or read from a file did not (an unknown ``precision`` failed as a KeyError, an unknown gradient-check
+    ``lengths`` ran as "full")."""
+    for f in dataclasses.fields(section):
+        kind, choices = get_type_hints(type(section))[f.name], ()
+        if get_origin(kind) is Literal:
+            choices = get_args(kind)
+        elif get_origin(kind) is Union and any(get_origin(a) is Literal for a in get_args(kind)):
+            choices = tuple(c for a in get_args(kind) for c in (get_args(a) if get_origin(a) is Literal else (None,)))
+        value = getattr(section, f.name)
+        if choices and value not in choices:
+            raise ValueError(f"{f.name}: expected one of {[c for c in choices if c is not None]}, got {value!r}")
 
 
 def _help(text: str, metavar: str | None = None, **kwargs):

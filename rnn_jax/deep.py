@@ -86,10 +86,6 @@ class DeepOutputs(NamedTuple):
     final_states: tuple  # tuple[Layer, ...] of carries [B, H]: each direction's state after its last step
 
 
-def _cell(cell: str | ModuleType) -> ModuleType:
-    return cells.get(cell) if isinstance(cell, str) else cell
-
-
 def _zero_carry(cell: ModuleType, params: Any) -> Any:
     """The cell's zero carry with the batch axis dropped: each leaf [H]."""
     return jax.tree.map(lambda a: a[0], cell.initial_state(params, 1))
@@ -130,7 +126,7 @@ def init(
     Returns:
       DeepParams with layers[0] w_x [D, G*H], layers[l > 0] w_x [dirs*H, G*H], w_y [dirs*H, O], b_y [O].
     """
-    cell = _cell(cell)
+    cell = cells.resolve(cell)
     layers = _checks.positive_int("layers", layers)
     d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
     dirs = 2 if bidirectional else 1
@@ -157,15 +153,23 @@ def init(
     )
 
 
+def check_residual(residual: bool, layers: int) -> None:
+    """Raises ValueError for residual connections without a second layer (they start there: with one layer
+    ``residual`` would be silently nothing)."""
+    if residual and layers < 2:
+        raise ValueError(
+            f"residual: adds each stacked layer's input to its output, from the second layer on; needs layers >= 2, "
+            f"got layers={layers}"
+        )
+
+
 def check_rate(name: str, rate: float) -> float:
     """``rate`` as a float after checking that it lies in [0, 1).
 
     Raises:
       ValueError: naming ``name``, for a rate outside [0, 1) (1 would drop every unit).
     """
-    if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate < 1:
-        raise ValueError(f"{name}: expected a dropout rate in [0, 1), got {rate!r}")
-    return float(rate)
+    return _checks.real(name, rate, "a dropout rate in [0, 1)", lambda r: 0 <= r < 1)
 
 
 def dropout_mask(key: jax.Array, rate: float, shape: tuple[int, ...], dtype: jnp.dtype) -> jax.Array:
@@ -268,10 +272,19 @@ def apply(
     Raises:
       ValueError / TypeError naming the argument, on a wrong rank, width, length or rate.
     """
-    cell = _cell(cell)
-    check_params(params.layers[0].forward, cell)  # drawn for another cell, they would fail inside the scan
+    cell = cells.resolve(cell)
+    if not isinstance(params, DeepParams):
+        raise TypeError(f"params: expected the DeepParams of rnn_jax.deep.init, got {type(params).__name__} (a single "
+                        "layer's parameters run through rnn_jax.unroll)")  # fmt: skip
+    for layer in params.layers:  # drawn for another cell, they would fail inside the scan
+        for direction in layer:
+            if direction is not None:
+                check_params(direction, cell)
+    check_residual(residual, len(params.layers))
     _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
     _checks.floating("xs", xs)
+    if compute_dtype is None:
+        _checks.not_float64("xs", xs, params.layers[0].forward.w_s.dtype)
     dropout = check_rate("dropout", dropout)
     recurrent_dropout = check_rate("recurrent_dropout", recurrent_dropout)
     unroll = _checks.positive_int("unroll", unroll)

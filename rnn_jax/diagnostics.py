@@ -34,18 +34,22 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from rnn_jax import _checks, activations, initializers
+from rnn_jax import _checks, activations, cells, initializers
 from rnn_jax.cells import _common, elman
-from rnn_jax.unroll import lax_scan
+from rnn_jax.unroll import check_params, initial_carry, lax_scan
 
 Activation = str | Callable[[jax.Array], jax.Array]
 
 
-def _check_inputs(params: Any, xs: jax.Array) -> tuple[int, int]:
+def _check_inputs(params: Any, xs: jax.Array, cell: str | ModuleType) -> tuple[ModuleType, int, int]:
+    """(the cell module, T, B) after checking ``cell``, ``params`` (that cell's) and ``xs``."""
+    cell = cells.resolve(cell)
+    check_params(params, cell)
     _checks.rank("xs", xs, 3, "T, B, D")
     _checks.floating("xs", xs)
+    _checks.not_float64("xs", xs, params.w_s.dtype)
     _checks.dim("xs", xs, 2, params.w_x.shape[0], "the input width D")
-    return xs.shape[0], xs.shape[1]
+    return cell, xs.shape[0], xs.shape[1]
 
 
 def readout(params: Any, carry: Any) -> jax.Array:
@@ -71,7 +75,7 @@ def state_gradient_norms(
     xs: jax.Array,
     targets: jax.Array,
     *,
-    cell: ModuleType = elman,
+    cell: str | ModuleType = elman,
     activation: Activation = "tanh",
     loss: Callable[[jax.Array, jax.Array], jax.Array] = squared_error_at_end,
 ) -> jax.Array:
@@ -88,7 +92,7 @@ def state_gradient_norms(
       params: the cell's parameters.
       xs: inputs [T, B, D].
       targets: [B, O], the target of the read-out at the last step.
-      cell: the cell module (`rnn_jax.cells.elman`, ``lstm`` or ``gru``).
+      cell: the cell module (`rnn_jax.cells.elman`, ``lstm`` or ``gru``) or its name.
       activation: phi, by name or as a callable.
       loss: ``(y_T [B, O], targets [B, O]) -> [B]``; squared error by default.
 
@@ -96,7 +100,7 @@ def state_gradient_norms(
       [T, B]: row k is ||dE_T/ds_{T-k}||_2 (k = 0 is the last state). For a carry pytree the norm
       is over all of its leaves (for the LSTM, h and c together).
     """
-    num_steps, batch = _check_inputs(params, xs)
+    cell, num_steps, batch = _check_inputs(params, xs, cell)
     _checks.rank("targets", targets, 2, "B, O")
     _checks.dim("targets", targets, 0, batch, "the batch size B")
     if loss is squared_error_at_end:  # a loss of the caller's may read targets of another width
@@ -144,7 +148,7 @@ def step_jacobians(
     params: Any,
     xs: jax.Array,
     *,
-    cell: ModuleType = elman,
+    cell: str | ModuleType = elman,
     activation: Activation = "tanh",
     initial_state: Any = None,
 ) -> jax.Array:
@@ -156,15 +160,15 @@ def step_jacobians(
     Args:
       params: the cell's parameters.
       xs: inputs [T, B, D].
-      cell: the cell module.
+      cell: the cell module or its name.
       activation: phi.
       initial_state: s_0 (the cell's zero state by default).
 
     Returns:
       [T, B, N, N], with J_t[b, i, k] = ds_t[b, i] / ds_{t-1}[b, k].
     """
-    _, batch = _check_inputs(params, xs)
-    s0 = cell.initial_state(params, batch) if initial_state is None else initial_state
+    cell, _, batch = _check_inputs(params, xs, cell)
+    s0 = initial_carry(initial_state, cell, params, batch)
     step = functools.partial(cell.step, params, activation=activation)
     _, unravel = ravel_pytree(jax.tree.map(lambda a: a[0], s0))
 
@@ -189,7 +193,7 @@ def jacobian_product_singular_values(
     params: Any,
     xs: jax.Array,
     *,
-    cell: ModuleType = elman,
+    cell: str | ModuleType = elman,
     activation: Activation = "tanh",
     initial_state: Any = None,
 ) -> jax.Array:

@@ -50,8 +50,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from rnn_jax import activations, bptt, cells, deep, fused
-from rnn_jax.config import GradcheckConfig
+from rnn_jax import _checks, activations, bptt, cells, deep, fused
+from rnn_jax.config import GradcheckConfig, check_choices
 from rnn_jax.unroll import sequence_mask, unroll
 
 
@@ -360,16 +360,15 @@ def check_gradients(config: GradcheckConfig) -> Report:
     Raises:
       ValueError: for bad sizes, an unknown model, or k1 > k2.
     """
+    check_choices(config)
     for name in ("input_size", "hidden", "output_size", "seq_len", "batch_size", "trials", "max_entries", "directions"):
-        value = getattr(config, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        _checks.positive_int(name, getattr(config, name))
     if (config.tbptt_k1 is None) != (config.tbptt_k2 is None):
         raise ValueError("tbptt_k1, tbptt_k2: give both or neither")
     if config.tbptt_k1 is not None:
         bptt.check_truncation(config.tbptt_k1, config.tbptt_k2)
-    if isinstance(config.layers, bool) or not isinstance(config.layers, int) or config.layers < 1:
-        raise ValueError(f"layers: expected a positive integer, got {config.layers!r}")
+    _checks.positive_int("layers", config.layers)
+    deep.check_residual(config.residual, config.layers)
     if _is_deep(config) and config.tbptt_k1 is not None:
         raise ValueError("tbptt_k1: the truncated check runs the single-layer network; drop it or the deep options")
     if not config.fd_step > 0:

@@ -13,10 +13,13 @@ References:
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
 
+from rnn_jax import _checks
 from rnn_jax.config import OptimConfig
 
 _SCHEDULES = {
@@ -35,7 +38,8 @@ def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) 
     """The learning rate as a function of the step, from optax.schedules.
 
     Raises:
-      ValueError: for an unknown schedule, or a decaying one without ``total_steps``.
+      ValueError: for an unknown schedule, a decaying one without ``total_steps``, an exponential decay factor
+        that is not > 0, or a warm-up that is not in [0, total_steps).
     """
     if config.schedule not in _SCHEDULES:
         raise ValueError(f"schedule: expected one of {list(_SCHEDULES)}, got {config.schedule!r}")
@@ -44,14 +48,24 @@ def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) 
             f"total_steps: the {config.schedule!r} schedule decays over the run and needs its length "
             f"(a positive number of steps), got {total_steps!r}"
         )
+    if config.schedule == "exponential":  # 0 would be optax's "no decay"; a negative factor, a NaN rate
+        _checks.real("decay_rate", config.decay_rate, "a finite factor > 0", lambda v: 0 < v < math.inf)
+    warmup = config.warmup_steps
+    if config.schedule == "warmup_cosine" and (
+        isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < total_steps
+    ):
+        raise ValueError(f"warmup_steps: expected an integer in [0, total_steps = {total_steps}), got {warmup!r}")
     return _SCHEDULES[config.schedule](config, config.learning_rate, total_steps)
+
+
+def _positive(value: float) -> bool:
+    return 0 < value < math.inf
 
 
 def _clip(config: OptimConfig) -> optax.GradientTransformation:
     if config.clip == "none":
         return optax.identity()
-    if not config.clip_threshold > 0:
-        raise ValueError(f"clip_threshold: expected a value > 0, got {config.clip_threshold}")
+    _checks.real("clip_threshold", config.clip_threshold, "a finite value > 0", _positive)
     if config.clip == "value":
         return optax.clip(config.clip_threshold)
     if config.clip == "global_norm":
@@ -82,13 +96,14 @@ def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax
       total_steps: the run's length; needed by every schedule but "constant".
 
     Raises:
-      ValueError: for an unknown optimiser, clip or schedule name, a non-positive learning
-        rate or threshold, or a decaying schedule without ``total_steps``.
+      ValueError: for an unknown optimiser, clip or schedule name, a learning rate or threshold that is not a
+        finite number > 0, an SGD momentum outside [0, 1), or a schedule's bad option (`learning_rate_schedule`).
     """
     if config.optimizer not in _RULES:
         raise ValueError(f"optimizer: expected 'sgd', 'adam', 'adagrad' or 'rmsprop', got {config.optimizer!r}")
-    if not config.learning_rate > 0:
-        raise ValueError(f"learning_rate: expected a value > 0, got {config.learning_rate}")
+    _checks.real("learning_rate", config.learning_rate, "a finite value > 0", _positive)
+    if config.optimizer == "sgd":
+        _checks.real("momentum", config.momentum, "a value in [0, 1) (0: plain SGD)", lambda v: 0 <= v < 1)
     clip = _clip(config)
     rule = _RULES[config.optimizer](config, learning_rate_schedule(config, total_steps))
     return optax.flatten(optax.chain(clip, rule))

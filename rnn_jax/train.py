@@ -29,7 +29,7 @@ import optax
 from jax.sharding import Mesh
 
 from rnn_jax import _checks, bptt, cells, checkpoint, deep, diagnostics, distributed, seq2seq, tasks
-from rnn_jax.config import Config, ModelConfig
+from rnn_jax.config import Config, ModelConfig, check_choices
 from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import remat_chunk, resolve_projections, unroll
 
@@ -166,12 +166,14 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
     """Refuses, naming the option, what the deep options (`rnn_jax.deep`) cannot combine with.
 
     Raises:
-      ValueError: for a hidden size that is not a positive integer, a bad ``remat`` text (here, before anything is
+      ValueError: for a choice that is none of its field's (`rnn_jax.config.check_choices`), a hidden size that is
+        not a positive integer, a bad ``remat`` text (here, before anything is
         traced), a bad layer count or dropout rate, ``residual`` without a second layer, ``backward="bptt"`` or
         ``"fused"`` with a deep network, or a bidirectional network on a next-step prediction task (its backward
         direction would see the target). A deep network takes ``remat``, ``precision`` and ``projections``
         (`rnn_jax.deep.apply`).
     """
+    check_choices(config)
     _checks.positive_int("hidden", config.hidden)  # the option's own name (the cells' init says hidden_size)
     remat_chunk(config.remat, 1)
     resolve_projections(config.projections, config.remat is None and config.precision == "float32")
@@ -179,11 +181,7 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
         return
     if isinstance(config.layers, bool) or not isinstance(config.layers, int) or config.layers < 1:
         raise ValueError(f"layers: expected a positive integer, got {config.layers!r}")
-    if config.residual and config.layers < 2:
-        raise ValueError(
-            f"residual: adds each stacked layer's input to its output, from the second layer on; needs layers >= 2, "
-            f"got layers={config.layers}"
-        )
+    deep.check_residual(config.residual, config.layers)
     deep.check_rate("dropout", config.dropout)
     deep.check_rate("recurrent_dropout", config.recurrent_dropout)
     if config.projections == "hoisted_readout":

@@ -504,6 +504,30 @@ def check_params(params, cell) -> None:
     )
 
 
+def initial_carry(initial_state, cell, params, batch: int, compute_dtype: jnp.dtype | None = None):
+    """s_0 for ``batch`` sequences: the cell's zero state for None, else ``initial_state`` checked against it.
+
+    A plain tuple or list is taken as the cell's state tuple (the LSTM's ``(h0, c0)``, as PyTorch writes it).
+
+    Raises:
+      ValueError / TypeError naming ``initial_state``, for another structure or shape, a non-floating dtype, or
+      float64 values for parameters of another dtype (``compute_dtype`` None: no mixed precision to cast them).
+    """
+    zero = cell.initial_state(params, batch)
+    if initial_state is None:
+        return zero
+    if isinstance(zero, tuple) and type(initial_state) in (tuple, list) and len(initial_state) == len(zero):
+        initial_state = type(zero)(*initial_state)
+    expected, got = jax.tree.map(jnp.shape, zero), jax.tree.map(jnp.shape, initial_state)
+    if jax.tree.structure(zero) != jax.tree.structure(initial_state) or expected != got:
+        raise ValueError(f"initial_state: expected shape {expected} ([B, H]), got {got}")
+    for leaf in jax.tree.leaves(initial_state):
+        _checks.floating("initial_state", leaf)
+        if compute_dtype is None:
+            _checks.not_float64("initial_state", leaf, params.w_s.dtype)
+    return initial_state
+
+
 def unroll(
     params: elman.ElmanParams,
     xs: jax.Array,
@@ -527,7 +551,7 @@ def unroll(
       params: the cell's parameters (`ElmanParams` for the default cell).
       xs: inputs, [T, B, D] (or [B, T, D] with ``time_major=False``), floating.
       activation: phi, by name or as a callable.
-      initial_state: s_0, [B, H]; zeros by default.
+      initial_state: s_0, [B, H] (the LSTM's an ``LSTMState(h, c)`` or an ``(h, c)`` tuple); zeros by default.
       lengths: [B] integer lengths in [0, T]; past its length a sequence's state is frozen.
       mask: [T, B] bool, the alternative to ``lengths``: the state updates only where True.
       unroll: scan's unroll factor (time steps per loop iteration), >= 1.
@@ -543,7 +567,8 @@ def unroll(
         kernel that keeps W_s on chip over all T steps, with the hand-derived BPTT around them;
         compiled on a GPU for H <= 128 (Elman) or 64 (LSTM, GRU), interpreted (slowly) elsewhere;
         ``unroll`` does not apply). The forward values are the same.
-      cell: the module providing ``step`` and ``initial_state``.
+      cell: the module providing ``step`` and ``initial_state`` (`rnn_jax.cells`), or its name ("elman", "lstm",
+        "gru").
       remat: rematerialisation (gradient checkpointing) of the backward pass: None (default:
         the backward pass keeps every step's intermediates, memory O(T)); an integer k: keep
         only the state entering every k-th step and recompute each chunk of k steps during
@@ -581,9 +606,12 @@ def unroll(
       cost. arXiv:1604.06174. Gruslys, A. et al. (2016). Memory-efficient backpropagation through
       time. NeurIPS.
     """
+    cell = cells.resolve(cell)
     check_params(params, cell)
     _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
     _checks.floating("xs", xs)
+    if compute_dtype is None:
+        _checks.not_float64("xs", xs, params.w_s.dtype)
     if not time_major:
         xs = jnp.swapaxes(xs, 0, 1)
     num_steps, batch, width = xs.shape
@@ -591,14 +619,7 @@ def unroll(
     if width != input_size:
         raise ValueError(f"xs: expected input width D = {input_size} (params.w_x is {params.w_x.shape}), got {width}")
     unroll = _checks.positive_int("unroll", unroll)
-    if initial_state is None:
-        initial_state = cell.initial_state(params, batch)
-    else:
-        expected = jax.tree.map(jnp.shape, cell.initial_state(params, batch))
-        if jax.tree.map(jnp.shape, initial_state) != expected:
-            raise ValueError(
-                f"initial_state: expected shape {expected} ([B, H]), got {jax.tree.map(jnp.shape, initial_state)}"
-            )
+    initial_state = initial_carry(initial_state, cell, params, batch, compute_dtype)
     if check_finite:
         _checks.finite("xs", xs)
         jax.tree.map(functools.partial(_checks.finite, "initial_state"), initial_state)
@@ -708,12 +729,17 @@ def generate(
       initial_state: s_0, [B, H]; zeros by default.
       feedback: how an output becomes the next input.
       temperature: softmax temperature for ``feedback="sample"`` (> 0).
-      cell: the module providing ``step`` and ``initial_state``.
+      cell: the module providing ``step`` and ``initial_state`` (`rnn_jax.cells`), or its name ("elman", "lstm",
+        "gru").
 
     Returns:
       `Generated` (inputs [N, B, D], outputs [N, B, O], states [N, B, H]).
     """
+    cell = cells.resolve(cell)
+    check_params(params, cell)
     _checks.rank("first_input", first_input, 2, "B, D")
+    _checks.floating("first_input", first_input)
+    _checks.not_float64("first_input", first_input, params.w_s.dtype)
     num_steps = _checks.positive_int("num_steps", num_steps)
     d, _, o = params.w_x.shape[0], params.w_s.shape[0], params.w_y.shape[1]
     _checks.dim("first_input", first_input, 1, d, "the input width D")
@@ -723,8 +749,7 @@ def generate(
         raise ValueError(f"feedback: expected 'sample', 'argmax' or 'output', got {feedback!r}")
     if not temperature > 0:
         raise ValueError(f"temperature: expected a value > 0, got {temperature}")
-    if initial_state is None:
-        initial_state = cell.initial_state(params, first_input.shape[0])
+    initial_state = initial_carry(initial_state, cell, params, first_input.shape[0])
     cell_step = functools.partial(cell.step, params, activation=activation)
 
     def next_input(y: jax.Array, t: jax.Array) -> jax.Array:

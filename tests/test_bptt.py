@@ -314,6 +314,7 @@ def test_bptt_backward_is_elman_only(key):
     class NotElman:
         __name__ = "mgu"
         initial_state = staticmethod(rj.elman.initial_state)
+        step = staticmethod(rj.elman.step)
 
     params = rj.elman.init(key, 2, 3, 1)
     with pytest.raises(ValueError, match=r"'bptt' is derived for the Elman, LSTM and GRU cells only, got cell mgu"):

@@ -103,7 +103,7 @@ def test_divergence_exits_non_zero_with_the_step(tmp_path, capsys):
         (["--hidden", "0"], "hidden: expected a positive integer, got 0"),
         (["--hidden", "many"], "argument --hidden: invalid int value: 'many'"),
         (["--task", "xor", "--min-len", "3"], "min_len: the xor task has fixed-length streams"),
-        (["--learning-rate", "-1"], "learning_rate: expected a value > 0, got -1.0"),
+        (["--learning-rate", "-1"], "learning_rate: expected a finite value > 0, got -1.0"),
         (["--steps", "0"], "steps: expected a positive integer, got 0"),
     ],
 )

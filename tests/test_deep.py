@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import rnn_jax as rj
 from rnn_jax import cells, deep, gradcheck, train
 from rnn_jax.config import Config, GradcheckConfig, ModelConfig, OptimConfig, RunConfig, TaskConfig
 from rnn_jax.interop import saved
@@ -398,6 +399,17 @@ def test_bad_rates_sizes_and_widths_are_clear_errors(key):
         deep.apply(params, xs, cell="gru", lengths=jnp.asarray([6, 1], jnp.int32))
     with pytest.raises(ValueError, match="layers: expected a positive integer"):
         deep.init(key, "gru", 3, 4, 2, layers=0)
+    # residual connections start at layer 2: with one layer the option was silently nothing
+    with pytest.raises(ValueError, match=r"residual: .* needs layers >= 2, got layers=1"):
+        deep.apply(params, xs, cell="gru", residual=True)
+    with pytest.raises(TypeError, match=r"params: expected the DeepParams of rnn_jax.deep.init, got GRUParams"):
+        deep.apply(rj.gru.init(key, 3, 4, 2), xs, cell="gru")
+    with pytest.raises(TypeError, match=r"params: expected the lstm cell's LSTMParams, got GRUParams"):
+        deep.apply(params, xs, cell="lstm")
+    np.testing.assert_array_equal(  # a NumPy rate is a rate (it was refused as if out of range)
+        deep.apply(params, xs, cell="gru", dropout=np.float32(0.25), key=key).outputs,
+        deep.apply(params, xs, cell="gru", dropout=0.25, key=key).outputs,
+    )
     with pytest.raises(ValueError, match="remat: expected None, a positive integer k or 'sqrt', got 'cube'"):
         deep.apply(params, xs, cell="gru", remat="cube")
     with pytest.raises(TypeError, match="compute_dtype: expected a floating dtype or None"):
@@ -427,7 +439,7 @@ def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:
         (ModelConfig(layers=2), "xor", {"tbptt_k1": 4}, "tbptt_k1: truncated BPTT runs the single-layer network"),
         (ModelConfig(layers=2, projections="hoisted", remat="2"), "adding", {}, "projections: 'hoisted' .* remat"),
         (ModelConfig(projections="hoisted", remat="4"), "adding", {}, "projections: 'hoisted' .* cannot be combined"),
-        (ModelConfig(projections="outside"), "adding", {}, "projections: expected 'auto', 'in_step', 'hoisted' or"),
+        (ModelConfig(projections="outside"), "adding", {}, r"projections: expected one of \['auto', 'in_step'"),
         (
             ModelConfig(layers=2, projections="hoisted_readout"),
             "adding",

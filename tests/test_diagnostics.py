@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,6 +131,16 @@ def test_targets_of_another_batch_or_width_are_clear_errors(key):
     labels = jnp.zeros((B, 2))  # a loss of the caller's may read targets of another width
     norms = diagnostics.state_gradient_norms(params, _inputs(), labels, loss=lambda y, d: jnp.sum(y, -1) + d[:, 0])
     assert norms.shape == (T, B)
+
+
+def test_another_cells_params_and_a_cell_by_name(key):
+    """LSTM parameters with the default (Elman) cell failed inside the scan's dot; the cell may be named."""
+    params = rj.lstm.init(key, D, H, O)
+    for fn, args in ((diagnostics.state_gradient_norms, (_inputs(), jnp.zeros((B, O)))),
+                     (diagnostics.step_jacobians, (_inputs(),))):  # fmt: skip
+        with pytest.raises(TypeError, match=r"params: expected the elman cell's ElmanParams, got LSTMParams .*lstm"):
+            fn(params, *args)
+        chex.assert_trees_all_equal(fn(params, *args, cell="lstm"), fn(params, *args, cell=rj.lstm))
 
 
 def test_gradient_horizon():

@@ -116,6 +116,8 @@ def test_cli_writes_json_and_exits_by_the_verdict(tmp_path, capsys, monkeypatch)
         ({"tbptt_k1": 3}, r"tbptt_k1, tbptt_k2: give both or neither"),
         ({"model": "transformer"}, r"model: expected one of"),
         ({"fd_step": 0.0}, r"fd_step: expected a value > 0"),
+        ({"lengths": "none"}, r"lengths: expected one of \['full', 'variable', 'random'\], got 'none'"),  # ran as full
+        ({"residual": True}, r"residual: .* needs layers >= 2, got layers=1"),  # passed, checking no residual
     ],
 )
 def test_bad_options_get_clear_errors(changes, message):

@@ -100,11 +100,35 @@ def test_schedules_follow_optax():
         ({"optimizer": "lbfgs"}, r"optimizer: expected 'sgd', 'adam', 'adagrad' or 'rmsprop', got 'lbfgs'"),
         ({"clip": "norm"}, r"clip: expected 'none', 'value' or 'global_norm', got 'norm'"),
         ({"schedule": "step"}, r"schedule: expected .* got 'step'"),
-        ({"learning_rate": 0.0}, r"learning_rate: expected a value > 0, got 0.0"),
-        ({"clip_threshold": -1.0}, r"clip_threshold: expected a value > 0, got -1.0"),
+        ({"learning_rate": 0.0}, r"learning_rate: expected a finite value > 0, got 0.0"),
+        ({"learning_rate": "1e-3"}, r"learning_rate: expected a finite value > 0, got '1e-3'"),  # YAML's 1e-3
+        ({"learning_rate": float("inf")}, r"learning_rate: expected a finite value > 0, got inf"),
+        ({"clip_threshold": -1.0}, r"clip_threshold: expected a finite value > 0, got -1.0"),
+        ({"optimizer": "sgd", "momentum": 1.5}, r"momentum: expected a value in \[0, 1\) \(0: plain SGD\), got 1.5"),
+        ({"optimizer": "sgd", "momentum": float("nan")}, r"momentum: expected a value in \[0, 1\).*got nan"),
         ({"schedule": "cosine"}, r"total_steps: the 'cosine' schedule decays over the run and needs its length"),
     ],
 )
 def test_bad_optimiser_config_gets_a_clear_error(changes, message):
     with pytest.raises(ValueError, match=message):
         rj.make_optimizer(dataclasses.replace(rj.OptimConfig(), **changes))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [  # each once gave a NaN or constant learning rate, or a warm-up past the run's end, without a word
+        ({"schedule": "exponential", "decay_rate": -0.5}, r"decay_rate: expected a finite factor > 0, got -0.5"),
+        ({"schedule": "exponential", "decay_rate": 0.0}, r"decay_rate: expected a finite factor > 0, got 0.0"),
+        ({"schedule": "warmup_cosine", "warmup_steps": -1}, r"warmup_steps: expected an integer in \[0, .* got -1"),
+        ({"schedule": "warmup_cosine", "warmup_steps": 10}, r"warmup_steps: expected an integer in \[0, .* got 10"),
+    ],
+)  # fmt: skip
+def test_bad_schedule_options_get_a_clear_error(changes, message):
+    with pytest.raises(ValueError, match=message):
+        rj.make_optimizer(dataclasses.replace(rj.OptimConfig(), **changes), total_steps=10)
+
+
+def test_momentum_and_schedule_options_are_checked_only_where_they_apply():
+    """An unused option's value is not refused: momentum with Adam, a decay rate with the constant schedule."""
+    config = rj.OptimConfig(optimizer="adam", momentum=5.0, decay_rate=-1.0, warmup_steps=-3)
+    rj.make_optimizer(config)

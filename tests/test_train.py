@@ -147,7 +147,8 @@ def test_other_dtypes_train(dtype):
         ({"run": {"steps": 0}}, r"steps: expected a positive integer, got 0"),
         ({"task": {"batch_size": -2}}, r"batch_size: expected a positive integer, got -2"),
         ({"model": {"hidden": 0}}, r"hidden: expected a positive integer, got 0"),
-        ({"model": {"model": "transformer"}}, r"model: expected one of \[.elman., .gru., .lstm.\], got .transformer."),
+        ({"model": {"model": "transformer"}}, r"model: expected one of \[.elman., .lstm., .gru.\], got .transformer."),
+        ({"model": {"precision": "float16"}}, r"precision: expected one of \['float32', 'bfloat16'\], got 'float16'"),
         ({"optim": {"optimizer": "lion"}}, r"optimizer: expected .*got 'lion'"),
     ],
 )

@@ -242,6 +242,10 @@ def test_generate_samples_follow_the_softmax(key):
         ({"mask": jnp.ones((T, B), jnp.int32)}, r"mask: expected dtype bool"),
         ({"xs": jnp.full((T, B, D), jnp.nan), "check_finite": True}, r"xs: expected finite values, found 84 NaN/Inf"),
         ({"cell": rj.gru}, r"params: expected the gru cell's GRUParams, got ElmanParams \(they are the elman cell's"),
+        ({"cell": "rnn"}, r"cell: expected one of \['elman', 'gru', 'lstm'\] or a cell module, got 'rnn'"),
+        ({"cell": 3}, r"cell: expected a cell module \(rnn_jax.elman, rnn_jax.lstm, rnn_jax.gru\) or its name, got 3"),
+        ({"initial_state": (jnp.zeros((B, H)), jnp.zeros((B, H)))}, r"initial_state: expected shape \(3, 5\)"),
+        ({"initial_state": jnp.zeros((B, H), jnp.int32)}, r"initial_state: expected a floating dtype, got int32"),
     ],
 )
 def test_bad_input_gets_a_clear_error(key, kwargs, message):
@@ -249,6 +253,38 @@ def test_bad_input_gets_a_clear_error(key, kwargs, message):
     kwargs = {"xs": xs, **kwargs}
     with pytest.raises((ValueError, TypeError), match=message):
         rj.unroll(params, **kwargs)
+
+
+@pytest.mark.usefixtures("x64")
+def test_float64_inputs_for_float32_parameters_are_a_clear_error(key):
+    """With 64-bit JAX on, plain NumPy arrays are float64: the state would turn float64 after one step and the
+    scan refused its own carry (a TypeError from inside jax.lax.scan) for every backward pass and cell."""
+    for cell in (rj.elman, rj.lstm):
+        params = cell.init(key, D, H, O)
+        for backward in ("autodiff", "bptt"):
+            with pytest.raises(TypeError, match=r"xs: got float64 values for float32 parameters .*cast xs"):
+                rj.unroll(params, np.ones((T, B, D)), cell=cell, backward=backward)
+        state = jax.tree.map(lambda a: a.astype(jnp.float64), cell.initial_state(params, B))
+        with pytest.raises(TypeError, match=r"initial_state: got float64 values for float32 parameters"):
+            rj.unroll(params, jnp.ones((T, B, D), jnp.float32), cell=cell, initial_state=state)
+    params = rj.elman.init(key, D, H, O)  # mixed precision casts the inputs once: allowed
+    out = rj.unroll(params, np.ones((T, B, D)), compute_dtype=jnp.bfloat16).outputs
+    assert out.dtype == jnp.float32
+
+
+def test_a_cell_may_be_named_and_an_lstm_state_given_as_a_tuple(key):
+    """``cell="lstm"`` is the module; ``(h0, c0)`` (PyTorch's form) is the LSTMState(h0, c0)."""
+    params = rj.lstm.init(key, D, H, O)
+    xs = jax.random.normal(jax.random.fold_in(key, 1), (T, B, D))
+    h0, c0 = (jax.random.normal(jax.random.fold_in(key, i), (B, H)) for i in (2, 3))
+    named = rj.unroll(params, xs, cell="lstm", initial_state=(h0, c0))
+    module = rj.unroll(params, xs, cell=rj.lstm, initial_state=rj.lstm.LSTMState(h0, c0))
+    chex.assert_trees_all_equal(named, module)
+    square = rj.lstm.init(key, D, H, D)  # O = D: each output is fed back
+    generated = rj.generate(square, key, xs[0], 3, cell="lstm", initial_state=[h0, c0], feedback="output")
+    assert generated.states.h.shape == (3, B, H)
+    with pytest.raises(TypeError, match=r"params: expected the elman cell's ElmanParams, got LSTMParams"):
+        rj.generate(square, key, xs[0], 3)
 
 
 def test_nan_input_passes_unchecked_by_default(key):

@@ -47,4 +47,23 @@ def get(name: str) -> ModuleType:
         raise ValueError(f"model: expected one of {sorted(CELLS)}, got {name!r}") from None
 
 
-__all__ = ["CELLS", "elman", "get", "gru", "lstm"]
+def resolve(cell: str | ModuleType) -> ModuleType:
+    """The cell module ``cell``, or the one called ``cell`` (any object with ``step`` and ``initial_state``
+    passes, so that a user's own cell module works).
+
+    Raises:
+      ValueError: for an unknown name; TypeError, naming ``cell``, for anything else that is not a cell.
+    """
+    if isinstance(cell, str):
+        try:
+            return CELLS[cell]
+        except KeyError:
+            raise ValueError(f"cell: expected one of {sorted(CELLS)} or a cell module, got {cell!r}") from None
+    if not (hasattr(cell, "step") and hasattr(cell, "initial_state")):
+        raise TypeError(
+            f"cell: expected a cell module (rnn_jax.elman, rnn_jax.lstm, rnn_jax.gru) or its name, got {cell!r}"
+        )
+    return cell
+
+
+__all__ = ["CELLS", "elman", "get", "gru", "lstm", "resolve"]
