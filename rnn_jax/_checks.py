@@ -16,6 +16,14 @@ def positive_int(name: str, value: object) -> int:
     return int(value)
 
 
+def seed(name: str, value: object) -> int:
+    """``value`` as an int, or a ValueError unless it is an integer in [0, 2**63) (what both `jax.random.key` and
+    NumPy's generators take; a larger one was an OverflowError inside JAX)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < 2**63:
+        raise ValueError(f"{name}: expected an integer in [0, 2**63), got {value!r}")
+    return int(value)
+
+
 def real(name: str, value: object, expected: str, holds: Callable[[float], bool] = lambda v: True) -> float:
     """``value`` as a float, or a ValueError (``expected``: what was, in words) when it is not a real number (a
     bool, a string: a YAML ``1e-3`` is one) or ``holds(value)`` is false (NaN fails any comparison)."""

@@ -711,6 +711,8 @@ def _forward(params, xs, targets, loss, reduction, activation, initial_state, le
     run = unroll(params, xs, activation=activation, initial_state=initial_state, lengths=lengths, mask=mask)
     state_mask = sequence_mask(lengths, xs.shape[0]) if lengths is not None else mask
     scored = state_mask if loss_mask is None else loss_mask
+    mask_name = "mask" if loss_mask is None else "loss_mask"
+    losses.check_targets(loss, run.outputs.shape, targets, scored, name="targets", mask_name=mask_name)
     s0 = elman.initial_state(params, xs.shape[1]) if initial_state is None else initial_state
     g = output_errors(loss, run.outputs, targets, scored, reduction)
     return _Forward(run.states, run.outputs, s0, state_mask, scored, g)
@@ -743,6 +745,11 @@ def loss_and_gradients(
 
     Returns:
       (E, gradients as `ElmanParams`).
+
+    Raises:
+      ValueError / TypeError naming the argument: as `rnn_jax.unroll`, and for ``targets`` or ``loss_mask`` not of
+      the outputs' shape (without O for labels and the mask), or, when concrete, labels outside [0, O) on a scored
+      step (`rnn_jax.losses.check_targets`).
     """
     f = _forward(params, xs, targets, loss, reduction, activation, initial_state, lengths, mask, loss_mask)
     grads = backward(params, xs, f.initial_state, f.state_mask, f.states, f.output_error, activation=activation)
@@ -880,7 +887,12 @@ def truncated_loss(
 
     Returns:
       (loss on the scored steps, the state entering the next window [B, H]).
+
+    Raises:
+      ValueError: unless 1 <= k1 <= k2 (the window's length: the state after step k1 is carried), and as
+      `rnn_jax.unroll` and `rnn_jax.losses`.
     """
+    check_truncation(k1, jnp.shape(inputs)[0])
     entering_state = jax.tree.map(jax.lax.stop_gradient, entering_state)
     run = unroll(
         params, inputs, activation=activation, initial_state=entering_state, mask=valid, backward=backward, cell=cell
@@ -919,7 +931,14 @@ def tbptt_gradients(
     Returns:
       (losses [U], gradients stacked on a leading axis [U, ...], the carried state after the
       last window [B, H]).
+
+    Raises:
+      ValueError / TypeError naming the argument: for k1, k2 as `check_truncation` and N not a multiple of k1;
+      for ``targets`` not of the outputs' shape [N, B, O] (labels: [N, B]) or, when concrete, labels outside
+      [0, O) (every step of a stream is scored), checked here because the windows' losses are traced.
     """
+    _checks.rank("inputs", inputs, 3, "N, B, D")
+    losses.check_targets(loss, (*inputs.shape[:2], params.w_y.shape[-1]), targets, name="targets")
     w = windows(inputs, targets, k1, k2)
     s0 = cell.initial_state(params, inputs.shape[1]) if initial_state is None else initial_state
     objective = functools.partial(

@@ -358,11 +358,17 @@ def check_gradients(config: GradcheckConfig) -> Report:
     """Runs every comparison on ``config.trials`` configurations, in float64.
 
     Raises:
-      ValueError: for bad sizes, an unknown model, or k1 > k2.
+      ValueError: for bad sizes, an unknown model, k1 > k2, a seed outside [0, 2**63), or loss="cross_entropy" with
+        output_size 1 (a softmax over one class has a zero gradient: every check would pass on zeros).
     """
     check_choices(config)
     for name in ("input_size", "hidden", "output_size", "seq_len", "batch_size", "trials", "max_entries", "directions"):
         _checks.positive_int(name, getattr(config, name))
+    if config.loss == "cross_entropy" and config.output_size < 2:
+        raise ValueError(
+            f"output_size: cross_entropy needs output_size >= 2 (a softmax over one class has a zero gradient, so "
+            f"every check would pass on zeros), got {config.output_size}"
+        )
     if (config.tbptt_k1 is None) != (config.tbptt_k2 is None):
         raise ValueError("tbptt_k1, tbptt_k2: give both or neither")
     if config.tbptt_k1 is not None:
@@ -374,7 +380,7 @@ def check_gradients(config: GradcheckConfig) -> Report:
     if not config.fd_step > 0:
         raise ValueError(f"fd_step: expected a value > 0, got {config.fd_step}")
     cells.get(config.model)
-    rng = np.random.default_rng(config.seed)
+    rng = np.random.default_rng(_checks.seed("seed", config.seed))
     trials, comparisons = [], []
     with jax.enable_x64(True):
         for index in range(config.trials):

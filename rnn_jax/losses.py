@@ -26,13 +26,55 @@ Reduction = Literal["sum", "mean"]
 LossName = Literal["squared_error", "cross_entropy"]
 
 
-def _mask_and_count(mask: jax.Array | None, shape: tuple[int, ...], dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
-    if mask is None:
-        mask = jnp.ones(shape, dtype)
+def check_targets(
+    loss: LossName,
+    shape: tuple[int, ...],
+    targets: jax.Array,
+    mask: jax.Array | None = None,
+    *,
+    name: str | None = None,
+    mask_name: str = "mask",
+) -> None:
+    """What `squared_error` and `cross_entropy` check, for outputs of ``shape`` [..., O] (also before they exist).
+
+    Targets of the outputs' shape (squared error), or integer labels of its shape without O, each in [0, O) where
+    ``mask`` holds when concrete (cross-entropy: out of range, a label gives NaN, or, negative, another class's
+    loss); a ``mask`` of the outputs' shape without O, checked before the labels' range is read through it.
+
+    Args:
+      loss: "squared_error" or "cross_entropy".
+      shape: the outputs' shape, [..., O].
+      targets, mask: as `squared_error` or `cross_entropy` take them.
+      name, mask_name: the names in the messages (default "targets" or "labels", "mask").
+
+    Raises:
+      ValueError / TypeError naming the argument, with the expected and the received value.
+    """
+    shape = tuple(shape)
+    if loss == "squared_error":
+        name = name or "targets"
+        if jnp.shape(targets) != shape:
+            raise ValueError(f"{name}: expected the outputs' shape {shape}, got {jnp.shape(targets)}")
+    elif loss == "cross_entropy":
+        name = name or "labels"
+        if jnp.shape(targets) != shape[:-1]:
+            raise ValueError(f"{name}: expected shape {shape[:-1]} (the logits' without O), got {jnp.shape(targets)}")
+        _checks.integers(name, targets, "integer class indices")
     else:
-        if jnp.shape(mask) != shape:
-            raise ValueError(f"mask: expected shape {shape} (the outputs' shape without O), got {jnp.shape(mask)}")
-        mask = jnp.asarray(mask).astype(dtype)
+        raise ValueError(f"loss: expected 'squared_error' or 'cross_entropy', got {loss!r}")
+    if mask is not None and jnp.shape(mask) != shape[:-1]:
+        raise ValueError(
+            f"{mask_name}: expected shape {shape[:-1]} (the outputs' shape without O), got {jnp.shape(mask)}"
+        )
+    if loss == "cross_entropy":
+        classes = shape[-1]
+        where = f" where the {mask_name} holds" if mask is not None else ""
+        _checks.within(name, targets, 0, classes - 1, f"class indices in [0, O={classes}){where}", mask)
+
+
+def _mask_and_count(mask: jax.Array | None, shape: tuple[int, ...], dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
+    """The mask (checked by `check_targets`) in ``dtype``, all ones for None, and its sum."""
+    mask = jnp.ones(shape, dtype) if mask is None else jnp.asarray(mask).astype(dtype)
     return mask, jnp.sum(mask)
 
 
@@ -59,8 +101,7 @@ def squared_error(
     Returns:
       A scalar in the outputs' dtype.
     """
-    if jnp.shape(targets) != jnp.shape(outputs):
-        raise ValueError(f"targets: expected the outputs' shape {jnp.shape(outputs)}, got {jnp.shape(targets)}")
+    check_targets("squared_error", jnp.shape(outputs), targets, mask)
     mask, count = _mask_and_count(mask, outputs.shape[:-1], outputs.dtype)
     per_step = jnp.sum(jnp.square(targets - outputs), axis=-1)
     return _reduce(per_step, mask, count, outputs.shape[-1], reduction)
@@ -80,16 +121,9 @@ def cross_entropy(
     Returns:
       A scalar in the logits' dtype.
     """
-    if jnp.shape(labels) != jnp.shape(logits)[:-1]:
-        raise ValueError(
-            f"labels: expected shape {jnp.shape(logits)[:-1]} (the logits' without O), got {jnp.shape(labels)}"
-        )
-    _checks.integers("labels", labels, "integer class indices")
+    check_targets("cross_entropy", jnp.shape(logits), labels, mask)
     masked = mask is not None
-    mask, count = _mask_and_count(mask, logits.shape[:-1], logits.dtype)  # the mask's shape checked first
-    classes = jnp.shape(logits)[-1]  # out of range, a label would give NaN (or, negative, another class's loss)
-    where = " where the mask holds" if masked else ""
-    _checks.within("labels", labels, 0, classes - 1, f"class indices in [0, O={classes}){where}", mask)
+    mask, count = _mask_and_count(mask, logits.shape[:-1], logits.dtype)
     if masked:  # padding may hold any id (a PAD, -1): it is never looked up, so it cannot make a NaN
         labels = jnp.where(mask != 0, labels, 0)
     per_step = optax.softmax_cross_entropy_with_integer_labels(logits, labels)

@@ -310,10 +310,15 @@ def sequence_metrics(predicted: jax.Array, target: jax.Array, target_lengths: ja
 
     Returns:
       {"token_accuracy": [], "exact_match": []} (float32).
+
+    Raises:
+      ValueError / TypeError naming the argument: ``predicted`` not [L >= T, B]; ``target_lengths`` not [B]
+      integers, or (concrete) outside [1, T] (0 or negative ones made every padded token count as right).
     """
     num_steps = target.shape[0]
     if predicted.ndim != 2 or predicted.shape[0] < num_steps or predicted.shape[1] != target.shape[1]:
         raise ValueError(f"predicted: expected shape [L >= {num_steps}, B = {target.shape[1]}], got {predicted.shape}")
+    _checks.lengths("target_lengths", target_lengths, num_steps, target.shape[1], shortest=1)
     mask = sequence_mask(target_lengths, num_steps)
     right = (predicted[:num_steps] == target) | ~mask
     count = jnp.sum(mask).astype(jnp.float32)

@@ -49,13 +49,17 @@ def sequence_mask(lengths: jax.Array, num_steps: int) -> jax.Array:
     """The validity mask of a padded batch: ``mask[t, b] = t < lengths[b]``.
 
     Args:
-      lengths: [B] integer lengths.
+      lengths: [B] integer lengths, each in [0, T] (checked when concrete).
       num_steps: T.
 
     Returns:
       [T, B] bool.
+
+    Raises:
+      ValueError / TypeError naming ``lengths``: not of rank 1, not integers, or (concrete) outside [0, T].
     """
     lengths = jnp.asarray(lengths)
+    lengths = _checks.lengths("lengths", lengths, num_steps, lengths.size)  # rank 1 checked first; any B
     return jnp.arange(num_steps, dtype=lengths.dtype)[:, None] < lengths[None, :]
 
 

@@ -310,6 +310,83 @@ def test_stream_length_must_be_a_multiple_of_k1():
         bptt.windows(jnp.zeros((7, 1, 1)), jnp.zeros((7, 1, 1)), 3, 3)
 
 
+@pytest.mark.parametrize(
+    ("targets", "options", "message"),
+    [
+        (jnp.zeros((5, 4)), {}, r"targets: expected the outputs' shape \(5, 4, 3\), got \(5, 4\)"),  # broadcasting
+        (
+            jnp.zeros((5, 4, 3)),
+            {"loss_mask": jnp.ones((4, 5), bool)},
+            r"loss_mask: expected shape \(5, 4\) \(the outputs' shape without O\), got \(4, 5\)",
+        ),  # in a mul
+        (
+            jnp.zeros((5, 4, 3)),
+            {"loss": "cross_entropy"},
+            r"targets: expected shape \(5, 4\) \(the logits' without O\)",
+        ),
+        (
+            jnp.full((5, 4), 3),
+            {"loss": "cross_entropy"},
+            r"targets: expected class indices in \[0, O=3\), got .*\[3, 3\]",
+        ),
+        (
+            jnp.zeros((5, 4), jnp.int32).at[3:].set(-1),
+            {"loss": "cross_entropy", "loss_mask": jnp.ones((5, 4), bool)},
+            r"targets: expected class indices in \[0, O=3\) where the loss_mask holds, got values in \[-1, 0\]",
+        ),
+    ],
+)
+def test_hand_bptt_checks_targets_and_loss_mask_by_name_before_the_backward_pass(key, targets, options, message):
+    params = rj.elman.init(key, 2, 8, 3)
+    for run in (bptt.loss_and_gradients, bptt.per_lag_contributions):
+        with pytest.raises(ValueError, match=message):
+            run(params, jnp.ones((5, 4, 2)), targets, **options)
+
+
+def test_hand_bptt_lets_padding_hold_any_label(key):
+    params, xs, lengths = rj.elman.init(key, 2, 8, 3), jnp.ones((5, 4, 2)), jnp.array([2, 5, 0, 3], jnp.int32)
+    labels = jnp.where(rj.sequence_mask(lengths, 5), 1, -1)  # -1 past each end: never looked up
+    value, _ = bptt.loss_and_gradients(params, xs, labels, loss="cross_entropy", lengths=lengths)
+    want, _ = bptt.loss_and_gradients(params, xs, jnp.ones_like(labels), loss="cross_entropy", lengths=lengths)
+    assert float(value) == float(want)
+
+
+@pytest.mark.parametrize(
+    ("targets", "loss", "message"),
+    [
+        (
+            jnp.full((12, 4), 7),
+            "cross_entropy",
+            r"targets: expected class indices in \[0, O=3\), got values in \[7, 7\]",
+        ),
+        (jnp.full((12, 4), -1), "cross_entropy", r"targets: expected class indices in \[0, O=3\), got .*\[-1, -1\]"),
+        (jnp.zeros((9, 4), jnp.int32), "cross_entropy", r"targets: expected shape \(12, 4\) \(the logits' without O\)"),
+        (
+            jnp.zeros((15, 4, 3)),
+            "squared_error",
+            r"targets: expected the outputs' shape \(12, 4, 3\), got \(15, 4, 3\)",
+        ),
+    ],
+)
+def test_tbptt_checks_the_streams_targets_before_the_windows_trace_them(key, targets, loss, message):
+    """Inside the scan over windows the labels are traced, so out of range they gave NaN losses (7) or another
+    class's loss (-1) silently; targets of another length were padded and sliced as if they fitted."""
+    params = rj.elman.init(key, 2, 8, 3)
+    with pytest.raises(ValueError, match=message):
+        bptt.tbptt_gradients(params, jnp.ones((12, 4, 2)), targets, 3, 4, loss=loss)
+
+
+@pytest.mark.parametrize(("k1", "message"), [(0, r"k1: expected a positive integer, got 0"),
+                                             (-1, r"k1: expected a positive integer, got -1"),
+                                             (5, r"needs k1 <= k2 .*got 5 > 4")])  # fmt: skip
+def test_truncated_loss_refuses_k1_outside_the_window(key, k1, message):
+    """k1 picks the carried state, states[k1 - 1]: k1 = 0 carried the window's last state, -1 the one before it,
+    and k1 = 5 > k2 = 4 the last (a clamped index), all silently."""
+    params, valid = rj.elman.init(key, 2, 8, 3), jnp.ones((4, 1), bool)
+    with pytest.raises(ValueError, match=message):
+        bptt.truncated_loss(params, jnp.zeros((1, 8)), jnp.ones((4, 1, 2)), jnp.zeros((4, 1, 3)), valid, valid, k1=k1)
+
+
 def test_bptt_backward_is_elman_only(key):
     class NotElman:
         __name__ = "mgu"

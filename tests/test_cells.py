@@ -97,6 +97,41 @@ def test_bad_sizes_and_names_get_clear_errors(key, args, kwargs, message):
         rj.elman.init(key, *args, **kwargs)
 
 
+CELLS = {"elman": rj.elman, "lstm": rj.lstm, "gru": rj.gru}
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"spectral_radius": float("nan")}, r"spectral_radius: expected a value >= 0 and finite, or None, got nan"),
+        ({"spectral_radius": float("inf")}, r"spectral_radius: expected a value >= 0 and finite, or None, got inf"),
+        ({"recurrent_scale": float("nan")}, r"recurrent_scale: expected a finite number > 0, got nan"),
+        ({"recurrent_scale": float("inf")}, r"recurrent_scale: expected a finite number > 0, got inf"),
+        ({"recurrent_scale": 0.0}, r"recurrent_scale: expected a finite number > 0, got 0.0"),
+        ({"recurrent_scale": -0.5}, r"recurrent_scale: expected a finite number > 0, got -0.5"),
+        ({"recurrent_scale": "1"}, r"recurrent_scale: expected a finite number > 0, got '1'"),  # a NumPy error
+        (
+            {"recurrent_init": "ortho"},
+            r"recurrent_init: expected one of \['glorot_uniform', .*'identity'\], got 'ortho'",
+        ),
+        ({"input_init": "ortho"}, r"input_init: expected one of \['glorot_uniform', .*'orthogonal'\], got 'ortho'"),
+    ],
+)
+def test_recurrent_options_that_would_give_nan_weights_are_refused_by_name(key, cell, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        cell.init(key, 3, 5, 2, **kwargs)
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
+def test_spectral_radius_zero_or_none_and_numpy_scalars_stay_legal(key, cell):
+    assert not np.asarray(cell.init(key, 3, 5, 2, spectral_radius=0.0).w_s).any()
+    plain = cell.init(key, 3, 5, 2, recurrent_scale=0.5, spectral_radius=None)
+    scaled = cell.init(key, 3, 5, 2, recurrent_scale=np.float32(0.5), spectral_radius=np.float64(1.5))
+    np.testing.assert_allclose(np.asarray(cell.init(key, 3, 5, 2).w_s) * 0.5, plain.w_s, rtol=1e-6)
+    assert np.isfinite(np.asarray(scaled.w_s)).all()
+
+
 def test_float64_without_x64_is_a_clear_error(key):
     with pytest.raises(ValueError, match=r"dtype: float64 needs 64-bit JAX"):
         rj.elman.init(key, 3, 5, 2, dtype=jnp.float64)

@@ -118,6 +118,10 @@ def test_cli_writes_json_and_exits_by_the_verdict(tmp_path, capsys, monkeypatch)
         ({"fd_step": 0.0}, r"fd_step: expected a value > 0"),
         ({"lengths": "none"}, r"lengths: expected one of \['full', 'variable', 'random'\], got 'none'"),  # ran as full
         ({"residual": True}, r"residual: .* needs layers >= 2, got layers=1"),  # passed, checking no residual
+        # every error 0: softmax over one class has a zero gradient, so the check "PASSED" on zeros
+        ({"loss": "cross_entropy", "output_size": 1}, r"output_size: cross_entropy needs output_size >= 2 .*, got 1"),
+        ({"seed": -1}, r"seed: expected an integer in \[0, 2\*\*63\), got -1"),  # a NumPy error
+        ({"seed": 1.5}, r"seed: expected an integer in \[0, 2\*\*63\), got 1.5"),
     ],
 )
 def test_bad_options_get_clear_errors(changes, message):

@@ -321,6 +321,24 @@ def test_sequence_metrics_count_every_token_up_to_the_end():
     assert float(metrics["exact_match"]) == 0.5 and float(metrics["token_accuracy"]) == pytest.approx(3 / 5)
 
 
+@pytest.mark.parametrize(
+    ("lengths", "error", "message"),
+    [
+        ([0, 3], ValueError, r"target_lengths: expected every length in \[1, T=3\], got values in \[0, 3\]"),
+        ([-1, 3], ValueError, r"target_lengths: expected every length in \[1, T=3\], got values in \[-1, 3\]"),
+        ([2, 4], ValueError, r"target_lengths: expected every length in \[1, T=3\], got values in \[2, 4\]"),
+        ([2.0, 3.0], TypeError, r"target_lengths: expected an integer dtype, got dtype float32"),
+        ([2], ValueError, r"target_lengths: expected the batch size B = 2 on axis 0, got 1"),
+    ],
+)
+def test_sequence_metrics_refuse_target_lengths_outside_1_to_t(lengths, error, message):
+    """A length 0 or below made every token of that sequence count as right (its exact match 1), a length past T
+    was read as T: accuracy came out silently wrong."""
+    target = jnp.array([[3, 4], [2, 5], [PAD, 2]], jnp.int32)
+    with pytest.raises(error, match=message):
+        seq2seq.sequence_metrics(target, target, jnp.array(lengths))
+
+
 # ------------------------------------------------------------------ training through train_and_evaluate
 
 

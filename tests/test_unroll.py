@@ -255,6 +255,31 @@ def test_bad_input_gets_a_clear_error(key, kwargs, message):
         rj.unroll(params, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("lengths", "error", "message"),
+    [
+        (
+            jnp.array([1.5, 2.0]),
+            TypeError,
+            r"lengths: expected an integer dtype, got dtype float32",
+        ),  # compared as floats
+        (jnp.array([2, T + 1], jnp.int32), ValueError, r"lengths: expected every length in \[0, T=7\], got .*\[2, 8\]"),
+        (jnp.array([-1, 2], jnp.int32), ValueError, r"lengths: expected every length in \[0, T=7\], got .*\[-1, 2\]"),
+        (jnp.int32(3), ValueError, r"lengths: expected rank 1 \[B\], got rank 0 with shape \(\)"),  # a [T, 1] mask
+        (jnp.ones((2, 2), jnp.int32), ValueError, r"lengths: expected rank 1 \[B\], got rank 2 with shape \(2, 2\)"),
+    ],
+)
+def test_sequence_mask_refuses_what_is_not_b_lengths_in_0_to_t(lengths, error, message):
+    with pytest.raises(error, match=message):
+        rj.sequence_mask(lengths, T)
+
+
+def test_sequence_mask_takes_lengths_0_to_t_and_leaves_traced_values_unchecked():
+    mask = rj.sequence_mask([0, 2, T], T)
+    np.testing.assert_array_equal(np.asarray(mask).sum(axis=0), [0, 2, T])
+    assert jax.jit(rj.sequence_mask, static_argnums=1)(jnp.array([1, T], jnp.int32), T).shape == (T, 2)
+
+
 @pytest.mark.usefixtures("x64")
 def test_float64_inputs_for_float32_parameters_are_a_clear_error(key):
     """With 64-bit JAX on, plain NumPy arrays are float64: the state would turn float64 after one step and the

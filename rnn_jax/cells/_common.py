@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,28 @@ def check_init_args(
         raise ValueError("dtype: float64 needs 64-bit JAX; run with jax.config.update('jax_enable_x64', True)")
     if input_init == "identity":
         raise ValueError("input_init: 'identity' applies only to the recurrent matrix (recurrent_init)")
+    _check_choice("input_init", input_init, [name for name in initializers.MATRIX_INITS if name != "identity"])
     return d, h, o
+
+
+def check_recurrent_init(recurrent_init: str, recurrent_scale: float, spectral_radius: float | None) -> None:
+    """Checks the options of the recurrent matrix W_s: its initialiser's name, ``recurrent_scale`` (finite, > 0)
+    and ``spectral_radius`` (None, or finite and >= 0); a NaN or an infinity there made NaN parameters silently.
+
+    Raises:
+      ValueError naming the argument, with the expected and the received value.
+    """
+    _check_choice("recurrent_init", recurrent_init, list(initializers.MATRIX_INITS))
+    _checks.real("recurrent_scale", recurrent_scale, "a finite number > 0", lambda v: 0 < v < math.inf)
+    if spectral_radius is not None:
+        _checks.real(
+            "spectral_radius", spectral_radius, "a value >= 0 and finite, or None", lambda v: 0 <= v < math.inf
+        )
+
+
+def _check_choice(name: str, value: str, choices: list[str]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {choices}, got {value!r}")
 
 
 def gate_blocks(

@@ -63,14 +63,20 @@ def init(
         "identity".
       recurrent_init: initialiser of W_s, one of `initializers.MATRIX_INITS`; "identity"
         with ``activation="relu"`` is the IRNN of Le et al. (2015).
-      recurrent_scale: multiplies W_s after drawing it.
-      spectral_radius: if given, W_s is finally rescaled to this spectral radius.
+      recurrent_scale: multiplies W_s after drawing it (finite, > 0).
+      spectral_radius: if given (finite, >= 0), W_s is finally rescaled to this spectral radius.
       dtype: float32 (default), float64 (needs ``jax_enable_x64``) or bfloat16.
 
     Returns:
       ElmanParams with w_x [D, H], w_s [H, H], b_s [H], w_y [H, O], b_y [O].
+
+    Raises:
+      ValueError / TypeError naming the argument: a size that is not a positive integer, a non-floating dtype, an
+        unknown initialiser, a non-finite or non-positive ``recurrent_scale``, a negative or non-finite
+        ``spectral_radius``.
     """
     d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
+    _common.check_recurrent_init(recurrent_init, recurrent_scale, spectral_radius)
     k_x, k_s, k_y = jax.random.split(key, 3)
     w_s = initializers.matrix(k_s, recurrent_init, (h, h), dtype, recurrent_scale)
     if spectral_radius is not None:

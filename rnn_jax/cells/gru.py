@@ -74,14 +74,20 @@ def init(
       input_size, hidden_size, output_size: D, H, O (each >= 1).
       input_init: initialiser of W_x and W_y, one of `initializers.MATRIX_INITS` except "identity".
       recurrent_init: initialiser of each [H, H] gate block of W_s.
-      recurrent_scale: multiplies W_s after drawing it.
-      spectral_radius: if given, each [H, H] gate block of W_s is rescaled to this spectral radius.
+      recurrent_scale: multiplies W_s after drawing it (finite, > 0).
+      spectral_radius: if given (finite, >= 0), each [H, H] gate block of W_s is rescaled to this spectral radius.
       dtype: float32 (default), float64 (needs ``jax_enable_x64``) or bfloat16.
 
     Returns:
       GRUParams with w_x [D, 3H], w_s [H, 3H], b_x [3H], b_s [3H], w_y [H, O], b_y [O].
+
+    Raises:
+      ValueError / TypeError naming the argument: a size that is not a positive integer, a non-floating dtype, an
+        unknown initialiser, a non-finite or non-positive ``recurrent_scale``, a negative or non-finite
+        ``spectral_radius``.
     """
     d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
+    _common.check_recurrent_init(recurrent_init, recurrent_scale, spectral_radius)
     k_x, k_s, k_y = jax.random.split(key, 3)
     return GRUParams(
         w_x=_common.gate_blocks(k_x, input_init, d, h, 3, dtype),

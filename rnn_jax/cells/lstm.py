@@ -80,15 +80,21 @@ def init(
       input_size, hidden_size, output_size: D, H, O (each >= 1).
       input_init: initialiser of W_x and W_y, one of `initializers.MATRIX_INITS` except "identity".
       recurrent_init: initialiser of each [H, H] gate block of W_s.
-      recurrent_scale: multiplies W_s after drawing it.
-      spectral_radius: if given, each [H, H] gate block of W_s is rescaled to this spectral radius.
+      recurrent_scale: multiplies W_s after drawing it (finite, > 0).
+      spectral_radius: if given (finite, >= 0), each [H, H] gate block of W_s is rescaled to this spectral radius.
       dtype: float32 (default), float64 (needs ``jax_enable_x64``) or bfloat16.
       forget_bias: the initial bias of the forget gate (the f block of b_s).
 
     Returns:
       LSTMParams with w_x [D, 4H], w_s [H, 4H], b_s [4H], w_y [H, O], b_y [O].
+
+    Raises:
+      ValueError / TypeError naming the argument: a size that is not a positive integer, a non-floating dtype, an
+        unknown initialiser, a non-finite or non-positive ``recurrent_scale``, a negative or non-finite
+        ``spectral_radius``.
     """
     d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
+    _common.check_recurrent_init(recurrent_init, recurrent_scale, spectral_radius)
     k_x, k_s, k_y = jax.random.split(key, 3)
     b_s = jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(jnp.asarray(forget_bias, dtype))
     return LSTMParams(
