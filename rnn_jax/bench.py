@@ -67,7 +67,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from rnn_jax import cells, distributed, fused, tasks, train
+from rnn_jax import _checks, cells, distributed, fused, tasks, train
 from rnn_jax.config import Config, ModelConfig, OptimConfig, TaskConfig
 from rnn_jax.interop import torch as torch_layout
 from rnn_jax.optim import make_optimizer
@@ -888,6 +888,7 @@ def run(
     """
     if not isinstance(repeats, int) or repeats < 1:
         raise ValueError(f"repeats: expected a positive integer, got {repeats!r}")
+    _checks.seed("seed", seed)
     impls = list(default_implementations() if implementations is None else implementations)
     with jax.default_matmul_precision(MATMUL_PRECISION):
         return _run(shapes, impls, repeats, min_sample_s, rtol, seed, on_shape)

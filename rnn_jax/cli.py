@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import json
 import os
+import shlex
 import sys
 import time
 import types
@@ -101,26 +102,27 @@ def _gradcheck(args: argparse.Namespace) -> int:
     from rnn_jax import gradcheck
 
     config = _build(GradcheckConfig, args)
-    if args.json:
+    if args.json is not None:
         _output_file("--json", args.json)
     report = gradcheck.check_gradients(config)
     print(gradcheck.format_table(report))
     if args.explain:
         print(gradcheck.explain(report))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report.to_json(), f, indent=2)
+        _write_json_atomically(args.json, report.to_json())
         print(f"wrote {args.json}")
     return 0 if report.passed else 1
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rnn_jax import bench, distributed
+    from rnn_jax import _checks, bench, distributed
 
     config = _build(BenchConfig, args)
-    if args.json:
+    if args.json is not None:
         _output_file("--json", args.json)  # now, not after the first shape's minutes of timing
     # before JAX starts; at most 8 by default, so a many-core machine adds 3 device counts, not 6
+    if config.cpu_devices is not None:  # 0 fell back to the default and -1 was reported as "count"
+        _checks.positive_int("--cpu-devices", config.cpu_devices)
     distributed.present_cpu_devices(config.cpu_devices or min(distributed.cpu_cores(), 8))
     preset = config.preset or (None if config.config else "standard")
     shapes = bench.shapes_for(preset, config.config, config.cell)
@@ -164,13 +166,24 @@ def _bench(args: argparse.Namespace) -> int:
 def _output_file(option: str, path: str) -> None:
     """Refuses, before any work, a ``path`` that ``option`` could not write when the work is done: a directory, or
     a file whose directory cannot be made (a ValueError naming the option). Makes that directory."""
+    if not path:
+        raise ValueError(f"{option}: expected a path, got an empty string")
     if os.path.isdir(path):
         raise ValueError(f"{option}: {path!r} is a directory; expected the path of a file to write")
     _output_directory(option, os.path.dirname(os.path.abspath(path)))
+    probe = path + ".tmp"  # what the writes go through (`_write_json_atomically`); a place may refuse files
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as error:
+        raise ValueError(f"{option}: cannot write {path!r} ({error.strerror or error})") from error
 
 
 def _output_directory(option: str, path: str) -> None:
     """Makes the directory ``path`` for ``option``, or refuses it (a ValueError naming the option and the reason)."""
+    if not path:
+        raise ValueError(f"{option}: expected a path, got an empty string")
     if os.path.exists(path) and not os.path.isdir(path):
         raise ValueError(f"{option}: {path!r} exists and is not a directory; expected a directory to write into")
     try:
@@ -181,8 +194,9 @@ def _output_directory(option: str, path: str) -> None:
         raise ValueError(f"{option}: the directory {path!r} is not writable")
 
 
-def _write_json_atomically(path: str, records: list) -> None:
-    """Writes ``records`` to ``path`` through a temporary file and a rename, so a reader never sees half a file."""
+def _write_json_atomically(path: str, records: Any) -> None:
+    """Writes ``records`` (JSON data) to ``path`` through a temporary file and a rename, so that a reader never sees
+    half a file."""
     with open(path + ".tmp", "w") as f:
         json.dump(records, f, indent=2)
     os.replace(path + ".tmp", path)
@@ -200,13 +214,13 @@ def _train(args: argparse.Namespace) -> int:
         jax.config.update("jax_enable_x64", True)
     if config.run.resume and config.run.out is None:
         raise ValueError("--resume: needs --out DIR, the directory of the run to continue")
-    out = config.run.out or os.path.join(
-        "runs", f"{config.task.task}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    )
+    out = config.run.out
+    if out is None:  # an empty --out is refused below, not taken for this default
+        out = os.path.join("runs", f"{config.task.task}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     _output_directory("--out", out)
     from rnn_jax import tasks
     from rnn_jax.checkpoint import CheckpointError
-    from rnn_jax.train import TrainingDiverged, train_and_evaluate
+    from rnn_jax.train import TrainingDiverged, TrainingInterrupted, train_and_evaluate
 
     print(
         f"rnn-jax train: {config.model.model} (H={config.model.hidden}, {config.model.activation}) on "
@@ -220,6 +234,10 @@ def _train(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         print(f"metrics so far: {os.path.join(out, 'metrics.jsonl')}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as error:
+        print(f"\nrnn-jax train: {error}; metrics so far in {os.path.join(out, 'metrics.jsonl')}", file=sys.stderr)
+        print(f"continue with: rnn-jax train {_resume_arguments(args.argv, out)}", file=sys.stderr)
+        return 128 + error.signal_number  # the shell's convention for a run stopped by a signal
     except (CheckpointError, ImportError) as error:
         print(f"rnn-jax train: error: {error}", file=sys.stderr)
         return 2
@@ -238,6 +256,21 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_arguments(argv: list[str], out: str) -> str:
+    """``rnn-jax train``'s arguments ``argv`` with ``--resume`` and ``--out OUT`` (each once): what continues."""
+    kept, skip = [], False
+    for arg in argv[1:]:  # argv[0] is the command, "train"
+        if skip or arg == "--resume":
+            skip = False
+            continue
+        if arg == "--out":
+            skip = True
+            continue
+        if not arg.startswith("--out="):
+            kept.append(arg)
+    return shlex.join([*kept, "--resume", "--out", out])
+
+
 def _print_summary(summary: dict[str, Any]) -> None:
     print("\nresult")
     print(f"  final train loss   {summary['final_train']['loss']:.5g}")
@@ -247,19 +280,34 @@ def _print_summary(summary: dict[str, Any]) -> None:
             base = summary["baseline"].get(name)
             note = f"   (trivial baseline {base:.4g})" if base is not None else ""
             print(f"  {prefix} {name:<18} {value:.5g}{note}")
+    speed, compile_s = summary["steps_per_second"], summary["compile_s"]
     print(
-        f"  speed              {summary['steps_per_second']:.1f} steps/s "
-        f"(compile {summary['compile_s']:.2f} s, train {summary['train_seconds']:.1f} s)"
+        f"  speed              {'n/a' if speed is None else f'{speed:.1f}'} steps/s (compile "
+        f"{'n/a' if compile_s is None else f'{compile_s:.2f}'} s, train {summary['train_seconds']:.1f} s)"
+        + (" (one step: it is in the compile time)" if speed is None and compile_s is not None else "")
     )
+
+
+def _unescape(option: str, text: str) -> str:
+    """``text`` with its backslash escapes read (so that ``\\n`` on the command line is a newline) and every other
+    character as typed (non-ASCII ones included), or a ValueError naming ``option``."""
+    try:  # characters beyond Latin-1 become \\uXXXX escapes first, so that the decoding brings them back as typed
+        return text.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{option}: cannot read the escape in {text!r} ({error.reason})") from None
 
 
 def _sample(args: argparse.Namespace) -> int:
     import jax
 
-    from rnn_jax import report, tasks
+    from rnn_jax import _checks, report, tasks
     from rnn_jax.checkpoint import CheckpointError
     from rnn_jax.train import load_trained
 
+    _checks.positive_int("--length", args.length)
+    _checks.real("--temperature", args.temperature, "a finite value > 0", lambda t: 0 < t < float("inf"))
+    seed = _checks.seed("--seed", args.seed)
+    prime = _unescape("--prime", args.prime)
     try:
         config, params = load_trained(args.checkpoint)
     except (FileNotFoundError, CheckpointError) as error:
@@ -268,10 +316,7 @@ def _sample(args: argparse.Namespace) -> int:
     task = tasks.make(config.task)
     if not hasattr(task, "decode"):
         raise ValueError(f"--checkpoint: the run trained on {config.task.task!r}; sampling needs a text task")
-    if args.length < 1 or not args.temperature > 0:
-        raise ValueError(f"--length, --temperature: expected >= 1 and > 0, got {args.length} and {args.temperature}")
-    prime = args.prime.encode().decode("unicode_escape")  # so that '\n' on the command line is a newline
-    text = report.generate_text(config.model, task, params, jax.random.key(args.seed), prime=prime,
+    text = report.generate_text(config.model, task, params, jax.random.key(seed), prime=prime,
                                 length=args.length, temperature=args.temperature)  # fmt: skip
     print(prime + text)
     return 0
@@ -348,13 +393,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _backend() -> str:
+    import jax
+
+    return jax.default_backend()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return args.handler(args)
     except (ValueError, TypeError) as error:
         parser.exit(2, f"rnn-jax {args.command}: error: {error}\n")
+    except Exception as error:
+        if type(error).__name__ != "JaxRuntimeError" or "RESOURCE_EXHAUSTED" not in str(error):
+            raise
+        first = str(error).strip().splitlines()[0]  # XLA's: "RESOURCE_EXHAUSTED: Out of memory allocating N bytes."
+        sizes = "--length" if args.command == "sample" else "--hidden, --batch-size, --seq-len"
+        parser.exit(1, f"rnn-jax {args.command}: error: out of memory on {_backend()} ({first}); try smaller sizes "
+                       f"({sizes})\n")  # fmt: skip
 
 
 if __name__ == "__main__":

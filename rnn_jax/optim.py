@@ -81,6 +81,32 @@ _RULES = {
 }
 
 
+# an option -> (the option that decides whether it is read, the values there that read it)
+_READ_WITH = {
+    "momentum": ("optimizer", ("sgd",)),
+    "warmup_steps": ("schedule", ("warmup_cosine",)),
+    "decay_rate": ("schedule", ("exponential",)),
+    "clip_threshold": ("clip", ("value", "global_norm")),
+}
+
+
+def check_unused(config: OptimConfig) -> None:
+    """Refuses an option set away from its default where nothing reads it (``--momentum`` with Adam, ``--decay-rate``
+    with another schedule than the exponential, a ``--clip-threshold`` with ``--clip none``), which a run would
+    otherwise ignore without a word. `make_optimizer` itself accepts them (a config may carry every field).
+
+    Raises:
+      ValueError: naming the option and the one that decides whether it is read.
+    """
+    defaults = OptimConfig()
+    for name, (owner, readers) in _READ_WITH.items():
+        if getattr(config, owner) not in readers and getattr(config, name) != getattr(defaults, name):
+            raise ValueError(
+                f"{name}: read only with {owner} {' or '.join(map(repr, readers))}, got {owner} "
+                f"{getattr(config, owner)!r}; drop {name} or change {owner}"
+            )
+
+
 def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax.GradientTransformation:
     """``optax.chain(clip, optimizer)`` with the configured schedule over ``total_steps``, on one flat vector.
 

@@ -14,10 +14,13 @@ training on NaN and the last good parameters are kept.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -29,8 +32,8 @@ import optax
 from jax.sharding import Mesh
 
 from rnn_jax import _checks, bptt, cells, checkpoint, deep, diagnostics, distributed, seq2seq, tasks
-from rnn_jax.config import Config, ModelConfig, check_choices
-from rnn_jax.optim import clip_fired, learning_rate_schedule, make_optimizer
+from rnn_jax.config import DEEP_OPTIONS, Config, ModelConfig, check_choices
+from rnn_jax.optim import check_unused, clip_fired, learning_rate_schedule, make_optimizer
 from rnn_jax.unroll import remat_chunk, resolve_projections, unroll
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
@@ -72,6 +75,48 @@ class TrainingDiverged(RuntimeError):
             "The update of that step was not applied; the parameters are those after step "
             f"{step - 1}. Try a smaller --learning-rate or gradient clipping (--clip global_norm)."
         )
+
+
+class _Stop(Exception):
+    """Raised inside the training loop, at the end of a step, when a stop was requested (`_stop_requests`)."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped the run at the end of update ``step``.
+
+    ``saved``: whether a checkpoint of that step is in the run's directory (``--resume`` continues from it, to the
+    result of a run never stopped); ``signal_number``: the signal; ``params``: the parameters after ``step``.
+    A KeyboardInterrupt, so that code that does not know it still stops as on Ctrl-C.
+    """
+
+    def __init__(self, step: int, saved: bool, signal_number: int, params: Any = None):
+        self.step, self.saved, self.signal_number, self.params = step, saved, signal_number, params
+        where = "saved a checkpoint of it" if saved else "no checkpoint of it was saved (no output directory)"
+        super().__init__(f"interrupted after step {step}; {where}")
+
+
+@contextlib.contextmanager
+def _stop_requests():
+    """A list that the first SIGINT or SIGTERM appends its signal number to while the block runs, so that the
+    training loop stops at the end of a step (a consistent position to save) instead of inside one; a second
+    signal stops at once (KeyboardInterrupt). Outside the main thread, where Python cannot handle signals, the
+    list stays empty and signals act as they would."""
+    requests: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requests
+        return
+
+    def handler(number, frame):
+        if requests:
+            raise KeyboardInterrupt
+        requests.append(number)
+
+    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requests
+    finally:
+        for number, action in previous.items():
+            signal.signal(number, action)
 
 
 # ------------------------------------------------------------------ sequence to sequence
@@ -162,6 +207,10 @@ def init_params(config: ModelConfig, task: tasks.Task, key: jax.Array) -> Any:
     )
 
 
+def _deep_options() -> str:
+    return ", ".join(DEEP_OPTIONS)
+
+
 def check_model(config: ModelConfig, task_name: str | None = None) -> None:
     """Refuses, naming the option, what the deep options (`rnn_jax.deep`) cannot combine with.
 
@@ -184,6 +233,10 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
     deep.check_residual(config.residual, config.layers)
     deep.check_rate("dropout", config.dropout)
     deep.check_rate("recurrent_dropout", config.recurrent_dropout)
+    if config.variational_dropout and config.dropout == 0:  # it alone made a deep network that drops nothing
+        raise ValueError(
+            "variational_dropout: draws --dropout's input and output masks once per sequence; needs dropout > 0"
+        )
     if config.projections == "hoisted_readout":
         raise ValueError(
             "projections: 'hoisted_readout' is a form of the single-layer unroll; a deep network takes 'auto', "
@@ -191,8 +244,8 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
         )
     if config.backward in ("bptt", "fused"):
         raise ValueError(
-            f"backward: {config.backward!r} is derived for the single-layer network; the deep options (layers, "
-            "bidirectional, residual, dropout, recurrent_dropout, learn_initial_state) train with 'autodiff' or 'fast'"
+            f"backward: {config.backward!r} is derived for the single-layer network; the deep options "
+            f"({_deep_options()}) train with 'autodiff' or 'fast'"
         )
     if config.bidirectional and task_name in NEXT_STEP_TASKS:
         raise ValueError(
@@ -360,7 +413,7 @@ def make_evaluate(config: ModelConfig, task: tasks.Task):
 
 def _keys(seed: int) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Independent keys for the initial parameters, the training batches and the held-out set."""
-    k_init, k_train, k_eval = jax.random.split(jax.random.key(seed), 3)
+    k_init, k_train, k_eval = jax.random.split(jax.random.key(_checks.seed("seed", seed)), 3)
     return k_init, k_train, k_eval
 
 
@@ -467,6 +520,9 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     Raises:
       TrainingDiverged: when the loss or gradient becomes NaN or Inf (after the metrics and a
         summary with ``"status": "diverged"`` have been written).
+      TrainingInterrupted: on SIGINT (Ctrl-C) or SIGTERM, at the end of the step under way, after the metrics up
+        to it, a checkpoint of it (with a ``workdir``) and a summary with ``"status": "interrupted"`` have been
+        written; ``resume`` continues from there. A second signal stops at once.
       checkpoint.CheckpointError: ``resume`` found a damaged or incompatible checkpoint, or a new
         run's ``workdir`` already holds checkpoints.
     """
@@ -480,6 +536,10 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         raise ValueError(f"batch_size: expected a positive integer, got {config.task.batch_size!r}")
     if run.resume and workdir is None:
         raise ValueError("resume: needs the output directory of the run to continue")
+    if run.tbptt_reset_every is not None:  # read by the TBPTT stream only; 0 read as "never"
+        _checks.positive_int("tbptt_reset_every", run.tbptt_reset_every)
+        if run.tbptt_k1 is None:
+            raise ValueError("tbptt_reset_every: resets the state carried by truncated BPTT; needs tbptt_k1 as well")
     if run.tensorboard:
         if workdir is None:
             raise ValueError("tensorboard: needs an output directory for the event files")
@@ -487,8 +547,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     check_model(config.model, config.task.task)
     if config.model.is_deep and run.tbptt_k1 is not None:
         raise ValueError(
-            "tbptt_k1: truncated BPTT runs the single-layer network only; drop the deep options (layers, "
-            "bidirectional, residual, dropout, recurrent_dropout, learn_initial_state) or --tbptt-k1"
+            f"tbptt_k1: truncated BPTT runs the single-layer network only; drop the deep options ({_deep_options()}) "
+            "or --tbptt-k1"
         )
     task = tasks.make(config.task)
     mesh = distributed.make_mesh(run.devices)  # data parallel: each batch split over the mesh, the state replicated
@@ -496,6 +556,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     k_init, k_train, k_eval = _keys(run.seed)
     params = init_params(config.model, task, k_init)
     dtype = DTYPES[config.model.dtype]
+    check_unused(config.optim)
     optimizer = make_optimizer(config.optim, run.steps)
     schedule_lr = learning_rate_schedule(config.optim, run.steps)
     state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params)), mesh)
@@ -553,11 +614,14 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         sink.write({"kind": "eval", "step": step, **last_eval, **recurrent})
 
     bar = progress_lib.Bar(run.steps, enabled=run.progress, description=f"train {task.name}")
-    summary["compile_s"] = float("nan")
+    summary["compile_s"] = None  # None (JSON null) until a step has run
+    saved_step = resumed_from if run.resume else None
     start = time.perf_counter()
     try:
-        with bar:
+        with bar, _stop_requests() as stop:
             for step in range(resumed_from + 1, run.steps + 1):
+                if stop:
+                    raise _Stop
                 state, carried, metrics = advance(state, carried, step)
                 if step == resumed_from + 1:  # the first step includes compilation: time it apart
                     jax.block_until_ready(metrics)
@@ -573,6 +637,9 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
                     bar.update(step, eval_loss=last_eval["loss"])
                 if save_checkpoint:  # last: every line up to this step is written before it
                     checkpoints.save(checkpoint.Position(state, carried, position.key))
+                    saved_step = step
+            if stop:  # a signal during the last step: the run is complete, stop as asked
+                raise _Stop
         elapsed = time.perf_counter() - start
         if hasattr(task, "eval_batch"):  # real data: the held-out test split, once, at the end
             test_set = _shard_batch(task, task.eval_batch("test", dtype), mesh, replicate_uneven=True)
@@ -582,6 +649,16 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         summary.update(status="diverged", diverged_at_step=error.step, final_eval=last_eval)
         _write_summary(workdir, summary)
         raise
+    except _Stop:
+        stopped = int(state.step)
+        if pending:
+            flush(stopped)  # the lines up to the stop, as before a checkpoint
+        if checkpoints is not None and saved_step != stopped:
+            checkpoints.save(checkpoint.Position(state, carried, position.key))
+            saved_step = stopped
+        summary.update(status="interrupted", interrupted_at_step=stopped, final_train=last_train, final_eval=last_eval)
+        _write_summary(workdir, summary)
+        raise TrainingInterrupted(stopped, saved_step == stopped, stop[0], state.params) from None
     finally:
         sink.close()
         if checkpoints is not None:
@@ -592,9 +669,11 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         steps=run.steps,
         final_train=last_train,
         final_eval=last_eval,
-        steps_per_second=(steps_run - 1) / elapsed if steps_run > 1 else float("nan"),
+        steps_per_second=(steps_run - 1) / elapsed if steps_run > 1 else None,  # step 1 is in compile_s
         train_seconds=elapsed,
     )
+    if steps_run == 0:  # a finished run resumed to its own length: keep the timing of the run that trained it
+        summary.update({k: v for k, v in _stored_summary(workdir).items() if k in _TIMING})
     _write_summary(workdir, summary)
     return {**summary, "params": state.params, "records": sink.records}
 
@@ -680,6 +759,18 @@ def load_trained(workdir: str) -> tuple[Config, Any]:
     if position is None:
         raise checkpoint.CheckpointError(f"{checkpoint.directory_of(workdir)}: no checkpoint to load")
     return config, position.state.params
+
+
+_TIMING = ("compile_s", "steps_per_second", "train_seconds")
+
+
+def _stored_summary(workdir: str | None) -> dict[str, Any]:
+    """``workdir/summary.json`` as written by the last run there ({} when there is none)."""
+    path = os.path.join(workdir, "summary.json") if workdir is not None else None
+    if path is None or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
 
 
 def _write_summary(workdir: str | None, summary: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import pathlib
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -103,6 +104,77 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path):
     again = train.train_and_evaluate(_config(run={"resume": True}), str(tmp_path))
     _assert_trees_equal(again["params"], whole["params"])
     assert again["final_eval"] == whole["final_eval"] and again["resumed_from_step"] == 12
+
+
+def _signal_during_step(monkeypatch, step: int, number: int) -> None:
+    """The training loop's step ``step`` sends this process ``number`` (as Ctrl-C or `kill` would) after its update."""
+    make_advance = train._make_advance
+
+    def patched(*args, **kwargs):
+        advance, carried = make_advance(*args, **kwargs)
+
+        def advance_and_signal(state, carried, at):
+            out = advance(state, carried, at)
+            if at == step:
+                signal.raise_signal(number)
+            return out
+
+        return advance_and_signal, carried
+
+    monkeypatch.setattr(train, "_make_advance", patched)
+
+
+def test_ctrl_c_saves_the_step_under_way_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+    """SIGINT during step 5 (checkpoints every 4 steps): the loop finishes step 5, writes its lines, saves it and
+    raises TrainingInterrupted; the resumed run ends bit for bit where a run never stopped ends. (A KeyboardInterrupt
+    used to escape from wherever it struck, with up to checkpoint_every - 1 steps of work lost.)"""
+    whole = train.train_and_evaluate(_config(), str(tmp_path / "whole"))
+    with monkeypatch.context() as patch:
+        _signal_during_step(patch, 5, signal.SIGINT)
+        with pytest.raises(train.TrainingInterrupted, match=r"interrupted after step 5; saved a checkpoint") as info:
+            train.train_and_evaluate(_config(), str(tmp_path / "cut"))
+    assert (info.value.step, info.value.saved, info.value.signal_number) == (5, True, signal.SIGINT)
+    assert _steps(tmp_path / "cut") == [4, 5]
+    stored = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert stored["status"] == "interrupted" and stored["interrupted_at_step"] == 5
+    assert _lines(tmp_path / "cut")[-1] == ("train", 5)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+    resumed = train.train_and_evaluate(_config(run={"resume": True}), str(tmp_path / "cut"))
+    assert resumed["resumed_from_step"] == 5
+    _assert_trees_equal(resumed["params"], whole["params"])
+    assert resumed["final_eval"] == whole["final_eval"]
+    # the same lines as the whole run's, and the one written at the stop
+    assert sorted(_lines(tmp_path / "cut")) == sorted([*_lines(tmp_path / "whole"), ("train", 5)])
+
+
+def test_sigterm_stops_the_cli_with_the_command_that_continues(tmp_path, monkeypatch, capsys):
+    from rnn_jax.cli import main
+
+    argv = _cli(tmp_path, steps=12, checkpoint_every=4, log_every=3, eval_every=6)
+    _signal_during_step(monkeypatch, 6, signal.SIGTERM)
+    assert main(argv) == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert "interrupted after step 6; saved a checkpoint of it" in err
+    [command] = re.findall(r"continue with: rnn-jax train (.*)", err)
+    assert command.endswith(f"--resume --out {tmp_path}") and command.count("--out") == 1
+    monkeypatch.undo()
+    assert main(["train", *shlex.split(command)]) == 0
+    whole = train.train_and_evaluate(_config(), str(tmp_path / "whole"))
+    _assert_trees_equal(_restore_final(_config(), tmp_path).state.params, whole["params"])
+
+
+def test_a_one_step_run_and_a_finished_run_resumed_write_no_nan_speed(tmp_path):
+    """steps_per_second is null (JSON) when no step after the compiled first one ran, and resuming a finished run
+    keeps the timing of the run that trained it (it became NaN, and summary.json then held a bare NaN)."""
+    one = train.train_and_evaluate(_config(run={"steps": 1}), str(tmp_path / "one"))
+    assert one["steps_per_second"] is None and one["compile_s"] > 0
+    json.loads((tmp_path / "one" / "summary.json").read_text(), parse_constant=pytest.fail)  # strict JSON
+    train.train_and_evaluate(_config(), str(tmp_path / "two"))
+    first = json.loads((tmp_path / "two" / "summary.json").read_text())
+    again = train.train_and_evaluate(_config(run={"resume": True}), str(tmp_path / "two"))
+    timing = ("compile_s", "steps_per_second")
+    assert [again[k] for k in timing] == [first[k] for k in timing]
 
 
 def test_a_finished_run_resumed_with_more_steps_ends_where_a_run_of_that_many_ends(tmp_path):

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from rnn_jax import cli
@@ -105,6 +106,8 @@ def test_divergence_exits_non_zero_with_the_step(tmp_path, capsys):
         (["--task", "xor", "--min-len", "3"], "min_len: the xor task has fixed-length streams"),
         (["--learning-rate", "-1"], "learning_rate: expected a finite value > 0, got -1.0"),
         (["--steps", "0"], "steps: expected a positive integer, got 0"),
+        (["--seed", str(10**20)], "seed: expected an integer in [0, 2**63), got 100000000000000000000"),  # overflowed
+        (["--out", ""], "--out: expected a path, got an empty string"),  # trained into runs/adding-DATE instead
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(tmp_path, capsys, argv, message):
@@ -124,3 +127,44 @@ def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_pat
     with pytest.raises(SystemExit) as info:
         cli.main(["gradcheck", "--trials", "1", "--json", str(taken / "report.json")])
     assert info.value.code == 2 and "--json: " in capsys.readouterr().err and not taken.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [  # each once crashed (with a traceback after the work, or in JAX) or fell back silently
+        (["gradcheck", "--json", "/proc/report.json"], "--json: cannot write '/proc/report.json'"),
+        (["gradcheck", "--json", ""], "--json: expected a path, got an empty string"),
+        (["gradcheck", "--seed", str(2**63)], "seed: expected an integer in [0, 2**63)"),
+        (["bench", "--config", "2,3,1,2,1", "--json", "/proc/bench.json"], "--json: cannot write '/proc/bench.json'"),
+        (["bench", "--config", "2,3,1,2,1", "--seed", str(2**64)], "seed: expected an integer in [0, 2**63)"),
+        (["bench", "--config", "2,3,1,2,1", "--cpu-devices", "-1"], "--cpu-devices: expected a positive integer"),
+        (["bench", "--config", "2,3,1,2,1", "--cpu-devices", "0"], "--cpu-devices: expected a positive integer"),
+        (["sample", "--checkpoint", "missing", "--length", "0"], "--length: expected a positive integer, got 0"),
+        (["sample", "--checkpoint", "missing", "--temperature", "inf"], "--temperature: expected a finite value > 0"),
+        (["sample", "--checkpoint", "missing", "--prime", "ab\\"], "--prime: cannot read the escape in 'ab\\\\'"),
+    ],
+)
+def test_bad_gradcheck_bench_and_sample_options_exit_2_before_any_work(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_primed_sample_keeps_non_ascii_characters_and_reads_escapes():
+    """The prime went through str.encode().decode("unicode_escape"), which read UTF-8 bytes as Latin-1 ('—' became
+    'â\x80\x94', "not in the vocabulary")."""
+    assert cli._unescape("--prime", "Ay—é\\nthe") == "Ay—é\nthe"
+
+
+def test_out_of_memory_is_one_line_naming_the_sizes(monkeypatch, capsys):
+    def exhausted(args):
+        raise jax.errors.JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 40001600004 bytes.\nmore")
+
+    monkeypatch.setattr(cli, "_gradcheck", exhausted)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["gradcheck", "--hidden", "200000"])
+    err = capsys.readouterr().err
+    assert info.value.code == 1 and "Traceback" not in err
+    assert "rnn-jax gradcheck: error: out of memory on cpu (RESOURCE_EXHAUSTED: Out of memory allocating" in err
+    assert "try smaller sizes (--hidden, --batch-size, --seq-len)" in err

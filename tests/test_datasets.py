@@ -7,6 +7,7 @@ import importlib.util
 import json
 import socket
 
+import jax
 import numpy as np
 import pytest
 
@@ -168,3 +169,11 @@ def test_sample_command_reads_the_checkpoint(tmp_path, capsys):
     assert printed.startswith("HAMLET:\n") and len(printed.rstrip("\n")) >= len("HAMLET:\n") + 30
     assert cli.main(["sample", "--checkpoint", str(tmp_path / "missing")]) == 2
     assert "summary.json: not found" in capsys.readouterr().err
+
+
+def test_a_window_longer_than_the_training_text_is_a_clear_error():
+    """It failed inside XLA ("Slice size at index 0 in gather op is out of range") when the first batch was drawn."""
+    text = datasets.Text(train="to be or not", validation="to be", test="or not")
+    assert Shakespeare(seq_len=10, text=text).batch(jax.random.key(0), 2).inputs.shape == (10, 2)
+    with pytest.raises(ValueError, match=r"seq_len: at most 10 characters fit in the training text, got 11"):
+        Shakespeare(seq_len=11, text=text)

@@ -440,6 +440,7 @@ def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:
         (ModelConfig(layers=2, projections="hoisted", remat="2"), "adding", {}, "projections: 'hoisted' .* remat"),
         (ModelConfig(projections="hoisted", remat="4"), "adding", {}, "projections: 'hoisted' .* cannot be combined"),
         (ModelConfig(projections="outside"), "adding", {}, r"projections: expected one of \['auto', 'in_step'"),
+        (ModelConfig(variational_dropout=True), "adding", {}, r"variational_dropout: .* needs dropout > 0"),
         (
             ModelConfig(layers=2, projections="hoisted_readout"),
             "adding",

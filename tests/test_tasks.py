@@ -71,6 +71,9 @@ def test_batches_are_a_pure_function_of_the_key(key):
         (TaskConfig(task="xor", min_len=3), r"min_len: the xor task has fixed-length streams"),
         (TaskConfig(task="adding", seq_len=10, min_len=11), r"min_len: expected a value in \[2, seq_len=10\], got 11"),
         (TaskConfig(task="adding", seq_len=0), r"seq_len: expected a positive integer, got 0"),
+        # these two tasks set their own lengths: --seq-len was ignored without a word
+        (TaskConfig(task="numbers", seq_len=10), r"seq_len: the numbers task's sequences have their own lengths"),
+        (TaskConfig(task="japanese-vowels", seq_len=10), r"seq_len: the japanese-vowels task's sequences have their"),
     ],
 )
 def test_bad_task_config_gets_a_clear_error(config, message):

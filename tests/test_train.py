@@ -150,6 +150,13 @@ def test_other_dtypes_train(dtype):
         ({"model": {"model": "transformer"}}, r"model: expected one of \[.elman., .lstm., .gru.\], got .transformer."),
         ({"model": {"precision": "float16"}}, r"precision: expected one of \['float32', 'bfloat16'\], got 'float16'"),
         ({"optim": {"optimizer": "lion"}}, r"optimizer: expected .*got 'lion'"),
+        # options that nothing would read, which a run ignored without a word
+        ({"optim": {"momentum": 0.5}}, r"momentum: read only with optimizer 'sgd', got optimizer 'adam'"),
+        ({"optim": {"decay_rate": 0.5}}, r"decay_rate: read only with schedule 'exponential', got schedule 'constant'"),
+        ({"optim": {"warmup_steps": 3}}, r"warmup_steps: read only with schedule 'warmup_cosine'"),
+        ({"optim": {"clip": "none", "clip_threshold": 5.0}}, r"clip_threshold: read only with clip 'value' or 'glob"),
+        ({"run": {"tbptt_reset_every": 2}}, r"tbptt_reset_every: resets the state carried by truncated BPTT; needs"),
+        ({"run": {"tbptt_reset_every": 0}}, r"tbptt_reset_every: expected a positive integer, got 0"),
     ],
 )
 def test_bad_config_gets_a_clear_error(sections, message):

@@ -29,6 +29,10 @@ def make(config: TaskConfig) -> Task:
         return TemporalXOR(seq_len=config.seq_len)
     if config.min_len is not None:
         raise ValueError(f"min_len: only the adding task draws lengths; {config.task} has its own")
+    if config.task in ("numbers", "japanese-vowels") and config.seq_len != TaskConfig().seq_len:
+        raise ValueError(  # it was ignored without a word
+            f"seq_len: the {config.task} task's sequences have their own lengths; drop --seq-len"
+        )
     if config.task == "numbers":
         return Numbers(max_value=config.max_value, reverse_source=config.reverse_source)
     if config.task == "temporal_order":

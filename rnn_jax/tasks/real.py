@@ -60,6 +60,9 @@ class Shakespeare:
         object.__setattr__(self, "text", text)
         object.__setattr__(self, "vocabulary", "".join(sorted(set(text.train + text.validation + text.test))))
         object.__setattr__(self, "_tokens", {s: self.encode(getattr(text, s)) for s in ("train", "validation", "test")})
+        longest = len(self._tokens["train"]) - 2  # a window is seq_len + 1 characters, drawn from [0, N - T - 1)
+        if self.seq_len > longest:  # was XLA's "Slice size at index 0 in gather op is out of range"
+            raise ValueError(f"seq_len: at most {longest} characters fit in the training text, got {self.seq_len}")
 
     @property
     def input_size(self) -> int:
