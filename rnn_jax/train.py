@@ -613,6 +613,13 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         recurrent = {f"recurrent_{name}": value for name, value in spectrum.items()}
         sink.write({"kind": "eval", "step": step, **last_eval, **recurrent})
 
+    def stop_here() -> None:
+        """Writes the lines up to the last finished step (as before a checkpoint; a divergence among them is
+        reported as such), then leaves the loop for the interrupted run's ending."""
+        if pending:
+            flush(int(state.step))
+        raise _Stop
+
     bar = progress_lib.Bar(run.steps, enabled=run.progress, description=f"train {task.name}")
     summary["compile_s"] = None  # None (JSON null) until a step has run
     saved_step = resumed_from if run.resume else None
@@ -621,7 +628,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         with bar, _stop_requests() as stop:
             for step in range(resumed_from + 1, run.steps + 1):
                 if stop:
-                    raise _Stop
+                    stop_here()
                 state, carried, metrics = advance(state, carried, step)
                 if step == resumed_from + 1:  # the first step includes compilation: time it apart
                     jax.block_until_ready(metrics)
@@ -639,7 +646,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
                     checkpoints.save(checkpoint.Position(state, carried, position.key))
                     saved_step = step
             if stop:  # a signal during the last step: the run is complete, stop as asked
-                raise _Stop
+                stop_here()
         elapsed = time.perf_counter() - start
         if hasattr(task, "eval_batch"):  # real data: the held-out test split, once, at the end
             test_set = _shard_batch(task, task.eval_batch("test", dtype), mesh, replicate_uneven=True)
@@ -651,8 +658,6 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         raise
     except _Stop:
         stopped = int(state.step)
-        if pending:
-            flush(stopped)  # the lines up to the stop, as before a checkpoint
         if checkpoints is not None and saved_step != stopped:
             checkpoints.save(checkpoint.Position(state, carried, position.key))
             saved_step = stopped
