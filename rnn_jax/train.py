@@ -100,7 +100,7 @@ def _stop_requests():
     """A list that the first SIGINT or SIGTERM appends its signal number to while the block runs, so that the
     training loop stops at the end of a step (a consistent position to save) instead of inside one; a second
     signal stops at once (KeyboardInterrupt). Outside the main thread, where Python cannot handle signals, the
-    list stays empty and signals act as they would."""
+    list stays empty and signals act as they would; an ignored signal stays ignored."""
     requests: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield requests
@@ -111,7 +111,11 @@ def _stop_requests():
             raise KeyboardInterrupt
         requests.append(number)
 
-    previous = {number: signal.signal(number, handler) for number in (signal.SIGINT, signal.SIGTERM)}
+    previous = {  # a signal the process ignores (SIGINT in a shell's background job) stays ignored
+        number: signal.signal(number, handler)
+        for number in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(number) is not signal.SIG_IGN
+    }
     try:
         yield requests
     finally:

@@ -124,7 +124,25 @@ def _signal_during_step(monkeypatch, step: int, number: int) -> None:
     monkeypatch.setattr(train, "_make_advance", patched)
 
 
-def test_ctrl_c_saves_the_step_under_way_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch):
+@pytest.fixture
+def sigint(request):
+    """SIGINT handled as ``request.param`` says ("raises": Python's KeyboardInterrupt, as in an interactive shell;
+    "ignored": as in a shell's background job), restored afterwards."""
+    action = signal.default_int_handler if request.param == "raises" else signal.SIG_IGN
+    previous = signal.signal(signal.SIGINT, action)
+    yield action
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("sigint", ["ignored"], indirect=True)
+def test_an_ignored_ctrl_c_stays_ignored(tmp_path, monkeypatch, sigint):
+    _signal_during_step(monkeypatch, 5, signal.SIGINT)
+    assert train.train_and_evaluate(_config(), str(tmp_path))["status"] == "completed"
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
+@pytest.mark.parametrize("sigint", ["raises"], indirect=True)
+def test_ctrl_c_saves_the_step_under_way_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch, sigint):
     """SIGINT during step 5 (checkpoints every 4 steps): the loop finishes step 5, writes its lines, saves it and
     raises TrainingInterrupted; the resumed run ends bit for bit where a run never stopped ends. (A KeyboardInterrupt
     used to escape from wherever it struck, with up to checkpoint_every - 1 steps of work lost.)"""
@@ -138,7 +156,7 @@ def test_ctrl_c_saves_the_step_under_way_and_resume_ends_where_an_uninterrupted_
     stored = json.loads((tmp_path / "cut" / "summary.json").read_text())
     assert stored["status"] == "interrupted" and stored["interrupted_at_step"] == 5
     assert _lines(tmp_path / "cut")[-1] == ("train", 5)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert signal.getsignal(signal.SIGINT) is sigint  # the handler is put back
 
     resumed = train.train_and_evaluate(_config(run={"resume": True}), str(tmp_path / "cut"))
     assert resumed["resumed_from_step"] == 5
