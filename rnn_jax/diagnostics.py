@@ -234,6 +234,11 @@ def recurrent_matrix(params: Any, block: int = 0) -> jax.Array:
     Returns:
       [H, H].
     """
+    if not hasattr(params, "w_s"):
+        raise TypeError(
+            f"params: expected one cell's parameters (with w_s), got {type(params).__name__} (of a deep network, "
+            "take one layer's: params.layers[l].forward)"
+        )
     w_s = params.w_s
     h = w_s.shape[0]
     gates = w_s.shape[1] // h

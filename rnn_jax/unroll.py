@@ -63,18 +63,19 @@ def sequence_mask(lengths: jax.Array, num_steps: int) -> jax.Array:
     return jnp.arange(num_steps, dtype=lengths.dtype)[:, None] < lengths[None, :]
 
 
-def last_valid(sequence: jax.Array, lengths: jax.Array) -> jax.Array:
+def last_valid(sequence, lengths: jax.Array):
     """Each sequence's entry at its last valid step ``lengths[b] - 1`` (many-to-one).
 
     Args:
-      sequence: [T, B, ...] time-major.
+      sequence: [T, B, ...] time-major, or a pytree of them (the LSTM's states, an ``LSTMState`` of two).
       lengths: [B] integers in [1, T].
 
     Returns:
-      [B, ...].
+      [B, ...] (a pytree of them for a pytree).
     """
-    lengths = _checks.lengths("lengths", lengths, sequence.shape[0], sequence.shape[1], shortest=1)
-    return sequence[lengths - 1, jnp.arange(sequence.shape[1])]
+    shape = jnp.shape(jax.tree.leaves(sequence)[0])
+    lengths = _checks.lengths("lengths", lengths, shape[0], shape[1], shortest=1)
+    return jax.tree.map(lambda a: a[lengths - 1, jnp.arange(a.shape[1])], sequence)
 
 
 def _resolve_mask(mask: jax.Array | None, lengths: jax.Array | None, num_steps: int, batch: int) -> jax.Array | None:
@@ -119,7 +120,13 @@ def check_scan_options(remat: Remat, compute_dtype) -> None:
     """Refuses a ``remat`` that `remat_chunk` does not take (ValueError) or a mixed-precision ``compute_dtype``
     that is neither None nor a floating dtype (TypeError): the options of `scan_in_dtype`."""
     remat_chunk(remat, 1)
-    if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
+    if compute_dtype is None:
+        return
+    try:
+        floating = jnp.issubdtype(jnp.dtype(compute_dtype), jnp.floating)
+    except TypeError:  # not a dtype at all ("foo"): NumPy's "data type not understood"
+        floating = False
+    if not floating:
         raise TypeError(f"compute_dtype: expected a floating dtype or None, got {compute_dtype!r}")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import rnn_jax as rj
-from rnn_jax import diagnostics
+from rnn_jax import deep, diagnostics
 from rnn_jax.cells import gru, lstm
 from tests.jaxprs import scan_stacked_dtypes
 from tests.stages import slow_unless
@@ -192,6 +192,8 @@ def test_recurrent_matrix_and_spectrum(key, cell, blocks):
         assert spectrum["largest_singular_value"] >= spectrum["spectral_radius"] * (1 - 1e-6)
     with pytest.raises(ValueError, match=rf"block: expected an integer in \[0, {blocks}\)"):
         diagnostics.recurrent_matrix(params, blocks)
+    with pytest.raises(TypeError, match=r"params: expected one cell's parameters \(with w_s\), got DeepParams"):
+        diagnostics.recurrent_matrix(deep.init(key, cell.__name__.rsplit(".", 1)[-1], D, H, O, layers=2))
 
 
 def test_bound_check_rejects_gated_cells_and_unbounded_activations(key):

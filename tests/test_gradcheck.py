@@ -8,6 +8,7 @@ import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from rnn_jax import bptt, cli, gradcheck
@@ -127,6 +128,16 @@ def test_cli_writes_json_and_exits_by_the_verdict(tmp_path, capsys, monkeypatch)
 def test_bad_options_get_clear_errors(changes, message):
     with pytest.raises(ValueError, match=message):
         gradcheck.check_gradients(dataclasses.replace(QUICK, **changes))
+
+
+def test_drawn_trials_never_pair_cross_entropy_with_one_class():
+    """A softmax over one class has a zero gradient: such a trial passed on zeros. With loss="random" and O drawn
+    from [1, 2], those trials take squared error; the draws are otherwise those of the seed."""
+    config = dataclasses.replace(QUICK, trials=60, output_size=2, loss="random")
+    rng = np.random.default_rng(config.seed)
+    trials = [gradcheck._draw_trial(config, index, rng) for index in range(config.trials)]
+    assert {t.output_size for t in trials} == {1, 2} and {t.loss for t in trials} == {"squared_error", "cross_entropy"}
+    assert not any(t.loss == "cross_entropy" and t.output_size == 1 for t in trials)
 
 
 def test_the_checker_leaves_64_bit_mode_as_it_found_it():

@@ -170,6 +170,8 @@ def test_many_to_one_reads_the_last_valid_step(key):
         rj.last_valid(run.outputs, lengths.at[1].set(0))  # no last valid step (index -1 would read step T)
     # the final state is the state at the last valid step, so its read-out is the many-to-one output
     chex.assert_trees_all_close(last, run.final_state @ params.w_y + params.b_y[None, :], atol=1e-6)
+    lstm_run = rj.unroll(rj.lstm.init(key, D, H, O), xs, cell=rj.lstm, lengths=lengths)  # a state pytree
+    chex.assert_trees_all_equal(rj.last_valid(lstm_run.states, lengths), lstm_run.final_state)
     chex.assert_trees_all_close(run.final_state, want_final, atol=2e-5)
 
 
@@ -440,6 +442,7 @@ def test_remat_shrinks_the_backward_pass_memory(cell_name, remat):
         ({"remat": 3, "backward": "bptt"}, r"backward: 'bptt' .* cannot rematerialise .*remat=3"),
         ({"compute_dtype": jnp.bfloat16, "backward": "bptt"}, r"backward: 'bptt' .*compute_dtype="),
         ({"compute_dtype": jnp.int32}, r"compute_dtype: expected a floating dtype"),
+        ({"compute_dtype": "foo"}, r"compute_dtype: expected a floating dtype or None, got 'foo'"),
         ({"projections": "hoisted", "remat": 2}, r"projections: 'hoisted' .* cannot be combined with remat"),
         ({"projections": "hoisted", "compute_dtype": jnp.bfloat16}, r"projections: 'hoisted' .*compute_dtype"),
         ({"projections": "hoisted_readout", "remat": 2}, r"projections: 'hoisted_readout' .* cannot be combined"),
