@@ -572,6 +572,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     eval_set = _shard_batch(task, eval_set, mesh, replicate_uneven=True)
     advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype, mesh)
     initial = checkpoint.Position(state, carried, jax.random.key_data(k_train))
+    _check_fresh(workdir, run.resume)
     checkpoints, position = checkpoint.open_run(workdir, config, initial)  # with --resume: the newest checkpoint
     # a restored position comes back on one device: place it on the mesh again
     state, carried = distributed.replicate(position.state, mesh), distributed.shard(position.carried, mesh, 0)
@@ -768,6 +769,23 @@ def load_trained(workdir: str) -> tuple[Config, Any]:
     if position is None:
         raise checkpoint.CheckpointError(f"{checkpoint.directory_of(workdir)}: no checkpoint to load")
     return config, position.state.params
+
+
+def _check_fresh(workdir: str | None, resume: bool) -> None:
+    """Refuses a new run (not ``resume``) in a ``workdir`` that holds an earlier run's metrics.jsonl or summary.json
+    (a run that diverged or was stopped before its first checkpoint left no checkpoints to refuse it by, and its
+    metrics were overwritten without a word)."""
+    if workdir is None or resume:
+        return
+    saved = checkpoint.directory_of(workdir)
+    if os.path.isdir(saved) and any(name.isdigit() for name in os.listdir(saved)):
+        return  # `checkpoint.open_run` refuses it, naming the latest checkpoint
+    earlier = [name for name in ("metrics.jsonl", "summary.json") if os.path.exists(os.path.join(workdir, name))]
+    if earlier:
+        raise checkpoint.CheckpointError(
+            f"{workdir} already holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, or choose "
+            "another --out"
+        )
 
 
 _TIMING = ("compile_s", "steps_per_second", "train_seconds")

@@ -239,6 +239,19 @@ def test_a_new_run_refuses_a_directory_that_holds_checkpoints(tmp_path):
         train.train_and_evaluate(_config(), str(tmp_path))
 
 
+def test_a_new_run_refuses_a_directory_that_holds_an_earlier_runs_metrics(tmp_path):
+    """A run that diverged (or was stopped) before its first checkpoint leaves metrics but no checkpoint: a new run
+    there overwrote them without a word."""
+    with pytest.raises(train.TrainingDiverged):
+        train.train_and_evaluate(_config(optim={"learning_rate": 1e30, "clip": "none"}), str(tmp_path))
+    assert not _steps(tmp_path) and (tmp_path / "metrics.jsonl").exists()
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(checkpoint.CheckpointError, match=r"already holds an earlier run \(metrics.jsonl, summary.js"):
+        train.train_and_evaluate(_config(), str(tmp_path))
+    assert (tmp_path / "metrics.jsonl").read_text() == before
+    assert train.train_and_evaluate(_config(run={"resume": True}), str(tmp_path))["status"] == "completed"
+
+
 def test_an_incompatible_config_is_refused(tmp_path):
     train.train_and_evaluate(_config(), str(tmp_path))
     resume = _config(model={"hidden": 7}, optim={"learning_rate": 0.1}, run={"resume": True, "log_every": 1})
