@@ -302,12 +302,15 @@ def _sample(args: argparse.Namespace) -> int:
 
     from rnn_jax import _checks, report, tasks
     from rnn_jax.checkpoint import CheckpointError
-    from rnn_jax.train import load_trained
+    from rnn_jax.train import load_trained, stored_summary
 
     _checks.positive_int("--length", args.length)
     _checks.real("--temperature", args.temperature, "a finite value > 0", lambda t: 0 < t < float("inf"))
     seed = _checks.seed("--seed", args.seed)
     prime = _unescape("--prime", args.prime)
+    stored = stored_summary(args.checkpoint) if os.path.isdir(args.checkpoint) else {}
+    if stored.get("config", {}).get("model", {}).get("dtype") == "float64":
+        jax.config.update("jax_enable_x64", True)  # as `rnn-jax train --dtype float64` ran it
     try:
         config, params = load_trained(args.checkpoint)
     except (FileNotFoundError, CheckpointError) as error:

