@@ -302,7 +302,9 @@ class BenchConfig:
     seed: int = _help("seed of the shared parameters and data", default=0)
     cpu_devices: int | None = _help(
         "CPU devices to make (default: one per core, at most 8); with two or more the harness adds the fast path data "
-        "parallel over them (rnn-jax-fast-Ndev) and the lower bound so split (lower-bound-Ndev): XLA runs a step's "
+        "parallel over 2, 4, 8, ... of them, powers of two up to that count (rnn-jax-fast-Ndev; others by "
+        "--impl), and the "
+        "lower bound so split (lower-bound-Ndev): XLA runs a step's "
         "small products on one core each, so this is how rnn-jax uses the others. XLA_FLAGS's "
         "--xla_force_host_platform_device_count, when set, wins",
         metavar="N",
