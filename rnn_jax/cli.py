@@ -13,6 +13,7 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import sys
 import time
 import types
@@ -217,6 +218,7 @@ def _train(args: argparse.Namespace) -> int:
     out = config.run.out
     if out is None:  # an empty --out is refused below, not taken for this default
         out = os.path.join("runs", f"{config.task.task}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    made = not os.path.exists(out)
     _output_directory("--out", out)
     from rnn_jax import tasks
     from rnn_jax.checkpoint import CheckpointError
@@ -239,8 +241,14 @@ def _train(args: argparse.Namespace) -> int:
         print(f"continue with: rnn-jax train {_resume_arguments(args.argv, out)}", file=sys.stderr)
         return 128 + error.signal_number  # the shell's convention for a run stopped by a signal
     except (CheckpointError, ImportError) as error:
+        if made:
+            _remove_if_empty(out)  # a refused run leaves no empty run directory behind
         print(f"rnn-jax train: error: {error}", file=sys.stderr)
         return 2
+    except (ValueError, TypeError):
+        if made:
+            _remove_if_empty(out)
+        raise  # `main` prints it
     if summary.get("resumed_from_step") == 0:
         print(f"--resume: no checkpoint in {out}, so the run started from step 0")
     elif "resumed_from_step" in summary:
@@ -254,6 +262,13 @@ def _train(args: argparse.Namespace) -> int:
     files = ["metrics.jsonl", "summary.json", "loss_curve.png", *summary.get("figures", [])]
     print("wrote " + ", ".join(os.path.join(out, name) for name in files))
     return 0
+
+
+def _remove_if_empty(path: str) -> None:
+    """Removes the directory ``path`` when no file is below it (empty folders, such as an unused checkpoints/,
+    may be)."""
+    if not any(files for _, _, files in os.walk(path)):
+        shutil.rmtree(path)
 
 
 def _resume_arguments(argv: list[str], out: str) -> str:

@@ -117,6 +117,19 @@ def test_bad_options_exit_2_with_a_clear_message(tmp_path, capsys, argv, message
     assert message in capsys.readouterr().err
 
 
+def test_a_refused_run_leaves_no_empty_directory_behind(tmp_path, capsys):
+    """The --out directory is made (to check that it can be written) before the config's own checks: a refused
+    config left it behind, empty, one more runs/TASK-DATE per mistaken command. One that existed stays."""
+    new = tmp_path / "new"
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--no-progress", "--momentum", "0.5", "--out", str(new)])
+    assert info.value.code == 2 and "momentum: read only with optimizer 'sgd'" in capsys.readouterr().err
+    assert not new.exists()
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--no-progress", "--momentum", "0.5", "--out", str(tmp_path)])
+    assert tmp_path.is_dir()
+
+
 def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_path, capsys):
     taken = tmp_path / "a-file"
     taken.write_text("")
