@@ -630,7 +630,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     saved_step = resumed_from if run.resume else None
     start = time.perf_counter()
     try:
-        with bar, _stop_requests() as stop:
+        with bar, _stop_requests() as stop:  # a stop asked for during the last step lets the run complete
             for step in range(resumed_from + 1, run.steps + 1):
                 if stop:
                     stop_here()
@@ -650,8 +650,6 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
                 if save_checkpoint:  # last: every line up to this step is written before it
                     checkpoints.save(checkpoint.Position(state, carried, position.key))
                     saved_step = step
-            if stop:  # a signal during the last step: the run is complete, stop as asked
-                stop_here()
         elapsed = time.perf_counter() - start
         if hasattr(task, "eval_batch"):  # real data: the held-out test split, once, at the end
             test_set = _shard_batch(task, task.eval_batch("test", dtype), mesh, replicate_uneven=True)

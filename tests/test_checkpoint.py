@@ -142,6 +142,13 @@ def test_an_ignored_ctrl_c_stays_ignored(tmp_path, monkeypatch, sigint):
 
 
 @pytest.mark.parametrize("sigint", ["raises"], indirect=True)
+def test_ctrl_c_during_the_last_step_lets_the_run_complete(tmp_path, monkeypatch, sigint):
+    _signal_during_step(monkeypatch, 12, signal.SIGINT)
+    assert train.train_and_evaluate(_config(), str(tmp_path))["status"] == "completed"
+    assert _steps(tmp_path) == [4, 8, 12]
+
+
+@pytest.mark.parametrize("sigint", ["raises"], indirect=True)
 def test_ctrl_c_saves_the_step_under_way_and_resume_ends_where_an_uninterrupted_run_ends(tmp_path, monkeypatch, sigint):
     """SIGINT during step 5 (checkpoints every 4 steps): the loop finishes step 5, writes its lines, saves it and
     raises TrainingInterrupted; the resumed run ends bit for bit where a run never stopped ends. (A KeyboardInterrupt
