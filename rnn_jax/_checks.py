@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -31,6 +32,11 @@ def real(name: str, value: object, expected: str, holds: Callable[[float], bool]
     if not number or not holds(float(value)):
         raise ValueError(f"{name}: expected {expected}, got {value!r}")
     return float(value)
+
+
+def positive_real(name: str, value: object, expected: str = "a finite value > 0") -> float:
+    """`real` for a finite value > 0 (a rate, a threshold, a scale, a temperature)."""
+    return real(name, value, expected, lambda v: 0 < v < math.inf)
 
 
 def rank(name: str, array: jax.Array, expected: int, letters: str) -> None:

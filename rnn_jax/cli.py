@@ -320,7 +320,7 @@ def _sample(args: argparse.Namespace) -> int:
     from rnn_jax.train import load_trained, stored_summary
 
     _checks.positive_int("--length", args.length)
-    _checks.real("--temperature", args.temperature, "a finite value > 0", lambda t: 0 < t < float("inf"))
+    _checks.positive_real("--temperature", args.temperature)
     seed = _checks.seed("--seed", args.seed)
     prime = _unescape("--prime", args.prime)
     stored = stored_summary(args.checkpoint) if os.path.isdir(args.checkpoint) else {}

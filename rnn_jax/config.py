@@ -17,8 +17,9 @@ def check_choices(section: object) -> None:
     ``Literal[...] | None``) holds none of its choices: the command line refuses those, a config built in Python
     or read from a file did not (an unknown ``precision`` failed as a KeyError, an unknown gradient-check
     ``lengths`` ran as "full")."""
+    hints = get_type_hints(type(section))
     for f in dataclasses.fields(section):
-        kind, choices = get_type_hints(type(section))[f.name], ()
+        kind, choices = hints[f.name], ()
         if get_origin(kind) is Literal:
             choices = get_args(kind)
         elif get_origin(kind) is Union and any(get_origin(a) is Literal for a in get_args(kind)):
@@ -302,10 +303,9 @@ class BenchConfig:
     seed: int = _help("seed of the shared parameters and data", default=0)
     cpu_devices: int | None = _help(
         "CPU devices to make (default: one per core, at most 8); with two or more the harness adds the fast path data "
-        "parallel over 2, 4, 8, ... of them, powers of two up to that count (rnn-jax-fast-Ndev; others by "
-        "--impl), and the "
-        "lower bound so split (lower-bound-Ndev): XLA runs a step's "
-        "small products on one core each, so this is how rnn-jax uses the others. XLA_FLAGS's "
+        "parallel over 2, 4, 8, ... of them, powers of two up to that count (rnn-jax-fast-Ndev; others by --impl), "
+        "and the lower bound so split (lower-bound-Ndev): XLA runs a step's small products on one core each, so this "
+        "is how rnn-jax uses the others. XLA_FLAGS's "
         "--xla_force_host_platform_device_count, when set, wins",
         metavar="N",
         default=None,

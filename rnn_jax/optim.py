@@ -13,8 +13,6 @@ References:
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -49,7 +47,7 @@ def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) 
             f"(a positive number of steps), got {total_steps!r}"
         )
     if config.schedule == "exponential":  # 0 would be optax's "no decay"; a negative factor, a NaN rate
-        _checks.real("decay_rate", config.decay_rate, "a finite factor > 0", lambda v: 0 < v < math.inf)
+        _checks.positive_real("decay_rate", config.decay_rate, "a finite factor > 0")
     warmup = config.warmup_steps
     if config.schedule == "warmup_cosine" and (
         isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < total_steps
@@ -58,14 +56,10 @@ def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) 
     return _SCHEDULES[config.schedule](config, config.learning_rate, total_steps)
 
 
-def _positive(value: float) -> bool:
-    return 0 < value < math.inf
-
-
 def _clip(config: OptimConfig) -> optax.GradientTransformation:
     if config.clip == "none":
         return optax.identity()
-    _checks.real("clip_threshold", config.clip_threshold, "a finite value > 0", _positive)
+    _checks.positive_real("clip_threshold", config.clip_threshold)
     if config.clip == "value":
         return optax.clip(config.clip_threshold)
     if config.clip == "global_norm":
@@ -127,7 +121,7 @@ def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax
     """
     if config.optimizer not in _RULES:
         raise ValueError(f"optimizer: expected 'sgd', 'adam', 'adagrad' or 'rmsprop', got {config.optimizer!r}")
-    _checks.real("learning_rate", config.learning_rate, "a finite value > 0", _positive)
+    _checks.positive_real("learning_rate", config.learning_rate)
     if config.optimizer == "sgd":
         _checks.real("momentum", config.momentum, "a value in [0, 1) (0: plain SGD)", lambda v: 0 <= v < 1)
     clip = _clip(config)

@@ -540,6 +540,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
         raise ValueError(f"batch_size: expected a positive integer, got {config.task.batch_size!r}")
     if run.resume and workdir is None:
         raise ValueError("resume: needs the output directory of the run to continue")
+    _check_fresh(workdir, run.resume)  # before any work
     if run.tbptt_reset_every is not None:  # read by the TBPTT stream only; 0 read as "never"
         _checks.positive_int("tbptt_reset_every", run.tbptt_reset_every)
         if run.tbptt_k1 is None:
@@ -572,7 +573,6 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     eval_set = _shard_batch(task, eval_set, mesh, replicate_uneven=True)
     advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype, mesh)
     initial = checkpoint.Position(state, carried, jax.random.key_data(k_train))
-    _check_fresh(workdir, run.resume)
     checkpoints, position = checkpoint.open_run(workdir, config, initial)  # with --resume: the newest checkpoint
     # a restored position comes back on one device: place it on the mesh again
     state, carried = distributed.replicate(position.state, mesh), distributed.shard(position.carried, mesh, 0)

@@ -41,7 +41,7 @@ def check_recurrent_init(recurrent_init: str, recurrent_scale: float, spectral_r
       ValueError naming the argument, with the expected and the received value.
     """
     _check_choice("recurrent_init", recurrent_init, list(initializers.MATRIX_INITS))
-    _checks.real("recurrent_scale", recurrent_scale, "a finite number > 0", lambda v: 0 < v < math.inf)
+    _checks.positive_real("recurrent_scale", recurrent_scale, "a finite number > 0")
     if spectral_radius is not None:
         _checks.real(
             "spectral_radius", spectral_radius, "a value >= 0 and finite, or None", lambda v: 0 <= v < math.inf
