@@ -12,6 +12,7 @@ import dataclasses
 import datetime
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -203,6 +204,43 @@ def _write_json_atomically(path: str, records: Any) -> None:
     os.replace(path + ".tmp", path)
 
 
+def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
+    """``message`` with the config fields it names written as ``parser``'s options (``learning_rate`` ->
+    ``--learning-rate``), so that a command-line user reads what to type.
+
+    The library names the field it refuses first (``"steps: expected ..."``, ``"k1, k2: ..."``), and may name
+    other fields after it (``"... got optimizer 'adam'; drop momentum or change optimizer"``). A field named
+    first, a field with an underscore, one followed by a quoted value or a comparison, one after "drop",
+    "change", "needs" or "with", and one in a parenthesised list become options; a name that is also an English
+    word stays a word elsewhere ("the numbers task's sequences").
+    """
+    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"}
+    if "tbptt_k1" in flags:  # truncated BPTT's own checks (`rnn_jax.bptt.check_truncation`) say k1 and k2
+        flags |= {"k1": flags["tbptt_k1"], "k2": flags["tbptt_k2"]}
+    head, colon, body = message.partition(": ")
+    names = [name.strip() for name in head.split(",")]
+    if colon and all(name in flags for name in names):
+        message = ", ".join(flags[name] for name in names) + colon + body
+        offset = len(message) - len(body)
+    else:
+        offset = 0
+    pattern = re.compile(
+        r"(?<![\w'.-])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True)) + r")(?![\w-])"
+    )
+
+    def as_flag(match: re.Match) -> str:
+        name, before, after = match.group(1), match.string[: match.start()], match.string[match.end() :]
+        named = (
+            "_" in name
+            or after.startswith((" '", " >", " <", " =", "="))
+            or before.endswith(("drop ", "change ", "needs ", "with "))
+            or (before.endswith(("(", ", ")) and after.startswith((", ", ")")))  # a list of options
+        )
+        return flags[name] if named and name not in ("k1", "k2") else name
+
+    return message[:offset] + pattern.sub(as_flag, message[offset:])
+
+
 def _train(args: argparse.Namespace) -> int:
     import jax
 
@@ -358,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for cls in (ModelConfig, TaskConfig, OptimConfig, RunConfig):
         add_dataclass_options(train, cls)
-    train.set_defaults(handler=_train)
+    train.set_defaults(command_parser=train, handler=_train)
 
     check = commands.add_parser(
         "gradcheck",
@@ -376,7 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_options(check, GradcheckConfig)
     check.add_argument("--json", metavar="PATH", default=None, help="also write the full report as JSON")
     check.add_argument("--explain", action="store_true", help="show the largest disagreement and where it occurred")
-    check.set_defaults(handler=_gradcheck)
+    check.set_defaults(command_parser=check, handler=_gradcheck)
 
     sample = commands.add_parser(
         "sample",
@@ -390,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--length", type=int, default=500, help="characters to generate")
     sample.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (lower: safer)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the sampling")
-    sample.set_defaults(handler=_sample)
+    sample.set_defaults(command_parser=sample, handler=_sample)
 
     bench = commands.add_parser(
         "bench",
@@ -407,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_options(bench, BenchConfig)
     bench.add_argument("--json", metavar="PATH", default=None, help="also write the records as a JSON list")
-    bench.set_defaults(handler=_bench)
+    bench.set_defaults(command_parser=bench, handler=_bench)
     return parser
 
 
@@ -424,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.handler(args)
     except (ValueError, TypeError) as error:
-        parser.exit(2, f"rnn-jax {args.command}: error: {error}\n")
+        parser.exit(2, f"rnn-jax {args.command}: error: {_as_flags(str(error), args.command_parser)}\n")
     except Exception as error:
         if type(error).__name__ != "JaxRuntimeError" or "RESOURCE_EXHAUSTED" not in str(error):
             raise

@@ -101,12 +101,18 @@ def test_divergence_exits_non_zero_with_the_step(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--task", "copy"], "argument --task: invalid choice: 'copy'"),
-        (["--hidden", "0"], "hidden: expected a positive integer, got 0"),
+        (["--hidden", "0"], "error: --hidden: expected a positive integer, got 0"),
         (["--hidden", "many"], "argument --hidden: invalid int value: 'many'"),
-        (["--task", "xor", "--min-len", "3"], "min_len: the xor task has fixed-length streams"),
-        (["--learning-rate", "-1"], "learning_rate: expected a finite value > 0, got -1.0"),
-        (["--steps", "0"], "steps: expected a positive integer, got 0"),
-        (["--seed", str(10**20)], "seed: expected an integer in [0, 2**63), got 100000000000000000000"),  # overflowed
+        (["--task", "xor", "--min-len", "3"], "error: --min-len: the xor task has fixed-length streams"),
+        (["--learning-rate", "-1"], "error: --learning-rate: expected a finite value > 0, got -1.0"),
+        (["--steps", "0"], "error: --steps: expected a positive integer, got 0"),
+        (["--seed", str(10**20)], "error: --seed: expected an integer in [0, 2**63), got 100000000000000000000"),
+        # the library names config fields; the command line says which options to type instead
+        (["--clip", "none", "--clip-threshold", "2"], "got --clip 'none'; drop --clip-threshold or change --clip"),
+        (["--task", "xor", "--tbptt-k1", "4", "--tbptt-k2", "2"], "error: --tbptt-k1, --tbptt-k2: TBPTT(k1, k2)"),
+        (["--variational-dropout"], "input and output masks once per sequence; needs --dropout > 0"),
+        (["--task", "numbers", "--seq-len", "5"], "--seq-len: the numbers task's sequences have their own lengths"),
+        (["--layers", "2", "--backward", "bptt"], "deep options (--layers, --bidirectional, --residual, --dropout,"),
         (["--out", ""], "--out: expected a path, got an empty string"),  # trained into runs/adding-DATE instead
     ],
 )
@@ -123,7 +129,7 @@ def test_a_refused_run_leaves_no_empty_directory_behind(tmp_path, capsys):
     new = tmp_path / "new"
     with pytest.raises(SystemExit) as info:
         cli.main(["train", "--no-progress", "--momentum", "0.5", "--out", str(new)])
-    assert info.value.code == 2 and "momentum: read only with optimizer 'sgd'" in capsys.readouterr().err
+    assert info.value.code == 2 and "--momentum: read only with --optimizer 'sgd'" in capsys.readouterr().err
     assert not new.exists()
     with pytest.raises(SystemExit):
         cli.main(["train", "--no-progress", "--momentum", "0.5", "--out", str(tmp_path)])
@@ -147,9 +153,10 @@ def test_output_paths_that_cannot_be_written_are_refused_before_any_work(tmp_pat
     [  # each once crashed (with a traceback after the work, or in JAX) or fell back silently
         (["gradcheck", "--json", "/proc/report.json"], "--json: cannot write '/proc/report.json'"),
         (["gradcheck", "--json", ""], "--json: expected a path, got an empty string"),
-        (["gradcheck", "--seed", str(2**63)], "seed: expected an integer in [0, 2**63)"),
+        (["gradcheck", "--seed", str(2**63)], "--seed: expected an integer in [0, 2**63)"),
+        (["gradcheck", "--loss", "cross_entropy", "--output-size", "1"], "cross_entropy needs --output-size >= 2"),
         (["bench", "--config", "2,3,1,2,1", "--json", "/proc/bench.json"], "--json: cannot write '/proc/bench.json'"),
-        (["bench", "--config", "2,3,1,2,1", "--seed", str(2**64)], "seed: expected an integer in [0, 2**63)"),
+        (["bench", "--config", "2,3,1,2,1", "--seed", str(2**64)], "--seed: expected an integer in [0, 2**63)"),
         (["bench", "--config", "2,3,1,2,1", "--cpu-devices", "-1"], "--cpu-devices: expected a positive integer"),
         (["bench", "--config", "2,3,1,2,1", "--cpu-devices", "0"], "--cpu-devices: expected a positive integer"),
         (["sample", "--checkpoint", "missing", "--length", "0"], "--length: expected a positive integer, got 0"),
