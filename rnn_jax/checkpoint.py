@@ -154,18 +154,21 @@ class Checkpoints:
       keep: how many of the most recent checkpoints to keep (>= 1).
       resume: whether the run continues from this directory; without it, a directory that already
         holds checkpoints is refused rather than mixed with a new run.
+      read_only: only ``restore_latest`` (as `rnn_jax.train.load_trained` does): nothing is created, and a save
+        under way in the directory (a run still training) is left alone, where a writer first deletes the
+        unfinished saves it finds.
     """
 
-    def __init__(self, directory: str, config: Any, *, every: int, keep: int, resume: bool):
+    def __init__(self, directory: str, config: Any, *, every: int, keep: int, resume: bool, read_only: bool = False):
         if not isinstance(every, int) or every < 0:
             raise ValueError(f"checkpoint_every: expected a non-negative integer, got {every!r}")
         if not isinstance(keep, int) or keep < 1:
             raise ValueError(f"keep_checkpoints: expected a positive integer, got {keep!r}")
         self.directory, self.every = directory, every
         self._config = dataclasses.asdict(config)
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True, enable_async_checkpointing=False
-        )
+        writes = {"max_to_keep": keep, "create": True, "cleanup_tmp_directories": True}
+        reads = {"create": False, "cleanup_tmp_directories": False}  # orbax's read_only warns at every open
+        options = ocp.CheckpointManagerOptions(**(reads if read_only else writes), enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
         latest = self._manager.latest_step()
         if not resume and latest is not None:
@@ -228,10 +231,18 @@ class Checkpoints:
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # orbax and tensorstore raise many types for damaged files
+            # the first line, without the TensorStore spec (dozens of lines) that orbax appends to it
+            detail = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0][:300]
             raise CheckpointError(
-                f"{where}: cannot read the checkpoint ({type(error).__name__}: {str(error)[:300]}); it is damaged "
+                f"{where}: cannot read the checkpoint ({type(error).__name__}: {detail}); it is damaged "
                 "or incomplete. Delete this step's directory to resume from the one before."
             ) from error
 
     def close(self) -> None:
+        """Closes the manager after the deletion of unfinished saves it started in the background has ended: orbax
+        0.11's ``close`` does not wait for it (its ``save`` does), so a run refused before its first save (a damaged
+        checkpoint on ``--resume``) printed that thread's traceback at interpreter exit."""
+        cleanup = getattr(self._manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
         self._manager.close()

@@ -268,6 +268,8 @@ def _train(args: argparse.Namespace) -> int:
         f"{config.optim.optimizer} lr={config.optim.learning_rate}, clip={config.optim.clip}, "
         f"{config.run.steps} steps, seed {config.run.seed}, backend {jax.default_backend()}"
     )
+    if config.run.resume:
+        _quiet_abandoned_reads()
     try:
         summary = train_and_evaluate(config, out)
     except TrainingDiverged as error:
@@ -300,6 +302,27 @@ def _train(args: argparse.Namespace) -> int:
     files = ["metrics.jsonl", "summary.json", "loss_curve.png", *summary.get("figures", [])]
     print("wrote " + ", ".join(os.path.join(out, name) for name in files))
     return 0
+
+
+def _quiet_abandoned_reads() -> None:
+    """Installed before a checkpoint is read (``--resume``, ``sample``). When one cannot be read (the error says so,
+    in one line), the reads orbax had started beside the failed one are abandoned: each reports its own failure
+    with a traceback when Python collects it, and TensorStore's reads still in flight report "Event loop is closed"
+    when they finish after orbax closed its event loop. They say nothing the error did not, so those are dropped;
+    any other unraisable exception is reported as before."""
+    report = sys.unraisablehook
+    if getattr(report, "quiets_abandoned_reads", False):
+        return
+
+    def hook(unraisable) -> None:
+        code = getattr(unraisable.object, "cr_code", None)  # an orbax coroutine that was never awaited to its end
+        abandoned = code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename
+        late = unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"
+        if not (abandoned or late):
+            report(unraisable)
+
+    hook.quiets_abandoned_reads = True
+    sys.unraisablehook = hook
 
 
 def _remove_if_empty(path: str) -> None:
@@ -364,6 +387,7 @@ def _sample(args: argparse.Namespace) -> int:
     stored = stored_summary(args.checkpoint) if os.path.isdir(args.checkpoint) else {}
     if stored.get("config", {}).get("model", {}).get("dtype") == "float64":
         jax.config.update("jax_enable_x64", True)  # as `rnn-jax train --dtype float64` ran it
+    _quiet_abandoned_reads()
     try:
         config, params = load_trained(args.checkpoint)
     except (FileNotFoundError, CheckpointError) as error:

@@ -756,16 +756,18 @@ def load_trained(workdir: str) -> tuple[Config, Any]:
         else cells.get(config.model.model).initial_state(params, config.task.batch_size)
     )
     template = checkpoint.Position(state, carried, jax.random.key_data(k_train))
-    run = config.run
-    checkpoints = checkpoint.Checkpoints(
-        checkpoint.directory_of(workdir), config, every=run.checkpoint_every, keep=run.keep_checkpoints, resume=True
-    )
-    try:
-        position = checkpoints.restore_latest(template)
-    finally:
-        checkpoints.close()
+    run, directory = config.run, checkpoint.directory_of(workdir)
+    position = None
+    if os.path.isdir(directory):
+        checkpoints = checkpoint.Checkpoints(
+            directory, config, every=run.checkpoint_every, keep=run.keep_checkpoints, resume=True, read_only=True
+        )
+        try:
+            position = checkpoints.restore_latest(template)
+        finally:
+            checkpoints.close()
     if position is None:
-        raise checkpoint.CheckpointError(f"{checkpoint.directory_of(workdir)}: no checkpoint to load")
+        raise checkpoint.CheckpointError(f"{directory}: no checkpoint to load")
     return config, position.state.params
 
 

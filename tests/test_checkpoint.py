@@ -314,11 +314,31 @@ def test_a_damaged_checkpoint_is_reported_not_loaded(tmp_path, damage):
         (step_dir / "meta" / "metadata").unlink()
     result = _run_cli(*_cli(tmp_path, "--resume", steps=12, checkpoint_every=4, log_every=3, eval_every=6))
     assert result.returncode == 2, result.stderr
-    # (tensorstore's readers still in flight may print "Event loop is closed" tracebacks beside it, from their own
-    # threads: once in a CI-like run the error line did not start a line of stderr, so it is searched for anywhere)
-    [message] = re.findall(r"rnn-jax train: error: .*", result.stderr) or [result.stderr]
+    # one line: no TensorStore spec in it, no traceback after it (orbax's abandoned reads printed theirs at exit)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    message = lines[0]
     assert message.startswith(f"rnn-jax train: error: {step_dir}: "), result.stderr
     assert "cannot read the checkpoint" in message or "do not match the digest" in message
+
+
+def test_sampling_a_run_without_checkpoints_is_one_line_and_a_read_leaves_a_save_under_way_alone(tmp_path):
+    """`load_trained` (what `rnn-jax sample` reads with) opens the checkpoints without writing: it neither makes the
+    directory nor deletes an unfinished save (a run still training beside it would lose that save), and a run
+    without a checkpoint is one line of error, not the traceback of orbax's cleanup thread at interpreter exit."""
+    train.train_and_evaluate(_config(), str(tmp_path))
+    under_way = tmp_path / "checkpoints" / "16.orbax-checkpoint-tmp-1234"
+    under_way.mkdir()
+    train.load_trained(str(tmp_path))
+    assert under_way.is_dir()
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint to load"):
+        train.load_trained(str(tmp_path))
+    assert not (tmp_path / "checkpoints").exists()
+    result = _run_cli("sample", "--checkpoint", str(tmp_path), "--length", "5")
+    assert result.returncode == 2
+    expected = f"rnn-jax sample: error: {tmp_path / 'checkpoints'}: no checkpoint to load"
+    assert result.stderr.strip().splitlines() == [expected], result.stderr
 
 
 def _cli(workdir, *extra: str, steps=400, checkpoint_every=20, log_every=20, eval_every=200) -> list[str]:
