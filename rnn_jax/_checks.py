@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -23,6 +24,38 @@ def seed(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or not 0 <= value < 2**63:
         raise ValueError(f"{name}: expected an integer in [0, 2**63), got {value!r}")
     return int(value)
+
+
+def boolean(name: str, value: object) -> bool:
+    """``value`` as a bool, or a TypeError unless it is a Python or NumPy bool (a string such as "no" was truthy)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name}: expected True or False, got {value!r}")
+    return bool(value)
+
+
+@functools.cache
+def _raw_key_shape(impl: str) -> tuple[int, ...]:
+    """The shape of `jax.random.PRNGKey`'s raw uint32 key data under the default PRNG implementation ``impl``
+    ((2,) for threefry2x32); ``impl`` is the cache's key."""
+    return jax.eval_shape(lambda: jax.random.PRNGKey(0)).shape
+
+
+def prng_key(name: str, value: object) -> None:
+    """Raises TypeError unless ``value`` is one PRNG key: a typed key of shape () (`jax.random.key`) or the raw
+    uint32 key data of the default implementation ([2], `jax.random.PRNGKey`). Reads only the type, shape and
+    dtype, so a traced key is checked too (JAX's own error named neither the argument nor what it expected)."""
+    shape, dtype = getattr(value, "shape", None), getattr(value, "dtype", None)
+    if shape is None or dtype is None:
+        got = f"{type(value).__name__} {value!r}"
+    else:
+        if jnp.issubdtype(dtype, jax.dtypes.prng_key):
+            one = tuple(shape) == ()
+        else:
+            one = dtype == np.uint32 and tuple(shape) == _raw_key_shape(jax.config.jax_default_prng_impl)
+        if one:
+            return
+        got = f"{dtype} array of shape {tuple(shape)}"
+    raise TypeError(f"{name}: expected a JAX PRNG key (jax.random.key(seed) or jax.random.PRNGKey(seed)), got {got}")
 
 
 def real(name: str, value: object, expected: str, holds: Callable[[float], bool] = lambda v: True) -> float:

@@ -842,9 +842,21 @@ def window_masks(index: jax.Array | int, k1: int, k2: int, batch: int) -> tuple[
 
 
 def windows(inputs: jax.Array, targets: jax.Array, k1: int, k2: int) -> Windows:
-    """All TBPTT(k1, k2) windows of a stream (inputs [N, B, D], targets [N, B, ...]); N must be a multiple of k1."""
+    """All TBPTT(k1, k2) windows of a stream (inputs [N, B, D], targets [N, B, ...]); N must be a multiple of k1.
+
+    Raises:
+      ValueError naming the argument: for k1, k2 as `check_truncation`, N not a multiple of k1, inputs not of rank
+      3, or targets not of the inputs' N and B (shorter ones were padded and sliced as if they fitted).
+    """
     k1, k2 = check_truncation(k1, k2)
+    _checks.rank("inputs", inputs, 3, "N, B, D")
     num_steps, batch = inputs.shape[:2]
+    if jnp.ndim(targets) < 2:
+        raise ValueError(
+            f"targets: expected rank >= 2 [N, B, ...], got rank {jnp.ndim(targets)} with shape {jnp.shape(targets)}"
+        )
+    _checks.dim("targets", targets, 0, num_steps, "the stream length N")
+    _checks.dim("targets", targets, 1, batch, "the batch size B")
     if num_steps % k1:
         raise ValueError(f"k1: the stream length N = {num_steps} must be a multiple of k1 = {k1}")
     index = jnp.arange(num_steps // k1)

@@ -40,6 +40,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal, NamedTuple
@@ -49,7 +50,16 @@ import jax.numpy as jnp
 
 from rnn_jax import _checks, cells, initializers
 from rnn_jax.cells import _common
-from rnn_jax.unroll import Remat, _resolve_mask, check_params, check_scan_options, resolve_projections, scan_in_dtype
+from rnn_jax.unroll import (
+    Remat,
+    _resolve_mask,
+    check_feedback,
+    check_params,
+    check_scan_options,
+    feed_back,
+    resolve_projections,
+    scan_in_dtype,
+)
 
 
 class Layer(NamedTuple):
@@ -126,6 +136,7 @@ def init(
     Returns:
       DeepParams with layers[0] w_x [D, G*H], layers[l > 0] w_x [dirs*H, G*H], w_y [dirs*H, O], b_y [O].
     """
+    _checks.prng_key("key", key)
     cell = cells.resolve(cell)
     layers = _checks.positive_int("layers", layers)
     d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
@@ -161,6 +172,55 @@ def check_residual(residual: bool, layers: int) -> None:
             f"residual: adds each stacked layer's input to its output, from the second layer on; needs layers >= 2, "
             f"got layers={layers}"
         )
+
+
+def check_layers(params: DeepParams, residual: bool) -> None:
+    """Raises ValueError unless the layers chain: every direction of a layer takes (w_x's rows) the previous
+    layer's output width, the sum of its directions' H ([f, g] concatenated), and both directions of the first
+    layer take the same D; with ``residual``, each layer after the first gives out the width it takes; w_y is
+    [top width, O] and b_y [O]. Shapes only (a mismatch failed inside a product of the next layer's scan, or, for
+    b_y [1, O], broadcast into 4-D outputs silently)."""
+    width, source = jnp.shape(params.layers[0].forward.w_x)[0], "the input width D"
+    for index, layer in enumerate(params.layers):
+        directions = [(name, p) for name, p in zip(layer._fields, layer, strict=True) if p is not None]
+        for name, p in directions:
+            if jnp.shape(p.w_x)[0] != width:
+                raise ValueError(
+                    f"params.layers[{index}].{name}.w_x: expected {width} rows ({source}), got shape {jnp.shape(p.w_x)}"
+                )
+        sizes = [jnp.shape(p.w_s)[0] for _, p in directions]
+        if residual and index > 0 and sum(sizes) != width:
+            raise ValueError(
+                f"residual: adds the input of params.layers[{index}] (width {width}) to its output (width "
+                f"{sum(sizes)}); they must be equal"
+            )
+        if len(sizes) == 1:
+            parts = f"H = {sizes[0]}"
+        elif sizes[0] == sizes[1]:
+            parts = f"2 directions x H = {sizes[0]}"
+        else:
+            parts = f"forward H = {sizes[0]} + backward H = {sizes[1]}"
+        width, source = sum(sizes), f"the output width of params.layers[{index}]: {parts}"
+    _checks.rank("params.w_y", params.w_y, 2, "dirs*H, O")
+    if jnp.shape(params.w_y)[0] != width:
+        raise ValueError(f"params.w_y: expected {width} rows ({source}), got shape {jnp.shape(params.w_y)}")
+    _checks.rank("params.b_y", params.b_y, 1, "O")
+    if jnp.shape(params.b_y) != jnp.shape(params.w_y)[1:]:
+        raise ValueError(f"params.b_y: expected shape [O] = {jnp.shape(params.w_y)[1:]}, got {jnp.shape(params.b_y)}")
+
+
+def check_network(params: DeepParams, cell: ModuleType, residual: bool) -> None:
+    """Refuses, naming the argument, parameters that are not a `DeepParams` of ``cell`` whose layers chain
+    (`check_layers`), and ``residual`` without a second layer: what `apply` and `generate` run."""
+    if not isinstance(params, DeepParams):
+        raise TypeError(f"params: expected the DeepParams of rnn_jax.deep.init, got {type(params).__name__} (a single "
+                        "layer's parameters run through rnn_jax.unroll and rnn_jax.generate)")  # fmt: skip
+    for layer in params.layers:  # drawn for another cell, they would fail inside the scan
+        for direction in layer:
+            if direction is not None:
+                check_params(direction, cell, readout=False)
+    check_residual(residual, len(params.layers))
+    check_layers(params, residual)
 
 
 def check_rate(name: str, rate: float) -> float:
@@ -270,17 +330,12 @@ def apply(
       `DeepOutputs` (outputs [T, B, O], top [T, B, dirs*H], final_states per layer and direction [B, H]).
 
     Raises:
-      ValueError / TypeError naming the argument, on a wrong rank, width, length or rate.
+      ValueError / TypeError naming the argument, on a wrong rank, width, length or rate, layers that do not chain
+      (`check_layers`), or a ``time_major`` that is not a bool.
     """
     cell = cells.resolve(cell)
-    if not isinstance(params, DeepParams):
-        raise TypeError(f"params: expected the DeepParams of rnn_jax.deep.init, got {type(params).__name__} (a single "
-                        "layer's parameters run through rnn_jax.unroll)")  # fmt: skip
-    for layer in params.layers:  # drawn for another cell, they would fail inside the scan
-        for direction in layer:
-            if direction is not None:
-                check_params(direction, cell)
-    check_residual(residual, len(params.layers))
+    check_network(params, cell, residual)
+    time_major = _checks.boolean("time_major", time_major)
     _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
     _checks.floating("xs", xs)
     if compute_dtype is None:
@@ -302,11 +357,7 @@ def apply(
     if lengths is not None:
         lengths = jnp.asarray(lengths)
 
-    def start(index: int, direction: str, layer_params: Any) -> Any:
-        if params.initial is None:
-            return cell.initial_state(layer_params, batch)
-        carry = getattr(params.initial[index], direction)
-        return jax.tree.map(lambda s: jnp.broadcast_to(s[None, :], (batch, s.shape[0])), carry)
+    starts = initial_states(params, cell, batch)
 
     inputs, finals = xs, []
     for index, layer in enumerate(params.layers):
@@ -320,14 +371,14 @@ def apply(
             return dropout_mask(k, recurrent_dropout, (batch, hidden_size), dtype)
 
         h_f, final_f = _run_direction(
-            cell, layer.forward, a, mask, start(index, "forward", layer.forward), recurrent_mask(keys[1]),
+            cell, layer.forward, a, mask, starts[index].forward, recurrent_mask(keys[1]),
             activation, unroll, remat, compute_dtype, hoisted,
         )  # fmt: skip
         final_b = None
         if layer.backward is not None:
             h_b, final_b = _run_direction(
                 cell, layer.backward, reverse_within_lengths(a, lengths), mask,
-                start(index, "backward", layer.backward), recurrent_mask(keys[2]), activation, unroll, remat,
+                starts[index].backward, recurrent_mask(keys[2]), activation, unroll, remat,
                 compute_dtype, hoisted,
             )  # fmt: skip
             h = jnp.concatenate([h_f, reverse_within_lengths(h_b, lengths)], axis=-1)
@@ -343,3 +394,105 @@ def apply(
     if not time_major:
         outputs, top = jnp.swapaxes(outputs, 0, 1), jnp.swapaxes(top, 0, 1)
     return DeepOutputs(outputs, top, tuple(finals))
+
+
+def initial_states(params: DeepParams, cell: str | ModuleType, batch: int) -> tuple:
+    """Each layer's and direction's s_0 for ``batch`` sequences: the learned one (``params.initial``) broadcast over
+    the batch, or the cell's zeros. A tuple of `Layer`s of carries, each leaf [B, H]."""
+    cell = cells.resolve(cell)
+
+    def start(index: int, direction: str, layer_params: Any) -> Any:
+        if layer_params is None:
+            return None
+        if params.initial is None:
+            return cell.initial_state(layer_params, batch)
+        carry = getattr(params.initial[index], direction)
+        return jax.tree.map(lambda s: jnp.broadcast_to(s[None, :], (batch, s.shape[0])), carry)
+
+    return tuple(
+        Layer(start(index, "forward", layer.forward), start(index, "backward", layer.backward))
+        for index, layer in enumerate(params.layers)
+    )
+
+
+def step(
+    params: DeepParams,
+    carries: tuple,
+    x: jax.Array,
+    *,
+    cell: str | ModuleType,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    residual: bool = False,
+) -> tuple[tuple, jax.Array, jax.Array]:
+    """One time step of a unidirectional stack, as `apply` computes it without dropout (evaluation):
+
+        f^l_t = F(f^l_{t-1}, a^l_t),   a^1_t = x_t,   a^{l+1}_t = o^l_t = f^l_t (+ a^l_t for l >= 2 with residual)
+        y_t   = o^L_t W_y + b_y
+
+    Args:
+      params: from `init`, without a backward direction.
+      carries: f^l_{t-1} for l = 1 .. L, a tuple of the cell's carries (each leaf [B, H]).
+      x: x_t, [B, D].
+      cell, activation, residual: as in `apply`.
+
+    Returns:
+      (the carries after the step, y_t [B, O], o^L_t [B, H]).
+    """
+    cell = cells.resolve(cell)
+    a, new = x, []
+    for index, (layer, carry) in enumerate(zip(params.layers, carries, strict=True)):
+        carry = cell.transition(layer.forward, carry, a, activation=activation)
+        h = cell.hidden(carry)
+        a = h + a if residual and index > 0 else h
+        new.append(carry)
+    return tuple(new), a @ params.w_y + params.b_y[None, :], a
+
+
+def generate(
+    params: DeepParams,
+    key: jax.Array,
+    first_input: jax.Array,
+    num_steps: int,
+    *,
+    cell: str | ModuleType,
+    activation: str | Callable[[jax.Array], jax.Array] = "tanh",
+    residual: bool = False,
+    carries: tuple | None = None,
+    feedback: Literal["sample", "argmax", "output"] = "sample",
+    temperature: float = 1.0,
+):
+    """One-to-many for a deep network: `rnn_jax.unroll.generate`'s loop (each output fed back as the next input)
+    around `step`, the stack without dropout. A character-level language model of several layers samples text so.
+
+    Args:
+      params: from `init`, unidirectional (a backward direction would need the inputs still to be generated).
+      key, first_input [B, D], num_steps, feedback, temperature: as in `rnn_jax.unroll.generate`.
+      cell, activation, residual: as in `apply`.
+      carries: the forward carries before the first step, one per layer (for example the forward parts of
+        `apply(...).final_states` after a prime); None: s_0 of `initial_states` (learned or zeros).
+
+    Returns:
+      `rnn_jax.unroll.Generated` (inputs [N, B, D], outputs [N, B, O], states [N, B, H]: o^L_t, the top's output).
+    """
+    cell = cells.resolve(cell)
+    check_network(params, cell, residual)
+    if params.bidirectional:
+        raise ValueError(
+            "params: a bidirectional network cannot generate: its backward direction reads inputs not yet generated"
+        )
+    _checks.rank("first_input", first_input, 2, "B, D")
+    _checks.floating("first_input", first_input)
+    _checks.not_float64("first_input", first_input, params.w_y.dtype)
+    num_steps = _checks.positive_int("num_steps", num_steps)
+    d = params.layers[0].forward.w_x.shape[0]
+    _checks.dim("first_input", first_input, 1, d, "the input width D")
+    check_feedback(params.w_y.shape[1], d, feedback, temperature)
+    batch = first_input.shape[0]
+    if carries is None:
+        carries = tuple(layer.forward for layer in initial_states(params, cell, batch))
+    elif len(carries) != len(params.layers):
+        raise ValueError(f"carries: expected one carry per layer ({len(params.layers)}), got {len(carries)}")
+    return feed_back(
+        functools.partial(step, params, cell=cell, activation=activation, residual=residual),
+        carries, first_input, num_steps, key, feedback=feedback, temperature=temperature,
+    )  # fmt: skip

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rnn_jax import cells, plotting, tasks
+from rnn_jax import cells, deep, plotting, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.tasks import Shakespeare, Sunspots, Task
 from rnn_jax.train import DTYPES, forward
@@ -37,24 +37,28 @@ def generate_text(
     Raises:
       ValueError: for an empty prime, a character outside the vocabulary, or a non-positive length.
     """
-    if config.is_deep:
-        raise ValueError(
-            "model: text generation runs the single-layer network; this model uses the deep options "
-            f"(layers={config.layers}, bidirectional={config.bidirectional}, ...), which sampling does not support"
-        )
     if not prime:
         raise ValueError("prime: expected at least one character, got ''")
     tokens = task.encode(prime)
     dtype = DTYPES[config.dtype]
     cell = cells.get(config.model)
     primed = task.featurize(jnp.asarray(tokens)[:, None], dtype)  # [P, 1, V]
-    state = (
-        unroll(params, primed[:-1], activation=config.activation, cell=cell).final_state if len(tokens) > 1 else None
-    )
-    generated = generate(
-        params, key, primed[-1], length + 1, activation=config.activation, initial_state=state,
-        feedback="sample", temperature=temperature, cell=cell,
-    )  # fmt: skip
+    sampling = {"feedback": "sample", "temperature": temperature}
+    if config.is_deep:  # the stack read the prime, then deep.generate (no dropout: evaluation)
+        model = {"cell": cell, "activation": config.activation, "residual": config.residual}
+        finals = deep.apply(params, primed[:-1], **model).final_states if len(tokens) > 1 else None
+        carries = None if finals is None else tuple(layer.forward for layer in finals)
+        generated = deep.generate(params, key, primed[-1], length + 1, carries=carries, **model, **sampling)
+    else:
+        state = (
+            unroll(params, primed[:-1], activation=config.activation, cell=cell).final_state
+            if len(tokens) > 1
+            else None
+        )
+        generated = generate(
+            params, key, primed[-1], length + 1, activation=config.activation, initial_state=state, cell=cell,
+            **sampling,
+        )  # fmt: skip
     return task.decode(jnp.argmax(generated.inputs[1:, 0], axis=-1))
 
 
@@ -83,7 +87,7 @@ def write(config: ModelConfig, task: Task, params: Any, workdir: str, seed: int 
             title=f"{config.model} on {task.name} (test)",
         )  # fmt: skip
         written["figures"] = ["confusion_matrix.png"]
-    elif isinstance(task, Shakespeare) and not config.is_deep:  # sampling runs the single-layer network only
+    elif isinstance(task, Shakespeare):
         sample = generate_text(config, task, params, jax.random.key(seed), prime="ROMEO:\n", length=400)
         with open(os.path.join(workdir, "sample.txt"), "w") as f:
             f.write("ROMEO:\n" + sample)

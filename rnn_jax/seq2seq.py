@@ -119,6 +119,7 @@ def init(
     Returns:
       `Seq2SeqParams`.
     """
+    _checks.prng_key("key", key)
     cell = cells.get(model)
     source_vocab = _checks.positive_int("source_vocab", source_vocab)
     target_vocab = _checks.positive_int("target_vocab", target_vocab)

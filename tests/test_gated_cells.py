@@ -14,7 +14,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import rnn_jax as rj
-from rnn_jax import cells, cli, train
+from rnn_jax import cells, cli, deep, train
 from rnn_jax.cells import gru, lstm
 from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
 from tests.oracle import gru_loop, lstm_loop
@@ -267,6 +267,24 @@ def test_dtypes(key, x64, name):
 def test_bad_arguments_get_clear_errors(key, name, args, kwargs, message):
     with pytest.raises((ValueError, TypeError), match=message):
         GATED[name].init(key, *args, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("forget_bias", "message"),
+    [
+        (float("nan"), r"forget_bias: expected a finite number, got nan"),
+        (float("inf"), r"forget_bias: expected a finite number, got inf"),
+        (-np.inf, r"forget_bias: expected a finite number, got -inf"),
+        ("1", r"forget_bias: expected a finite number, got '1'"),
+    ],
+    ids=["nan", "inf", "-inf", "str"],
+)
+def test_non_finite_forget_bias_is_refused_by_name(key, forget_bias, message):
+    """A NaN or infinite forget bias made NaN (or saturated) parameters silently."""
+    with pytest.raises(ValueError, match=message):
+        lstm.init(key, D, H, O, forget_bias=forget_bias)
+    with pytest.raises(ValueError, match=message):  # through a deep network's cell options
+        deep.init(key, "lstm", D, H, O, forget_bias=forget_bias)
 
 
 def test_registry_config_and_command_line_know_the_gated_cells():

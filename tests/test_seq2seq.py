@@ -339,6 +339,18 @@ def test_sequence_metrics_refuse_target_lengths_outside_1_to_t(lengths, error, m
         seq2seq.sequence_metrics(target, target, jnp.array(lengths))
 
 
+@pytest.mark.parametrize("bad_key", [0, jnp.zeros((3,), jnp.uint32)])
+def test_init_refuses_what_is_not_one_prng_key(bad_key):
+    with pytest.raises(TypeError, match=r"key: expected a JAX PRNG key \(jax.random.key\(seed\) or "):
+        seq2seq.init(bad_key, "gru", 11, 12, 8)
+
+
+def test_init_takes_a_legacy_key():
+    chex.assert_trees_all_equal(
+        seq2seq.init(jax.random.PRNGKey(0), "lstm", 11, 12, 8), seq2seq.init(jax.random.key(0), "lstm", 11, 12, 8)
+    )
+
+
 # ------------------------------------------------------------------ training through train_and_evaluate
 
 

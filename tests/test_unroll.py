@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import re
 
 import chex
 import jax
@@ -255,6 +256,54 @@ def test_bad_input_gets_a_clear_error(key, kwargs, message):
     kwargs = {"xs": xs, **kwargs}
     with pytest.raises((ValueError, TypeError), match=message):
         rj.unroll(params, **kwargs)
+
+
+@pytest.mark.parametrize("time_major", ["no", "False", 1, 0, None, jnp.bool_(True)])
+def test_time_major_must_be_a_bool(key, time_major):
+    """A truthy string ("no") was taken as True: batch-first inputs were read as time-major, silently."""
+    params, xs = _setup(key)
+    with pytest.raises(TypeError, match=rf"time_major: expected True or False, got {re.escape(repr(time_major))}"):
+        rj.unroll(params, xs, time_major=time_major)
+
+
+def test_time_major_takes_a_numpy_bool(key):
+    params, xs = _setup(key)
+    batch_first = rj.unroll(params, jnp.swapaxes(xs, 0, 1), time_major=np.bool_(False))
+    chex.assert_trees_all_equal(batch_first.outputs, jnp.swapaxes(rj.unroll(params, xs).outputs, 0, 1))
+
+
+_SHAPES = {  # field: (its shape letters, the shape at (D, H, O) = (4, 5, 2))
+    "elman": {"w_x": ("D, H", (4, 5)), "w_s": ("H, H", (5, 5)), "b_s": ("H", (5,))},
+    "lstm": {"w_x": ("D, 4H", (4, 20)), "w_s": ("H, 4H", (5, 20)), "b_s": ("4H", (20,))},
+    "gru": {"w_x": ("D, 3H", (4, 15)), "w_s": ("H, 3H", (5, 15)), "b_x": ("3H", (15,)), "b_s": ("3H", (15,))},
+}
+_READOUT = {"w_y": ("H, O", (5, 2)), "b_y": ("O", (2,))}
+
+
+@pytest.mark.parametrize(
+    ("cell", "field"), [(c, f) for c in ("elman", "lstm", "gru") for f in {**_SHAPES[c], **_READOUT}]
+)
+def test_params_of_the_wrong_rank_or_shape_are_refused_by_field(key, cell, field):
+    """b_y of shape [1, O] made 4-D outputs silently (broadcast); the others failed inside the scan's products.
+    D, H and O are read from w_x's rows, w_s's rows and w_y's columns (the ``sizes`` property)."""
+    module = cells.get(cell)
+    letters, shape = {**_SHAPES[cell], **_READOUT}[field]
+    params = module.init(key, D, H, O)
+    a = getattr(params, field)
+    with pytest.raises(
+        ValueError,
+        match=rf"params.{field}: expected rank {len(shape)} \[{letters}\], got rank {len(shape) + 1} with shape "
+        + re.escape(str((1, *shape))),
+    ):
+        rj.unroll(params._replace(**{field: a[None]}), jnp.zeros((T, B, D)), cell=module)
+    axis = 0 if field == "w_y" else -1  # one entry too many on an axis that no size (D, H, O) is read from
+    wider = jnp.concatenate([a, jnp.take(a, jnp.asarray([0]), axis=axis)], axis=axis)
+    with pytest.raises(
+        ValueError,
+        match=rf"params.{field}: expected shape \[{letters}\] = {re.escape(str(shape))}, got "
+        + re.escape(str(wider.shape)),
+    ):
+        rj.unroll(params._replace(**{field: wider}), jnp.zeros((T, B, D)), cell=module)
 
 
 @pytest.mark.parametrize(

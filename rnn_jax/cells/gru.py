@@ -27,7 +27,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import activations, initializers
+from rnn_jax import _checks, activations, initializers
 from rnn_jax.cells import _common
 
 GATES = ("r", "z", "n")  # the order of the blocks in w_x, w_s, b_x and b_s (PyTorch's)
@@ -82,10 +82,11 @@ def init(
       GRUParams with w_x [D, 3H], w_s [H, 3H], b_x [3H], b_s [3H], w_y [H, O], b_y [O].
 
     Raises:
-      ValueError / TypeError naming the argument: a size that is not a positive integer, a non-floating dtype, an
-        unknown initialiser, a non-finite or non-positive ``recurrent_scale``, a negative or non-finite
-        ``spectral_radius``.
+      ValueError / TypeError naming the argument: a ``key`` that is not one PRNG key, a size that is not a positive
+        integer, a non-floating dtype, an unknown initialiser, a non-finite or non-positive ``recurrent_scale``, a
+        negative or non-finite ``spectral_radius``.
     """
+    _checks.prng_key("key", key)
     d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
     _common.check_recurrent_init(recurrent_init, recurrent_scale, spectral_radius)
     k_x, k_s, k_y = jax.random.split(key, 3)

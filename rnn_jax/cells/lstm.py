@@ -19,13 +19,14 @@ References:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import activations, initializers
+from rnn_jax import _checks, activations, initializers
 from rnn_jax.cells import _common
 
 GATES = ("i", "f", "g", "o")  # the order of the blocks in w_x, w_s and b_s (PyTorch's)
@@ -83,18 +84,20 @@ def init(
       recurrent_scale: multiplies W_s after drawing it (finite, > 0).
       spectral_radius: if given (finite, >= 0), each [H, H] gate block of W_s is rescaled to this spectral radius.
       dtype: float32 (default), float64 (needs ``jax_enable_x64``) or bfloat16.
-      forget_bias: the initial bias of the forget gate (the f block of b_s).
+      forget_bias: the initial bias of the forget gate (the f block of b_s), finite.
 
     Returns:
       LSTMParams with w_x [D, 4H], w_s [H, 4H], b_s [4H], w_y [H, O], b_y [O].
 
     Raises:
-      ValueError / TypeError naming the argument: a size that is not a positive integer, a non-floating dtype, an
-        unknown initialiser, a non-finite or non-positive ``recurrent_scale``, a negative or non-finite
-        ``spectral_radius``.
+      ValueError / TypeError naming the argument: a ``key`` that is not one PRNG key, a size that is not a positive
+        integer, a non-floating dtype, an unknown initialiser, a non-finite or non-positive ``recurrent_scale``, a
+        negative or non-finite ``spectral_radius``, a non-finite ``forget_bias``.
     """
+    _checks.prng_key("key", key)
     d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
     _common.check_recurrent_init(recurrent_init, recurrent_scale, spectral_radius)
+    forget_bias = _checks.real("forget_bias", forget_bias, "a finite number", math.isfinite)
     k_x, k_s, k_y = jax.random.split(key, 3)
     b_s = jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(jnp.asarray(forget_bias, dtype))
     return LSTMParams(
