@@ -335,6 +335,8 @@ def apply(
     """
     cell = cells.resolve(cell)
     check_network(params, cell, residual)
+    if key is not None:
+        _checks.prng_key("key", key)
     time_major = _checks.boolean("time_major", time_major)
     _checks.rank("xs", xs, 3, "T, B, D" if time_major else "B, T, D")
     _checks.floating("xs", xs)
@@ -476,6 +478,7 @@ def generate(
     """
     cell = cells.resolve(cell)
     check_network(params, cell, residual)
+    _checks.prng_key("key", key)
     if params.bidirectional:
         raise ValueError(
             "params: a bidirectional network cannot generate: its backward direction reads inputs not yet generated"

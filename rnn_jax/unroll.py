@@ -778,6 +778,7 @@ def generate(
     """
     cell = cells.resolve(cell)
     check_params(params, cell)
+    _checks.prng_key("key", key)
     _checks.rank("first_input", first_input, 2, "B, D")
     _checks.floating("first_input", first_input)
     _checks.not_float64("first_input", first_input, params.w_s.dtype)

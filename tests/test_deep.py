@@ -575,6 +575,7 @@ def test_generated_outputs_fed_back_equal_the_per_sequence_python_loop(key, name
 
 
 def test_generation_refuses_what_cannot_generate(key):
+    """Each by name; an int key failed inside the sampling loop with JAX's "invalid PRNG key data"."""
     first = jnp.zeros((2, 3))
     with pytest.raises(ValueError, match="a bidirectional network cannot generate"):
         deep.generate(deep.init(key, "gru", 3, 4, 3, bidirectional=True), key, first, 4, cell="gru")
@@ -587,6 +588,12 @@ def test_generation_refuses_what_cannot_generate(key):
         deep.generate(cells.get("gru").init(key, 3, 4, 3), key, first, 4, cell="gru")
     with pytest.raises(ValueError, match="temperature: expected a value > 0, got 0"):
         deep.generate(params, key, first, 4, cell="gru", temperature=0)
+    with pytest.raises(TypeError, match="key: expected a JAX PRNG key .*, got int 0"):
+        deep.generate(params, 0, first, 4, cell="gru")
+    with pytest.raises(TypeError, match="key: expected a JAX PRNG key .*, got int 7"):
+        deep.apply(params, first[None], cell="gru", key=7, dropout=0.5)
+    with pytest.raises(TypeError, match="key: expected a JAX PRNG key .*, got int 0"):
+        rj.generate(cells.get("gru").init(key, 3, 4, 3), 0, first, 4, cell="gru")
 
 
 def test_default_model_config_keeps_the_single_layer_path():
