@@ -7,23 +7,51 @@ import json
 import math
 import os
 import pathlib
+import time
 from typing import Any
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
-def parse_args(name: str, doc: str | None, flags: dict[str, str] | None = None) -> argparse.Namespace:
-    """``--quick``, ``--out DIR`` (default ``experiments/results/NAME``) and the study's own on/off ``flags``
-    ({"--flag": help})."""
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=(doc or "").split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="a smaller run (under 2 minutes on 2 CPU cores)")
-    parser.add_argument("--out", default=str(RESULTS / name), metavar="DIR", help="where the results go")
+def parse_args(
+    name: str,
+    doc: str | None,
+    flags: dict[str, str] | None = None,
+    argv: list[str] | None = None,
+    quick: str = "a smaller run of the same study (fewer sizes, seeds or steps; its results say quick)",
+) -> argparse.Namespace:
+    """Every study's command line: ``--quick``, ``--out DIR`` (default ``experiments/results/NAME`` in the
+    repository, wherever the command runs) and the study's own on/off ``flags`` ({"--flag": help}). ``--out`` is
+    made, and tried with a file, before any work: a place that cannot be written is refused in one line (exit 2)
+    instead of failing when the results are written."""
+    from rnn_jax import cli
+
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{name}",
+        description=(doc or "").split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help=quick)
+    where = "the directory that results.json, summary.md and the figures go to"
+    parser.add_argument("--out", default=str(RESULTS / name), metavar="DIR", help=where)
     for flag, help_text in (flags or {}).items():
         parser.add_argument(flag, action="store_true", help=help_text)
-    return parser.parse_args()
+    args = parser.parse_args(argv)
+    try:
+        cli.output_directory("--out", args.out)
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def progress(done: int, total: int, what: str, start: float) -> None:
+    """One line per finished unit of a long study (``[3/32] adding T=25 lstm seed 1: success, 41 s``), so that a
+    run of minutes shows where it is; ``start`` is the study's `time.perf_counter` at its start."""
+    print(f"[{done}/{total}] {what}, {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def prepare(out: str) -> pathlib.Path:
+    """``--out`` as a path (`parse_args` has made it)."""
     path = pathlib.Path(out)
     path.mkdir(parents=True, exist_ok=True)
     return path

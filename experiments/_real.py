@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import platform
+import shutil
 
 import jax
 
+from experiments import _common
 from rnn_jax import report, train
 from rnn_jax.config import Config
 
 
 def main(name: str, question: str, config: Config, quick: Config, argv: list[str] | None, metrics: list[str]) -> dict:
     """Parses ``--quick`` and ``--out``, runs ``config`` (or ``quick``), writes the results; returns results.json."""
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{name}", description=question)
-    parser.add_argument("--quick", action="store_true", help="the short version (under 2 minutes on 2 CPU cores)")
-    parser.add_argument("--out", default=os.path.join("experiments", "results", name), help="output directory")
-    args = parser.parse_args(argv)
+    args = _common.parse_args(name, question, argv=argv, quick=f"the short version: {quick.run.steps} steps")
+    earlier = [f for f in ("metrics.jsonl", "summary.json", "checkpoints") if os.path.exists(os.path.join(args.out, f))]
+    if earlier:  # the study regenerates its results: an earlier run of it is replaced, not refused
+        print(f"{name}: replacing the earlier run in {args.out} ({', '.join(earlier)})")
+        for f in earlier:
+            path = os.path.join(args.out, f)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
     chosen = quick if args.quick else config
     chosen = dataclasses.replace(chosen, run=dataclasses.replace(chosen.run, out=args.out))
-    summary = report.finish(chosen, train.train_and_evaluate(chosen, args.out), args.out)
+    try:
+        summary = report.finish(chosen, train.train_and_evaluate(chosen, args.out), args.out)
+    except train.TrainingInterrupted as error:  # Ctrl-C: one line, not a traceback
+        raise SystemExit(f"\n{name}: {error}; the metrics so far are in {args.out}") from None
     results = {
         "study": name,
         "quick": args.quick,

@@ -102,6 +102,10 @@ def main() -> None:
         for clip, threshold in variants:
             for seed in range(seeds):
                 runs.append(run_one(clip, threshold, seed, steps))
+                run = runs[-1]
+                ending = "diverged" if run["diverged_at_step"] is not None else f"loss {run['final_eval_loss']:.4g}"
+                what = f"{_label(clip, threshold)} seed {seed}: {ending}"
+                _common.progress(len(runs), len(variants) * seeds, what, start)
     table = []
     for clip, threshold in variants:
         mine = [r for r in runs if r["clip"] == clip and r["threshold"] == threshold]

@@ -23,6 +23,7 @@ results.json and summary.md.
 
 from __future__ import annotations
 
+import sys
 import time
 
 import jax
@@ -122,10 +123,12 @@ def parse_kernel_study_args(name: str, doc: str | None):
         name, doc, flags={"--interpret": "without a GPU: run the kernels in Pallas's interpreter"}
     )
     if not fused.compiled() and not args.interpret:
-        raise SystemExit(
+        print(
             f"{name}: the kernels compile on a GPU only (backend here: {jax.default_backend()}); "
-            "add --interpret to run the study in Pallas's interpreter (slow, and not a measurement)"
+            "add --interpret to run the study in Pallas's interpreter (slow, and not a measurement)",
+            file=sys.stderr,
         )
+        raise SystemExit(2)  # a usage error, as argparse's
     device = f"{jax.default_backend()} ({jax.devices()[0].device_kind}), jax {jax.__version__}"
     mode = "interpreted (not a measurement)" if not fused.compiled() else "compiled"
     return args, _common.prepare(args.out), device, mode

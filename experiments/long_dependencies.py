@@ -94,6 +94,9 @@ def main() -> None:
                                 "success": status == "completed" and succeeded(task, final_eval, baseline),
                             }
                         )
+                        outcome = "success" if runs[-1]["success"] else status if status != "completed" else "failure"
+                        total = len(TASKS) * len(lengths) * len(MODELS) * seeds
+                        _common.progress(len(runs), total, f"{task} T={seq_len} {name} seed {seed}: {outcome}", start)
     table = []
     for task in TASKS:
         for name in MODELS:

@@ -82,12 +82,7 @@ def _curve(records: list[dict], metric: str) -> tuple[list[int], list[float]]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"python -m experiments.{NAME}", description=QUESTION)
-    parser.add_argument("--quick", action="store_true", help="the short version (under 1 minute on 2 CPU cores)")
-    parser.add_argument("--out", default=os.path.join("experiments", "results", NAME), help="output directory")
-    args = parser.parse_args(argv)
+    args = _common.parse_args(NAME, QUESTION, argv=argv, quick="the short version (under 1 minute on 2 CPU cores)")
     out = _common.prepare(args.out)
     base = QUICK if args.quick else CONFIG
     runs, summaries = {}, {}

@@ -16,6 +16,7 @@ import re
 import shlex
 import shutil
 import sys
+import tempfile
 import time
 import types
 import typing
@@ -172,7 +173,7 @@ def _output_file(option: str, path: str) -> None:
         raise ValueError(f"{option}: expected a path, got an empty string")
     if os.path.isdir(path):
         raise ValueError(f"{option}: {path!r} is a directory; expected the path of a file to write")
-    _output_directory(option, os.path.dirname(os.path.abspath(path)))
+    output_directory(option, os.path.dirname(os.path.abspath(path)))
     probe = path + ".tmp"  # what the writes go through (`_write_json_atomically`); a place may refuse files
     try:
         with open(probe, "w"):
@@ -182,8 +183,9 @@ def _output_file(option: str, path: str) -> None:
         raise ValueError(f"{option}: cannot write {path!r} ({error.strerror or error})") from error
 
 
-def _output_directory(option: str, path: str) -> None:
-    """Makes the directory ``path`` for ``option``, or refuses it (a ValueError naming the option and the reason)."""
+def output_directory(option: str, path: str) -> None:
+    """Makes the directory ``path`` for ``option``, or refuses it (a ValueError naming the option and the reason):
+    what the command line and the studies (`experiments`) check before any work."""
     if not path:
         raise ValueError(f"{option}: expected a path, got an empty string")
     if os.path.exists(path) and not os.path.isdir(path):
@@ -192,8 +194,11 @@ def _output_directory(option: str, path: str) -> None:
         os.makedirs(path, exist_ok=True)
     except OSError as error:
         raise ValueError(f"{option}: cannot make the directory {path!r} ({error.strerror or error})") from error
-    if not os.access(path, os.W_OK):
-        raise ValueError(f"{option}: the directory {path!r} is not writable")
+    try:  # a place may refuse files in a directory that exists (/proc, a read-only mount): try one
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"{option}: cannot write into the directory {path!r} ({error.strerror or error})") from error
 
 
 def _write_json_atomically(path: str, records: Any) -> None:
@@ -257,7 +262,7 @@ def _train(args: argparse.Namespace) -> int:
     if out is None:  # an empty --out is refused below, not taken for this default
         out = os.path.join("runs", f"{config.task.task}-{datetime.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     made = not os.path.exists(out)
-    _output_directory("--out", out)
+    output_directory("--out", out)
     from rnn_jax import tasks
     from rnn_jax.checkpoint import CheckpointError
     from rnn_jax.train import TrainingDiverged, TrainingInterrupted, train_and_evaluate

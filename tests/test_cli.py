@@ -114,6 +114,7 @@ def test_divergence_exits_non_zero_with_the_step(tmp_path, capsys):
         (["--task", "numbers", "--seq-len", "5"], "--seq-len: the numbers task's sequences have their own lengths"),
         (["--layers", "2", "--backward", "bptt"], "deep options (--layers, --bidirectional, --residual, --dropout,"),
         (["--out", ""], "--out: expected a path, got an empty string"),  # trained into runs/adding-DATE instead
+        (["--out", "/proc"], "--out: cannot write into the directory '/proc'"),  # failed making /proc/checkpoints
     ],
 )
 def test_bad_options_exit_2_with_a_clear_message(tmp_path, capsys, argv, message):

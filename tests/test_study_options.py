@@ -1,0 +1,66 @@
+"""The studies' shared command line (`experiments._common.parse_args`) and the real-data studies' reruns, fast."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from experiments import _common, _real, sunspots
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [  # each was accepted, and the study failed (or wrote into the current directory) when it wrote its results
+        ("/proc", "--out: cannot write into the directory '/proc'"),
+        ("/proc/x", "--out: cannot make the directory '/proc/x'"),
+        ("", "--out: expected a path, got an empty string"),
+    ],
+)
+def test_an_out_that_cannot_be_written_is_refused_in_one_line_before_any_work(out, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        _common.parse_args("vanishing_gradients", "A study.", argv=["--out", out])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(SystemExit) as info:
+        _common.parse_args("sunspots", "A study.", argv=["--out", str(tmp_path / "a-file")])
+    assert info.value.code == 2 and "exists and is not a directory" in capsys.readouterr().err
+
+
+def test_the_default_out_is_the_repositorys_results_folder_wherever_the_command_runs(tmp_path, monkeypatch):
+    """seq2seq_numbers and the real-data studies wrote to experiments/results/NAME below the current directory."""
+    monkeypatch.chdir(tmp_path)
+    args = _common.parse_args("sunspots", "A study.", argv=[])
+    assert args.out == str(_common.RESULTS / "sunspots") and os.path.isabs(args.out)
+
+
+def test_help_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        _common.parse_args("sunspots", "A study.", argv=["--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {_common.RESULTS / 'sunspots'})" in printed
+
+
+@pytest.mark.usefixtures("standard_promotion")
+def test_a_real_data_study_run_twice_into_one_folder_replaces_its_earlier_run(tmp_path, capsys):
+    """The README's command regenerates the committed results: the second run was refused ("already holds an
+    earlier run: pass --resume", an option the studies do not have)."""
+    tiny = dataclasses.replace(
+        sunspots.CONFIG,
+        model=dataclasses.replace(sunspots.CONFIG.model, hidden=3),
+        task=dataclasses.replace(sunspots.CONFIG.task, seq_len=12, batch_size=4),
+        run=dataclasses.replace(sunspots.CONFIG.run, steps=2, eval_every=2, eval_batches=1),
+    )
+    for seed in (0, 1):
+        config = dataclasses.replace(tiny, run=dataclasses.replace(tiny.run, seed=seed))
+        results = _real.main("sunspots", "A question.", config, config, ["--out", str(tmp_path)], ["rmse"])
+        assert results["config"]["run"]["seed"] == seed
+    assert "sunspots: replacing the earlier run in" in capsys.readouterr().out
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["run"]["seed"] == 1
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
