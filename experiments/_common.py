@@ -13,6 +13,10 @@ from typing import Any
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Each option's default, and the docstring's command lines and expected runtime as written."""
+
+
 def parse_args(
     name: str,
     doc: str | None,
@@ -26,10 +30,12 @@ def parse_args(
     instead of failing when the results are written."""
     from rnn_jax import cli
 
+    paragraphs = (doc or "").strip().split("\n\n")
     parser = argparse.ArgumentParser(
         prog=f"python -m experiments.{name}",
-        description=(doc or "").split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description=paragraphs[0],
+        epilog="\n\n".join(p for p in paragraphs if p.startswith(("Command", "Expected", "Writes"))) or None,
+        formatter_class=_HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help=quick)
     where = "the directory that results.json, summary.md and the figures go to"

@@ -120,7 +120,7 @@ def parse_kernel_study_args(name: str, doc: str | None):
     """A kernel study's options (`--quick`, `--out`, `--interpret`), its output folder, its device and whether its
     kernels run compiled; without a GPU the study stops unless told to interpret them."""
     args = _common.parse_args(
-        name, doc, flags={"--interpret": "without a GPU: run the kernels in Pallas's interpreter"}
+        name, doc, flags={"--interpret": "without a GPU: run the kernels in Pallas's interpreter (ignored on a GPU)"}
     )
     if not fused.compiled() and not args.interpret:
         print(

@@ -40,11 +40,14 @@ def test_the_default_out_is_the_repositorys_results_folder_wherever_the_command_
     assert args.out == str(_common.RESULTS / "sunspots") and os.path.isabs(args.out)
 
 
-def test_help_shows_the_defaults(capsys):
+def test_help_shows_the_defaults_and_the_docstrings_command_and_runtime(capsys):
+    doc = "A study.\n\nReferences: none.\n\nCommand:\n  python -m experiments.sunspots --quick\n\nExpected runtime: 1 s"
     with pytest.raises(SystemExit):
-        _common.parse_args("sunspots", "A study.", argv=["--help"])
-    printed = " ".join(capsys.readouterr().out.split())
-    assert f"(default: {_common.RESULTS / 'sunspots'})" in printed
+        _common.parse_args("sunspots", doc, argv=["--help"])
+    printed = capsys.readouterr().out
+    assert f"(default: {_common.RESULTS / 'sunspots'})" in " ".join(printed.split())
+    assert "Command:\n  python -m experiments.sunspots --quick\n\nExpected runtime: 1 s" in printed
+    assert "References" not in printed
 
 
 @pytest.mark.usefixtures("standard_promotion")
