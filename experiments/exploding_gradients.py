@@ -205,4 +205,4 @@ the largest 10-step mean of the gradient norm before clipping.
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

@@ -180,4 +180,4 @@ def _scan_ms(rows: list[dict], row: dict) -> float:
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 
-from experiments import _real
+from experiments import _common, _real
 from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
 
 QUESTION = __doc__.split("\n\n")[1].removeprefix("Question. ")
@@ -36,4 +36,4 @@ QUICK = Config(
 )
 
 if __name__ == "__main__":
-    _real.main("japanese_vowels", QUESTION, CONFIG, QUICK, sys.argv[1:], ["accuracy", "loss"])
+    _common.run(_real.main, "japanese_vowels", QUESTION, CONFIG, QUICK, sys.argv[1:], ["accuracy", "loss"])

@@ -194,4 +194,4 @@ Each cell: success rate over seeds (median final held-out loss).
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

@@ -204,4 +204,4 @@ def _summary_lines(results: dict, config: Config) -> list[str]:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    _common.run(main, sys.argv[1:])

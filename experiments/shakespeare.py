@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 
-from experiments import _real
+from experiments import _common, _real
 from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
 
 QUESTION = __doc__.split("\n\n")[1].removeprefix("Question. ")
@@ -40,4 +40,4 @@ QUICK = Config(
 )
 
 if __name__ == "__main__":
-    _real.main("shakespeare", QUESTION, CONFIG, QUICK, sys.argv[1:], ["bits_per_char", "loss"])
+    _common.run(_real.main, "shakespeare", QUESTION, CONFIG, QUICK, sys.argv[1:], ["bits_per_char", "loss"])

@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import sys
 
-from experiments import _real
+from experiments import _common, _real
 from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
 
 QUESTION = __doc__.split("\n\n")[1].removeprefix("Question. ")
@@ -32,5 +32,5 @@ CONFIG = Config(
 QUICK = dataclasses.replace(CONFIG, run=dataclasses.replace(CONFIG.run, steps=1000))
 
 if __name__ == "__main__":
-    _real.main("sunspots", QUESTION, CONFIG, QUICK, sys.argv[1:], ["rmse", "rmse_persistence", "rmse_seasonal_naive",
-                                                                   "mae", "mae_persistence"])  # fmt: skip
+    metrics = ["rmse", "rmse_persistence", "rmse_seasonal_naive", "mae", "mae_persistence"]
+    _common.run(_real.main, "sunspots", QUESTION, CONFIG, QUICK, sys.argv[1:], metrics)

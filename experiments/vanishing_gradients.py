@@ -316,4 +316,4 @@ gated_gradient_vs_lag.png, pascanu_bound.png.
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

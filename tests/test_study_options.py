@@ -67,3 +67,17 @@ def test_a_real_data_study_run_twice_into_one_folder_replaces_its_earlier_run(tm
     assert "sunspots: replacing the earlier run in" in capsys.readouterr().out
     assert json.loads((tmp_path / "summary.json").read_text())["config"]["run"]["seed"] == 1
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+
+
+def test_ctrl_c_ends_a_study_in_one_line_with_status_130(capsys, monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/repo/experiments/long_dependencies.py"])
+
+    def study():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as info:
+        _common.run(study)
+    assert info.value.code == 130
+    assert capsys.readouterr().err.strip() == (
+        "long_dependencies: interrupted before its results were written; --out holds what it held"
+    )
