@@ -230,7 +230,7 @@ def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
     else:
         offset = 0
     pattern = re.compile(
-        r"(?<![\w'.-])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True)) + r")(?![\w-])"
+        r"(?<![\w'./-])(" + "|".join(sorted(map(re.escape, flags), key=len, reverse=True)) + r")(?![\w/-])"
     )
 
     def as_flag(match: re.Match) -> str:

@@ -189,3 +189,16 @@ def test_out_of_memory_is_one_line_naming_the_sizes(monkeypatch, capsys):
     assert info.value.code == 1 and "Traceback" not in err
     assert "rnn-jax gradcheck: error: out of memory on cpu (RESOURCE_EXHAUSTED: Out of memory allocating" in err
     assert "try smaller sizes (--hidden, --batch-size, --seq-len)" in err
+
+
+def test_errors_name_options_but_leave_paths_values_and_plain_words_alone():
+    train = cli.build_parser().parse_args(["train"]).command_parser
+    assert cli._as_flags("--out: cannot write into '/tmp/log_every/x' (denied)", train) == (
+        "--out: cannot write into '/tmp/log_every/x' (denied)"
+    )
+    assert cli._as_flags("schedule: expected one of ['constant', 'warmup_cosine'], got 'cos'", train) == (
+        "--schedule: expected one of ['constant', 'warmup_cosine'], got 'cos'"
+    )
+    assert cli._as_flags("seq_len: the numbers task's steps are its own", train) == (
+        "--seq-len: the numbers task's steps are its own"
+    )
