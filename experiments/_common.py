@@ -52,11 +52,11 @@ def parse_args(
     return args
 
 
-def run(main: Callable[..., Any], *args: Any) -> None:
-    """Runs a study's ``main(*args)``: Ctrl-C ends it in one line (exit status 130), not a traceback. A study writes
-    its files when it has finished, so a stopped one leaves ``--out`` as it was."""
+def run(main: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Runs a study's ``main(*args, **kwargs)``: Ctrl-C ends it in one line (exit status 130), not a traceback. A
+    study writes its files when it has finished, so a stopped one leaves ``--out`` as it was."""
     try:
-        main(*args)
+        main(*args, **kwargs)
     except KeyboardInterrupt:
         name = pathlib.Path(sys.argv[0]).stem
         print(f"\n{name}: interrupted before its results were written; --out holds what it held", file=sys.stderr)

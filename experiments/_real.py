@@ -15,9 +15,18 @@ from rnn_jax import report, train
 from rnn_jax.config import Config
 
 
-def main(name: str, question: str, config: Config, quick: Config, argv: list[str] | None, metrics: list[str]) -> dict:
-    """Parses ``--quick`` and ``--out``, runs ``config`` (or ``quick``), writes the results; returns results.json."""
-    args = _common.parse_args(name, question, argv=argv, quick=f"the short version: {quick.run.steps} steps")
+def main(
+    name: str,
+    question: str,
+    config: Config,
+    quick: Config,
+    argv: list[str] | None,
+    metrics: list[str],
+    doc: str | None = None,
+) -> dict:
+    """Parses ``--quick`` and ``--out`` (``--help`` shows the study's docstring ``doc``: its command and runtime),
+    runs ``config`` (or ``quick``), writes the results; returns results.json."""
+    args = _common.parse_args(name, doc or question, argv=argv, quick=f"the short version: {quick.run.steps} steps")
     earlier = [f for f in ("metrics.jsonl", "summary.json", "checkpoints") if os.path.exists(os.path.join(args.out, f))]
     if earlier:  # the study regenerates its results: an earlier run of it is replaced, not refused
         print(f"{name}: replacing the earlier run in {args.out} ({', '.join(earlier)})")

@@ -36,4 +36,5 @@ QUICK = Config(
 )
 
 if __name__ == "__main__":
-    _common.run(_real.main, "japanese_vowels", QUESTION, CONFIG, QUICK, sys.argv[1:], ["accuracy", "loss"])
+    metrics = ["accuracy", "loss"]
+    _common.run(_real.main, "japanese_vowels", QUESTION, CONFIG, QUICK, sys.argv[1:], metrics, doc=__doc__)

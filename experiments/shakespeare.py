@@ -40,4 +40,5 @@ QUICK = Config(
 )
 
 if __name__ == "__main__":
-    _common.run(_real.main, "shakespeare", QUESTION, CONFIG, QUICK, sys.argv[1:], ["bits_per_char", "loss"])
+    metrics = ["bits_per_char", "loss"]
+    _common.run(_real.main, "shakespeare", QUESTION, CONFIG, QUICK, sys.argv[1:], metrics, doc=__doc__)

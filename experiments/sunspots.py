@@ -33,4 +33,4 @@ QUICK = dataclasses.replace(CONFIG, run=dataclasses.replace(CONFIG.run, steps=10
 
 if __name__ == "__main__":
     metrics = ["rmse", "rmse_persistence", "rmse_seasonal_naive", "mae", "mae_persistence"]
-    _common.run(_real.main, "sunspots", QUESTION, CONFIG, QUICK, sys.argv[1:], metrics)
+    _common.run(_real.main, "sunspots", QUESTION, CONFIG, QUICK, sys.argv[1:], metrics, doc=__doc__)
