@@ -54,13 +54,28 @@ def parse_args(
 
 def run(main: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
     """Runs a study's ``main(*args, **kwargs)``: Ctrl-C ends it in one line (exit status 130), not a traceback. A
-    study writes its files when it has finished, so a stopped one leaves ``--out`` as it was."""
+    study writes its results when it has finished; the long ones keep each finished training run (`run_log`)."""
     try:
         main(*args, **kwargs)
     except KeyboardInterrupt:
         name = pathlib.Path(sys.argv[0]).stem
-        print(f"\n{name}: interrupted before its results were written; --out holds what it held", file=sys.stderr)
+        print(f"\n{name}: interrupted before its results were written (the long studies keep each finished training "
+              "run in OUT/runs.jsonl)", file=sys.stderr)  # fmt: skip
         raise SystemExit(130) from None
+
+
+def run_log(out: pathlib.Path) -> Callable[[dict[str, Any]], None]:
+    """Starts ``out/runs.jsonl`` afresh; returns a function that appends one finished training run to it as a JSON
+    line, so that a long study stopped part-way keeps the runs it finished (results.json, summary.md and the figures
+    are written at the end)."""
+    path = out / "runs.jsonl"
+    path.write_text("")
+
+    def append(record: dict[str, Any]) -> None:
+        with open(path, "a") as f:
+            f.write(json.dumps(_clean(record)) + "\n")
+
+    return append
 
 
 def progress(done: int, total: int, what: str, start: float) -> None:

@@ -97,12 +97,13 @@ def main() -> None:
     out = _common.prepare(args.out)
     start = time.perf_counter()
     variants, seeds, steps = (QUICK_VARIANTS, 3, 300) if args.quick else (FULL_VARIANTS, 8, 1000)
-    runs = []
+    runs, log = [], _common.run_log(out)
     with jax.numpy_dtype_promotion("standard"):  # optax
         for clip, threshold in variants:
             for seed in range(seeds):
                 runs.append(run_one(clip, threshold, seed, steps))
                 run = runs[-1]
+                log(run)
                 ending = "diverged" if run["diverged_at_step"] is not None else f"loss {run['final_eval_loss']:.4g}"
                 what = f"{_label(clip, threshold)} seed {seed}: {ending}"
                 _common.progress(len(runs), len(variants) * seeds, what, start)

@@ -63,7 +63,7 @@ def main() -> None:
     out = _common.prepare(args.out)
     start = time.perf_counter()
     lengths, seeds, steps, lr = ((10, 20), 1, 300, 1e-2) if args.quick else ((10, 25, 50, 100), 2, 1000, 3e-3)
-    runs = []
+    runs, log = [], _common.run_log(out)
     with jax.numpy_dtype_promotion("standard"):  # optax's adam
         for task in TASKS:
             for seq_len in lengths:
@@ -94,6 +94,7 @@ def main() -> None:
                                 "success": status == "completed" and succeeded(task, final_eval, baseline),
                             }
                         )
+                        log(runs[-1])
                         outcome = "success" if runs[-1]["success"] else status if status != "completed" else "failure"
                         total = len(TASKS) * len(lengths) * len(MODELS) * seeds
                         _common.progress(len(runs), total, f"{task} T={seq_len} {name} seed {seed}: {outcome}", start)

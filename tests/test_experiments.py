@@ -64,6 +64,7 @@ def test_exploding_gradients_quick(tmp_path):
         assert row["seeds"] == seeds and 0 <= row["diverged"] <= seeds and 0 <= row["below_baseline"] <= seeds
         assert 0.0 <= row["mean_clip_fraction"] <= 1.0 and isinstance(row["max_grad_norm"], float)
     assert len(results["runs"]) == seeds * len(results["table"])
+    assert [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()] == results["runs"]
     for run in results["runs"]:
         assert len(run["steps"]) == len(run["train_loss"]) == len(run["grad_norm"])
         assert run["diverged_at_step"] is None or isinstance(run["diverged_at_step"], int)
@@ -85,6 +86,7 @@ def test_long_dependencies_quick(tmp_path):
         assert row["median_final_eval_loss"] is None or isinstance(row["median_final_eval_loss"], float)
     assert len(results["runs"]) == len(results["table"]) * config["seeds"]
     assert all(isinstance(run["success"], bool) for run in results["runs"])
+    assert [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()] == results["runs"]
 
 
 REAL = {"japanese_vowels": "confusion_matrix.png", "sunspots": "forecast.png", "shakespeare": "sample.txt"}

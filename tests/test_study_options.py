@@ -79,5 +79,6 @@ def test_ctrl_c_ends_a_study_in_one_line_with_status_130(capsys, monkeypatch):
         _common.run(study)
     assert info.value.code == 130
     assert capsys.readouterr().err.strip() == (
-        "long_dependencies: interrupted before its results were written; --out holds what it held"
+        "long_dependencies: interrupted before its results were written (the long studies keep each finished "
+        "training run in OUT/runs.jsonl)"
     )
