@@ -305,6 +305,7 @@ def _train(args: argparse.Namespace) -> int:
     if "sample" in summary:
         print(f"\nsample (temperature 0.8):\n{summary['sample']}")
     files = ["metrics.jsonl", "summary.json", "loss_curve.png", *summary.get("figures", [])]
+    files += ["sample.txt"] if "sample" in summary else []
     print("wrote " + ", ".join(os.path.join(out, name) for name in files))
     return 0
 

@@ -173,7 +173,7 @@ def test_sample_command_reads_the_checkpoint(tmp_path, capsys, model):
     assert cli.main([*argv, "--no-progress", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["sample"].startswith("ROMEO:\n")
     assert (out / "sample.txt").read_text().startswith("ROMEO:\n")
-    capsys.readouterr()
+    assert str(out / "sample.txt") in capsys.readouterr().out.splitlines()[-1]  # the "wrote ..." line names it
     assert cli.main(["sample", "--checkpoint", str(out), "--prime", "HAMLET:\\n", "--length", "40"]) == 0
     printed = capsys.readouterr().out
     assert printed.startswith("HAMLET:\n") and len(printed.rstrip("\n")) >= len("HAMLET:\n") + 30
