@@ -53,10 +53,16 @@ def parse_args(
 
 
 def run(main: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Runs a study's ``main(*args, **kwargs)``: Ctrl-C ends it in one line (exit status 130), not a traceback. A
-    study writes its results when it has finished; the long ones keep each finished training run (`run_log`)."""
+    """Runs a study's ``main(*args, **kwargs)``: Ctrl-C (exit status 130) and a training run that diverged where the
+    study does not expect it (exit status 1) end it in one line, not a traceback. A study writes its results when it
+    has finished; the long ones keep each finished training run (`run_log`)."""
+    from rnn_jax.train import TrainingDiverged
+
     try:
         main(*args, **kwargs)
+    except TrainingDiverged as error:  # a study that does not expect divergence (those that do catch it themselves)
+        print(f"{pathlib.Path(sys.argv[0]).stem}: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         name = pathlib.Path(sys.argv[0]).stem
         print(f"\n{name}: interrupted before its results were written (the long studies keep each finished training "

@@ -82,3 +82,18 @@ def test_ctrl_c_ends_a_study_in_one_line_with_status_130(capsys, monkeypatch):
         "long_dependencies: interrupted before its results were written (the long studies keep each finished "
         "training run in OUT/runs.jsonl)"
     )
+
+
+def test_an_unexpected_divergence_ends_a_study_in_one_line_with_status_1(capsys, monkeypatch):
+    from rnn_jax.train import TrainingDiverged
+
+    monkeypatch.setattr("sys.argv", ["/repo/experiments/sunspots.py"])
+
+    def study():
+        raise TrainingDiverged(7, float("nan"), float("inf"))
+
+    with pytest.raises(SystemExit) as info:
+        _common.run(study)
+    assert info.value.code == 1
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("sunspots: training diverged at step 7: loss = nan, gradient norm = inf.")
