@@ -19,6 +19,7 @@ covers a killed process, not a power cut.)
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -243,6 +244,7 @@ class Checkpoints:
         0.11's ``close`` does not wait for it (its ``save`` does), so a run refused before its first save (a damaged
         checkpoint on ``--resume``) printed that thread's traceback at interpreter exit."""
         cleanup = getattr(self._manager, "_cleanup_tmp_directory_future", None)
-        if cleanup is not None:
-            cleanup.result()
+        if cleanup is not None:  # best effort: close runs in `finally` blocks and must not hide the error raised
+            with contextlib.suppress(Exception):
+                cleanup.result()
         self._manager.close()
