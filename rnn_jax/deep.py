@@ -53,7 +53,7 @@ from rnn_jax.cells import _common
 from rnn_jax.unroll import (
     Remat,
     _resolve_mask,
-    check_feedback,
+    check_generation,
     check_params,
     check_scan_options,
     feed_back,
@@ -478,18 +478,12 @@ def generate(
     """
     cell = cells.resolve(cell)
     check_network(params, cell, residual)
-    _checks.prng_key("key", key)
     if params.bidirectional:
         raise ValueError(
             "params: a bidirectional network cannot generate: its backward direction reads inputs not yet generated"
         )
-    _checks.rank("first_input", first_input, 2, "B, D")
-    _checks.floating("first_input", first_input)
-    _checks.not_float64("first_input", first_input, params.w_y.dtype)
-    num_steps = _checks.positive_int("num_steps", num_steps)
     d = params.layers[0].forward.w_x.shape[0]
-    _checks.dim("first_input", first_input, 1, d, "the input width D")
-    check_feedback(params.w_y.shape[1], d, feedback, temperature)
+    num_steps = check_generation(key, first_input, num_steps, d, params.w_y, feedback, temperature)
     batch = first_input.shape[0]
     if carries is None:
         carries = tuple(layer.forward for layer in initial_states(params, cell, batch))

@@ -778,14 +778,7 @@ def generate(
     """
     cell = cells.resolve(cell)
     check_params(params, cell)
-    _checks.prng_key("key", key)
-    _checks.rank("first_input", first_input, 2, "B, D")
-    _checks.floating("first_input", first_input)
-    _checks.not_float64("first_input", first_input, params.w_s.dtype)
-    num_steps = _checks.positive_int("num_steps", num_steps)
-    d = params.w_x.shape[0]
-    _checks.dim("first_input", first_input, 1, d, "the input width D")
-    check_feedback(params.w_y.shape[1], d, feedback, temperature)
+    num_steps = check_generation(key, first_input, num_steps, params.w_x.shape[0], params.w_y, feedback, temperature)
     initial_state = initial_carry(initial_state, cell, params, first_input.shape[0])
 
     def step(s: Any, x: jax.Array) -> tuple[Any, jax.Array, Any]:
@@ -795,9 +788,26 @@ def generate(
     return feed_back(step, initial_state, first_input, num_steps, key, feedback=feedback, temperature=temperature)
 
 
-def check_feedback(output_size: int, input_size: int, feedback: str, temperature: float) -> None:
-    """Refuses, naming the argument, what `feed_back` cannot run: an output that is not the input's width, an
-    unknown ``feedback``, a ``temperature`` that is not > 0."""
+def check_generation(
+    key: jax.Array,
+    first_input: jax.Array,
+    num_steps: int,
+    input_size: int,
+    w_y: jax.Array,
+    feedback: str,
+    temperature: float,
+) -> int:
+    """Refuses, naming the argument, what `feed_back` cannot run for a network of input width ``input_size`` and
+    read-out ``w_y`` [H, O]: a key that is not one PRNG key, a ``first_input`` that is not [B, D] floating (or float64
+    for float32 parameters), a ``num_steps`` that is not a positive integer, an output that is not the input's width,
+    an unknown ``feedback``, a ``temperature`` that is not > 0. Returns ``num_steps`` as an int."""
+    _checks.prng_key("key", key)
+    _checks.rank("first_input", first_input, 2, "B, D")
+    _checks.floating("first_input", first_input)
+    _checks.not_float64("first_input", first_input, w_y.dtype)
+    num_steps = _checks.positive_int("num_steps", num_steps)
+    _checks.dim("first_input", first_input, 1, input_size, "the input width D")
+    output_size = w_y.shape[1]
     if output_size != input_size:
         raise ValueError(
             f"generate: the output width O = {output_size} must equal the input width D = {input_size} to feed it back"
@@ -806,6 +816,7 @@ def check_feedback(output_size: int, input_size: int, feedback: str, temperature
         raise ValueError(f"feedback: expected 'sample', 'argmax' or 'output', got {feedback!r}")
     if not temperature > 0:
         raise ValueError(f"temperature: expected a value > 0, got {temperature}")
+    return num_steps
 
 
 def feed_back(
@@ -824,7 +835,7 @@ def feed_back(
       step: ``(carry, x_t) -> (carry, y_t [B, O], s_t)``; s_t is what `Generated.states` records.
       carry: the network's state before the first step.
       first_input: x_1, [B, D], with D = O.
-      num_steps, key, feedback, temperature: as in `generate` (checked there, by `check_feedback`).
+      num_steps, key, feedback, temperature: as in `generate` (checked there, by `check_generation`).
 
     Returns:
       `Generated` (inputs [N, B, D], outputs [N, B, O], states [N, ...]).
