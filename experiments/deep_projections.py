@@ -4,18 +4,21 @@ Question. `rnn_jax.deep.apply(..., projections="hoisted")` computes each directi
 one [T B, width] @ [width, G H] product before its scan; "in_step" computes it inside every step. For the
 single-layer unroll the harness measured hoisting faster on one H200 GPU (train steps 1.04-1.7x) and slower on a
 2-core CPU, so `projections="auto"` hoists there on GPU/TPU only; a deep network's "auto" keeps the products in the
-step everywhere until this study has been run on a GPU. It times the compiled value and gradient of the mean
-squared error of 2-layer networks (Elman and LSTM, one and two directions) both ways, in one process with
-interleaved repeats, and checks that both give the same loss and gradients (relative 1e-4 in float32).
+step on a CPU and hoists on GPU/TPU, as this study found on one H200. It times the compiled value and gradient of
+the mean squared error of 2-layer networks (Elman and LSTM, one and two directions) both ways, in one process with
+interleaved repeats, and checks that both give the same loss and gradients (relative 1e-4 in float32; the products
+in full float32 precision, as in the harness; at an H200's default precision, which may use TensorFloat-32, 6 of
+8 rows disagreed).
 
 Command:
   python -m experiments.deep_projections            # 2 cells x 2 directions x 2 sizes, 9 repeats
   python -m experiments.deep_projections --quick    # one small size, 3 repeats
 
 Expected runtime: --quick about 30 seconds on 2 CPU cores; the full run was not timed (the sizes are meant for a
-GPU, where an estimated minute covers it; gpu_run.sh gives it 120 s). Expected result: not yet measured on a GPU,
-where the choice is open (the single-layer measurements favour hoisting there); on a CPU they favour the products
-in the step, and the --quick sizes are too small to say more. Writes results.json (per case: both medians and
+GPU: about 60 s on one H200 at the default precision, more than 130 s in full float32; gpu_run.sh gives it 180 s).
+Expected result: on one H200 (2026-11-29) hoisted / in step 0.80-0.91x at the GPU's default precision and
+0.79-0.88x in full float32 (the 5 rows that run finished); on a CPU the single-layer measurements favour the
+products in the step, and the --quick sizes are too small to say more. Writes results.json (per case: both medians and
 percentiles, hoisted / in step, the agreement) and summary.md (the table).
 """
 
@@ -25,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from experiments import _common
-from rnn_jax import deep
+from rnn_jax import bench, deep
 
 # (B, T, D, H, O): the harness's mid size and a long one with a wide state
 SIZES = [(64, 256, 32, 128, 32), (128, 512, 64, 256, 64)]
@@ -46,9 +49,11 @@ def _value_and_grad(cell: str, size: tuple[int, ...], bidirectional: bool):
         outputs = deep.apply(p, xs, cell=cell, projections=projections).outputs
         return jnp.mean(jnp.square(outputs - targets))
 
-    compiled = {
-        form: jax.jit(jax.value_and_grad(lambda p, form=form: loss(p, form))).lower(params).compile() for form in FORMS
-    }
+    with jax.default_matmul_precision(bench.MATMUL_PRECISION):  # float32 products, no TensorFloat-32 on a GPU
+        compiled = {
+            form: jax.jit(jax.value_and_grad(lambda p, form=form: loss(p, form))).lower(params).compile()
+            for form in FORMS
+        }
     return compiled, params
 
 

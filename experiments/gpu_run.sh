@@ -14,14 +14,16 @@
 # sizes with H <= 128, 160 s, and the LSTM sizes with H <= 64, 140 s: 540 s in all, so give the call ~590 s),
 # "fused-gru" (the GRU's fused kernels in the harness, 140 s), "warps" (the LSTM's and the GRU's kernels with 8
 # warps, the default, against 4, 100 s),
-# "h128" (the Elman forward kernel's new carry at H = 128: its study and the train step, 150 s; next to run,
-# with "graphs": the scan's loop as CUDA graphs, XLA's command buffers, where cuDNN is ahead, about 200 s),
-# "deep" (`experiments.deep_projections`: a deep network's input products hoisted or in the step, ~60 s estimated; if hoisted
-# wins, deep networks' projections="auto" can hoist on a GPU as the single-layer unroll does),
+# "h128" (the Elman forward kernel's carry at H = 128: its study and the train step, 90 s on one H200, 2026-11-29:
+# the fused train step 1.74-1.80x faster, so backward="fast" now takes it there), "graphs" (the scan's loop as CUDA
+# graphs, XLA's command buffers, where cuDNN is ahead, 130 s; measured slower, not adopted), "deep"
+# (`experiments.deep_projections`: a deep network's input products hoisted or in the step, 60 s at the default
+# precision, over 130 s in full float32, which it now uses; hoisting won, so a deep network's "auto" hoists on a GPU),
 # "preset" (the Elman `gpu` preset with the default implementations, 330 s; 294 s on one H200), "gated" (the LSTM's and the GRU's hand-written backward passes
 # against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
-# GPU yet) and "tests" (200 s). "fused" alone fills most of one 600-second call ("fused-gru tests" a second one);
-# two of the others fit one.
+# GPU yet) and "tests" (200 s; 104 s on one H200 with 8 workers). "fused" alone fills most of one 600-second call
+# ("fused-gru tests" a second one); two of the others fit one. Next to run: "deep preset" (the deep forms' agreement in
+# full float32, and the defaults with the Elman kernels at H = 128), then "gated tests".
 #
 # Every stage has its own time limit and a failing stage does not stop the next. `rnn-jax bench --json` rewrites
 # its JSON after every finished size, so a stage cut short keeps the sizes it finished (the table is printed at
@@ -100,7 +102,7 @@ fi
 
 # the Elman network at H = 128 since its forward kernel carries s_{t-1} W_s (6.6x faster alone, never timed in a
 # train step): the forward-carry study (30 s), then the train step fused against the scan and cuDNN (2 sizes, 90 s);
-# if the fused rows win, FUSED_FAST_MAX_HIDDEN in rnn_jax/unroll.py can rise to 128 for the Elman cell
+# they won (2026-11-29: 1.74-1.80x), so FUSED_FAST_MAX_HIDDEN in rnn_jax/unroll.py is 128 for the Elman cell
 if [[ " $STAGES " == *" h128 "* ]]; then
     if [[ "$PRESET" == gpu ]]; then
         timeout 60 $PY -m experiments.fused_forward_carry --out "$OUT/fused_forward_carry" 2>&1 \
@@ -117,7 +119,7 @@ fi
 
 # the scan's loop as CUDA graphs (bench.GPU_COMMAND_BUFFERS: XLA's command buffers with while loops, per
 # compilation) where cuDNN was ahead: long T with H = 128 and 256, and the single sequence; the bound so compiled
-# too. If the -graphs rows win, the train step can take these compiler options on a GPU (rnn_jax.train)
+# too. Measured on one H200 (2026-11-29): the -graphs train steps were 1.09-1.25x slower, so the default stays
 if [[ " $STAGES " == *" graphs "* ]]; then
     graph_sizes=(--config 64,256,32,128,32 --config 128,512,64,256,64 --config 1,1000,1,32,1)
     [[ "$PRESET" == gpu ]] || graph_sizes=(--preset "$PRESET")
@@ -130,7 +132,7 @@ fi
 if [[ " $STAGES " == *" deep "* ]]; then
     deep_quick=()
     [[ "$PRESET" == gpu ]] || deep_quick=(--quick)
-    timeout 120 $PY -m experiments.deep_projections "${deep_quick[@]}" --out "$OUT/deep_projections" 2>&1 \
+    timeout 180 $PY -m experiments.deep_projections "${deep_quick[@]}" --out "$OUT/deep_projections" 2>&1 \
         | tee "$OUT/deep-projections.log"
 fi
 
@@ -149,7 +151,7 @@ if [[ " $STAGES " == *" tests "* ]]; then
     workers=()
     $PY -c "import xdist" 2>/dev/null && workers=(-n 8)
     tests=(tests/test_unroll.py tests/test_bptt.py tests/test_cells.py tests/test_gated_cells.py tests/test_fused.py
-           tests/test_bench.py::test_fast_path_equals_autodiff
+           tests/test_bench.py::test_fast_path_equals_autodiff tests/test_deep.py::test_deep_hoisted_projections_equal_in_step_float64
            tests/test_gradcheck.py::test_every_path_agrees_and_the_report_says_so)
     timeout 200 $PY -m pytest -q -x -m "not slow" -p no:cacheprovider -p no:benchmark "${workers[@]}" "${tests[@]}" \
         2>&1 | tail -n 40 | tee "$OUT/tests.log"

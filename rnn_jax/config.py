@@ -106,8 +106,8 @@ class ModelConfig:
         "before the scan, the read-out as one after it, as cuDNN does), in_step (inside every scan step), "
         "hoisted_readout (x_t W_x in the step, the read-out after the scan; single-layer only), or auto: hoisted on "
         "GPU/TPU; on CPU with batch <= 8 hoisted for an Elman network with D or O > 1, hoisted_readout for LSTM/GRU "
-        "and for Elman at batch 1 with D = 1, else in step; as measured for the single-layer network (a deep "
-        "network keeps auto in the step; hoisted forms not with remat/precision)",
+        "and for Elman at batch 1 with D = 1, else in step; as measured (a deep network's auto: hoisted on "
+        "GPU/TPU, in the step on CPU; hoisted forms not with remat/precision)",
         default="auto",
     )
 

@@ -259,12 +259,6 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
         )
 
 
-def _deep_projections(config: ModelConfig) -> str:
-    """A deep network's projections: "hoisted" only when asked for. "auto" keeps them in the step on every backend:
-    hoisting was measured (faster on a GPU) for the single-layer unroll only, not yet for the deep network."""
-    return "hoisted" if config.projections == "hoisted" else "in_step"
-
-
 def forward(
     config: ModelConfig, task: tasks.Task, params: Any, batch: tasks.Batch, key: jax.Array | None = None
 ) -> jax.Array:
@@ -281,7 +275,7 @@ def forward(
             activation=config.activation, lengths=batch.lengths, key=key, dropout=config.dropout,
             recurrent_dropout=config.recurrent_dropout, variational=config.variational_dropout,
             residual=config.residual, unroll=config.unroll, remat=config.remat, compute_dtype=compute_dtype,
-            projections=_deep_projections(config),
+            projections=config.projections,
         ).outputs  # fmt: skip
     run = unroll(
         params,

@@ -426,21 +426,25 @@ def _fast_backward(cell, plain: bool, projections: Projections, batch: int, hidd
     return "autodiff"
 
 
-FUSED_FAST_MAX_HIDDEN = 64  # the widest (padded) H at which backward="fast" takes the fused kernels on a GPU
+# the widest (padded) H at which backward="fast" takes the fused kernels on a GPU, per cell (see `_fused_kernels_win`)
+FUSED_FAST_MAX_HIDDEN = {elman: 128, lstm: 64, gru: 64}
 
 
 def _fused_kernels_win(cell, projections: Projections, hidden: int, dtype) -> bool:
     """Where ``backward="fast"`` takes the fused kernels (`rnn_jax.fused`): on a GPU, in float32, for a cell that
-    has them, with the projections hoisted (as they must be) and the padded state width H at most
+    has them, with the projections hoisted (as they must be) and the padded state width H at most the cell's
     `FUSED_FAST_MAX_HIDDEN`. Measured on one H200 (README, "Fused recursions"): at H = 32 and 64 the fused train
     step was 2.5-9.1x faster than the scan's for all three cells (Elman, LSTM, GRU at (32,100,8,64,8),
-    (1,1000,1,32,1) and, for the gated cells, (64,256,32,64,32)); at H = 128 the Elman kernels, holding a 128 x 128
-    W_s per program, made it 5.8x slower. Not where Pallas's Triton backend is missing (a later JAX may drop it)."""
+    (1,1000,1,32,1) and, for the gated cells, (64,256,32,64,32)); at H = 128, since the Elman forward kernel carries
+    s_{t-1} W_s, its train step was 1.74-1.80x faster than the scan's ((64,256,32,128,32): 2.31 against 4.15 ms;
+    (128,512,64,128,64): 4.86 against 8.44 ms; 2026-11-29). The gated cells' kernels take H <= 64 (`fused.max_hidden`).
+    Not where Pallas's Triton backend is missing (a later JAX may drop it)."""
     if jax.default_backend() != "gpu" or projections == "in_step" or jnp.dtype(dtype) != jnp.float32:
         return False
     from rnn_jax import fused  # fused sits on this module, like bptt
 
-    return cell in fused.SCANS and fused.padded_hidden(hidden) <= FUSED_FAST_MAX_HIDDEN and fused.triton_available()
+    widest = FUSED_FAST_MAX_HIDDEN.get(cell, 0)
+    return cell in fused.SCANS and fused.padded_hidden(hidden) <= widest and fused.triton_available()
 
 
 def _custom_vjp_loses(batch: int) -> bool:

@@ -348,8 +348,24 @@ def test_deep_hoisted_projections_equal_in_step_float64(key, x64, name):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-10 * max(float(np.max(np.abs(w))), 1.0))
     with pytest.raises(ValueError, match="projections: 'hoisted' .* cannot be combined with remat"):
         deep.apply(params, xs, cell=name, projections="hoisted", remat=2)
-    with pytest.raises(ValueError, match="projections: expected 'in_step' or 'hoisted' for a deep network"):
-        deep.apply(params, xs, cell=name, projections="auto")
+    with pytest.raises(ValueError, match="projections: expected 'auto', 'in_step' or 'hoisted' for a deep network"):
+        deep.apply(params, xs, cell=name, projections="hoisted_readout")
+
+
+@pytest.mark.parametrize(("backend", "options", "hoists"),
+                         [("cpu", {}, False), ("gpu", {}, True), ("tpu", {}, True), ("gpu", {"remat": 2}, False),
+                          ("gpu", {"compute_dtype": jnp.bfloat16}, False)])  # fmt: skip
+def test_deep_auto_projections_hoist_where_measured_faster(monkeypatch, key, backend, options, hoists):
+    """projections="auto" (the default) hoists every direction's input product on GPU/TPU, where
+    `experiments.deep_projections` measured it faster, and keeps it in the step on a CPU and with remat or a compute
+    dtype (traced only; the backend is faked)."""
+    params, xs, lengths = _deep_setup(key, "gru", jnp.float32)
+    in_step = []  # the steps of the in-step form call the cell's transition, the hoisted form's do not
+    original = rj.gru.transition
+    monkeypatch.setattr(rj.gru, "transition", lambda *a, **k: in_step.append(1) or original(*a, **k))
+    monkeypatch.setattr(jax, "default_backend", lambda: backend)
+    jax.eval_shape(lambda p: deep.apply(p, xs, cell="gru", lengths=lengths, **options).outputs, params)
+    assert (not in_step) == hoists
 
 
 def test_deep_model_config_passes_remat_precision_and_projections_to_every_layer(key, record_scan_options):
@@ -364,12 +380,12 @@ def test_deep_model_config_passes_remat_precision_and_projections_to_every_layer
     batch = task.batch(key, 4, jnp.float32)
     outputs = jax.eval_shape(lambda p: train.forward(model, task, p, batch), params)
     assert seen == [("sqrt", jnp.bfloat16)] and outputs.dtype == jnp.float32
-    # --projections: hoisted only when asked for; auto keeps the deep network's products in the step
+    # --projections reaches deep.apply as given (its "auto" chooses by backend)
     seen = record_scan_options(deep, "apply", keys=("projections",))
     for projections in ("hoisted", "auto", "in_step"):
         jax.eval_shape(lambda p, c=projections: train.forward(ModelConfig(hidden=4, layers=2, projections=c), task,
                                                                p, batch), params)  # fmt: skip
-    assert seen == [("hoisted",), ("in_step",), ("in_step",)]
+    assert seen == [("hoisted",), ("auto",), ("in_step",)]
 
 
 @pytest.mark.slow

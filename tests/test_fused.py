@@ -325,6 +325,22 @@ def test_fused_values_and_gradients_equal_autodiff_in_float64(x64, cell, size, a
         )
 
 
+def test_the_elman_kernels_at_the_widest_state_the_fast_path_sends_them_equal_autodiff(x64):
+    """backward="fast" takes the Elman kernels up to a padded H of 128 on a GPU (`unroll.FUSED_FAST_MAX_HIDDEN`):
+    H = 100 pads to 128 there, so the padding of W_s's 28 extra rows and columns is checked at that width."""
+    from rnn_jax.unroll import FUSED_FAST_MAX_HIDDEN
+
+    hidden = 100
+    assert fused.padded_hidden(hidden) == FUSED_FAST_MAX_HIDDEN[rj.elman] == fused.max_hidden(rj.elman)
+    params, xs, s0, lengths = _problem((5, 3, 2, hidden, 2))
+    chex.assert_trees_all_close(
+        _value_and_gradients(params, xs, s0, lengths, "tanh", "fused"),
+        _value_and_gradients(params, xs, s0, lengths, "tanh", "autodiff"),
+        rtol=1e-10,
+        atol=1e-13,
+    )
+
+
 @pytest.mark.parametrize("cell", slow_unless(["elman"], list(PROBLEMS)))
 def test_fused_equals_autodiff_in_float32(standard_promotion, cell):
     make, value_and_gradients = PROBLEMS[cell]

@@ -721,8 +721,10 @@ def test_auto_projections_reach_the_unroll_on_cpu(monkeypatch):
     [("elman", "cpu", 1, 8, jnp.float32, "auto", True, "bptt"),
      ("elman", "gpu", 3, 8, jnp.float32, "auto", True, "fused"),
      ("elman", "gpu", 1, 64, jnp.float32, "hoisted", True, "fused"),
-     ("elman", "gpu", 3, 65, jnp.float32, "auto", True, "bptt"),
-     ("elman", "gpu", 1, 128, jnp.float32, "auto", True, "autodiff"),
+     ("elman", "gpu", 3, 65, jnp.float32, "auto", True, "fused"),
+     ("elman", "gpu", 1, 128, jnp.float32, "auto", True, "fused"),
+     ("elman", "gpu", 3, 129, jnp.float32, "auto", True, "bptt"),
+     ("elman", "gpu", 1, 129, jnp.float32, "auto", True, "autodiff"),
      ("elman", "gpu", 3, 8, jnp.float64, "auto", True, "bptt"),
      ("elman", "gpu", 3, 8, jnp.float32, "in_step", True, "bptt"),
      ("elman", "gpu", 3, 8, jnp.float32, "auto", False, "autodiff"),
@@ -733,13 +735,15 @@ def test_auto_projections_reach_the_unroll_on_cpu(monkeypatch):
      ("lstm", "cpu", 1, 8, jnp.float32, "auto", True, "autodiff"),
      ("lstm", "gpu", 3, 64, jnp.float32, "auto", True, "fused"),
      ("lstm", "gpu", 3, 100, jnp.float32, "auto", True, "autodiff"),
+     ("gru", "gpu", 3, 65, jnp.float32, "auto", True, "autodiff"),
      ("gru", "cpu", 3, 8, jnp.float32, "auto", True, "autodiff"),
      ("gru", "gpu", 1, 32, jnp.float32, "auto", True, "fused")],
 )  # fmt: skip
 def test_fast_backward_takes_what_was_measured_fastest(
     monkeypatch, cell_name, backend, batch, hidden, dtype, projections, plain, want
 ):
-    """backward="fast" resolves to the fused kernels on a GPU in float32 at H <= 64 (padded), to the hand-derived
+    """backward="fast" resolves to the fused kernels on a GPU in float32 at a padded H <= 128 for Elman and <= 64 for
+    the gated cells, to the hand-derived
     custom VJP for Elman (but a single sequence on a GPU) and for the LSTM on a CPU with B > 1, else to autodiff;
     remat or mixed precision (not ``plain``) always to autodiff; bfloat16 parameters by the same rule."""
     from rnn_jax.unroll import _fast_backward
