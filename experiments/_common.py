@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+QUICK_FOLDER = "quick"  # where a --quick run writes by default, below the study's folder (git ignores it)
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -27,9 +28,10 @@ def parse_args(
     quick: str = "a smaller run of the same study (fewer sizes, seeds or steps; its results say quick)",
 ) -> argparse.Namespace:
     """Every study's command line: ``--quick``, ``--out DIR`` (default ``experiments/results/NAME`` in the
-    repository, wherever the command runs) and the study's own on/off ``flags`` ({"--flag": help}). ``--out`` is
-    made, and tried with a file, before any work: a place that cannot be written is refused in one line (exit 2)
-    instead of failing when the results are written."""
+    repository, wherever the command runs; with ``--quick`` its ``quick`` subfolder, which git ignores, so that a
+    quick run never replaces the committed results of a full one) and the study's own on/off ``flags``
+    ({"--flag": help}). ``--out`` is made, and tried with a file, before any work: a place that cannot be written is
+    refused in one line (exit 2) instead of failing when the results are written."""
     from rnn_jax import cli
 
     paragraphs = (doc or "").strip().split("\n\n")
@@ -40,11 +42,17 @@ def parse_args(
         formatter_class=_HelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help=quick)
-    where = "the directory that results.json, summary.md and the figures go to"
-    parser.add_argument("--out", default=str(RESULTS / name), metavar="DIR", help=where)
+    full, quick_out = RESULTS / name, RESULTS / name / QUICK_FOLDER
+    where = (
+        f"the directory that results.json, summary.md and the figures go to (default: {full}; with --quick "
+        f"{quick_out}, which git ignores, so that a quick run leaves the committed full results alone)"
+    )
+    parser.add_argument("--out", default=argparse.SUPPRESS, metavar="DIR", help=where)
     for flag, help_text in (flags or {}).items():
         parser.add_argument(flag, action="store_true", help=help_text)
     args = parser.parse_args(argv)
+    if "out" not in vars(args):
+        args.out = str(quick_out if args.quick else full)
     try:
         cli.output_directory("--out", args.out)
     except ValueError as error:

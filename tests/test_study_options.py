@@ -40,12 +40,35 @@ def test_the_default_out_is_the_repositorys_results_folder_wherever_the_command_
     assert args.out == str(_common.RESULTS / "sunspots") and os.path.isabs(args.out)
 
 
+def test_a_quick_run_leaves_the_committed_full_results_alone():
+    """--quick wrote into the study's committed folder by default, replacing a full run's results with a quick one's;
+    it now writes into the folder's quick/ subfolder, which git ignores. An explicit --out is taken as given."""
+    import subprocess
+
+    args = _common.parse_args("sunspots", "A study.", argv=["--quick"])
+    assert args.out == str(_common.RESULTS / "sunspots" / "quick")
+    inside = subprocess.run(["git", "rev-parse", "--is-inside-work-tree"], cwd=_common.RESULTS, capture_output=True,
+                            check=False)  # fmt: skip
+    if inside.returncode != 0:
+        pytest.skip("not a git checkout: which folders git ignores cannot be asked")
+    ignored = subprocess.run(["git", "check-ignore", "-q", os.path.join(args.out, "results.json")],
+                             cwd=_common.RESULTS, check=False)  # fmt: skip
+    assert ignored.returncode == 0, "git does not ignore the quick runs' folder"
+    committed = subprocess.run(["git", "check-ignore", "-q", str(_common.RESULTS / "sunspots" / "results.json")],
+                               cwd=_common.RESULTS, check=False)  # fmt: skip
+    assert committed.returncode == 1
+    assert _common.parse_args("sunspots", "A study.", argv=["--quick", "--out", "elsewhere"]).out == "elsewhere"
+
+
 def test_help_shows_the_defaults_and_the_docstrings_command_and_runtime(capsys):
     doc = "A study.\n\nReferences: none.\n\nCommand:\n  python -m experiments.sunspots --quick\n\nExpected runtime: 1 s"
     with pytest.raises(SystemExit):
         _common.parse_args("sunspots", doc, argv=["--help"])
     printed = capsys.readouterr().out
-    assert f"(default: {_common.RESULTS / 'sunspots'})" in " ".join(printed.split())
+    assert f"(default: {_common.RESULTS / 'sunspots'}; with --quick {_common.RESULTS / 'sunspots' / 'quick'}," in (
+        " ".join(printed.split())
+    )
+    assert "(default: None)" not in printed
     assert "Command:\n  python -m experiments.sunspots --quick\n\nExpected runtime: 1 s" in printed
     assert "References" not in printed
 
