@@ -22,8 +22,9 @@
 # "preset" (the Elman `gpu` preset with the default implementations, 330 s; 294 s on one H200), "gated" (the LSTM's and the GRU's hand-written backward passes
 # against autodiff and torch at the standard sizes, or $PRESET's when it is not "gpu", 300 s: never measured on a
 # GPU yet) and "tests" (200 s; 104 s on one H200 with 8 workers). "fused" alone fills most of one 600-second call
-# ("fused-gru tests" a second one); two of the others fit one. Next to run: "deep preset" (the deep forms' agreement in
-# full float32, and the defaults with the Elman kernels at H = 128), then "gated tests".
+# ("fused-gru tests" a second one); two of the others fit one; "gated-carry" (the LSTM's and GRU's forward kernels
+# carrying their products, against the default, 150 s). Next to run: "deep preset" (the deep forms' agreement in full
+# float32, and the defaults with the Elman kernels at H = 128), then "gated-carry tests", then "gated".
 #
 # Every stage has its own time limit and a failing stage does not stop the next. `rnn-jax bench --json` rewrites
 # its JSON after every finished size, so a stage cut short keeps the sizes it finished (the table is printed at
@@ -87,6 +88,19 @@ if [[ " $STAGES " == *" fused-gru "* ]]; then
     timeout 140 $PY -m rnn_jax bench --cell gru "${gru_sizes[@]}" --impl rnn-jax-fast --impl rnn-jax-fused \
         --impl rnn-jax-fused-per-step --impl torch --json "$OUT/bench-fused-gru.json" 2>&1 \
         | tee "$OUT/bench-fused-gru.log"
+fi
+
+# the gated cells' forward kernels carrying h_{t-1} W_s's gate blocks, formed at the end of the step before
+# (KernelOptions(carry_products=True), as the Elman forward kernel does: 6.6x faster alone at H = 128), against the
+# default (carrying h_{t-1}), 2 cells x 3 sizes, about 150 s; if the -carry rows win, it can become the default
+if [[ " $STAGES " == *" gated-carry "* ]]; then
+    carry_sizes=(--config 32,100,8,64,8 --config 1,1000,1,32,1 --config 64,256,32,64,32)
+    [[ "$PRESET" == gpu ]] || carry_sizes=(--preset "$PRESET")
+    for cell in lstm gru; do
+        timeout 90 $PY -m rnn_jax bench --cell $cell "${carry_sizes[@]}" --repeats 9 --impl rnn-jax-fused \
+            --impl rnn-jax-fused-carry --impl torch --json "$OUT/bench-$cell-carry.json" 2>&1 \
+            | tee "$OUT/bench-$cell-carry.log"
+    done
 fi
 
 # the gated cells' kernels with the default 8 Triton warps per program against 4 (their four (three) W_s blocks

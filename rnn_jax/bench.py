@@ -776,6 +776,8 @@ NAMED_IMPLEMENTATIONS: dict[str, Callable[[], Implementation]] = {
         "rnn-jax-fused-per-step", backward="fused", kernel_options=fused.KernelOptions(weights_once=False)),
     "rnn-jax-fused-4warps": lambda: rnn_jax_implementation(
         "rnn-jax-fused-4warps", backward="fused", kernel_options=fused.KernelOptions(num_warps=4)),
+    "rnn-jax-fused-carry": lambda: rnn_jax_implementation(
+        "rnn-jax-fused-carry", backward="fused", kernel_options=fused.KernelOptions(carry_products=True)),
     "rnn-jax-bf16": lambda: rnn_jax_implementation(
         "rnn-jax-bf16", rtol=BF16_RTOL, grad_scale="overall", precision="bfloat16"
     ),

@@ -66,6 +66,10 @@ class KernelOptions(NamedTuple):
 
     num_warps: int = 8  # Triton warps (32 threads each) per program
     weights_once: bool = True  # load W_s into registers once before the loop (False: from memory at every step)
+    # for the LSTM's and GRU's forward kernels, carry h_{t-1} W_s's gate blocks formed at the end of the step before
+    # (as the Elman forward kernel always does) rather than h_{t-1} alone; not yet measured on a GPU; the Elman
+    # kernels ignore it
+    carry_products: bool = False
 
 
 DEFAULT_OPTIONS = KernelOptions()
@@ -240,8 +244,8 @@ def _forward_step(phi: Callable, masked: bool) -> Callable:
     the kernel) and carried, with the previous state only where a mask may freeze it, so that the loop carries
     what its matrix product produced, as the reverse kernels do. Carrying s_{t-1} and multiplying at the start of
     the step instead was 6.6x slower at H = 128 on one H200 (7.5 against 1.14 ms at B = 64, T = 256, 8 warps; any
-    activation, even the identity; the reverse kernel took 1.3 ms). The LSTM's and GRU's forward kernels still
-    carry h_{t-1}: the same change for them has not been measured on a GPU."""
+    activation, even the identity; the reverse kernel took 1.3 ms). The LSTM's and GRU's forward kernels carry
+    h_{t-1} unless `KernelOptions.carry_products`: the same change for them has not been measured on a GPU."""
 
     def step(at_t, carry, matrices):
         *kept, z = carry  # z = s_{t-1} W_s; kept = [s_{t-1}] where masked
@@ -353,16 +357,28 @@ def _gate_matrices(w_s: jax.Array, width: int, transpose: bool = False) -> list[
     return [_pad(block.T if transpose else block, width, width) for block in jnp.split(w_s, gates, axis=-1)]
 
 
-def _lstm_forward_step(phi: Callable, masked: bool) -> Callable:
+def _carried_products(h: jax.Array, matrices: Sequence[jax.Array], carry_products: bool) -> list[jax.Array]:
+    """h W_k for each gate block W_k [H, H] where ``carry_products`` (the carries that a gated forward step adds to
+    h, formed at the end of the step before, or before the kernel for the first step), else none."""
+    return [_product(h, w) for w in matrices] if carry_products else []
+
+
+def _lstm_forward_step(phi: Callable, masked: bool, carry_products: bool) -> Callable:
+    """The LSTM forward step over the carry (h_{t-1}, c_{t-1}), or with ``carry_products`` (h_{t-1}, c_{t-1},
+    h_{t-1} W_i, h_{t-1} W_f, h_{t-1} W_g, h_{t-1} W_o), the products formed from the (masked) h_t at the end of
+    the step before, as `_forward_step` carries the Elman network's (a frozen row carries its own h's products)."""
+
     def step(at_t, carry, matrices):
-        h, c = carry
-        z = [u + _product(h, w) for u, w in zip(at_t[:4], matrices, strict=True)]  # z_i, z_f, z_g, z_o
+        h, c, *products = carry  # products: h_{t-1} W_k for k = i, f, g, o where carried
+        if not carry_products:
+            products = [_product(h, w) for w in matrices]
+        z = [u + p for u, p in zip(at_t[:4], products, strict=True)]  # z_i, z_f, z_g, z_o
         c_new = jax.nn.sigmoid(z[1]) * c + jax.nn.sigmoid(z[0]) * phi(z[2])
         h_new = jax.nn.sigmoid(z[3]) * phi(c_new)
         if masked:
             keep = at_t[4] > 0
             h_new, c_new = jnp.where(keep, h_new, h), jnp.where(keep, c_new, c)
-        return (h_new, c_new), (h_new, c_new, *z)
+        return (h_new, c_new, *_carried_products(h_new, matrices, carry_products)), (h_new, c_new, *z)
 
     return step
 
@@ -407,23 +423,27 @@ def lstm_recurrence(
       initial_state: (h_0, c_0), each [B, H].
       mask: [T, B] bool (the state is frozen where False), or None.
       activation: phi.
-      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`).
+      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`); with ``carry_products``
+        the kernel carries h_{t-1} W_s's four gate blocks as well as (h_{t-1}, c_{t-1}).
 
     Returns:
       (states (h_t, c_t) [T, B, H] each, the final state, the pre-activations z_t [T, B, 4H]).
     """
+    options = options or _OPTIONS.get()
     batch, hidden = u.shape[1], w_s.shape[0]
     rows, width = _padded_sizes(batch, hidden)
     sequences = _gate_blocks(u, rows, width)
     if mask is not None:
         sequences.append(_pad(mask.astype(u.dtype)[..., None], rows, None))
-    initials = [_pad(initial_state.h, rows, width), _pad(initial_state.c, rows, width)]
+    matrices = _gate_matrices(w_s, width)
+    h_0, c_0 = _pad(initial_state.h, rows, width), _pad(initial_state.c, rows, width)
+    initials = [h_0, c_0, *_carried_products(h_0, matrices, options.carry_products)]
     outs, finals = run_recursion(
-        _lstm_forward_step(activations.get(activation).fn, mask is not None),
-        sequences, _gate_matrices(w_s, width), initials, 6, False, options,
+        _lstm_forward_step(activations.get(activation).fn, mask is not None, options.carry_products),
+        sequences, matrices, initials, 6, False, options,
     )  # fmt: skip
     outs = [a[:, :batch, :hidden] for a in outs]
-    final = LSTMState(*(a[:batch, :hidden] for a in finals))
+    final = LSTMState(*(a[:batch, :hidden] for a in finals[:2]))
     return LSTMState(outs[0], outs[1]), final, jnp.concatenate(outs[2:], axis=-1)
 
 
@@ -496,17 +516,23 @@ def lstm_backward(
 # ------------------------------------------------------------------ the GRU
 
 
-def _gru_forward_step(phi: Callable, masked: bool) -> Callable:
+def _gru_forward_step(phi: Callable, masked: bool, carry_products: bool) -> Callable:
+    """The GRU forward step over the carry h_{t-1}, or with ``carry_products`` (h_{t-1}, h_{t-1} W_r, h_{t-1} W_z,
+    h_{t-1} W_n), the products formed from the (masked) h_t at the end of the step before (as
+    `_lstm_forward_step`)."""
+
     def step(at_t, carry, matrices):
-        (h,), (w_r, w_z, w_n, b_n) = carry, matrices
+        (h, *products), (*gates, b_n) = carry, matrices
+        if not carry_products:
+            products = [_product(h, w) for w in gates]  # h_{t-1} W_k for k = r, z, n
         a_r, a_z, a_n = at_t[:3]  # a_r, a_z with the recurrent biases b_r, b_z already added
-        p_r, p_z = a_r + _product(h, w_r), a_z + _product(h, w_z)
-        u_n = _product(h, w_n) + b_n
+        p_r, p_z = a_r + products[0], a_z + products[1]
+        u_n = products[2] + b_n
         z = jax.nn.sigmoid(p_z)
         h_new = (1 - z) * phi(a_n + jax.nn.sigmoid(p_r) * u_n) + z * h
         if masked:
             h_new = jnp.where(at_t[3] > 0, h_new, h)
-        return (h_new,), (h_new, p_r, p_z, u_n)
+        return (h_new, *_carried_products(h_new, gates, carry_products)), (h_new, p_r, p_z, u_n)
 
     return step
 
@@ -551,11 +577,13 @@ def gru_recurrence(
       initial_state: h_0, [B, H].
       mask: [T, B] bool (the state is frozen where False), or None.
       activation: phi.
-      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`).
+      options: `KernelOptions` (None: those of `kernel_options`, else `DEFAULT_OPTIONS`); with ``carry_products``
+        the kernel carries h_{t-1} W_s's three gate blocks as well as h_{t-1}.
 
     Returns:
       (states h_t [T, B, H], the final state [B, H], `gru.pre_activations` [p_r, p_z, a_n, u_n] [T, B, 4H]).
     """
+    options = options or _OPTIONS.get()
     batch, hidden = initial_state.shape
     rows, width = _padded_sizes(batch, hidden)
     b_r, b_z, b_n = jnp.split(params.b_s, 3)
@@ -563,10 +591,12 @@ def gru_recurrence(
     sequences = [_pad(a, rows, width) for a in (a_r + b_r[None, None, :], a_z + b_z[None, None, :], a_n)]
     if mask is not None:
         sequences.append(_pad(mask.astype(x_proj.dtype)[..., None], rows, None))
-    matrices = [*_gate_matrices(params.w_s, width), _pad(b_n[None, :], 1, width)]
-    (h, p_r, p_z, u_n), (final,) = run_recursion(
-        _gru_forward_step(activations.get(activation).fn, mask is not None),
-        sequences, matrices, [_pad(initial_state, rows, width)], 4, False, options,
+    gates = _gate_matrices(params.w_s, width)
+    h_0 = _pad(initial_state, rows, width)
+    initials = [h_0, *_carried_products(h_0, gates, options.carry_products)]
+    (h, p_r, p_z, u_n), (final, *_) = run_recursion(
+        _gru_forward_step(activations.get(activation).fn, mask is not None, options.carry_products),
+        sequences, [*gates, _pad(b_n[None, :], 1, width)], initials, 4, False, options,
     )  # fmt: skip
     h, p_r, p_z, u_n = (x[:, :batch, :hidden] for x in (h, p_r, p_z, u_n))
     return h, final[:batch, :hidden], jnp.concatenate([p_r, p_z, a_n, u_n], axis=-1)

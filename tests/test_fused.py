@@ -143,11 +143,14 @@ def test_the_compiled_kernel_refuses_a_state_too_wide_for_the_chip(monkeypatch):
 
 
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("cell", [rj.elman, rj.lstm, rj.gru], ids=["elman", "lstm", "gru"])
-def test_the_kernels_lower_to_triton_for_a_gpu(monkeypatch, masked, cell):
+@pytest.mark.parametrize(("cell", "carry_products"),
+                         [(rj.elman, False), (rj.lstm, False), (rj.lstm, True), (rj.gru, False), (rj.gru, True)],
+                         ids=["elman", "lstm", "lstm-carry-products", "gru", "gru-carry-products"])  # fmt: skip
+def test_the_kernels_lower_to_triton_for_a_gpu(monkeypatch, masked, cell, carry_products):
     """Cross-platform lowering (no GPU needed): the train step's value and gradient lower for CUDA with both
     recursions as Triton kernels, so Pallas's Triton rules accept them (block shapes, loads, the loop, the
-    product). Whether Triton then compiles them within the chip's limits is checked on a GPU only."""
+    product), the gated cells' forward kernels in both forms of `KernelOptions.carry_products`. Whether Triton then
+    compiles them within the chip's limits is checked on a GPU only."""
     import jax._src.pallas.triton.pallas_call_registration  # noqa: F401  (registers the CUDA lowering of pallas_call)
 
     monkeypatch.setattr(fused, "compiled", lambda: True)
@@ -158,7 +161,9 @@ def test_the_kernels_lower_to_triton_for_a_gpu(monkeypatch, masked, cell):
     def loss(p, xs):
         return jnp.mean((rj.unroll(p, xs, backward="fused", lengths=lengths, cell=cell).outputs - targets) ** 2)
 
-    text = jax.jit(jax.value_and_grad(loss)).trace(params, xs).lower(lowering_platforms=("cuda",)).as_text()
+    with fused.kernel_options(fused.KernelOptions(carry_products=carry_products)):
+        traced = jax.jit(jax.value_and_grad(loss)).trace(params, xs)
+    text = traced.lower(lowering_platforms=("cuda",)).as_text()
     assert text.count("custom_call @__gpu$xla.gpu.triton") == 2
 
 
@@ -166,7 +171,8 @@ def test_padded_hidden_is_a_power_of_two_at_least_16():
     assert [fused.padded_hidden(h) for h in (1, 16, 17, 32, 100, 128)] == [16, 16, 32, 32, 128, 128]
 
 
-@pytest.mark.parametrize("name", ["rnn-jax-fused", "rnn-jax-fused-per-step", "rnn-jax-fused-4warps"])
+@pytest.mark.parametrize("name", ["rnn-jax-fused", "rnn-jax-fused-per-step", "rnn-jax-fused-4warps",
+                                  "rnn-jax-fused-carry"])  # fmt: skip
 def test_the_harness_times_the_kernels_only_where_they_compile(name, standard_promotion):
     """On a GPU the harness compiles the fused train step (optax's Adam inside: hence standard promotion); elsewhere
     it skips the kernels, saying the interpreter is no measurement."""
@@ -242,12 +248,38 @@ def _gru_problem(size, dtype=jnp.float64, seed=0):
     return params, xs, s0, lengths
 
 
+def _forward_carries(cell, carry_products: bool) -> int:
+    """How many [B, H] carries the gated cell's forward kernel starts from: (h, c) for the LSTM, h for the GRU, then
+    h W_k for each gate block k where `fused.KernelOptions.carry_products`."""
+    return (2 if cell is rj.lstm else 1) + (len(cell.GATES) if carry_products else 0)
+
+
+def _spy_on_forward_carries(monkeypatch) -> list[int]:
+    """The number of initial carries of every forward kernel traced from here on (which step form ran), as a list
+    that fills as they are traced."""
+    carries, real = [], fused.run_recursion
+
+    def spy(step, sequences, matrices, initials, num_outputs, reverse, options):
+        if not reverse:
+            carries.append(len(initials))
+        return real(step, sequences, matrices, initials, num_outputs, reverse, options)
+
+    monkeypatch.setattr(fused, "run_recursion", spy)
+    return carries
+
+
+@pytest.mark.parametrize("carry_products", [False, True], ids=["carry_h", "carry_products"])
 @pytest.mark.parametrize("size", slow_unless(SIZES[:1], SIZES))
 @pytest.mark.parametrize("cell", [rj.lstm, rj.gru], ids=["lstm", "gru"])
-def test_the_fused_gated_cells_equal_a_python_loop(x64, size, cell):
+def test_the_fused_gated_cells_equal_a_python_loop(x64, monkeypatch, size, cell, carry_products):
+    """Both forms of the forward step (`fused.KernelOptions.carry_products`), with lengths, against the oracle; the
+    spy shows the form asked for is the one that ran."""
     params, xs, s0, lengths = (_lstm_problem if cell is rj.lstm else _gru_problem)(size)
+    carries = _spy_on_forward_carries(monkeypatch)
     run = jax.jit(lambda p, x, l: rj.unroll(p, x, initial_state=s0, lengths=l, cell=cell, backward="fused"))
-    got = run(params, xs, lengths)
+    with fused.kernel_options(fused.KernelOptions(carry_products=carry_products)):
+        got = run(params, xs, lengths)
+    assert carries == [_forward_carries(cell, carry_products)]
     if cell is rj.lstm:
         outputs, (hs, cs), (h, c) = lstm_loop(params, xs, "tanh", s0.h, s0.c, np.asarray(lengths))
         want = (outputs, hs, cs, h, c)
@@ -255,6 +287,28 @@ def test_the_fused_gated_cells_equal_a_python_loop(x64, size, cell):
         want = gru_loop(params, xs, "tanh", s0, np.asarray(lengths))
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", [rj.lstm, rj.gru], ids=["lstm", "gru"])
+def test_carried_products_equal_products_of_the_carried_state_under_a_mask_with_gaps(x64, cell):
+    """Under a mask that freezes a sequence and later resumes it (which lengths cannot), carrying h_{t-1} W_s's gate
+    blocks (`fused.KernelOptions.carry_products`) gives the states, final state and pre-activations of carrying
+    h_{t-1}: a frozen step carries the products of the state it keeps, not of the one it discarded."""
+    params, xs, s0, _ = (_lstm_problem if cell is rj.lstm else _gru_problem)(SIZES[-1])
+    mask = jax.random.bernoulli(jax.random.key(1), 0.6, xs.shape[:2])
+    assert np.any(~mask[:-1] & mask[1:])  # some sequence resumes after a frozen step
+    if cell is rj.lstm:
+        run = jax.jit(fused.lstm_recurrence, static_argnums=(4, 5))
+        args = (xs @ params.w_x + params.b_s[None, None, :], params.w_s, s0, mask, "tanh")
+    else:
+        run = jax.jit(fused.gru_recurrence, static_argnums=(4, 5))
+        args = (xs @ params.w_x + params.b_x[None, None, :], params, s0, mask, "tanh")
+    chex.assert_trees_all_close(
+        run(*args, fused.KernelOptions(carry_products=True)),
+        run(*args, fused.KernelOptions(carry_products=False)),
+        rtol=1e-12,
+        atol=1e-14,
+    )
 
 
 def _lstm_loss(params, xs, s0, lengths, activation, backward):
@@ -314,6 +368,11 @@ OTHER_ACTIVATIONS = (*sorted(set(activations.NAMED) - {"tanh"}), jnp.sin)
     + [pytest.param(cell, SIZES[-1], a, marks=pytest.mark.slow) for cell in PROBLEMS for a in OTHER_ACTIVATIONS],
 )
 def test_fused_values_and_gradients_equal_autodiff_in_float64(x64, cell, size, activation):
+    _assert_fused_equals_autodiff_in_float64(cell, size, activation)
+
+
+def _assert_fused_equals_autodiff_in_float64(cell, size, activation):
+    """The fused unroll's loss and gradients equal autodiff's, without lengths and with them."""
     make, value_and_gradients = PROBLEMS[cell]
     params, xs, s0, lengths = make(size)
     for lens in (None, lengths):
@@ -323,6 +382,17 @@ def test_fused_values_and_gradients_equal_autodiff_in_float64(x64, cell, size, a
             rtol=1e-10,
             atol=1e-13,
         )
+
+
+@pytest.mark.parametrize("size", slow_unless(SIZES[:1], SIZES))
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_carrying_the_gated_products_keeps_fused_values_and_gradients_equal_to_autodiff(x64, monkeypatch, cell, size):
+    """With `fused.KernelOptions.carry_products` the LSTM's and GRU's forward kernels carry h_{t-1} W_s's gate blocks
+    (the spy: every forward kernel traced started from them), and the values and gradients still equal autodiff's."""
+    carries = _spy_on_forward_carries(monkeypatch)
+    with fused.kernel_options(fused.KernelOptions(carry_products=True)):
+        _assert_fused_equals_autodiff_in_float64(cell, size, "tanh")
+    assert carries and set(carries) == {_forward_carries(getattr(rj, cell), True)}
 
 
 def test_the_elman_kernels_at_the_widest_state_the_fast_path_sends_them_equal_autodiff(x64):
