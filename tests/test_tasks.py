@@ -93,3 +93,28 @@ def test_bad_task_config_gets_a_clear_error(config, message):
 def test_run_headers_describe_the_sequences_each_task_really_has(options, text):
     """The numbers and Japanese-vowels tasks ignore seq_len, so the headers do not print it as their T."""
     assert tasks.describe(TaskConfig(**options)) == text
+
+
+TASK_OPTIONS = [{"task": "adding", "seq_len": 8}, {"task": "xor", "seq_len": 8}, {"task": "temporal_order"},
+                {"task": "numbers"}, {"task": "shakespeare", "seq_len": 8}, {"task": "sunspots", "seq_len": 8},
+                {"task": "japanese-vowels"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("options", TASK_OPTIONS, ids=[o["task"] for o in TASK_OPTIONS])
+def test_every_tasks_batch_names_a_bad_key_or_batch_size(key, options):
+    """``task.batch(3, 4)`` failed inside JAX ("invalid PRNG key data ... Got 3"), a batch size of -1 or 2.5 in a
+    shape error, and 0 made an empty batch (whose mean loss is NaN); each now names its argument."""
+    task = tasks.make(TaskConfig(**options))
+    with pytest.raises(TypeError, match=r"key: expected a JAX PRNG key .*, got int 3"):
+        task.batch(3, 4)
+    with pytest.raises(TypeError, match=r"key: expected a JAX PRNG key .*, got key<fry> array of shape \(2,\)"):
+        task.batch(jax.random.split(key), 4)
+    for size in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match=rf"batch_size: expected a positive integer, got {size!r}"):
+            task.batch(key, size)
+    if hasattr(task, "stream"):
+        with pytest.raises(ValueError, match="length: expected a positive integer, got 0"):
+            task.stream(key, 2, 0)
+        assert task.stream(key, 2, 5).inputs.shape[:2] == (5, 2)
+    batch = jax.jit(task.batch, static_argnums=1)(key, 2)  # a traced key passes
+    assert {leaf.shape[-1] if leaf.ndim == 1 else leaf.shape[1] for leaf in jax.tree.leaves(batch)} == {2}

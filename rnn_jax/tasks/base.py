@@ -7,7 +7,7 @@ from typing import Literal, NamedTuple, Protocol
 import jax
 import jax.numpy as jnp
 
-from rnn_jax import losses
+from rnn_jax import _checks, losses
 
 LossKind = Literal["squared_error", "cross_entropy"]
 
@@ -37,6 +37,17 @@ class Task(Protocol):
     def metrics(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]: ...
 
     def baseline(self) -> dict[str, float]: ...
+
+
+def check_batch_arguments(key: jax.Array, batch_size: int) -> int:
+    """What every task's ``batch`` (and ``stream``) checks first: one PRNG key and a positive integer batch size,
+    returned as an int (an int key or a batch size of -1 or 2.5 failed inside JAX, naming neither).
+
+    Raises:
+      TypeError: for a key that is not one PRNG key; ValueError: for a batch size that is not an integer >= 1.
+    """
+    _checks.prng_key("key", key)
+    return _checks.positive_int("batch_size", batch_size)
 
 
 def loss(kind: LossKind, outputs: jax.Array, batch: Batch) -> jax.Array:

@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax.seq2seq import END, GO, PAD, Seq2SeqBatch, sequence_metrics
+from rnn_jax.tasks.base import check_batch_arguments
 
 ONES = (
     "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
@@ -148,6 +149,7 @@ class Numbers:
 
     def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Seq2SeqBatch:
         """B numbers drawn uniformly (with replacement) from the training numbers; ``dtype`` is unused (tokens)."""
+        batch_size = check_batch_arguments(key, batch_size)
         del dtype
         index = jax.random.randint(key, (batch_size,), 0, self._train_numbers.shape[0], jnp.int32)
         return self.rows(self._train_numbers[index])

@@ -16,7 +16,7 @@ import numpy as np
 
 from rnn_jax import _checks
 from rnn_jax.tasks import datasets
-from rnn_jax.tasks.base import Batch
+from rnn_jax.tasks.base import Batch, check_batch_arguments
 
 
 def _split_name(split: str) -> str:
@@ -102,6 +102,8 @@ class Shakespeare:
 
         The streams are fixed (``key`` is unused): stream b starts at character b * N / B.
         """
+        batch_size = check_batch_arguments(key, batch_size)
+        length = _checks.positive_int("length", length)
         del key, dtype
         whole = self._streams(self._tokens["train"], batch_size)
         repeats = -(-length // whole.inputs.shape[0])
@@ -111,6 +113,7 @@ class Shakespeare:
 
     def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Batch:
         """Random windows of ``seq_len`` + 1 training characters: inputs and targets [T, B]."""
+        batch_size = check_batch_arguments(key, batch_size)
         del dtype
         tokens = jnp.asarray(self._tokens["train"])
         starts = jax.random.randint(key, (batch_size,), 0, tokens.shape[0] - self.seq_len - 1)
@@ -186,6 +189,7 @@ class Sunspots:
 
     def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Batch:
         """Random windows of the training segment: inputs [T, B, 1], targets (the next month's change) [T, B, 1]."""
+        batch_size = check_batch_arguments(key, batch_size)
         z = jnp.asarray(self._z[: self._bounds["train"][1]])
         starts = jax.random.randint(key, (batch_size,), 0, z.shape[0] - self.seq_len - 1)
         windows = jax.vmap(lambda s: jax.lax.dynamic_slice_in_dim(z, s, self.seq_len + 1))(starts).T[..., None]
@@ -268,6 +272,7 @@ class JapaneseVowels:
 
     def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Batch:
         """``batch_size`` training utterances drawn with replacement, padded: inputs [29, B, 12]."""
+        batch_size = check_batch_arguments(key, batch_size)
         train = self._padded["train"]
         pick = jax.random.randint(key, (batch_size,), 0, train.lengths.shape[0])
         return Batch(train.inputs[:, pick].astype(dtype), train.targets[:, pick], train.mask[:, pick],

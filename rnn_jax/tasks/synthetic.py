@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnn_jax import _checks
-from rnn_jax.tasks.base import Batch
+from rnn_jax.tasks.base import Batch, check_batch_arguments
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,7 @@ class TemporalXOR:
 
     def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Batch:
         """B independent streams of T + 1 bits: inputs [T, B, 1], integer targets [T, B]."""
+        batch_size = check_batch_arguments(key, batch_size)
         triples = self.seq_len // 3 + 1
         ab = jax.random.bernoulli(key, 0.5, (triples, 2, batch_size)).astype(jnp.int32)
         stream = jnp.concatenate([ab, (ab[:, 0] ^ ab[:, 1])[:, None]], axis=1)  # [triples, 3, B]
@@ -55,6 +56,7 @@ class TemporalXOR:
 
     def stream(self, key: jax.Array, batch_size: int, length: int, dtype: jnp.dtype = jnp.float32) -> Batch:
         """B independent streams of ``length`` steps (for truncated BPTT): a batch with T = length."""
+        _checks.positive_int("length", length)  # the batch of T = length checks the key and the batch size
         return dataclasses.replace(self, seq_len=length).batch(key, batch_size, dtype)
 
     def metrics(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
@@ -104,6 +106,7 @@ class Adding:
 
     def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Batch:
         """Inputs [T, B, 2] (value, marker), targets [T, B, 1] (the sum, scored at the last valid step)."""
+        batch_size = check_batch_arguments(key, batch_size)
         k_len, k_val, k_first, k_second = jax.random.split(key, 4)
         num_steps = self.seq_len
         if self.min_len is None:
@@ -180,6 +183,7 @@ class TemporalOrder:
 
     def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Batch:
         """Inputs [T, B, 6] one-hot, integer class targets [T, B] (scored at the last step only)."""
+        batch_size = check_batch_arguments(key, batch_size)
         k_noise, k_first, k_second, k_symbols = jax.random.split(key, 4)
         num_steps = self.seq_len
         (low1, high1), (low2, high2) = self.windows()
