@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class Activation(NamedTuple):
@@ -50,7 +51,8 @@ def get(activation: str | Callable[[jax.Array], jax.Array] | Activation) -> Acti
 
     Raises:
       ValueError: for an unknown name, listing the known ones.
-      TypeError: for anything that is neither a string nor a callable.
+      TypeError: for anything that is neither a string nor a callable, and for a NumPy ufunc (``np.tanh``), which
+        cannot take the traced arrays of jit, scan and grad that every unroll passes it.
     """
     if isinstance(activation, Activation):
         return activation
@@ -59,6 +61,12 @@ def get(activation: str | Callable[[jax.Array], jax.Array] | Activation) -> Acti
             return NAMED[activation]
         except KeyError:
             raise ValueError(f"activation: expected one of {sorted(NAMED)} or a callable, got {activation!r}") from None
+    if isinstance(activation, np.ufunc):
+        twin = f"jnp.{activation.__name__}" if hasattr(jnp, activation.__name__) else "a jax.numpy function"
+        raise TypeError(
+            f"activation: expected a JAX-traceable callable, got the NumPy ufunc np.{activation.__name__}, which fails "
+            f"on the traced arrays of jit, scan and grad; use {twin}"
+        )
     if callable(activation):
         name = getattr(activation, "__name__", type(activation).__name__)
         return Activation(name, activation, None, float("inf"))

@@ -38,6 +38,15 @@ def test_step_accepts_any_callable_activation(key):
     np.testing.assert_allclose(s, jnp.sin(x @ p.w_x), rtol=1e-6)
 
 
+def test_numpy_ufunc_activation_is_refused_naming_its_jnp_twin(key):
+    """np.tanh was accepted and failed later, inside jit, with a TracerArrayConversionError."""
+    with pytest.raises(TypeError, match=r"activation: .*got the NumPy ufunc np.tanh.*use jnp.tanh"):
+        rj.activations.get(np.tanh)
+    p = rj.elman.init(key, 3, 5, 2)
+    with pytest.raises(TypeError, match=r"NumPy ufunc np.sin.*use jnp.sin"):
+        rj.unroll(p, jnp.ones((4, 1, 3)), activation=np.sin)
+
+
 def test_orthogonal_recurrent_matrix_is_orthogonal(key):
     w = rj.elman.init(key, 3, 16, 2).w_s
     np.testing.assert_allclose(w.T @ w, np.eye(16), atol=1e-5)

@@ -127,3 +127,85 @@ def test_nnx_cell_round_trip_is_exact_and_equals_the_linen_cell(key):
     assert carry.shape == (2, 3, H) and not carry.any() and cell.num_feature_axes == 1
     linen = rj_flax.ElmanCell(hidden_size=H, output_size=O).apply(rj_flax.to_flax(params), carry, x)
     jax.tree.map(np.testing.assert_array_equal, cell(carry, x), linen)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_a_str_path_is_refused_and_a_missing_path_names_itself_and_what_is_there(key):
+    """A str path was iterated ("cell" -> c/e/l/l) by to_flax and failed as KeyError 'c' in from_flax."""
+    params = rj.elman.init(key, D, H, O)
+    with pytest.raises(TypeError, match=r"path: expected a tuple of module names .*write \('cell',\)"):
+        rj_flax.to_flax(params, path="cell")
+    with pytest.raises(TypeError, match=r"path: expected a tuple of module names"):
+        rj_flax.from_flax(rj_flax.to_flax(params, path=("cell",)), path="cell")
+    with pytest.raises(KeyError, match=r"path=\('cell',\) not found: no 'cell' .*keys there: \['b_s', 'b_y'"):
+        rj_flax.from_flax(rj_flax.to_flax(params), path=("cell",))
+    with pytest.raises(KeyError, match=r"no 'inner' under \('cell',\); keys there: \['b_s'"):
+        rj_flax.from_flax(rj_flax.to_flax(params, path=("cell",)), path=("cell", "inner"))
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_params_of_a_gated_cell_are_refused_not_read_as_elman(key, cell):
+    """from_flax(to_flax(lstm)) was ElmanParams with w_s [3, 12]; NnxElmanCell.from_params took them too."""
+    params = rj.cells.get(cell).init(key, D, H, O)
+    expected = f"params: expected ElmanParams, got {type(params).__name__}"
+    with pytest.raises(TypeError, match=expected):
+        rj_flax.to_flax(params)
+    with pytest.raises(TypeError, match=expected):
+        rj_flax.NnxElmanCell.from_params(params)
+    with pytest.raises(ValueError, match=r"params.w_x: expected shape \[D, H\].*an LSTM's or GRU's"):
+        rj_flax.from_flax({"params": dict(params._asdict())})
+
+
+def test_elman_params_of_inconsistent_shapes_are_refused_by_field(key):
+    params = rj.elman.init(key, D, H, O)._replace(b_s=jnp.zeros((1, H)))
+    with pytest.raises(ValueError, match=r"params.b_s: expected rank 1"):
+        rj_flax.to_flax(params)
+    with pytest.raises(ValueError, match=r"params.b_s: expected rank 1"):
+        rj_flax.NnxElmanCell.from_params(params)
+
+
+BAD_OPTIONS = [
+    ({"hidden": 0}, r"HIDDEN: expected a positive integer, got 0"),
+    ({"out": 2.5}, r"OUT: expected a positive integer, got 2.5"),
+    ({"activation": "tahn"}, r"activation: expected one of .*got 'tahn'"),
+    ({"recurrent_init": "eye"}, r"recurrent_init: expected one of .*got 'eye'"),
+    ({"param_dtype": jnp.int32}, r"param_dtype: expected a floating dtype, got int32"),
+]
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+@pytest.mark.parametrize(("options", "message"), BAD_OPTIONS)
+def test_bad_cell_options_are_refused_at_construction(api, options, message):
+    """ElmanCell(0, O) was a ZeroDivisionError at init; activation="tahn" constructed and failed at the first call;
+    each error names the argument of the cell's own signature."""
+    names = {"linen": ("hidden_size", "output_size"), "nnx": ("hidden_features", "out_features")}[api]
+    message = message.replace("HIDDEN", names[0]).replace("OUT", names[1])
+    options = dict(options)  # the parameters are shared by both apis
+    hidden, out = options.pop("hidden", H), options.pop("out", O)
+    with pytest.raises((ValueError, TypeError), match=message):
+        if api == "linen":
+            rj_flax.ElmanCell(hidden_size=hidden, output_size=out, **options)
+        else:
+            rj_flax.NnxElmanCell(D, hidden, out, rngs=nnx.Rngs(0), **options)
+
+
+@pytest.mark.parametrize("api", ["linen", "nnx"])
+@pytest.mark.parametrize(
+    ("carry_shape", "x_shape", "message"),
+    [
+        ((2, H + 1), (2, D), rf"carry: expected shape \[..., H\] = \(2, {H}\) .*got \(2, {H + 1}\)"),
+        ((3, H), (2, D), rf"carry: expected shape \[..., H\] = \(2, {H}\) .*got \(3, {H}\)"),
+        ((2, H), (2, D + 1), rf"(x|inputs): expected shape \[..., D\] with D = {D}, got \(2, {D + 1}\)"),
+    ],
+)
+def test_carry_and_inputs_of_another_shape_are_named(key, api, carry_shape, x_shape, message):
+    """A carry of width H + 1 was a reshape error, another batch a broadcast error, deep in the step."""
+    params = rj.elman.init(key, D, H, O)
+    carry, x = jnp.zeros(carry_shape), jnp.zeros(x_shape)
+    with pytest.raises(ValueError, match=message):
+        if api == "linen":
+            rj_flax.ElmanCell(hidden_size=H, output_size=O).apply(rj_flax.to_flax(params), carry, x)
+        else:
+            rj_flax.NnxElmanCell.from_params(params)(carry, x)

@@ -17,6 +17,10 @@ in both). Elman and LSTM have one bias where PyTorch has two: `to_torch` puts it
 torch -> rnn_jax -> torch keeps every weight and the sum of the two biases (what the network
 computes), not their split. The Elman activation is ``nn.RNN``'s ``nonlinearity`` ("tanh" or "relu").
 
+One layer and one direction convert at a time: a stacked module (``num_layers > 1``) needs ``layer=``, one call per
+layer; a bidirectional module's ``*_reverse`` keys, and an LSTM's ``proj_size`` projection, are refused by name
+rather than dropped (the error says how to convert each direction).
+
 The read-out (w_y [H, O], b_y [O]) has no counterpart in ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``: it
 travels separately as an ``nn.Linear(H, O)`` state dict, ``{"weight": w_y.T [O, H], "bias": b_y [O]}``.
 
@@ -27,6 +31,7 @@ Load an exported dict into a module with ``module.load_state_dict({k: torch.from
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -57,6 +62,7 @@ def to_torch(params: Any, layer: int = 0) -> tuple[dict[str, np.ndarray], dict[s
       layer: the layer index in the key names.
     """
     model = model_of(params)
+    layer = _check_layer(layer)
     p = {name: np.array(value) for name, value in params._asdict().items()}  # writable copies (torch.from_numpy)
     if model == "gru":
         bias_ih, bias_hh = p["b_x"], p["b_s"]
@@ -74,8 +80,93 @@ def to_torch(params: Any, layer: int = 0) -> tuple[dict[str, np.ndarray], dict[s
 
 def _numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":  # which .numpy() refuses; through float32 both ways is exact
+            return value.float().numpy().astype(jnp.bfloat16)
+        value = value.numpy()
     return np.asarray(value)
+
+
+_KEY = re.compile(r"(weight_ih|weight_hh|bias_ih|bias_hh|weight_hr)_l(\d+)(_reverse)?")
+"""The parameter names of ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU``: kind, layer, direction."""
+
+
+def _check_layer(layer: Any) -> int:
+    if isinstance(layer, bool) or not isinstance(layer, int | np.integer) or layer < 0:
+        raise ValueError(f"layer: expected an integer >= 0, got {layer!r}")
+    return int(layer)
+
+
+def _check_keys(state_dict: Any, layer: int | None) -> int:
+    """The layer to read, after refusing what `from_torch` would otherwise drop or misread: keys that are not
+    ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` parameters, a bidirectional module's ``*_reverse`` direction, an LSTM's
+    ``proj_size`` projection (``weight_hr``), and, when ``layer`` is None, the layers above l0 of a stacked module."""
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            f"state_dict: expected a mapping of parameter names to tensors (module.state_dict()), "
+            f"got {type(state_dict).__name__}"
+        )
+    matches = {key: _KEY.fullmatch(key) if isinstance(key, str) else None for key in state_dict}
+    unknown = sorted(str(key) for key, m in matches.items() if m is None)
+    if unknown:
+        raise ValueError(
+            f"state_dict: {unknown} are not parameters of nn.RNN / nn.LSTM / nn.GRU (weight_ih_l0, weight_hh_l0, "
+            f"bias_ih_l0, bias_hh_l0); strip any prefix of an enclosing module (e.g. 'rnn.')"
+        )
+    reverse = sorted(key for key, m in matches.items() if m.group(3))
+    if reverse:
+        raise ValueError(
+            f"state_dict: holds the reverse direction of a bidirectional module ({reverse}); from_torch converts one "
+            f"direction: the forward one from the keys without '_reverse', the reverse one from the '_reverse' keys "
+            f"renamed without the suffix ({{k.removesuffix('_reverse'): v}}), run over the time-reversed inputs"
+        )
+    projection = sorted(key for key, m in matches.items() if m.group(1) == "weight_hr")
+    if projection:
+        raise ValueError(
+            f"state_dict: {projection} is the projection of an nn.LSTM with proj_size > 0, which rnn_jax's LSTM "
+            f"does not have; only proj_size=0 converts"
+        )
+    layers = sorted({int(m.group(2)) for m in matches.values()})
+    if layer is not None:
+        return _check_layer(layer)
+    if len(layers) > 1:
+        raise ValueError(
+            f"state_dict: holds the layers {[f'l{n}' for n in layers]} of a stacked module (num_layers="
+            f"{len(layers)}); from_torch converts one layer: pass layer= to choose it, one call per layer"
+        )
+    return 0
+
+
+def _tensor(name: str, value: Any, shape: tuple[int, ...] | None, letters: str, dtype: np.dtype | None) -> np.ndarray:
+    """``value`` as a NumPy array of ``shape`` (``letters``: the shape in words; None: any) and ``dtype`` (None: any
+    floating dtype), or an error naming ``name``."""
+    array = _numpy(value)
+    if shape is not None and array.shape != shape:
+        raise ValueError(f"{name}: expected shape [{letters}] = {shape}, got {array.shape}")
+    if dtype is None and not jnp.issubdtype(array.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype, got {array.dtype}")
+    if dtype is not None and array.dtype != dtype:
+        raise TypeError(f"{name}: expected {dtype}, the dtype of weight_hh, got {array.dtype}")
+    return array
+
+
+def _read_linear(linear: Any, h: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """(w_y [H, O], b_y [O]) from an ``nn.Linear(H, O)`` state dict (``bias=False``: b_y = 0)."""
+    expected = "an nn.Linear(H, O) state dict {'weight': [O, H], 'bias': [O]}"
+    if not isinstance(linear, Mapping):
+        raise TypeError(f"linear: expected {expected}, got {type(linear).__name__}")
+    if "weight" not in linear:
+        raise KeyError(f"linear: expected {expected}; no 'weight', keys: {sorted(map(str, linear))}")
+    unknown = sorted(str(key) for key in linear if key not in ("weight", "bias"))
+    if unknown:
+        raise ValueError(f"linear: expected {expected}; got the other keys {unknown}")
+    weight = _tensor("linear['weight']", linear["weight"], None, "", dtype)
+    if weight.ndim != 2 or weight.shape[1] != h or weight.shape[0] < 1:
+        raise ValueError(f"linear['weight']: expected shape [O, H] with H = {h} and O >= 1, got {weight.shape}")
+    o = weight.shape[0]
+    bias = linear.get("bias")
+    bias = np.zeros((o,), dtype) if bias is None else _tensor("linear['bias']", bias, (o,), "O", dtype)
+    return weight.T, bias
 
 
 def from_torch(
@@ -83,25 +174,30 @@ def from_torch(
     linear: Mapping[str, Any] | None = None,
     *,
     model: str | None = None,
-    layer: int = 0,
+    layer: int | None = None,
 ) -> Any:
     """rnn_jax parameters from an ``nn.RNN`` / ``nn.LSTM`` / ``nn.GRU`` state dict (and an ``nn.Linear`` one).
 
     Args:
       state_dict: holds ``weight_ih_l{layer}`` [G*H, D], ``weight_hh_l{layer}`` [G*H, H] and, unless the
-        module had ``bias=False``, ``bias_ih_l{layer}`` and ``bias_hh_l{layer}`` [G*H].
-      linear: the read-out as ``{"weight": [O, H], "bias": [O]}``; None gives the identity read-out
-        (O = H, w_y = I, b_y = 0), so that the outputs y_t are the states.
+        module had ``bias=False``, ``bias_ih_l{layer}`` and ``bias_hh_l{layer}`` [G*H], all of one floating dtype.
+        One direction only: a bidirectional module's ``*_reverse`` keys are refused (convert each direction on its
+        own), and so is an LSTM's ``proj_size`` projection ``weight_hr_l{layer}``.
+      linear: the read-out as ``{"weight": [O, H], "bias": [O]}`` (no ``bias``: ``nn.Linear(bias=False)``, b_y = 0);
+        None gives the identity read-out (O = H, w_y = I, b_y = 0), so that the outputs y_t are the states.
       model: "elman", "lstm" or "gru"; by default inferred from G = rows of ``weight_hh`` / H (1, 4, 3).
-      layer: which layer's keys to read.
+      layer: which layer's keys to read; None (default): the state dict must hold one layer, l0, so that the
+        upper layers of a stacked module (``num_layers > 1``) are not dropped silently.
 
     Returns:
       ElmanParams, LSTMParams or GRUParams (float arrays in the state dict's dtype).
 
     Raises:
-      KeyError naming a missing key; ValueError on inconsistent shapes or a model that does not fit them.
+      KeyError naming a missing key; ValueError naming the key whose shape is not what H, D and the model imply,
+      a key that is no parameter of these modules, a reverse direction, a projection or other layers;
+      TypeError for a state dict that is no mapping or a tensor of another dtype.
     """
-    suffix = f"_l{layer}"
+    suffix = f"_l{_check_keys(state_dict, layer)}"
     for name in ("weight_ih", "weight_hh"):
         if name + suffix not in state_dict:
             raise KeyError(f"state_dict: no {name + suffix!r}; keys: {sorted(state_dict)}")
@@ -109,6 +205,11 @@ def from_torch(
     if w_ih.ndim != 2 or w_hh.ndim != 2:
         raise ValueError(f"weight_ih{suffix}, weight_hh{suffix}: expected matrices, got {w_ih.shape} and {w_hh.shape}")
     rows, h = w_hh.shape
+    if h < 1 or w_ih.shape[1] < 1:
+        raise ValueError(
+            f"weight_ih{suffix} [G*H, D], weight_hh{suffix} [G*H, H]: expected H >= 1 and D >= 1, got shapes "
+            f"{w_ih.shape} and {w_hh.shape}"
+        )
     inferred = {g: name for name, g in GATE_BLOCKS.items()}.get(rows // h if rows % h == 0 else None)
     if model is None:
         if inferred is None:
@@ -124,20 +225,23 @@ def from_torch(
             f"{model} ({TORCH_MODULES[model]}) expects weight_ih{suffix} [{g}H, D] and weight_hh{suffix} [{g}H, H] "
             f"with H = {h}; got {w_ih.shape} and {w_hh.shape}"
         )
-    zeros = np.zeros((g * h,), w_hh.dtype)
-    bias_ih = _numpy(state_dict.get("bias_ih" + suffix, zeros))
-    bias_hh = _numpy(state_dict.get("bias_hh" + suffix, zeros))
+    dtype = _tensor(f"weight_hh{suffix}", w_hh, None, "", None).dtype
+    _tensor(f"weight_ih{suffix}", w_ih, None, "", dtype)
+    biases = {}
+    for name in ("bias_ih", "bias_hh"):
+        key = name + suffix
+        value = state_dict.get(key)
+        letters = f"{g}H" if g > 1 else "H"
+        biases[name] = np.zeros((g * h,), dtype) if value is None else _tensor(key, value, (g * h,), letters, dtype)
     if linear is None:
-        w_y, b_y = np.eye(h, dtype=w_hh.dtype), np.zeros((h,), w_hh.dtype)
+        w_y, b_y = np.eye(h, dtype=dtype), np.zeros((h,), dtype)
     else:
-        w_y, b_y = _numpy(linear["weight"]).T, _numpy(linear["bias"])
-        if w_y.shape[0] != h or b_y.shape != (w_y.shape[1],):
-            raise ValueError(f"linear: expected weight [O, H={h}] and bias [O], got {w_y.T.shape} and {b_y.shape}")
+        w_y, b_y = _read_linear(linear, h, dtype)
     arrays = {"w_x": w_ih.T, "w_s": w_hh.T, "w_y": w_y, "b_y": b_y}
     if model == "gru":
-        return gru.GRUParams(b_x=jnp.asarray(bias_ih), b_s=jnp.asarray(bias_hh), **_jnp(arrays))
+        return gru.GRUParams(b_x=jnp.asarray(biases["bias_ih"]), b_s=jnp.asarray(biases["bias_hh"]), **_jnp(arrays))
     params_type = elman.ElmanParams if model == "elman" else lstm.LSTMParams
-    return params_type(b_s=jnp.asarray(bias_ih + bias_hh), **_jnp(arrays))
+    return params_type(b_s=jnp.asarray(biases["bias_ih"] + biases["bias_hh"]), **_jnp(arrays))
 
 
 def _jnp(arrays: dict[str, np.ndarray]) -> dict[str, Any]:
