@@ -7,7 +7,9 @@ from ``fold_in(key, n + 1)``; the window index is the step), and the raw data of
 training batches. Beside it, in the same step directory, a JSON record holds the format version, the
 run's config and a SHA-256 digest of every array, so that a checkpoint is refused, with an error
 naming its directory, when it was written by another format, by an incompatible config, or has been
-damaged since (orbax itself does not check array contents).
+damaged since (orbax itself does not check array contents). A restore first compares the template's
+arrays (their paths, shapes and dtypes) with those the checkpoint records, so that a template of
+another model is reported as such, never as damage; a step is saved once, never replaced.
 
 Layout: ``WORKDIR/checkpoints/<step>/{state, meta}``, the last ``keep`` steps kept by orbax's
 `CheckpointManager`. A save is written into ``<step>.orbax-checkpoint-tmp-*`` and renamed to ``<step>``
@@ -29,6 +31,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from rnn_jax import _checks
 from rnn_jax.config import Config
 
 FORMAT_VERSION = 2  # 2: the optimiser state is `optax.flatten`'s flat vectors (`rnn_jax.optim.make_optimizer`)
@@ -161,16 +164,17 @@ class Checkpoints:
     """
 
     def __init__(self, directory: str, config: Any, *, every: int, keep: int, resume: bool, read_only: bool = False):
-        if not isinstance(every, int) or every < 0:
+        if isinstance(every, bool) or not isinstance(every, int | np.integer) or every < 0:  # True was every=1
             raise ValueError(f"checkpoint_every: expected a non-negative integer, got {every!r}")
-        if not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep_checkpoints: expected a positive integer, got {keep!r}")
-        self.directory, self.every = directory, every
+        keep = _checks.positive_int("keep_checkpoints", keep)
+        self.directory, self.every, self._read_only = directory, int(every), read_only
         self._config = dataclasses.asdict(config)
         writes = {"max_to_keep": keep, "create": True, "cleanup_tmp_directories": True}
         reads = {"create": False, "cleanup_tmp_directories": False}  # orbax's read_only warns at every open
         options = ocp.CheckpointManagerOptions(**(reads if read_only else writes), enable_async_checkpointing=False)
-        self._manager = ocp.CheckpointManager(directory, options=options, item_names=("state", "meta"))
+        # handlers named up front (not only item names): `item_metadata` reads the stored shapes before a restore
+        handlers = {"state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+        self._manager = ocp.CheckpointManager(directory, options=options, item_handlers=handlers)
         latest = self._manager.latest_step()
         if not resume and latest is not None:
             self._manager.close()
@@ -188,19 +192,46 @@ class Checkpoints:
         return step == last_step or (self.every > 0 and step % self.every == 0)
 
     def save(self, position: Position) -> None:
-        """Writes ``position`` as the checkpoint of its step (blocking; atomic on completion)."""
-        step = int(position.state.step)
+        """Writes ``position`` as the checkpoint of its step (blocking; atomic on completion).
+
+        A step is saved once: orbax skips, without a word, a step that is not after the newest checkpoint (a
+        restore gave back the first save), so such a save is refused instead. Replacing a good checkpoint would
+        first delete it, which the atomic save exists to avoid; the train loop saves each step at most once.
+
+        Raises:
+          ValueError: ``position.state.step`` is not a non-negative integer scalar.
+          CheckpointError: the directory already holds a checkpoint of this step or a later one, or was opened
+            ``read_only``.
+        """
+        step = _step_of(position)
+        where = os.path.join(self.directory, str(step))
+        if self._read_only:
+            raise CheckpointError(f"{where}: cannot save, the checkpoints were opened read_only")
+        latest = self._manager.latest_step()
+        if latest is not None and step in self._manager.all_steps():
+            raise CheckpointError(
+                f"{where}: a checkpoint of step {step} already exists; a checkpoint is never replaced (the first "
+                "save of a step is kept), so save each step once, or to another directory"
+            )
+        if latest is not None and step < latest:
+            raise CheckpointError(
+                f"{where}: step {step} is before the newest checkpoint in {self.directory}, step {latest}; "
+                "checkpoints are saved in increasing step order"
+            )
         meta = {"format_version": FORMAT_VERSION, "step": step, "config": self._config, "digest": digest(position)}
-        self._manager.save(
+        saved = self._manager.save(
             step, args=ocp.args.Composite(state=ocp.args.StandardSave(position), meta=ocp.args.JsonSave(meta))
         )
+        if not saved:  # every reason orbax has to skip is refused above; this keeps a new one from being silent
+            raise CheckpointError(f"{where}: orbax-checkpoint declined to save step {step}")
 
     def restore_latest(self, template: Position) -> Position | None:
         """The newest checkpoint, in the structure, dtypes and shapes of ``template``; None when there is none.
 
         Raises:
           CheckpointError: the checkpoint has another format version, was written by an incompatible
-            config or another RNG key, cannot be read, or does not match its digest.
+            config or another RNG key, stores other arrays than ``template`` (paths, shapes or dtypes: the
+            message says that the checkpoint is not damaged), cannot be read, or does not match its digest.
         """
         step = self._manager.latest_step()
         if step is None:
@@ -219,6 +250,14 @@ class Checkpoints:
                 + "; ".join(differences)
             )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template)
+        mismatch = _template_differences(abstract, self._stored(step, where))
+        if mismatch:
+            more = f" (and {len(mismatch) - 3} more)" if len(mismatch) > 3 else ""
+            raise CheckpointError(
+                f"{where}: the template does not match the checkpoint of step {step}: {'; '.join(mismatch[:3])}"
+                f"{more}. This is a mismatch with the template, not damage to the checkpoint (do not delete it): "
+                "restore it with the model it was saved from"
+            )
         position = Position(*self._read(step, where, state=ocp.args.StandardRestore(abstract))["state"])
         if digest(position) != meta.get("digest"):
             raise CheckpointError(f"{where}: the arrays do not match the digest written with them (corrupted)")
@@ -228,16 +267,22 @@ class Checkpoints:
             raise CheckpointError(f"{where}: written with another RNG key (another seed or PRNG implementation)")
         return position
 
+    def _stored(self, step: int, where: str) -> dict[str, tuple[tuple[int, ...], str]]:
+        """``{path: (shape, dtype)}`` of the arrays of the checkpoint of ``step``, from its metadata (nothing
+        restored)."""
+        try:
+            tree = self._manager.item_metadata(step)["state"]
+            if tree is None:
+                raise ValueError("no metadata of the 'state' item")
+            return _arrays(tree.tree)
+        except Exception as error:  # a missing or damaged _METADATA file
+            raise _damaged(where, error) from error
+
     def _read(self, step: int, where: str, **items) -> dict[str, Any]:
         try:
             return self._manager.restore(step, args=ocp.args.Composite(**items))
         except Exception as error:  # orbax and tensorstore raise many types for damaged files
-            # the first line, without the TensorStore spec (dozens of lines) that orbax appends to it
-            detail = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0][:300]
-            raise CheckpointError(
-                f"{where}: cannot read the checkpoint ({type(error).__name__}: {detail}); it is damaged "
-                "or incomplete. Delete this step's directory to resume from the one before."
-            ) from error
+            raise _damaged(where, error) from error
 
     def close(self) -> None:
         """Closes the manager after the deletion of unfinished saves it started in the background has ended: orbax
@@ -248,3 +293,59 @@ class Checkpoints:
             with contextlib.suppress(Exception):
                 cleanup.result()
         self._manager.close()
+
+
+def _template_differences(template: Any, stored: dict[str, tuple[tuple[int, ...], str]]) -> list[str]:
+    """``"template: PATH has shape A, the checkpoint stores B"`` (or dtype, or an array that only one side has)
+    for every array where ``template`` (a tree of arrays or `jax.ShapeDtypeStruct`) and ``stored`` (`_arrays` of a
+    checkpoint's metadata) differ, in the template's order, then the checkpoint's."""
+    wanted, differences = _arrays(template), []
+    for path, (shape, dtype) in wanted.items():
+        if path not in stored:
+            differences.append(f"template: {path} (shape {shape}, {dtype}) is not in the checkpoint")
+            continue
+        stored_shape, stored_dtype = stored[path]
+        if shape != stored_shape:
+            differences.append(f"template: {path} has shape {shape}, the checkpoint stores {stored_shape}")
+        elif dtype != stored_dtype:
+            differences.append(f"template: {path} has dtype {dtype}, the checkpoint stores {stored_dtype}")
+    differences += [
+        f"the checkpoint stores {path} (shape {shape}, {dtype}), the template has no such array"
+        for path, (shape, dtype) in stored.items()
+        if path not in wanted
+    ]
+    return differences
+
+
+def _arrays(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """``{"state.params.w_x": (shape, dtype name)}`` for every leaf of ``tree``: a NamedTuple's field and a dict's
+    key give the same path (orbax stores NamedTuples as dicts), a sequence's entry its index."""
+    arrays = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = leaf.dtype if hasattr(leaf, "dtype") else np.asarray(leaf).dtype  # a Python scalar has none
+        arrays[jax.tree_util.keystr(path, simple=True, separator=".")] = (tuple(np.shape(leaf)), str(np.dtype(dtype)))
+    return arrays
+
+
+def _step_of(position: Position) -> int:
+    """``position.state.step`` as an int, or a ValueError unless it is a non-negative integer scalar."""
+    step = getattr(getattr(position, "state", None), "step", None)
+    value = None if step is None else np.asarray(jax.device_get(step))
+    if value is None or value.ndim != 0 or not np.issubdtype(value.dtype, np.integer) or value < 0:
+        raise ValueError(f"position.state.step: expected a non-negative integer scalar, got {step!r}")
+    return int(value)
+
+
+def _damaged(where: str, error: Exception) -> CheckpointError:
+    """The error for a checkpoint whose files orbax or tensorstore cannot read."""
+    return CheckpointError(
+        f"{where}: cannot read the checkpoint ({error_summary(error)}); it is damaged "
+        "or incomplete. Delete this step's directory to resume from the one before."
+    )
+
+
+def error_summary(error: BaseException) -> str:
+    """``"Type: first line"`` of an error from orbax or tensorstore, without the TensorStore spec (dozens of lines)
+    that orbax appends to it, at most 300 characters of text."""
+    detail = (str(error).strip().splitlines() or [""])[0].split(" See full TensorStore details")[0][:300]
+    return f"{type(error).__name__}: {detail}"

@@ -467,3 +467,92 @@ def test_a_field_missing_from_an_older_checkpoint_counts_as_its_default():
     assert checkpoint.config_differences(older, current) == []
     changed = {**current, "model": {**current["model"], "layers": 2}}
     assert checkpoint.config_differences(older, changed) == ["model.layers: checkpoint 1, now 2"]
+
+
+def _position(step=3, width=4, dtype=np.float32, fill=1.0, bias=True) -> checkpoint.Position:
+    """A small `Position` of parameters ``w_x [2, width]`` and ``b [width]`` (None without ``bias``)."""
+    params = {"w_x": np.full((2, width), fill, dtype), "b": np.zeros((width,), dtype) if bias else None}
+    state = train.TrainState(jax.numpy.asarray(step, jax.numpy.int32), params, ())
+    return checkpoint.Position(state, (), jax.random.key_data(jax.random.key(0)))
+
+
+def _checkpoints(tmp_path, **options) -> checkpoint.Checkpoints:
+    return checkpoint.Checkpoints(
+        str(tmp_path / "checkpoints"), Config(), **{"every": 1, "keep": 3, "resume": True, **options}
+    )
+
+
+@pytest.mark.parametrize(
+    "template, difference",
+    [
+        ({"width": 8}, r"template: state\.params\.w_x has shape \(2, 8\), the checkpoint stores \(2, 4\)"),
+        (
+            {"dtype": jax.numpy.bfloat16},
+            r"template: state\.params\.w_x has dtype bfloat16, the checkpoint stores float32",
+        ),
+        ({"bias": False}, r"the checkpoint stores state\.params\.b \(shape \(4,\), float32\), the template has"),
+    ],
+    ids=["width", "dtype", "missing-array"],
+)
+def test_a_template_of_another_model_is_a_mismatch_not_damage(tmp_path, template, difference):
+    """The same run with a model of another width (or dtype, or without an array) was reported as a damaged
+    checkpoint to delete, or as one that does not match its digest; the checkpoint is fine."""
+    checkpoints = _checkpoints(tmp_path)
+    try:
+        checkpoints.save(_position())
+        with pytest.raises(checkpoint.CheckpointError, match=difference) as info:
+            checkpoints.restore_latest(_position(**template))
+        message = str(info.value)
+        assert message.startswith(f"{tmp_path / 'checkpoints' / '3'}: the template does not match the checkpoint")
+        assert "not damage" in message and "damaged" not in message and "Delete" not in message
+        assert "digest" not in message
+        _assert_trees_equal(checkpoints.restore_latest(_position()), _position())  # intact
+    finally:
+        checkpoints.close()
+
+
+def test_a_step_is_saved_once_never_silently_kept_from_its_first_save(tmp_path):
+    """orbax skips a step that is not after the newest one without a word: a second save of step 3 was lost, and a
+    restore gave back the first."""
+    checkpoints = _checkpoints(tmp_path)
+    try:
+        checkpoints.save(_position(step=3, fill=1.0))
+        with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/3: a checkpoint of step 3 already exists"):
+            checkpoints.save(_position(step=3, fill=5.0))
+        with pytest.raises(checkpoint.CheckpointError, match=r"step 2 is before the newest checkpoint .* step 3"):
+            checkpoints.save(_position(step=2))
+        _assert_trees_equal(checkpoints.restore_latest(_position()), _position(fill=1.0))
+        assert checkpoints.latest_step() == 3
+    finally:
+        checkpoints.close()
+    reader = _checkpoints(tmp_path, read_only=True)
+    try:
+        with pytest.raises(checkpoint.CheckpointError, match=r"checkpoints/4: cannot save, .* opened read_only"):
+            reader.save(_position(step=4))
+    finally:
+        reader.close()
+    assert _steps(tmp_path) == [3]
+
+
+@pytest.mark.parametrize(
+    "step", [-1, np.float32(2.5), np.array([1, 2], np.int32), True], ids=["negative", "float", "vector", "bool"]
+)
+def test_a_step_that_is_not_a_non_negative_integer_is_refused_naming_it(tmp_path, step):
+    checkpoints = _checkpoints(tmp_path)
+    position = _position()
+    try:
+        with pytest.raises(ValueError, match=r"position\.state\.step: expected a non-negative integer scalar"):
+            checkpoints.save(position._replace(state=position.state._replace(step=step)))
+    finally:
+        checkpoints.close()
+    assert _steps(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "options, name",
+    [({"every": True}, "checkpoint_every"), ({"every": -1}, "checkpoint_every"), ({"keep": True}, "keep_checkpoints")],
+    ids=["every-true", "every-negative", "keep-true"],
+)
+def test_a_bool_or_negative_checkpoint_option_is_refused_naming_it(tmp_path, options, name):
+    with pytest.raises(ValueError, match=rf"{name}: expected a (non-negative|positive) integer, got"):
+        _checkpoints(tmp_path, **options)

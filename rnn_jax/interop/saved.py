@@ -6,11 +6,15 @@ A saved model is a directory:
                           "config": {ModelConfig's fields}, "params": {field: {"shape": [...], "dtype": "..."}}}
     params/              the parameter NamedTuple's fields as a dict, written by orbax's StandardCheckpointer
 
-`load` reads the manifest first and refuses, with a message naming both versions, a format version
-it does not know; it then restores the arrays with their recorded shapes and dtypes and rebuilds
-the cell's Params and the `ModelConfig`. A deep model (`rnn_jax.deep`, ``config.is_deep``) stores its
-`DeepParams` as nested dicts (tuples become "0", "1", ...; None fields are left out) and lists each array
-under its path (``layers.0.forward.w_x``) in the manifest; `load` rebuilds the structure from the config.
+`save` refuses, before it writes anything, a config that does not build the given parameters: it compares
+their names, shapes and dtypes with those `rnn_jax.train.init_params` builds for the config (with the input and
+output sizes of the parameters) and names the first array that disagrees. `load` reads the manifest first and
+refuses, with a message naming both versions, a format version it does not know, and a config that does not
+build the parameters the manifest lists; it then restores the arrays with those shapes and dtypes and rebuilds
+the parameters (the cell's Params, or a deep model's `DeepParams`) and the `ModelConfig`. A file that cannot be
+read (damaged or missing) is a `DamagedSavedModel` naming it. A deep model (`rnn_jax.deep`,
+``config.is_deep``) stores its `DeepParams` as nested dicts (tuples become "0", "1", ...; None fields are left
+out) and lists each array under its path (``layers.0.forward.w_x``) in the manifest.
 Version 1 is the first; a change to the layout of either file gets a new version number and, where
 possible, a reader for the old one.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from types import SimpleNamespace
 from typing import Any
 
 import jax
@@ -28,32 +33,52 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from rnn_jax import cells, deep
+from rnn_jax.checkpoint import error_summary
 from rnn_jax.config import ModelConfig
 
 FORMAT = "rnn-jax-saved-model"
 VERSION = 1
 MANIFEST = "rnn_jax_model.json"
 
+_STRUCTURE = ("model", "layers", "bidirectional", "learn_initial_state")  # the fields that decide the arrays
+_Specs = dict[str, tuple[tuple[int, ...], str]]  # {"layers.0.forward.w_x": (shape, dtype name)}, in the tree's order
+
 
 class IncompatibleSavedModel(ValueError):
     """The directory holds a saved model in a format or version this rnn-jax cannot read."""
+
+
+class DamagedSavedModel(IncompatibleSavedModel):
+    """A file of the saved model cannot be read, or holds what `save` never writes; the message names the file."""
 
 
 def save(directory: str | os.PathLike, params: Any, config: ModelConfig) -> None:
     """Writes ``params`` and ``config`` to ``directory`` (which must not exist yet).
 
     Raises:
-      ValueError: if ``params`` is not the Params of ``config.model``'s cell.
+      TypeError: if ``config`` is not a `ModelConfig`.
+      ValueError: if ``config`` is not valid (`rnn_jax.train.check_model`), ``params`` is not the Params of
+        ``config.model``'s cell, or ``config`` does not build arrays of the names, shapes and dtypes of ``params``.
       FileExistsError: if ``directory`` exists.
     """
+    from rnn_jax.train import check_model
+
     directory = os.path.abspath(os.fspath(directory))
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config: expected a rnn_jax.config.ModelConfig, got {type(config).__name__}")
+    try:
+        check_model(config)
+    except ValueError as error:
+        raise ValueError(f"config: {error}") from None
     expected = deep.DeepParams if config.is_deep else cells.get(config.model).Params
     if type(params) is not expected:
-        raise ValueError(f"params: config.model is {config.model!r}, so expected {expected.__name__}, "
-                         f"got {type(params).__name__}")  # fmt: skip
+        why = f"config.model is {config.model!r}" + (", with deep options (config.is_deep)" if config.is_deep else "")
+        raise ValueError(f"params: {why}, so expected {expected.__name__}, got {type(params).__name__}")
+    tree = _as_dict(jax.device_get(params))
+    specs = {name: (tuple(np.shape(a)), str(a.dtype)) for name, a in _flat(tree)}
+    _template(config, specs)  # before anything is written
     if os.path.exists(directory):
         raise FileExistsError(f"directory: {directory} exists; saved models are written to a new directory")
-    tree = _as_dict(jax.device_get(params))
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(os.path.join(directory, "params"), tree)
         checkpointer.wait_until_finished()
@@ -62,7 +87,7 @@ def save(directory: str | os.PathLike, params: Any, config: ModelConfig) -> None
         "version": VERSION,
         "model": config.model,
         "config": dataclasses.asdict(config),
-        "params": {name: {"shape": list(a.shape), "dtype": str(a.dtype)} for name, a in _flat(tree)},
+        "params": {name: {"shape": list(shape), "dtype": dtype} for name, (shape, dtype) in specs.items()},
     }
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
@@ -73,14 +98,23 @@ def load(directory: str | os.PathLike) -> tuple[Any, ModelConfig]:
 
     Raises:
       FileNotFoundError: if ``directory`` holds no manifest.
-      IncompatibleSavedModel: for another format, an unknown version or a config this rnn-jax does not have.
+      IncompatibleSavedModel: for another format, an unknown version, a config this rnn-jax does not have, or
+        one that does not build the parameters the manifest lists.
+      DamagedSavedModel (an IncompatibleSavedModel): a file that cannot be read, or a manifest `save` never writes.
     """
+    from rnn_jax.train import check_model
+
     directory = os.path.abspath(os.fspath(directory))
     path = os.path.join(directory, MANIFEST)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{directory}: not an rnn-jax saved model (no {MANIFEST})")
-    with open(path) as f:
-        manifest = json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise DamagedSavedModel(f"{path}: cannot read the manifest ({error_summary(error)}); it is damaged") from None
+    if not isinstance(manifest, dict):
+        raise DamagedSavedModel(f"{path}: expected a JSON object, got a {type(manifest).__name__}; it is damaged")
     if manifest.get("format") != FORMAT:
         raise IncompatibleSavedModel(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
     if manifest.get("version") != VERSION:
@@ -88,25 +122,83 @@ def load(directory: str | os.PathLike) -> tuple[Any, ModelConfig]:
             f"{path}: saved model format version {manifest.get('version')!r}, but this rnn-jax reads version "
             f"{VERSION}; load it with the rnn-jax that wrote it, or convert it"
         )
+    fields, specs = manifest.get("config"), _read_specs(path, manifest.get("params"))
+    if not isinstance(fields, dict):
+        raise DamagedSavedModel(f"{path}: config: expected a JSON object of ModelConfig's fields, got {fields!r}")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(manifest["config"]) - known)
+    unknown = sorted(set(fields) - known)
     if unknown:
         raise IncompatibleSavedModel(f"{path}: config fields {unknown} are unknown to this rnn-jax's ModelConfig")
-    config = ModelConfig(**manifest["config"])
-    if config.is_deep:
-        return _load_deep(directory, path, manifest, config), config
-    params_type = cells.get(config.model).Params
-    if list(manifest["params"]) != list(params_type._fields):
-        raise IncompatibleSavedModel(
-            f"{path}: parameters {list(manifest['params'])}, but {config.model} has {list(params_type._fields)}"
-        )
-    target = {
-        name: jax.ShapeDtypeStruct(tuple(spec["shape"]), jnp.dtype(spec["dtype"]))
-        for name, spec in manifest["params"].items()
-    }
-    with ocp.StandardCheckpointer() as checkpointer:
-        tree = checkpointer.restore(os.path.join(directory, "params"), target)
-    return params_type(**{name: jnp.asarray(tree[name]) for name in params_type._fields}), config
+    config = ModelConfig(**fields)
+    try:
+        check_model(config)
+    except ValueError as error:
+        raise IncompatibleSavedModel(f"{path}: config: {error}") from None
+    try:
+        template = _template(config, specs)
+    except ValueError as error:
+        raise IncompatibleSavedModel(f"{path}: {error}") from None
+    params_dir = os.path.join(directory, "params")
+    try:
+        with ocp.StandardCheckpointer() as checkpointer:
+            tree = checkpointer.restore(params_dir, _as_dict(template))
+    except Exception as error:  # orbax and tensorstore raise many types for damaged or missing files
+        raise DamagedSavedModel(
+            f"{params_dir}: cannot read the arrays ({error_summary(error)}); the saved model is damaged or incomplete"
+        ) from error
+    return _from_dict(template, tree), config
+
+
+def _read_specs(path: str, params: Any) -> _Specs:
+    """The manifest's ``params`` as `_Specs`, or a DamagedSavedModel naming the entry that is not a shape and dtype."""
+    if not isinstance(params, dict) or not params:
+        raise DamagedSavedModel(f"{path}: params: expected a JSON object of arrays' shapes and dtypes, got {params!r}")
+    specs = {}
+    for name, spec in params.items():
+        try:
+            shape = tuple(spec["shape"])
+            if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+                raise ValueError(shape)
+            specs[name] = (shape, str(jnp.dtype(spec["dtype"])))
+        except (TypeError, KeyError, ValueError):
+            raise DamagedSavedModel(
+                f"{path}: params.{name}: expected {{'shape': [sizes], 'dtype': name}}, got {spec!r}"
+            ) from None
+    return specs
+
+
+def _template(config: ModelConfig, specs: _Specs) -> Any:
+    """The parameters (`jax.ShapeDtypeStruct` leaves) that `rnn_jax.train.init_params` builds for ``config`` with the
+    input size D and output size O of ``specs`` (the first ``w_x``'s rows, ``b_y``'s length).
+
+    Raises:
+      ValueError: naming the first array of ``specs`` whose name, shape or dtype is not the template's.
+    """
+    from rnn_jax.train import init_params  # the one place that turns a ModelConfig into parameters
+
+    w_x = next((name for name in specs if name.rsplit(".", 1)[-1] == "w_x"), None)
+    if w_x is None or "b_y" not in specs or len(specs[w_x][0]) != 2 or len(specs["b_y"][0]) != 1:
+        raise ValueError(f"params: expected a w_x [D, ...] and a b_y [O], got arrays {_listing(specs)}")
+    sizes = SimpleNamespace(input_size=specs[w_x][0][0], output_size=specs["b_y"][0][0])
+    shapes_only = dataclasses.replace(config, spectral_radius=None)  # its rescaling runs in NumPy, not under tracing
+    template = jax.eval_shape(lambda: init_params(shapes_only, sizes, jax.random.key(0)))
+    expected = {name: (tuple(a.shape), str(a.dtype)) for name, a in _flat(_as_dict(template))}
+    if list(specs) != list(expected):
+        options = ", ".join(f"{name}={getattr(config, name)!r}" for name in _STRUCTURE)
+        raise ValueError(f"params has the arrays {list(specs)}, but config ({options}) builds {list(expected)}")
+    for name, (shape, dtype) in specs.items():
+        if shape != expected[name][0]:
+            raise ValueError(
+                f"params.{name} has shape {shape}, but config.hidden={config.hidden!r} builds {expected[name][0]} "
+                f"(D = {sizes.input_size} and O = {sizes.output_size} read from the params)"
+            )
+        if dtype != expected[name][1]:
+            raise ValueError(f"params.{name} has dtype {dtype}, but config.dtype={config.dtype!r}")
+    return template
+
+
+def _listing(specs: _Specs) -> str:
+    return ", ".join(f"{name} {list(shape)}" for name, (shape, _) in specs.items()) or "none"
 
 
 def _as_dict(tree: Any) -> Any:
@@ -133,31 +225,3 @@ def _flat(tree: dict, prefix: str = "") -> list[tuple[str, Any]]:
     for name, value in tree.items():
         out += _flat(value, f"{prefix}{name}.") if isinstance(value, dict) else [(prefix + name, value)]
     return out
-
-
-def _load_deep(directory: str, path: str, manifest: dict, config: ModelConfig) -> deep.DeepParams:
-    from types import SimpleNamespace
-
-    from rnn_jax.train import init_params  # the one place that turns a ModelConfig into parameters
-
-    specs = manifest["params"]
-    try:
-        sizes = SimpleNamespace(
-            input_size=specs["layers.0.forward.w_x"]["shape"][0], output_size=specs["b_y"]["shape"][0]
-        )
-    except KeyError as error:
-        raise IncompatibleSavedModel(f"{path}: a deep model without the parameter {error}") from None
-    template = jax.eval_shape(lambda: init_params(config, sizes, jax.random.key(0)))
-    expected = [name for name, _ in _flat(_as_dict(template))]
-    if list(specs) != expected:
-        raise IncompatibleSavedModel(f"{path}: parameters {list(specs)}, but this config has {expected}")
-    target = _as_dict(template)  # fresh dicts, whose leaves take the recorded shapes and dtypes
-    for name, spec in specs.items():
-        *parents, leaf = name.split(".")
-        node = target
-        for part in parents:
-            node = node[part]
-        node[leaf] = jax.ShapeDtypeStruct(tuple(spec["shape"]), jnp.dtype(spec["dtype"]))
-    with ocp.StandardCheckpointer() as checkpointer:
-        tree = checkpointer.restore(os.path.join(directory, "params"), target)
-    return _from_dict(template, tree)
