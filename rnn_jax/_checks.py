@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import operator
 from collections.abc import Callable
 
 import jax
@@ -148,3 +149,57 @@ def lengths(name: str, array: jax.Array, num_steps: int, batch: int, shortest: i
     integers(name, array, "an integer dtype")
     within(name, array, shortest, num_steps, f"every length in [{shortest}, T={num_steps}]")
     return array
+
+
+def count(name: str, value: object) -> int:
+    """``value`` as an int, or a ValueError when it is not an integer >= 0 (a number of steps, which may be 0): a
+    Python or NumPy integer, or a concrete integer JAX scalar (whatever `operator.index` takes; not a bool)."""
+    try:
+        number = None if isinstance(value, bool | np.bool_) else operator.index(value)
+    except TypeError:  # a float, a string, None, a traced value (TracerIntegerConversionError is a TypeError)
+        number = None
+    if number is None or number < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    return number
+
+
+def array(name: str, value: object, expected: str = "an array") -> None:
+    """Raises TypeError unless ``value`` is an array (a `jax.Array`, traced or not, or a NumPy array or scalar): a
+    Python list or None failed later with an error that named neither the argument nor what it should have been."""
+    if not isinstance(value, jax.Array | np.ndarray | np.generic):
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise TypeError(f"{name}: expected {expected} (a jax.Array or np.ndarray), got {type(value).__name__} {shown}")
+
+
+def time_major(xs_name: str, xs: jax.Array, name: str, array: jax.Array, batch_axis: int = 1) -> None:
+    """Raises ValueError naming both arguments when ``array`` and the inputs ``xs`` (time-major [T, B, D]) disagree as
+    batch-first and time-major data do: ``array``'s leading axes are (B, T) where [T, B, ...] was expected
+    (``batch_axis`` 1), or its axis 0 holds T rows where [B, ...] was expected (``batch_axis`` 0). The shape checks
+    alone blamed ``array`` for what is as often a batch-first ``xs``; other mismatches are left to them. Reads only
+    the shapes, so traced arrays are checked too."""
+    xs_shape, shape = tuple(jnp.shape(xs)), tuple(jnp.shape(array))
+    if len(xs_shape) < 2 or xs_shape[0] == xs_shape[1] or len(shape) <= batch_axis:
+        return
+    steps, batch = xs_shape[:2]
+    if batch_axis == 1 and shape[:2] == (batch, steps):
+        got = f"leading axes {shape[:2]}, [T, B] swapped"
+    elif batch_axis == 0 and shape[0] == steps:
+        got = f"{steps} rows on axis 0, the T of {xs_name}"
+    else:
+        return
+    want = f"[T, B, ...] = ({steps}, {batch}, ...)" if batch_axis == 1 else f"B = {batch} rows on axis 0"
+    which = "one of them is batch-first" if batch_axis == 1 else f"{xs_name} looks batch-first [B, T, D]"
+    raise ValueError(
+        f"{xs_name}, {name}: {xs_name} of shape {xs_shape} reads as time-major [T, B, D] with T = {steps}, "
+        f"B = {batch}, so {name} should have {want}; it has shape {shape}, {got}: {which}. The inputs are "
+        "time-major [T, B, ...]: swap a batch-first array's first two axes (jnp.swapaxes(a, 0, 1))"
+    )
+
+
+def nonnegative_weights(name: str, array: jax.Array) -> None:
+    """Raises ValueError when a concrete weight or mask ``array`` (not bool) holds NaN/Inf or a negative entry: a
+    loss weighted by it turned NaN, or negative, silently. Traced values (inside jit, grad or vmap) are not checked."""
+    if not is_concrete(array) or jnp.result_type(array) == jnp.bool_:
+        return
+    finite(name, array)
+    within(name, array, 0, math.inf, "values >= 0 (bool, or 0/1 weights)")

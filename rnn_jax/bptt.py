@@ -46,13 +46,13 @@ import jax
 import jax.numpy as jnp
 from jax import custom_derivatives
 
-from rnn_jax import _checks, activations, losses
+from rnn_jax import _checks, activations, cells, losses
 from rnn_jax.cells import elman, gru, lstm
 from rnn_jax.cells._common import readout
 from rnn_jax.cells.elman import ElmanParams
 from rnn_jax.cells.gru import GRUParams
 from rnn_jax.cells.lstm import LSTMParams, LSTMState
-from rnn_jax.unroll import lax_scan, scan, scan_in_form, sequence_mask, stackable, unroll
+from rnn_jax.unroll import check_params, lax_scan, scan, scan_in_form, sequence_mask, stackable, unroll
 
 LossName = losses.LossName
 
@@ -79,7 +79,20 @@ def output_errors(
 
     Returns:
       [T, B, O].
+
+    Raises:
+      ValueError / TypeError naming the argument: an unknown ``loss`` or ``reduction``; ``targets`` or ``mask`` not
+      of the outputs' shape (without O for labels and the mask); when concrete, labels outside [0, O) where the mask
+      holds (they gave a zero one-hot row, a wrong error, silently) or a mask with negative or NaN weights
+      (`rnn_jax.losses.check_targets`).
     """
+    _checks.array("outputs", outputs)
+    losses.check_targets(loss, jnp.shape(outputs), targets, mask, name="targets")
+    return _output_errors(loss, outputs, targets, mask, reduction)
+
+
+def _output_errors(loss, outputs, targets, mask, reduction):
+    """`output_errors` on arguments already checked (by `_forward`, under the names of its caller)."""
     dtype = outputs.dtype
     m = jnp.ones(outputs.shape[:-1], dtype) if mask is None else mask.astype(dtype)
     count = jnp.maximum(jnp.sum(m), 1)
@@ -195,6 +208,31 @@ def _errors(params, xs, initial_state, mask, states, output_error, state_error, 
     return g_y, deltas, initial_error
 
 
+def _check_backward_shapes(params, xs, initial_state, mask, states, output_error, state_error, final_state_error):
+    """Raises ValueError naming the first of `backward`'s arrays whose shape is not [T, B, ...] (T, B of ``states``)
+    with the widths D, H, O of ``params``. Reads only shapes."""
+    _checks.rank("states", states, 3, "T, B, H")
+    num_steps, batch = states.shape[:2]
+    width, hidden, outputs = params.w_x.shape[0], params.w_s.shape[0], params.w_y.shape[1]
+    expected = {
+        "states": (num_steps, batch, hidden),
+        "xs": (num_steps, batch, width),
+        "initial_state": (batch, hidden),
+        "mask": (num_steps, batch),
+        "output_error": (num_steps, batch, outputs),
+        "state_error": (num_steps, batch, hidden),
+        "final_state_error": (batch, hidden),
+    }
+    given = dict(states=states, xs=xs, initial_state=initial_state, mask=mask, output_error=output_error,
+                 state_error=state_error, final_state_error=final_state_error)  # fmt: skip
+    for name, array in given.items():
+        if array is not None and tuple(jnp.shape(array)) != expected[name]:
+            raise ValueError(
+                f"{name}: expected shape {expected[name]} (T, B of states {tuple(states.shape)}; D = {width}, "
+                f"H = {hidden}, O = {outputs} of params), got {tuple(jnp.shape(array))}"
+            )
+
+
 def backward(
     params: ElmanParams,
     xs: jax.Array,
@@ -228,7 +266,12 @@ def backward(
 
     Returns:
       `Gradients` (params, inputs [T, B, D], initial_state [B, H]).
+
+    Raises:
+      ValueError naming the argument whose shape is not the one above, for T and B of ``states`` and D, H, O of
+      ``params`` (an ``xs`` of another width gave a w_x gradient of that width, silently).
     """
+    _check_backward_shapes(params, xs, initial_state, mask, states, output_error, state_error, final_state_error)
     num_steps, batch, hidden = states.shape
     rows = num_steps * batch
     g_y, deltas, initial_error = _errors(
@@ -708,13 +751,20 @@ class _Forward(NamedTuple):
 
 def _forward(params, xs, targets, loss, reduction, activation, initial_state, lengths, mask, loss_mask) -> _Forward:
     """The forward pass and the output errors that both `loss_and_gradients` and `per_lag_contributions` start from."""
+    _checks.rank("xs", xs, 3, "T, B, D")
+    _checks.time_major("xs", xs, "targets", targets)
+    for name, array in (("mask", mask), ("loss_mask", loss_mask)):
+        if array is not None:
+            _checks.time_major("xs", xs, name, array)
+    if lengths is not None:
+        _checks.time_major("xs", xs, "lengths", lengths, batch_axis=0)
     run = unroll(params, xs, activation=activation, initial_state=initial_state, lengths=lengths, mask=mask)
     state_mask = sequence_mask(lengths, xs.shape[0]) if lengths is not None else mask
     scored = state_mask if loss_mask is None else loss_mask
     mask_name = "mask" if loss_mask is None else "loss_mask"
     losses.check_targets(loss, run.outputs.shape, targets, scored, name="targets", mask_name=mask_name)
     s0 = elman.initial_state(params, xs.shape[1]) if initial_state is None else initial_state
-    g = output_errors(loss, run.outputs, targets, scored, reduction)
+    g = _output_errors(loss, run.outputs, targets, scored, reduction)
     return _Forward(run.states, run.outputs, s0, state_mask, scored, g)
 
 
@@ -748,8 +798,9 @@ def loss_and_gradients(
 
     Raises:
       ValueError / TypeError naming the argument: as `rnn_jax.unroll`, and for ``targets`` or ``loss_mask`` not of
-      the outputs' shape (without O for labels and the mask), or, when concrete, labels outside [0, O) on a scored
-      step (`rnn_jax.losses.check_targets`).
+      the outputs' shape (without O for labels and the mask; naming ``xs`` too when the two disagree as batch-first
+      and time-major data do: [B, T, ...] against [T, B, ...]), or, when concrete, labels outside [0, O) on a scored
+      step or a ``loss_mask`` with negative or NaN weights (`rnn_jax.losses.check_targets`).
     """
     f = _forward(params, xs, targets, loss, reduction, activation, initial_state, lengths, mask, loss_mask)
     grads = backward(params, xs, f.initial_state, f.state_mask, f.states, f.output_error, activation=activation)
@@ -821,7 +872,12 @@ def check_truncation(k1: int, k2: int) -> tuple[int, int]:
 
 
 def pad_stream(stream: jax.Array, k1: int, k2: int) -> jax.Array:
-    """The stream [N, B, ...] with k2 - k1 zero steps in front, so that every window has k2 steps."""
+    """The stream [N, B, ...] with k2 - k1 zero steps in front, so that every window has k2 steps.
+
+    Raises:
+      ValueError unless 1 <= k1 <= k2 (`check_truncation`; k1 > k2 was a negative pad width, NumPy's error).
+    """
+    k1, k2 = check_truncation(k1, k2)
     return jnp.pad(stream, [(k2 - k1, 0)] + [(0, 0)] * (stream.ndim - 1))
 
 
@@ -855,6 +911,7 @@ def windows(inputs: jax.Array, targets: jax.Array, k1: int, k2: int) -> Windows:
         raise ValueError(
             f"targets: expected rank >= 2 [N, B, ...], got rank {jnp.ndim(targets)} with shape {jnp.shape(targets)}"
         )
+    _checks.time_major("inputs", inputs, "targets", targets)
     _checks.dim("targets", targets, 0, num_steps, "the stream length N")
     _checks.dim("targets", targets, 1, batch, "the batch size B")
     if num_steps % k1:
@@ -946,10 +1003,15 @@ def tbptt_gradients(
 
     Raises:
       ValueError / TypeError naming the argument: for k1, k2 as `check_truncation` and N not a multiple of k1;
-      for ``targets`` not of the outputs' shape [N, B, O] (labels: [N, B]) or, when concrete, labels outside
-      [0, O) (every step of a stream is scored), checked here because the windows' losses are traced.
+      for a ``cell`` (module or name) that is not one or ``params`` not of that cell (`rnn_jax.unroll.check_params`);
+      for ``targets`` not of the outputs' shape [N, B, O] (labels: [N, B]; naming ``inputs`` too when the two
+      disagree as batch-first and time-major data do) or, when concrete, labels outside [0, O) (every step of a
+      stream is scored), checked here because the windows' losses are traced.
     """
+    cell = cells.resolve(cell)
+    check_params(params, cell)
     _checks.rank("inputs", inputs, 3, "N, B, D")
+    _checks.time_major("inputs", inputs, "targets", targets)
     losses.check_targets(loss, (*inputs.shape[:2], params.w_y.shape[-1]), targets, name="targets")
     w = windows(inputs, targets, k1, k2)
     s0 = cell.initial_state(params, inputs.shape[1]) if initial_state is None else initial_state

@@ -14,12 +14,15 @@ from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 def check_choices(section: object) -> None:
     """Raises ValueError, naming the field, when a field of the dataclass ``section`` typed ``Literal[...]`` (or
-    ``Literal[...] | None``) holds none of its choices: the command line refuses those, a config built in Python
-    or read from a file did not (an unknown ``precision`` failed as a KeyError, an unknown gradient-check
-    ``lengths`` ran as "full")."""
+    ``Literal[...] | None``) holds none of its choices, and TypeError when a field typed ``bool`` holds something
+    else: the command line refuses those, a config built in Python or read from a file did not (an unknown
+    ``precision`` failed as a KeyError, an unknown gradient-check ``lengths`` ran as "full", ``bidirectional="no"``
+    built a bidirectional network)."""
     hints = get_type_hints(type(section))
     for f in dataclasses.fields(section):
         kind, choices = hints[f.name], ()
+        if kind is bool and not isinstance(getattr(section, f.name), bool):
+            raise TypeError(f"{f.name}: expected True or False, got {getattr(section, f.name)!r}")
         if get_origin(kind) is Literal:
             choices = get_args(kind)
         elif get_origin(kind) is Union and any(get_origin(a) is Literal for a in get_args(kind)):

@@ -25,6 +25,7 @@ References:
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -99,9 +100,14 @@ def state_gradient_norms(
     Returns:
       [T, B]: row k is ||dE_T/ds_{T-k}||_2 (k = 0 is the last state). For a carry pytree the norm
       is over all of its leaves (for the LSTM, h and c together).
+
+    Raises:
+      ValueError / TypeError naming the argument: ``cell``, ``params`` or ``xs`` as `step_jacobians`; ``targets`` not
+      [B, O] (naming ``xs`` too when its B rows are the T of ``xs``, which then looks batch-first).
     """
     cell, num_steps, batch = _check_inputs(params, xs, cell)
     _checks.rank("targets", targets, 2, "B, O")
+    _checks.time_major("xs", xs, "targets", targets, batch_axis=0)  # a batch-first xs: blamed on targets before
     _checks.dim("targets", targets, 0, batch, "the batch size B")
     if loss is squared_error_at_end:  # a loss of the caller's may read targets of another width
         _checks.dim("targets", targets, 1, params.w_y.shape[1], "the output width O")
@@ -129,17 +135,29 @@ def gradient_horizon(norms_by_lag: jax.Array | np.ndarray, ratio: float = 1e-3) 
 
     Args:
       norms_by_lag: [L] gradient norms, index k = lag k (for example a batch mean of
-        `state_gradient_norms`).
-      ratio: the fraction of the lag-0 value that counts as lost (1e-3 by default).
+        `state_gradient_norms`); the lag-0 norm, the reference, finite and > 0, and none NaN.
+      ratio: the fraction of the lag-0 value that counts as lost, in (0, 1) (1e-3 by default).
 
     Returns:
       The lag (an int in [1, L)), or None when the gradient never falls that low within L lags.
+
+    Raises:
+      ValueError naming the argument: ``norms_by_lag`` not a non-empty [L], with a lag-0 norm that is not finite and
+      > 0 (a zero, NaN or Inf reference made every lag "never vanished", or lag 1 the horizon) or a NaN at any lag
+      (never below the threshold, so read as kept); ``ratio`` not a number in (0, 1) (a ratio >= 1 gave lag 0).
     """
     norms = np.asarray(norms_by_lag, np.float64)
     if norms.ndim != 1 or norms.size < 1:
         raise ValueError(f"norms_by_lag: expected a non-empty rank-1 array [L], got shape {norms.shape}")
-    if not ratio > 0:
-        raise ValueError(f"ratio: expected a value > 0, got {ratio}")
+    ratio = _checks.real("ratio", ratio, "a number in (0, 1)", lambda v: 0 < v < 1)
+    if not 0 < norms[0] < math.inf:
+        raise ValueError(
+            f"norms_by_lag: expected a finite lag-0 norm > 0 (the reference the others are compared with), got "
+            f"norms_by_lag[0] = {norms[0]}"
+        )
+    nan = np.flatnonzero(np.isnan(norms))
+    if nan.size:
+        raise ValueError(f"norms_by_lag: expected no NaN, got {nan.size} NaN entries, the first at lag {int(nan[0])}")
     below = np.flatnonzero(norms < ratio * norms[0])
     return int(below[0]) if below.size else None
 
@@ -170,7 +188,7 @@ def step_jacobians(
     cell, _, batch = _check_inputs(params, xs, cell)
     s0 = initial_carry(initial_state, cell, params, batch)
     step = functools.partial(cell.step, params, activation=activation)
-    _, unravel = ravel_pytree(jax.tree.map(lambda a: a[0], s0))
+    _, unravel = ravel_pytree(jax.tree.map(lambda a: jnp.zeros(a.shape[1:], a.dtype), s0))  # one sequence's (B >= 0)
 
     def one(vector, x):  # one sequence: [N], [D] -> [N]
         carry = jax.tree.map(lambda a: a[None], unravel(vector))
@@ -252,8 +270,15 @@ def recurrent_spectrum(params: Any, block: int = 0) -> dict[str, float]:
 
     Returns:
       {"largest_singular_value": lambda_1, "spectral_radius": max |eigenvalue|}.
+
+    Raises:
+      ValueError naming ``params.w_s`` (and the block) when the matrix holds NaN or Inf (NumPy's "SVD did not
+      converge" before), besides `recurrent_matrix`'s errors.
     """
-    w = np.asarray(recurrent_matrix(params, block), np.float64)
+    matrix = recurrent_matrix(params, block)
+    name = "params.w_s" if matrix.shape == params.w_s.shape else f"params.w_s (gate block {block})"
+    _checks.finite(name, matrix)
+    w = np.asarray(matrix, np.float64)
     return {
         "largest_singular_value": float(np.linalg.norm(w, 2)),
         "spectral_radius": initializers.spectral_radius(w),
@@ -291,6 +316,11 @@ def pascanu_bound_check(
 
     Returns:
       `BoundCheck`.
+
+    Raises:
+      TypeError / ValueError naming the argument: ``params`` not `ElmanParams` or with a non-finite W_s, an
+      ``activation`` with no finite gamma, ``xs`` as `step_jacobians` or with no sequence (B = 0: there is no
+      trajectory to check the bound on).
     """
     if not isinstance(params, elman.ElmanParams):
         raise TypeError(
@@ -300,6 +330,9 @@ def pascanu_bound_check(
     if not np.isfinite(gamma):
         raise ValueError(f"activation: expected a named activation with a finite bound gamma, got {activation!r}")
     eta = recurrent_spectrum(params)["largest_singular_value"] * gamma
+    if jnp.ndim(xs) == 3 and jnp.shape(xs)[1] == 0:
+        raise ValueError(f"xs: expected at least one sequence, B >= 1 (the bound is checked along each), got shape "
+                         f"{jnp.shape(xs)}")  # fmt: skip
     singular = jacobian_product_singular_values(params, xs, activation=activation)
     norms = np.asarray(jnp.max(singular[..., 0], axis=1), np.float64)
     lags = np.arange(1, norms.size + 1)

@@ -358,10 +358,15 @@ def check_gradients(config: GradcheckConfig) -> Report:
     """Runs every comparison on ``config.trials`` configurations, in float64.
 
     Raises:
-      ValueError: for bad sizes, an unknown model, k1 > k2, a seed outside [0, 2**63), or loss="cross_entropy" with
-        output_size 1 (a softmax over one class has a zero gradient: every check would pass on zeros).
+      ValueError: for bad sizes, an unknown model, k1 > k2, a seed outside [0, 2**63), an ``fd_step`` that is not a
+        finite number > 0, or loss="cross_entropy" with output_size 1 (a softmax over one class has a zero
+        gradient: every check would pass on zeros).
+      TypeError: for ``bidirectional``, ``residual`` or ``learn_initial_state`` not a bool (a string such as "no"
+        is truthy: it checked the deep network it declined).
     """
     check_choices(config)
+    for name in ("bidirectional", "residual", "learn_initial_state"):
+        _checks.boolean(name, getattr(config, name))
     for name in ("input_size", "hidden", "output_size", "seq_len", "batch_size", "trials", "max_entries", "directions"):
         _checks.positive_int(name, getattr(config, name))
     if config.loss == "cross_entropy" and config.output_size < 2:
@@ -377,8 +382,7 @@ def check_gradients(config: GradcheckConfig) -> Report:
     deep.check_residual(config.residual, config.layers)
     if _is_deep(config) and config.tbptt_k1 is not None:
         raise ValueError("tbptt_k1: the truncated check runs the single-layer network; drop it or the deep options")
-    if not config.fd_step > 0:
-        raise ValueError(f"fd_step: expected a value > 0, got {config.fd_step}")
+    _checks.positive_real("fd_step", config.fd_step)
     cells.get(config.model)
     rng = np.random.default_rng(_checks.seed("seed", config.seed))
     trials, comparisons = [], []

@@ -39,7 +39,8 @@ def check_targets(
 
     Targets of the outputs' shape (squared error), or integer labels of its shape without O, each in [0, O) where
     ``mask`` holds when concrete (cross-entropy: out of range, a label gives NaN, or, negative, another class's
-    loss); a ``mask`` of the outputs' shape without O, checked before the labels' range is read through it.
+    loss); a ``mask`` of the outputs' shape without O, and, when concrete and not bool, with no negative or NaN
+    weight (a negative loss, or a NaN one, before), checked before the labels' range is read through it.
 
     Args:
       loss: "squared_error" or "cross_entropy".
@@ -51,6 +52,8 @@ def check_targets(
       ValueError / TypeError naming the argument, with the expected and the received value.
     """
     shape = tuple(shape)
+    if loss in ("squared_error", "cross_entropy"):
+        _checks.array(name or ("targets" if loss == "squared_error" else "labels"), targets)
     if loss == "squared_error":
         name = name or "targets"
         if jnp.shape(targets) != shape:
@@ -66,10 +69,19 @@ def check_targets(
         raise ValueError(
             f"{mask_name}: expected shape {shape[:-1]} (the outputs' shape without O), got {jnp.shape(mask)}"
         )
+    if mask is not None:
+        _checks.nonnegative_weights(mask_name, jnp.asarray(mask))
     if loss == "cross_entropy":
         classes = shape[-1]
         where = f" where the {mask_name} holds" if mask is not None else ""
         _checks.within(name, targets, 0, classes - 1, f"class indices in [0, O={classes}){where}", mask)
+
+
+def _check_outputs(name: str, outputs: jax.Array) -> None:
+    """Raises TypeError / ValueError naming ``name`` unless ``outputs`` is an array [..., O] of rank >= 1."""
+    _checks.array(name, outputs)
+    if jnp.ndim(outputs) < 1:
+        raise ValueError(f"{name}: expected rank >= 1 [..., O], got rank 0 with shape ()")
 
 
 def _mask_and_count(mask: jax.Array | None, shape: tuple[int, ...], dtype: jnp.dtype) -> tuple[jax.Array, jax.Array]:
@@ -100,7 +112,13 @@ def squared_error(
 
     Returns:
       A scalar in the outputs' dtype.
+
+    Raises:
+      TypeError / ValueError naming the argument: ``outputs`` or ``targets`` not arrays (a list, None), ``outputs``
+      of rank 0, a shape as `check_targets`, a concrete ``mask`` with a negative or NaN entry, an unknown
+      ``reduction``.
     """
+    _check_outputs("outputs", outputs)
     check_targets("squared_error", jnp.shape(outputs), targets, mask)
     mask, count = _mask_and_count(mask, outputs.shape[:-1], outputs.dtype)
     per_step = jnp.sum(jnp.square(targets - outputs), axis=-1)
@@ -120,7 +138,12 @@ def cross_entropy(
 
     Returns:
       A scalar in the logits' dtype.
+
+    Raises:
+      TypeError / ValueError naming the argument: ``logits`` or ``labels`` not arrays (a list, None), ``logits`` of
+      rank 0, labels or mask as `check_targets`, an unknown ``reduction``.
     """
+    _check_outputs("logits", logits)
     check_targets("cross_entropy", jnp.shape(logits), labels, mask)
     masked = mask is not None
     mask, count = _mask_and_count(mask, logits.shape[:-1], logits.dtype)
@@ -134,6 +157,8 @@ def by_name(
     name: LossName, outputs: jax.Array, targets: jax.Array, mask: jax.Array | None = None, reduction: Reduction = "mean"
 ) -> jax.Array:
     """`squared_error` or `cross_entropy`, chosen by name; bfloat16 outputs are scored in float32."""
+    _checks.array("outputs", outputs)
+    _checks.array("targets", targets)
     if outputs.dtype == jnp.bfloat16:
         outputs = outputs.astype(jnp.float32)
         if name == "squared_error":

@@ -527,6 +527,8 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     from rnn_jax import progress as progress_lib  # the only UI piece; kept out of import time
 
     run = config.run
+    for section in (run, config.task, config.optim):  # the model's in check_model
+        check_choices(section)
     for name in ("steps", "eval_every", "eval_batches", "log_every"):
         if not isinstance(getattr(run, name), int) or getattr(run, name) < 1:
             raise ValueError(f"{name}: expected a positive integer, got {getattr(run, name)!r}")

@@ -49,33 +49,58 @@ def sequence_mask(lengths: jax.Array, num_steps: int) -> jax.Array:
     """The validity mask of a padded batch: ``mask[t, b] = t < lengths[b]``.
 
     Args:
-      lengths: [B] integer lengths, each in [0, T] (checked when concrete).
-      num_steps: T.
+      lengths: [B] integer lengths, each in [0, T] (checked when concrete); any integer dtype (compared as int32 or
+        wider, so that T past a small dtype's range, 300 steps with uint8 lengths, does not wrap around).
+      num_steps: T, an integer >= 0.
 
     Returns:
       [T, B] bool.
 
     Raises:
-      ValueError / TypeError naming ``lengths``: not of rank 1, not integers, or (concrete) outside [0, T].
+      ValueError naming ``num_steps`` when it is not an integer >= 0; ValueError / TypeError naming ``lengths``: not
+      of rank 1, not integers, or (concrete) outside [0, T].
     """
+    num_steps = _checks.count("num_steps", num_steps)
     lengths = jnp.asarray(lengths)
     lengths = _checks.lengths("lengths", lengths, num_steps, lengths.size)  # rank 1 checked first; any B
-    return jnp.arange(num_steps, dtype=lengths.dtype)[:, None] < lengths[None, :]
+    wide = lengths.dtype if jnp.iinfo(lengths.dtype).bits >= 32 else jnp.int32  # an int8 / uint8 / int16 step
+    return jnp.arange(num_steps, dtype=wide)[:, None] < lengths.astype(wide)[None, :]  # counter wrapped past its range
 
 
 def last_valid(sequence, lengths: jax.Array):
     """Each sequence's entry at its last valid step ``lengths[b] - 1`` (many-to-one).
 
     Args:
-      sequence: [T, B, ...] time-major, or a pytree of them (the LSTM's states, an ``LSTMState`` of two).
+      sequence: [T, B, ...] time-major, or a pytree of them (the LSTM's states, an ``LSTMState`` of two), every leaf
+        of the same T and B (not a final state [B, H], which already is each sequence's last valid state).
       lengths: [B] integers in [1, T].
 
     Returns:
       [B, ...] (a pytree of them for a pytree).
+
+    Raises:
+      ValueError naming the leaf of ``sequence`` that is not [T, B, ...] with B = the size of ``lengths`` and the T of
+      the first leaf; ValueError / TypeError naming ``lengths``: not [B] integers or (concrete) outside [1, T].
     """
-    shape = jnp.shape(jax.tree.leaves(sequence)[0])
-    lengths = _checks.lengths("lengths", lengths, shape[0], shape[1], shortest=1)
-    return jax.tree.map(lambda a: a[lengths - 1, jnp.arange(a.shape[1])], sequence)
+    lengths = jnp.asarray(lengths)
+    _checks.rank("lengths", lengths, 1, "B")
+    batch = lengths.shape[0]
+    paths = jax.tree_util.tree_flatten_with_path(sequence)[0]
+    if not paths:
+        raise ValueError(f"sequence: expected a [T, B, ...] array or a pytree of them, got {sequence!r}")
+    steps = None
+    for path, leaf in paths:
+        name = "sequence" + jax.tree_util.keystr(path)
+        shape = jnp.shape(leaf)
+        if len(shape) < 2 or shape[1] != batch or (steps is not None and shape[0] != steps):
+            want = f"B = {batch} (the size of lengths)"
+            if steps is not None:
+                want += f" and T = {steps}, the first leaf's"
+            hint = " (a final state [B, H] is already each sequence's last valid state)" if len(shape) == 2 else ""
+            raise ValueError(f"{name}: expected time-major [T, B, ...] with {want}, got shape {shape}{hint}")
+        steps = shape[0]
+    lengths = _checks.lengths("lengths", lengths, steps, batch, shortest=1)
+    return jax.tree.map(lambda a: a[lengths - 1, jnp.arange(batch)], sequence)
 
 
 def _resolve_mask(mask: jax.Array | None, lengths: jax.Array | None, num_steps: int, batch: int) -> jax.Array | None:

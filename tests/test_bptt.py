@@ -334,8 +334,14 @@ def test_windows_refuse_targets_of_another_stream_length_or_batch(targets, messa
         (
             jnp.zeros((5, 4, 3)),
             {"loss_mask": jnp.ones((4, 5), bool)},
-            r"loss_mask: expected shape \(5, 4\) \(the outputs' shape without O\), got \(4, 5\)",
-        ),  # in a mul
+            r"xs, loss_mask: xs of shape \(5, 4, 2\) .* loss_mask should have \[T, B, ...\] = \(5, 4, ...\); it has "
+            r"shape \(4, 5\)",
+        ),  # in a mul; transposed, it may be xs that is batch-first
+        (
+            jnp.zeros((5, 4, 3)),
+            {"loss_mask": jnp.ones((5, 3), bool)},
+            r"loss_mask: expected shape \(5, 4\) \(the outputs' shape without O\), got \(5, 3\)",
+        ),
         (
             jnp.zeros((5, 4, 3)),
             {"loss": "cross_entropy"},
@@ -402,6 +408,69 @@ def test_truncated_loss_refuses_k1_outside_the_window(key, k1, message):
     params, valid = rj.elman.init(key, 2, 8, 3), jnp.ones((4, 1), bool)
     with pytest.raises(ValueError, match=message):
         bptt.truncated_loss(params, jnp.zeros((1, 8)), jnp.ones((4, 1, 2)), jnp.zeros((4, 1, 3)), valid, valid, k1=k1)
+
+
+@pytest.mark.parametrize("name", ["lstm", "gru", "elman"])
+def test_tbptt_takes_a_cell_by_name_as_truncated_loss_does(key, name):
+    """A name was used as the module: 'str' object has no attribute 'initial_state'."""
+    module = rj.cells.get(name)
+    params, xs, targets = module.init(key, 3, 4, 2), jnp.ones((4, 2, 3)), jnp.zeros((4, 2, 2))
+    chex.assert_trees_all_equal(
+        bptt.tbptt_gradients(params, xs, targets, 2, 2, cell=name),
+        bptt.tbptt_gradients(params, xs, targets, 2, 2, cell=module),
+    )
+    with pytest.raises(
+        ValueError, match=r"cell: expected one of \['elman', 'gru', 'lstm'\] or a cell module, got 'mgu'"
+    ):
+        bptt.tbptt_gradients(params, xs, targets, 2, 2, cell="mgu")
+
+
+@pytest.mark.parametrize("run", ["loss_and_gradients", "per_lag_contributions", "tbptt_gradients", "windows"])
+@pytest.mark.parametrize("batch_first", ["xs", "targets"])
+def test_batch_first_data_is_named_on_both_arguments(key, run, batch_first):
+    """xs [B, T, D] against targets [T, B, O] (or the other way round) blamed the targets' shape alone."""
+    params, xs, targets = rj.elman.init(key, 3, 5, 2), jnp.ones((4, 2, 3)), jnp.zeros((4, 2, 2))
+    if batch_first == "xs":
+        xs = jnp.swapaxes(xs, 0, 1)
+    else:
+        targets = jnp.swapaxes(targets, 0, 1)
+    name = "inputs" if run in ("tbptt_gradients", "windows") else "xs"
+    args = (xs, targets, 2, 2) if name == "inputs" else (xs, targets)
+    args = args if run == "windows" else (params, *args)
+    message = rf"{name}, targets: {name} of shape \({xs.shape[0]}, {xs.shape[1]}, 3\) reads as time-major \[T, B, D\]"
+    with pytest.raises(ValueError, match=message + r".*one of them is batch-first.*jnp.swapaxes"):
+        getattr(bptt, run)(*args)
+
+
+def test_batch_first_lengths_and_loss_mask_are_named_with_xs(key):
+    params, xs = rj.elman.init(key, 3, 5, 2), jnp.ones((2, 4, 3))  # batch-first: B = 2, T = 4
+    targets = jnp.zeros((2, 4, 2))
+    with pytest.raises(
+        ValueError, match=r"xs, lengths: .*lengths should have B = 4 rows on axis 0; it has shape \(2,\)"
+    ):
+        bptt.loss_and_gradients(params, xs, targets, lengths=jnp.array([4, 4], jnp.int32))
+    with pytest.raises(ValueError, match=r"xs, loss_mask: .* it has shape \(4, 2\), leading axes \(4, 2\)"):
+        bptt.loss_and_gradients(params, xs, targets, loss_mask=jnp.ones((4, 2), bool))
+
+
+def test_low_level_helpers_name_what_does_not_fit(key):
+    """backward with D = 5 inputs for D = 3 weights returned a [5, 5] w_x gradient, output_errors took labels >= O
+    (a zero one-hot row), pad_stream with k1 > k2 was NumPy's "index can't contain negative values"."""
+    params, xs = rj.elman.init(key, 3, 4, 2), jnp.ones((5, 2, 3))
+    run = rj.unroll(params, xs)
+    s0, g = jnp.zeros((2, 4)), jnp.ones((5, 2, 2))
+    with pytest.raises(ValueError, match=r"xs: expected shape \(5, 2, 3\) \(T, B of states .*D = 3.*got \(5, 2, 5\)"):
+        bptt.backward(params, jnp.ones((5, 2, 5)), s0, None, run.states, g)
+    with pytest.raises(ValueError, match=r"output_error: expected shape \(5, 2, 2\) .*got \(2, 5, 2\)"):
+        bptt.backward(params, xs, s0, None, run.states, jnp.swapaxes(g, 0, 1))
+    with pytest.raises(ValueError, match=r"initial_state: expected shape \(2, 4\) .*got \(1, 4\)"):
+        bptt.backward(params, xs, s0[:1], None, run.states, g)
+    with pytest.raises(ValueError, match=r"targets: expected class indices in \[0, O=2\), got values in \[5, 5\]"):
+        bptt.output_errors("cross_entropy", run.outputs, jnp.full((5, 2), 5), None)
+    with pytest.raises(ValueError, match=r"targets: expected the outputs' shape \(5, 2, 2\), got \(5, 2\)"):
+        bptt.output_errors("squared_error", run.outputs, jnp.zeros((5, 2)), None)
+    with pytest.raises(ValueError, match=r"k1, k2: TBPTT\(k1, k2\) needs k1 <= k2 .* got 3 > 2"):
+        bptt.pad_stream(xs, 3, 2)
 
 
 def test_bptt_backward_is_elman_only(key):

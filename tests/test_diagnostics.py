@@ -151,6 +151,35 @@ def test_gradient_horizon():
         diagnostics.gradient_horizon(np.ones((2, 2)))
 
 
+@pytest.mark.parametrize(
+    ("norms", "ratio", "message"),
+    [
+        ([np.nan, 0.1, 0.0], 1e-3, r"norms_by_lag: expected a finite lag-0 norm > 0 .*, got norms_by_lag\[0\] = nan"),
+        ([0.0, 0.0], 1e-3, r"norms_by_lag: expected a finite lag-0 norm > 0 .*, got norms_by_lag\[0\] = 0.0"),
+        ([np.inf, 1.0], 1e-3, r"norms_by_lag: expected a finite lag-0 norm > 0 .*, got norms_by_lag\[0\] = inf"),
+        ([1.0, np.nan, 1e-4], 1e-3, r"norms_by_lag: expected no NaN, got 1 NaN entries, the first at lag 1"),
+        ([1.0, 0.5, 0.1], 5, r"ratio: expected a number in \(0, 1\), got 5"),
+        ([1.0, 1e-4], "1e-3", r"ratio: expected a number in \(0, 1\), got '1e-3'"),
+        ([1.0, 1e-4], 0.0, r"ratio: expected a number in \(0, 1\), got 0.0"),
+    ],
+    ids=["nan-reference", "zero-reference", "inf-reference", "nan-lag", "ratio-above-1", "ratio-string", "ratio-0"],
+)
+def test_gradient_horizon_refuses_a_bad_reference_a_nan_and_a_ratio_outside_0_1(norms, ratio, message):
+    """A NaN or zero lag-0 norm read as "never vanished" (None), an Inf one made lag 1 the horizon, a NaN at a lag
+    counted as kept, ratio=5 returned lag 0 and a string ratio was a raw "'>' not supported"."""
+    with pytest.raises(ValueError, match=message):
+        diagnostics.gradient_horizon(np.array(norms), ratio)
+
+
+def test_batch_first_xs_is_named_with_the_targets(key):
+    """A batch-first xs [B, T, D] read as T = B, B = T: the error blamed the targets' batch size alone."""
+    params = rj.elman.init(key, D, H, O)
+    batch_first = jnp.swapaxes(_inputs(), 0, 1)
+    with pytest.raises(ValueError, match=r"xs, targets: xs of shape \(3, 8, 2\) reads as time-major \[T, B, D\] with "
+                                         r"T = 3, B = 8.*xs looks batch-first \[B, T, D\].*jnp.swapaxes"):  # fmt: skip
+        diagnostics.state_gradient_norms(params, batch_first, jnp.ones((B, O)))
+
+
 @pytest.mark.parametrize("activation", ["tanh", "sigmoid"])
 @pytest.mark.parametrize("seed", slow_unless([0], range(4)))
 @pytest.mark.parametrize("radius", [0.5, 1.0, 2.0])
@@ -194,6 +223,33 @@ def test_recurrent_matrix_and_spectrum(key, cell, blocks):
         diagnostics.recurrent_matrix(params, blocks)
     with pytest.raises(TypeError, match=r"params: expected one cell's parameters \(with w_s\), got DeepParams"):
         diagnostics.recurrent_matrix(deep.init(key, cell.__name__.rsplit(".", 1)[-1], D, H, O, layers=2))
+
+
+def test_a_non_finite_recurrent_matrix_is_named_not_an_svd_failure(key):
+    """NaN in W_s was NumPy's LinAlgError "SVD did not converge" (in the spectrum and in the bound check)."""
+    params = rj.elman.init(key, D, H, O)
+    broken = params._replace(w_s=params.w_s.at[1, 2].set(jnp.nan))
+    message = r"params.w_s: expected finite values, found 1 NaN/Inf entries; first at index \(1, 2\) = nan"
+    with pytest.raises(ValueError, match=message):
+        diagnostics.recurrent_spectrum(broken)
+    with pytest.raises(ValueError, match=message):
+        diagnostics.pascanu_bound_check(broken, _inputs())
+    gated = lstm.init(key, D, H, O)
+    gated = gated._replace(w_s=gated.w_s.at[0, 2 * H].set(jnp.inf))  # block 2 (g) of 4
+    with pytest.raises(ValueError, match=r"params.w_s \(gate block 2\): expected finite values.*\(0, 0\) = inf"):
+        diagnostics.recurrent_spectrum(gated, 2)
+    assert np.isfinite(diagnostics.recurrent_spectrum(gated, 1)["spectral_radius"])  # another block is unaffected
+
+
+def test_an_empty_batch_gives_empty_jacobians_and_no_bound_check(key):
+    """With B = 0 the Jacobians' per-sequence template was an IndexError; the bound check has no trajectory."""
+    params = rj.elman.init(key, D, H, O)
+    empty = jnp.zeros((T, 0, D))
+    assert diagnostics.step_jacobians(params, empty).shape == (T, 0, H, H)
+    assert diagnostics.jacobian_product_singular_values(params, empty).shape == (T, 0, H)
+    assert diagnostics.state_gradient_norms(params, empty, jnp.zeros((0, O))).shape == (T, 0)
+    with pytest.raises(ValueError, match=r"xs: expected at least one sequence, B >= 1 .*got shape \(8, 0, 2\)"):
+        diagnostics.pascanu_bound_check(params, empty)
 
 
 def test_bound_check_rejects_gated_cells_and_unbounded_activations(key):

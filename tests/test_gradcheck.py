@@ -116,7 +116,9 @@ def test_cli_writes_json_and_exits_by_the_verdict(tmp_path, capsys, monkeypatch)
         ({"tbptt_k1": 3, "tbptt_k2": 2}, r"k1 <= k2"),
         ({"tbptt_k1": 3}, r"tbptt_k1, tbptt_k2: give both or neither"),
         ({"model": "transformer"}, r"model: expected one of"),
-        ({"fd_step": 0.0}, r"fd_step: expected a value > 0"),
+        ({"fd_step": 0.0}, r"fd_step: expected a finite value > 0, got 0.0"),
+        ({"fd_step": "1e-5"}, r"fd_step: expected a finite value > 0, got '1e-5'"),  # a raw "'>' not supported"
+        ({"fd_step": float("inf")}, r"fd_step: expected a finite value > 0, got inf"),  # every difference 0 or NaN
         ({"lengths": "none"}, r"lengths: expected one of \['full', 'variable', 'random'\], got 'none'"),  # ran as full
         ({"residual": True}, r"residual: .* needs layers >= 2, got layers=1"),  # passed, checking no residual
         # every error 0: softmax over one class has a zero gradient, so the check "PASSED" on zeros
@@ -128,6 +130,17 @@ def test_cli_writes_json_and_exits_by_the_verdict(tmp_path, capsys, monkeypatch)
 def test_bad_options_get_clear_errors(changes, message):
     with pytest.raises(ValueError, match=message):
         gradcheck.check_gradients(dataclasses.replace(QUICK, **changes))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("learn_initial_state", "no"), ("bidirectional", "yes"), ("residual", "no"), ("bidirectional", 1)],
+)
+def test_deep_options_that_are_not_bools_are_type_errors(field, value):
+    """A string is truthy: learn_initial_state="no" checked a network with a learnable initial state, and
+    residual="no" was refused as a residual network of one layer."""
+    with pytest.raises(TypeError, match=rf"{field}: expected True or False, got {value!r}"):
+        gradcheck.check_gradients(dataclasses.replace(QUICK, **{field: value}))
 
 
 def test_drawn_trials_never_pair_cross_entropy_with_one_class():

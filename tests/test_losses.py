@@ -89,3 +89,60 @@ def test_labels_out_of_range_are_refused_where_valid_and_never_looked_up_in_padd
         grads = jax.grad(lambda y, r=reduction: rj.cross_entropy(y, padded, mask, r))(outputs)
         assert bool(jnp.isfinite(grads).all())
         assert float(jax.jit(rj.cross_entropy, static_argnums=3)(outputs, padded, mask, reduction)) == float(loss)
+
+
+@pytest.mark.parametrize(
+    ("loss", "args", "error", "message"),
+    [
+        ("squared_error", ([[1.0, 2.0]], jnp.ones((1, 2))), TypeError, r"outputs: expected an array .*, got list"),
+        ("squared_error", (jnp.ones((1, 2)), [[1.0, 2.0]]), TypeError, r"targets: expected an array .*, got list"),
+        ("squared_error", (None, jnp.ones((1, 2))), TypeError, r"outputs: expected an array .*, got NoneType None"),
+        (
+            "squared_error",
+            (jnp.ones(()), jnp.ones(())),
+            ValueError,
+            r"outputs: expected rank >= 1 \[..., O\], got rank 0",
+        ),
+        (
+            "cross_entropy",
+            ([[1.0, 2.0]], jnp.zeros(1, jnp.int32)),
+            TypeError,
+            r"logits: expected an array .*, got list",
+        ),
+        ("cross_entropy", (jnp.ones((1, 2)), [0]), TypeError, r"labels: expected an array .*, got list \[0\]"),
+        ("cross_entropy", (jnp.ones(()), jnp.zeros((), jnp.int32)), ValueError, r"logits: expected rank >= 1"),
+        ("by_name", ("squared_error", [[1.0]], jnp.ones((1, 1))), TypeError, r"outputs: expected an array"),
+    ],
+    ids=[
+        "outputs-list",
+        "targets-list",
+        "outputs-none",
+        "outputs-rank-0",
+        "logits-list",
+        "labels-list",
+        "logits-rank-0",
+        "by-name-list",
+    ],  # fmt: skip
+)
+def test_lists_none_and_scalars_are_named_errors(loss, args, error, message):
+    """Lists failed as AttributeError, "Cannot determine dtype" or "unsupported operand"; None outputs blamed the
+    targets; rank-0 outputs were "axis -1 is out of bounds"."""
+    with pytest.raises(error, match=message):
+        getattr(rj.losses, loss)(*args)
+
+
+@pytest.mark.parametrize("loss", ["squared_error", "cross_entropy"])
+def test_negative_or_nan_mask_weights_are_refused_when_concrete(key, loss):
+    """A negative weight gave a negative loss, a NaN one a NaN loss; bool and 0/1 masks pass, traced ones are not
+    read."""
+    outputs, targets, labels, mask = _data(key)
+    fn, second = (rj.squared_error, targets) if loss == "squared_error" else (rj.cross_entropy, labels)
+    weights = mask.astype(jnp.float32)
+    with pytest.raises(ValueError, match=r"mask: expected values >= 0 \(bool, or 0/1 weights\), got values in \[-3"):
+        fn(outputs, second, weights.at[0, 0].set(-3.0))
+    with pytest.raises(
+        ValueError, match=r"mask: expected finite values, found 1 NaN/Inf entries; first at index \(1, 2\)"
+    ):
+        fn(outputs, second, weights.at[1, 2].set(jnp.nan))
+    assert float(fn(outputs, second, weights)) == float(fn(outputs, second, mask))
+    assert float(jax.jit(fn)(outputs, second, weights)) == pytest.approx(float(fn(outputs, second, mask)), rel=1e-6)

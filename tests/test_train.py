@@ -164,6 +164,18 @@ def test_bad_config_gets_a_clear_error(sections, message):
         train.train_and_evaluate(_config(**sections))
 
 
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [({"model": {"bidirectional": "no"}}, r"bidirectional: expected True or False, got 'no'"),
+     ({"task": {"task": "numbers", "reverse_source": "false"}}, r"reverse_source: expected True or False, got 'fa"),
+     ({"run": {"progress": 1}}, r"progress: expected True or False, got 1")],
+)  # fmt: skip
+def test_a_bool_option_given_anything_else_is_a_type_error(sections, message):
+    """A string is truthy: bidirectional="no" (a config file's "no", quoted) built a bidirectional network."""
+    with pytest.raises(TypeError, match=message):
+        train.train_and_evaluate(_config(**sections))
+
+
 def test_tbptt_over_the_xor_stream_learns():
     """TBPTT(3, 6) over one long stream per sequence: the XOR bits are learned (chance 0.5), the state is carried."""
     config = _config(

@@ -331,6 +331,49 @@ def test_sequence_mask_takes_lengths_0_to_t_and_leaves_traced_values_unchecked()
     assert jax.jit(rj.sequence_mask, static_argnums=1)(jnp.array([1, T], jnp.int32), T).shape == (T, 2)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "longest", "steps"), [(jnp.uint8, 255, 300), (jnp.int8, 127, 200), (jnp.int16, 300, 40000)]
+)
+def test_sequence_mask_of_small_integer_lengths_counts_past_their_range(dtype, longest, steps):
+    """T steps were counted in the lengths' dtype: past 255 a uint8 counter wrapped round, and 300 steps with
+    lengths [255, 2, 1] marked 305 valid, not 258."""
+    lengths = jnp.array([longest, 2, 1], dtype)
+    mask = rj.sequence_mask(lengths, steps)
+    np.testing.assert_array_equal(mask, np.arange(steps)[:, None] < np.array([longest, 2, 1])[None, :])
+    assert int(mask.sum()) == longest + 3
+
+
+@pytest.mark.parametrize("num_steps", [None, "4", -1, 4.0, True])
+def test_sequence_mask_names_a_num_steps_that_is_not_an_integer_from_0(num_steps):
+    """None and "4" were raw NumPy comparison errors; -1 was blamed on the lengths."""
+    with pytest.raises(ValueError, match=rf"num_steps: expected an integer >= 0, got {re.escape(repr(num_steps))}"):
+        rj.sequence_mask(jnp.array([0, 0], jnp.int32), num_steps)
+    assert rj.sequence_mask(jnp.array([0, 2], jnp.int32), jnp.int32(2)).shape == (2, 2)  # a concrete JAX integer
+
+
+def test_last_valid_names_a_leaf_that_is_not_t_b(key):
+    """The final state [B, H] was indexed as if it were [T, B] (lengths blamed, or, with B = H, a wrong result), a
+    leaf with a shorter T was clamped silently, and a 1-D sequence was an IndexError."""
+    params, xs = _setup(key)
+    lengths = jnp.array([7, 1, 4], jnp.int32)
+    run = rj.unroll(params, xs, lengths=lengths)
+    final = (
+        r"sequence: expected time-major \[T, B, ...\] with B = 3 \(the size of lengths\), got shape \(3, 5\) \(a final"
+    )
+    with pytest.raises(ValueError, match=final):
+        rj.last_valid(run.final_state, lengths)
+    with pytest.raises(ValueError, match=r"sequence\[1\]: expected .* with B = 3 .* and T = 7, the first leaf's, got "
+                                         r"shape \(4, 3, 5\)"):  # fmt: skip
+        rj.last_valid((run.outputs, run.states[:4]), lengths)
+    with pytest.raises(ValueError, match=r"sequence: expected time-major \[T, B, ...\] with B = 1 .*got shape \(7,\)"):
+        rj.last_valid(jnp.arange(7.0), jnp.array([2], jnp.int32))
+    lstm_states = rj.unroll(rj.lstm.init(key, D, H, O), xs, cell=rj.lstm, lengths=lengths).states
+    with pytest.raises(ValueError, match=r"sequence\.c: expected .* T = 7, the first leaf's, got shape \(6, 3, 5\)"):
+        rj.last_valid(lstm_states._replace(c=lstm_states.c[1:]), lengths)
+    with pytest.raises(ValueError, match=r"lengths: expected every length in \[1, T=7\], got values in \[1, 8\]"):
+        rj.last_valid(run.outputs, lengths.at[0].set(8))  # index 7 was clamped to the last step
+
+
 @pytest.mark.usefixtures("x64")
 def test_float64_inputs_for_float32_parameters_are_a_clear_error(key):
     """With 64-bit JAX on, plain NumPy arrays are float64: the state would turn float64 after one step and the
