@@ -12,10 +12,18 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def _array_hint(value: object, convert: str) -> str:
+    """Advice for a JAX or NumPy array where a Python number is expected (a config's fields are written to JSON, and
+    a size is a shape): convert it with ``convert`` (``int`` or ``float``)."""
+    if isinstance(value, jax.Array | np.ndarray):
+        return f" (a Python number: convert the array with {convert}(...))"
+    return ""
+
+
 def positive_int(name: str, value: object) -> int:
     """``value`` as an int, or a ValueError when it is not an integer >= 1."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value!r}")
+        raise ValueError(f"{name}: expected a positive integer, got {value!r}{_array_hint(value, 'int')}")
     return int(value)
 
 
@@ -64,7 +72,7 @@ def real(name: str, value: object, expected: str, holds: Callable[[float], bool]
     bool, a string: a YAML ``1e-3`` is one) or ``holds(value)`` is false (NaN fails any comparison)."""
     number = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
     if not number or not holds(float(value)):
-        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+        raise ValueError(f"{name}: expected {expected}, got {value!r}{_array_hint(value, 'float')}")
     return float(value)
 
 

@@ -95,6 +95,7 @@ def test_dtypes(key, x64):
         ((0, 5, 2), {}, r"input_size: expected a positive integer, got 0"),
         ((3, -1, 2), {}, r"hidden_size: expected a positive integer, got -1"),
         ((3, 5, 2.5), {}, r"output_size: expected a positive integer, got 2.5"),
+        ((jnp.int32(3), 5, 2), {}, r"input_size: .*got Array\(3, dtype=int32\).*convert the array with int"),
         ((3, 5, 2), {"recurrent_init": "eye"}, r"init: expected one of .*got 'eye'"),
         ((3, 5, 2), {"input_init": "identity"}, r"input_init: 'identity' applies only to the recurrent matrix"),
         ((3, 5, 2), {"spectral_radius": -1.0}, r"spectral_radius: expected a value >= 0"),

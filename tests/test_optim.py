@@ -107,6 +107,8 @@ def test_schedules_follow_optax():
         ({"optimizer": "sgd", "momentum": 1.5}, r"momentum: expected a value in \[0, 1\) \(0: plain SGD\), got 1.5"),
         ({"optimizer": "sgd", "momentum": float("nan")}, r"momentum: expected a value in \[0, 1\).*got nan"),
         ({"schedule": "cosine"}, r"total_steps: the 'cosine' schedule decays over the run and needs its length"),
+        # a JAX scalar is not written to summary.json: the error says how to pass it (it said only "got Array(...)")
+        ({"learning_rate": jnp.float32(1e-3)}, r"learning_rate: .*got Array\(0.001.*convert the array with float"),
     ],
 )
 def test_bad_optimiser_config_gets_a_clear_error(changes, message):
