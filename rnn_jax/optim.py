@@ -56,15 +56,24 @@ def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) 
     return _SCHEDULES[config.schedule](config, config.learning_rate, total_steps)
 
 
+def _check_clip(config: OptimConfig) -> None:
+    """Refuses (TypeError) a ``config`` that is not an `OptimConfig` and (ValueError) an unknown clip or, where one
+    clips, a threshold that is not a finite number > 0: what `make_optimizer` and `clip_fired` both read."""
+    if not isinstance(config, OptimConfig):
+        raise TypeError(f"config: expected an rnn_jax.OptimConfig, got {type(config).__name__} {config!r}")
+    if config.clip not in ("none", "value", "global_norm"):
+        raise ValueError(f"clip: expected 'none', 'value' or 'global_norm', got {config.clip!r}")
+    if config.clip != "none":
+        _checks.positive_real("clip_threshold", config.clip_threshold)
+
+
 def _clip(config: OptimConfig) -> optax.GradientTransformation:
-    if config.clip == "none":
-        return optax.identity()
-    _checks.positive_real("clip_threshold", config.clip_threshold)
+    _check_clip(config)
     if config.clip == "value":
         return optax.clip(config.clip_threshold)
     if config.clip == "global_norm":
         return optax.clip_by_global_norm(config.clip_threshold)
-    raise ValueError(f"clip: expected 'none', 'value' or 'global_norm', got {config.clip!r}")
+    return optax.identity()
 
 
 _RULES = {
@@ -119,6 +128,7 @@ def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax
       ValueError: for an unknown optimiser, clip or schedule name, a learning rate or threshold that is not a
         finite number > 0, an SGD momentum outside [0, 1), or a schedule's bad option (`learning_rate_schedule`).
     """
+    _check_clip(config)
     if config.optimizer not in _RULES:
         raise ValueError(f"optimizer: expected 'sgd', 'adam', 'adagrad' or 'rmsprop', got {config.optimizer!r}")
     _checks.positive_real("learning_rate", config.learning_rate)
@@ -130,9 +140,17 @@ def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax
 
 
 def clip_fired(config: OptimConfig, grads) -> jax.Array:
-    """Whether the configured clipping changes ``grads`` (a bool scalar; False for clip="none")."""
+    """Whether the configured clipping changes ``grads`` (a bool scalar; False for clip="none" and for a pytree
+    without arrays).
+
+    Raises:
+      TypeError / ValueError: for a config that `make_optimizer` refuses on its clip (the threshold of clip="norm"
+        or of a negative one was read as "not fired" or "always fired").
+    """
+    _check_clip(config)
+    leaves = jax.tree.leaves(grads)
+    if config.clip == "none" or not leaves:
+        return jnp.asarray(False)
     if config.clip == "global_norm":
         return optax.tree.norm(grads) > config.clip_threshold
-    if config.clip == "value":
-        return jnp.any(jnp.stack([jnp.any(jnp.abs(g) > config.clip_threshold) for g in jax.tree.leaves(grads)]))
-    return jnp.asarray(False)
+    return jnp.any(jnp.stack([jnp.any(jnp.abs(g) > config.clip_threshold) for g in leaves]))

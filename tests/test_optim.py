@@ -118,6 +118,25 @@ def test_bad_optimiser_config_gets_a_clear_error(changes, message):
 
 @pytest.mark.parametrize(
     ("changes", "message"),
+    [({"clip": "norm"}, r"clip: expected 'none', 'value' or 'global_norm', got 'norm'"),
+     ({"clip_threshold": float("nan")}, r"clip_threshold: expected a finite value > 0, got nan"),
+     ({"clip": "value", "clip_threshold": -1.0}, r"clip_threshold: expected a finite value > 0, got -1.0")],
+)  # fmt: skip
+def test_clip_fired_refuses_the_clips_make_optimizer_refuses(key, changes, message):
+    """clip_fired read clip="norm" and a NaN threshold as "not fired" and a negative one as "always fired"."""
+    with pytest.raises(ValueError, match=message):
+        rj.clip_fired(dataclasses.replace(rj.OptimConfig(), **changes), _grads(key, 1.0))
+
+
+def test_a_config_that_is_no_optim_config_is_named_and_no_arrays_never_clip():
+    for call in (lambda: rj.make_optimizer(None), lambda: rj.clip_fired({"clip": "value"}, {})):
+        with pytest.raises(TypeError, match=r"config: expected an rnn_jax.OptimConfig, got (NoneType|dict)"):
+            call()
+    assert not bool(rj.clip_fired(rj.OptimConfig(clip="value", clip_threshold=1.0), {}))  # jnp.stack of nothing
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
     [  # each once gave a NaN or constant learning rate, or a warm-up past the run's end, without a word
         ({"schedule": "exponential", "decay_rate": -0.5}, r"decay_rate: expected a finite factor > 0, got -0.5"),
         ({"schedule": "exponential", "decay_rate": 0.0}, r"decay_rate: expected a finite factor > 0, got 0.0"),
