@@ -260,8 +260,13 @@ def recurrent_matrix(params: Any, block: int = 0) -> jax.Array:
     w_s = params.w_s
     h = w_s.shape[0]
     gates = w_s.shape[1] // h
-    if not isinstance(block, int) or not 0 <= block < gates:
+    try:  # a Python, NumPy or concrete JAX integer (not a bool: True read as block 1)
+        index = _checks.count("block", block)
+    except ValueError:
+        index = -1
+    if not 0 <= index < gates:
         raise ValueError(f"block: expected an integer in [0, {gates}) for w_s of shape {w_s.shape}, got {block!r}")
+    block = index
     return w_s[:, block * h : (block + 1) * h]
 
 

@@ -219,8 +219,12 @@ def test_recurrent_matrix_and_spectrum(key, cell, blocks):
         np.testing.assert_allclose(spectrum["spectral_radius"], 0.8, rtol=1e-5)
         np.testing.assert_allclose(spectrum["largest_singular_value"], np.linalg.svd(w, compute_uv=False)[0], rtol=1e-6)
         assert spectrum["largest_singular_value"] >= spectrum["spectral_radius"] * (1 - 1e-6)
-    with pytest.raises(ValueError, match=rf"block: expected an integer in \[0, {blocks}\)"):
-        diagnostics.recurrent_matrix(params, blocks)
+    for bad in (blocks, -1, True, 1.0, "0"):  # True was read as block 1
+        with pytest.raises(ValueError, match=rf"block: expected an integer in \[0, {blocks}\).*got {bad!r}"):
+            diagnostics.recurrent_matrix(params, bad)
+    for index in (np.int64(blocks - 1), jnp.int32(blocks - 1)):  # NumPy and JAX integers were refused
+        np.testing.assert_array_equal(diagnostics.recurrent_matrix(params, index),
+                                      diagnostics.recurrent_matrix(params, blocks - 1))  # fmt: skip
     with pytest.raises(TypeError, match=r"params: expected one cell's parameters \(with w_s\), got DeepParams"):
         diagnostics.recurrent_matrix(deep.init(key, cell.__name__.rsplit(".", 1)[-1], D, H, O, layers=2))
 
