@@ -556,3 +556,22 @@ def test_a_step_that_is_not_a_non_negative_integer_is_refused_naming_it(tmp_path
 def test_a_bool_or_negative_checkpoint_option_is_refused_naming_it(tmp_path, options, name):
     with pytest.raises(ValueError, match=rf"{name}: expected a (non-negative|positive) integer, got"):
         _checkpoints(tmp_path, **options)
+
+
+def test_only_abandoned_reads_of_a_damaged_file_are_dropped_from_asyncios_log():
+    """The future of a read abandoned beside the failed one was logged by asyncio at collection ("Future exception
+    was never retrieved", once in a fresh-clone run of the flipped-bytes case above); the CLI's filter drops those
+    and keeps every other asyncio record."""
+    import logging
+
+    from rnn_jax import cli
+
+    def record(message, error):
+        exc_info = (type(error), error, None) if error is not None else None
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, None, exc_info)
+
+    damaged = ValueError('DATA_LOSS: Error opening "zarr" driver: Error reading "key/.zarray"')
+    assert not cli._drop_abandoned_read_futures(record("Future exception was never retrieved\nfuture: <F>", damaged))
+    assert cli._drop_abandoned_read_futures(record("Future exception was never retrieved", ValueError("other")))
+    assert cli._drop_abandoned_read_futures(record("Task was destroyed but it is pending!", damaged))
+    assert cli._drop_abandoned_read_futures(record("Future exception was never retrieved", None))
