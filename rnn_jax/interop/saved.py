@@ -2,8 +2,9 @@
 
 A saved model is a directory:
 
-    rnn_jax_model.json   {"format": "rnn-jax-saved-model", "version": 1, "model": "elman" | "lstm" | "gru",
-                          "config": {ModelConfig's fields}, "params": {field: {"shape": [...], "dtype": "..."}}}
+    rnn_jax_model.json   {"format": "rnn-jax-saved-model", "version": 2, "model": "elman" | "lstm" | "gru",
+                          "config": {ModelConfig's fields},
+                          "params": {field: {"shape": [...], "dtype": "...", "sha256": "<64 hex digits>"}}}
     params/              the parameter NamedTuple's fields as a dict, written by orbax's StandardCheckpointer
 
 `save` refuses, before it writes anything, a config that does not build the given parameters: it compares
@@ -15,15 +16,28 @@ the parameters (the cell's Params, or a deep model's `DeepParams`) and the `Mode
 read (damaged or missing) is a `DamagedSavedModel` naming it. A deep model (`rnn_jax.deep`,
 ``config.is_deep``) stores its `DeepParams` as nested dicts (tuples become "0", "1", ...; None fields are left
 out) and lists each array under its path (``layers.0.forward.w_x``) in the manifest.
-Version 1 is the first; a change to the layout of either file gets a new version number and, where
-possible, a reader for the old one.
+
+Each array's ``sha256`` is the SHA-256 of its bytes as stored, written as 64 lower-case hex digits
+(``hashlib.sha256(...).hexdigest()``): the array converted to its manifest dtype, laid out in C (row-major) order,
+each element little-endian, with no header (no shape, dtype or padding), so ``hashlib.sha256(np.ascontiguousarray(a,
+dtype=a.dtype.newbyteorder("<")).tobytes()).hexdigest()``. `save` computes it from the arrays it writes; `load`
+recomputes it from the arrays orbax restores and refuses, as a `DamagedSavedModel` naming ``params/`` and each
+array's path, values whose checksum is not the manifest's: TensorStore does not notice every damaged byte (a bit
+flipped in an array kept as a raw zstd block, which carries no checksum, reads back as another value). A checksum
+that is missing or not 64 lower-case hex digits is a `DamagedSavedModel` naming the manifest.
+
+Versions: 1, the first, is version 2 without ``sha256`` (the same ``params/``); `load` still reads it, without
+the check. A change to the layout of either file gets a new version number and, where possible, a reader for the
+old one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import re
 from types import SimpleNamespace
 from typing import Any
 
@@ -37,11 +51,13 @@ from rnn_jax.checkpoint import error_summary
 from rnn_jax.config import ModelConfig
 
 FORMAT = "rnn-jax-saved-model"
-VERSION = 1
+VERSION = 2  # the version `save` writes; 2: each array's SHA-256 in the manifest
+READS = (1, 2)  # the versions `load` reads; 1 has no checksums, and is loaded without the check
 MANIFEST = "rnn_jax_model.json"
 
 _STRUCTURE = ("model", "layers", "bidirectional", "learn_initial_state")  # the fields that decide the arrays
 _Specs = dict[str, tuple[tuple[int, ...], str]]  # {"layers.0.forward.w_x": (shape, dtype name)}, in the tree's order
+_HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 class IncompatibleSavedModel(ValueError):
@@ -76,6 +92,7 @@ def save(directory: str | os.PathLike, params: Any, config: ModelConfig) -> None
         raise ValueError(f"params: {why}, so expected {expected.__name__}, got {type(params).__name__}")
     tree = _as_dict(jax.device_get(params))
     specs = {name: (tuple(np.shape(a)), str(a.dtype)) for name, a in _flat(tree)}
+    checksums = {name: _sha256(a, a.dtype) for name, a in _flat(tree)}
     _template(config, specs)  # before anything is written
     if os.path.exists(directory):
         raise FileExistsError(f"directory: {directory} exists; saved models are written to a new directory")
@@ -87,7 +104,10 @@ def save(directory: str | os.PathLike, params: Any, config: ModelConfig) -> None
         "version": VERSION,
         "model": config.model,
         "config": dataclasses.asdict(config),
-        "params": {name: {"shape": list(shape), "dtype": dtype} for name, (shape, dtype) in specs.items()},
+        "params": {
+            name: {"shape": list(shape), "dtype": dtype, "sha256": checksums[name]}
+            for name, (shape, dtype) in specs.items()
+        },
     }
     with open(os.path.join(directory, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=2)
@@ -100,7 +120,8 @@ def load(directory: str | os.PathLike) -> tuple[Any, ModelConfig]:
       FileNotFoundError: if ``directory`` holds no manifest.
       IncompatibleSavedModel: for another format, an unknown version, a config this rnn-jax does not have, or
         one that does not build the parameters the manifest lists.
-      DamagedSavedModel (an IncompatibleSavedModel): a file that cannot be read, or a manifest `save` never writes.
+      DamagedSavedModel (an IncompatibleSavedModel): a file that cannot be read, a manifest `save` never writes,
+        or (version 2) arrays whose SHA-256 is not the one the manifest lists.
     """
     from rnn_jax.train import check_model
 
@@ -117,12 +138,14 @@ def load(directory: str | os.PathLike) -> tuple[Any, ModelConfig]:
         raise DamagedSavedModel(f"{path}: expected a JSON object, got a {type(manifest).__name__}; it is damaged")
     if manifest.get("format") != FORMAT:
         raise IncompatibleSavedModel(f"{path}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("version") != VERSION:
+    version = manifest.get("version")
+    if type(version) is not int or version not in READS:  # not a bool: JSON's true == 1
         raise IncompatibleSavedModel(
-            f"{path}: saved model format version {manifest.get('version')!r}, but this rnn-jax reads version "
-            f"{VERSION}; load it with the rnn-jax that wrote it, or convert it"
+            f"{path}: saved model format version {version!r}, but this rnn-jax reads versions "
+            f"{', '.join(map(str, READS))}; load it with the rnn-jax that wrote it, or convert it"
         )
-    fields, specs = manifest.get("config"), _read_specs(path, manifest.get("params"))
+    fields = manifest.get("config")
+    specs, checksums = _read_specs(path, manifest.get("params"), with_checksums=version >= 2)
     if not isinstance(fields, dict):
         raise DamagedSavedModel(f"{path}: config: expected a JSON object of ModelConfig's fields, got {fields!r}")
     known = {f.name for f in dataclasses.fields(ModelConfig)}
@@ -146,14 +169,27 @@ def load(directory: str | os.PathLike) -> tuple[Any, ModelConfig]:
         raise DamagedSavedModel(
             f"{params_dir}: cannot read the arrays ({error_summary(error)}); the saved model is damaged or incomplete"
         ) from error
+    damaged = [name for name, a in _flat(tree) if checksums and _sha256(a, specs[name][1]) != checksums[name]]
+    if damaged:
+        raise DamagedSavedModel(
+            f"{params_dir}: {', '.join('params.' + name for name in damaged)}: the restored values' SHA-256 is not "
+            f"the one in {MANIFEST} (the arrays or the manifest changed after save); the saved model is damaged"
+        )
     return _from_dict(template, tree), config
 
 
-def _read_specs(path: str, params: Any) -> _Specs:
-    """The manifest's ``params`` as `_Specs`, or a DamagedSavedModel naming the entry that is not a shape and dtype."""
+def _sha256(array: Any, dtype: Any) -> str:
+    """The SHA-256 (hex) of ``array``'s bytes as stored: converted to ``dtype``, C order, little-endian elements."""
+    stored = np.ascontiguousarray(np.asarray(array), dtype=jnp.dtype(dtype).newbyteorder("<"))
+    return hashlib.sha256(stored.tobytes()).hexdigest()
+
+
+def _read_specs(path: str, params: Any, with_checksums: bool) -> tuple[_Specs, dict[str, str]]:
+    """The manifest's ``params`` as `_Specs` and ``{path: SHA-256}`` (empty without ``with_checksums``: version 1),
+    or a DamagedSavedModel naming the entry that is not a shape and dtype, or whose checksum is not 64 hex digits."""
     if not isinstance(params, dict) or not params:
         raise DamagedSavedModel(f"{path}: params: expected a JSON object of arrays' shapes and dtypes, got {params!r}")
-    specs = {}
+    specs, checksums = {}, {}
     for name, spec in params.items():
         try:
             shape = tuple(spec["shape"])
@@ -164,7 +200,15 @@ def _read_specs(path: str, params: Any) -> _Specs:
             raise DamagedSavedModel(
                 f"{path}: params.{name}: expected {{'shape': [sizes], 'dtype': name}}, got {spec!r}"
             ) from None
-    return specs
+        if with_checksums:
+            checksum = spec.get("sha256")
+            if not isinstance(checksum, str) or not _HEX_SHA256.fullmatch(checksum):
+                raise DamagedSavedModel(
+                    f"{path}: params.{name}.sha256: expected a SHA-256 as 64 lower-case hex digits, got "
+                    f"{checksum!r}; the manifest is damaged"
+                )
+            checksums[name] = checksum
+    return specs, checksums
 
 
 def _template(config: ModelConfig, specs: _Specs) -> Any:
