@@ -37,6 +37,7 @@ References:
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any, NamedTuple
@@ -45,7 +46,7 @@ import jax
 import jax.numpy as jnp
 
 from rnn_jax import _checks, cells, initializers, losses
-from rnn_jax.unroll import Remat, check_scan_options, lax_scan, scan_in_dtype, sequence_mask
+from rnn_jax.unroll import Remat, check_params, check_scan_options, lax_scan, scan_in_dtype, sequence_mask
 
 PAD, GO, END = 0, 1, 2  # token ids: <pad> in both vocabularies; <go> and <end> in the target vocabulary
 
@@ -142,8 +143,68 @@ def init(
     )
 
 
-def _check_tokens(name: str, tokens: jax.Array, vocab: int, letters: str) -> None:
+_WIDTHS = (  # the pieces' widths that must agree: (field, axis, what it is, its letter) for each side
+    (("source_embedding", 1, "the source embedding width", "E"), ("encoder.w_x", 0, "the encoder's input width", "D")),
+    (("encoder.w_s", 0, "the encoder's state size", "H"), ("decoder.w_s", 0, "the decoder's state size", "H")),
+    (("target_embedding", 1, "the target embedding width", "E"), ("decoder.w_x", 0, "the decoder's input width", "D")),
+    (
+        ("decoder.w_y", 1, "the decoder's output width", "O"),
+        ("target_embedding", 0, "the target vocabulary size", "V_t"),
+    ),
+)
+
+
+def _checked_cell(params: Seq2SeqParams) -> ModuleType:
+    """The cell module of ``params`` (`cell_of`), after checking that its pieces fit together: each cell's own
+    fields (`rnn_jax.unroll.check_params`), E_src [V_s, E] and E_tgt [V_t, E] of rank 2, and
+
+        width(E_src) = D_enc,   H_enc = H_dec,   width(E_tgt) = D_dec,   O_dec = V_t >= 3
+
+    (O_dec < V_t left target tokens without a logit; O_dec > V_t let greedy decoding pick ids past E_tgt, whose
+    look-up is NaN). Shapes only, so traced parameters are checked too; every public entry point calls it.
+
+    Raises:
+      TypeError: the encoder and decoder are not the parameters of one cell.
+      ValueError: naming the two pieces and their sizes, for widths that disagree (shape errors inside XLA).
+    """
+    cell = cell_of(params)
+    for name in ("encoder", "decoder"):
+        try:
+            check_params(getattr(params, name), cell)
+        except ValueError as error:
+            error.add_note(f"(in params.{name})")
+            raise
+    _checks.rank("params.source_embedding", params.source_embedding, 2, "V_s, E")
+    _checks.rank("params.target_embedding", params.target_embedding, 2, "V_t, E")
+    for (a, i, what_a, letter_a), (b, j, what_b, letter_b) in _WIDTHS:
+        shape_a, shape_b = (jnp.shape(operator.attrgetter(f)(params)) for f in (a, b))
+        if shape_a[i] != shape_b[j]:
+            raise ValueError(
+                f"params.{a}, params.{b}: expected {what_a} {letter_a} to equal {what_b} {letter_b}, got "
+                f"{letter_a} = {shape_a[i]} (params.{a} of shape {shape_a}) and {letter_b} = {shape_b[j]} "
+                f"(params.{b} of shape {shape_b})"
+            )
+    if jnp.shape(params.target_embedding)[0] <= END:
+        raise ValueError(
+            f"params.target_embedding: expected at least {END + 1} rows (<pad>, <go>, <end>), got shape "
+            f"{jnp.shape(params.target_embedding)}"
+        )
+    return cell
+
+
+def _check_steps(name: str, tokens: jax.Array, letters: str) -> None:
+    """Raises unless ``tokens`` is an array of rank 2 (``letters``, time first) with at least one step."""
+    _checks.array(name, tokens, f"[{letters}] token ids")
     _checks.rank(name, tokens, 2, letters)
+    if jnp.shape(tokens)[0] < 1:
+        steps = letters.split(",")[0]
+        raise ValueError(
+            f"{name}: expected at least one step [{letters}] with {steps} >= 1, got shape {jnp.shape(tokens)}"
+        )
+
+
+def _check_tokens(name: str, tokens: jax.Array, vocab: int, letters: str) -> None:
+    _check_steps(name, tokens, letters)
     _checks.integers(name, tokens, "integer token ids")
     _checks.within(name, tokens, 0, vocab - 1, f"token ids in [0, {vocab})")
 
@@ -172,7 +233,7 @@ def encode(
     Returns:
       The cell's carry ([B, H], or an ``LSTMState`` of two [B, H]).
     """
-    cell = cell_of(params)
+    cell = _checked_cell(params)
     _check_tokens("source", source, params.source_embedding.shape[0], "S, B")
     num_steps, batch = source.shape
     _checks.lengths("source_lengths", source_lengths, num_steps, batch, shortest=1)
@@ -216,7 +277,7 @@ def teacher_forced(
       y, [T, B, V_t] logits in the parameters' dtype (every step; padded steps are computed too and the loss
       ignores them).
     """
-    cell = cell_of(params)
+    cell = _checked_cell(params)
     _check_tokens("target", target, params.target_embedding.shape[0], "T, B")
     _checks.dim("target", target, 1, source.shape[1], "the batch size B of source")
     options = {"unroll": unroll, "remat": remat, "compute_dtype": compute_dtype}
@@ -250,7 +311,7 @@ def greedy_decode(
     Returns:
       `Decoded` (tokens [L, B], lengths [B], logits [L, B, V_t]).
     """
-    cell = cell_of(params)
+    cell = _checked_cell(params)
     max_length = _checks.positive_int("max_length", max_length)
     state = encode(params, source, source_lengths, activation=activation)
     step = functools.partial(cell.step, params.decoder, activation=activation)
@@ -313,9 +374,16 @@ def sequence_metrics(predicted: jax.Array, target: jax.Array, target_lengths: ja
       {"token_accuracy": [], "exact_match": []} (float32).
 
     Raises:
-      ValueError / TypeError naming the argument: ``predicted`` not [L >= T, B]; ``target_lengths`` not [B]
-      integers, or (concrete) outside [1, T] (0 or negative ones made every padded token count as right).
+      ValueError / TypeError naming the argument: ``predicted`` not an [L >= T, B] array (a whole `Decoded`: pass
+      its ``.tokens``); ``target_lengths`` not [B] integers, or (concrete) outside [1, T] (0 or negative ones made
+      every padded token count as right).
     """
+    if isinstance(predicted, Decoded):
+        raise TypeError(
+            "predicted: expected [L, B] token ids, got a Decoded (greedy_decode's tokens, lengths and logits): "
+            "pass decoded.tokens"
+        )
+    _checks.array("predicted", predicted, "[L, B] token ids")
     num_steps = target.shape[0]
     if predicted.ndim != 2 or predicted.shape[0] < num_steps or predicted.shape[1] != target.shape[1]:
         raise ValueError(f"predicted: expected shape [L >= {num_steps}, B = {target.shape[1]}], got {predicted.shape}")
@@ -339,7 +407,8 @@ def evaluate(
     compute_dtype: jnp.dtype | None = None,
 ) -> dict[str, jax.Array]:
     """The teacher-forced loss (with the options of `loss`), and token accuracy and exact match of greedy
-    decoding for T steps (in the parameters' dtype)."""
+    decoding for T steps (in the parameters' dtype); ``batch.target`` needs T >= 1."""
+    _check_steps("batch.target", batch.target, "T, B")
     decoded = greedy_decode(params, batch.source, batch.source_lengths, batch.target.shape[0], activation=activation)
     return {
         "loss": loss(params, batch, activation=activation, unroll=unroll, remat=remat, compute_dtype=compute_dtype),

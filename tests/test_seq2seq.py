@@ -436,3 +436,108 @@ def test_bad_inputs_get_clear_errors(key):
         train.make_loss_fn(dataclasses.replace(config.model, projections="hoisted"), task)
     with pytest.raises(ValueError, match="precision: 'bfloat16' keeps float32 parameters; needs dtype float32"):
         train.make_loss_fn(dataclasses.replace(config.model, precision="bfloat16", dtype="float64"), task)
+
+
+def _other(key, *, source_vocab=31, target_vocab=13, hidden=5, embed=3):
+    """Encoder-decoder parameters that differ from `_tiny`'s GRU (V_s 31, V_t 13, H 5, E 3) in the given sizes."""
+    return seq2seq.init(key, "gru", source_vocab, target_vocab, hidden, embed_size=embed, dtype=jnp.float32)
+
+
+ENTRIES = {  # every public function that runs the parameters, each called on `_tiny`'s batch
+    "encode": lambda p, b: seq2seq.encode(p, b.source, b.source_lengths),
+    "teacher_forced": lambda p, b: seq2seq.teacher_forced(p, b.source, b.source_lengths, b.target),
+    "greedy_decode": lambda p, b: seq2seq.greedy_decode(p, b.source, b.source_lengths, 4),
+    "loss": seq2seq.loss,
+    "evaluate": seq2seq.evaluate,
+    "jit(loss)": jax.jit(seq2seq.loss),
+}
+
+
+@pytest.mark.parametrize("entry", list(ENTRIES))
+@pytest.mark.parametrize(
+    ("mismatch", "message"),
+    [
+        (
+            lambda p, k: p._replace(source_embedding=_other(k, embed=4).source_embedding),
+            r"params.source_embedding, params.encoder.w_x: expected the source embedding width E to equal the "
+            r"encoder's input width D, got E = 4 \(params.source_embedding of shape \(31, 4\)\) and D = 3 ",
+        ),
+        (
+            lambda p, k: p._replace(encoder=_other(k, hidden=7).encoder),
+            r"params.encoder.w_s, params.decoder.w_s: expected the encoder's state size H to equal the decoder's "
+            r"state size H, got H = 7 \(params.encoder.w_s of shape \(7, 21\)\) and H = 5 ",
+        ),
+        (
+            lambda p, k: p._replace(target_embedding=_other(k, embed=4).target_embedding),
+            r"params.target_embedding, params.decoder.w_x: expected the target embedding width E to equal the "
+            r"decoder's input width D, got E = 4 \(params.target_embedding of shape \(13, 4\)\) and D = 3 ",
+        ),
+        (
+            lambda p, k: p._replace(decoder=_other(k, target_vocab=18).decoder),
+            r"params.decoder.w_y, params.target_embedding: expected the decoder's output width O to equal the "
+            r"target vocabulary size V_t, got O = 18 \(params.decoder.w_y of shape \(5, 18\)\) and V_t = 13 ",
+        ),
+        (
+            lambda p, k: p._replace(decoder=_other(k, target_vocab=11).decoder),
+            r"params.decoder.w_y, params.target_embedding: .* got O = 11 .* and V_t = 13 ",
+        ),
+        (
+            lambda p, k: p._replace(decoder=p.decoder._replace(w_y=_other(k, hidden=7).decoder.w_y)),
+            r"params.w_y: expected shape \[H, O\] = \(5, 13\), got \(7, 13\)",
+        ),
+        (
+            lambda p, k: p._replace(target_embedding=p.target_embedding[:2], decoder=cells.gru.init(k, 3, 5, 2)),
+            r"params.target_embedding: expected at least 3 rows \(<pad>, <go>, <end>\), got shape \(2, 3\)",
+        ),
+    ],
+    ids=["source E", "encoder H", "target E", "decoder O > V_t", "decoder O < V_t", "decoder w_y", "V_t < 3"],
+)
+def test_params_whose_pieces_disagree_in_width_are_refused_by_every_entry_naming_both(key, mismatch, message, entry):
+    """Each of these failed inside XLA (a dot_general shape error) or, for a decoder with more outputs than target
+    tokens, decoded token ids past the embedding and NaN logits; under jit too, as they are shapes."""
+    _, params, batch = _tiny("gru", key, dtype=jnp.float32)
+    with pytest.raises(ValueError, match=message):
+        ENTRIES[entry](mismatch(params, key), batch)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("evaluate", r"batch.target: expected at least one step \[T, B\] with T >= 1, got shape \(0, 6\)"),
+        ("teacher_forced", r"target: expected at least one step \[T, B\] with T >= 1, got shape \(0, 6\)"),
+        ("jit(loss)", r"target: expected at least one step \[T, B\] with T >= 1, got shape \(0, 6\)"),
+    ],
+    ids=["evaluate", "teacher_forced", "jit(loss)"],
+)
+def test_a_target_of_no_steps_is_refused_naming_the_target(key, entry, message):
+    """evaluate's error named max_length (greedy_decode's, which the caller never passed); teacher forcing returned
+    logits of no steps, and the jitted loss 0.0."""
+    _, params, batch = _tiny("gru", key, dtype=jnp.float32)
+    with pytest.raises(ValueError, match=message):
+        ENTRIES[entry](params, batch._replace(target=batch.target[:0]))
+
+
+def test_a_source_of_no_steps_is_refused_naming_the_source(key):
+    """Under jit (no length check on traced lengths) the encoder returned its zero state."""
+    _, params, batch = _tiny("gru", key, dtype=jnp.float32)
+    with pytest.raises(
+        ValueError, match=r"source: expected at least one step \[S, B\] with S >= 1, got shape \(0, 6\)"
+    ):
+        jax.jit(seq2seq.encode)(params, batch.source[:0], batch.source_lengths)
+
+
+def test_sequence_metrics_refuse_a_decoded_and_ask_for_its_tokens(key):
+    """The whole `Decoded` of greedy_decode failed with an AttributeError ('Decoded' object has no attribute 'ndim')."""
+    _, params, batch = _tiny("gru", key, dtype=jnp.float32)
+    decoded = seq2seq.greedy_decode(params, batch.source, batch.source_lengths, 4)
+    with pytest.raises(
+        TypeError, match=r"predicted: expected \[L, B\] token ids, got a Decoded .* pass decoded.tokens"
+    ):
+        seq2seq.sequence_metrics(decoded, batch.target, batch.target_lengths)
+    with pytest.raises(
+        TypeError, match=r"predicted: expected \[L, B\] token ids \(a jax.Array or np.ndarray\), got list"
+    ):
+        seq2seq.sequence_metrics([[3]], batch.target, batch.target_lengths)
+    assert seq2seq.sequence_metrics(decoded.tokens, batch.target, batch.target_lengths).keys() == {
+        "token_accuracy", "exact_match",
+    }  # fmt: skip
