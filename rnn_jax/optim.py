@@ -13,8 +13,12 @@ References:
 
 from __future__ import annotations
 
+import functools
+import itertools
+
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from rnn_jax import _checks
@@ -120,13 +124,21 @@ def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax
     step's XLA compile 0.3-0.4 s shorter (the clip and Adam alone: 0.29 s instead of 0.69 s),
     0.80x the time at (1,1000,1,32,1), a tie at (32,100,8,64,8) and (64,256,32,128,32).
 
+    The flat state no longer has the parameters' tree, which made `optax.adam` refuse gradients of another tree:
+    flattened, such gradients updated with a broadcast error deep in the update rule or, at the same total size,
+    with permuted values. So ``update(updates, state, params)`` first checks ``updates`` against ``params``
+    (`_checked_update`; without ``params``, only their total size against the state's). Recording the tree in the
+    state instead (a static treedef in a pytree node) would change the state's pytree, and checkpoints of the flat
+    state would no longer resume; the check reads only trees, shapes and dtypes, free inside jit.
+
     Args:
       config: the optimiser's configuration.
       total_steps: the run's length; needed by every schedule but "constant".
 
     Raises:
       ValueError: for an unknown optimiser, clip or schedule name, a learning rate or threshold that is not a
-        finite number > 0, an SGD momentum outside [0, 1), or a schedule's bad option (`learning_rate_schedule`).
+        finite number > 0, an SGD momentum outside [0, 1), or a schedule's bad option (`learning_rate_schedule`);
+        from ``update``: ``updates`` of another tree, shape or dtype than ``params`` (`_checked_update`).
     """
     _check_clip(config)
     if config.optimizer not in _RULES:
@@ -136,7 +148,57 @@ def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax
         _checks.real("momentum", config.momentum, "a value in [0, 1) (0: plain SGD)", lambda v: 0 <= v < 1)
     clip = _clip(config)
     rule = _RULES[config.optimizer](config, learning_rate_schedule(config, total_steps))
-    return optax.flatten(optax.chain(clip, rule))
+    flat = optax.flatten(optax.chain(clip, rule))
+    return optax.GradientTransformationExtraArgs(flat.init, functools.partial(_checked_update, flat.update))
+
+
+def _leaf(leaf) -> str:
+    """A leaf's dtype and shape as in ``float32[4, 3]``."""
+    return f"{jnp.result_type(leaf)}{list(jnp.shape(leaf))}"
+
+
+def _tree_difference(updates, params) -> str | None:
+    """The first difference of ``updates`` from ``params`` in tree structure, leaf shapes or dtypes, in the words
+    of `_checked_update`'s error; None when there is none."""
+    expected = jax.tree_util.tree_leaves_with_path(params)
+    got = jax.tree_util.tree_leaves_with_path(updates)
+    for (want_path, want), (got_path, leaf) in itertools.zip_longest(expected, got, fillvalue=(None, None)):
+        if got_path is None:
+            return f"no leaf where params have {_leaf(want)} at {jax.tree_util.keystr(want_path)}"
+        if want_path is None:
+            return f"an extra leaf {_leaf(leaf)} at {jax.tree_util.keystr(got_path)}"
+        if got_path != want_path:
+            where, want_where = jax.tree_util.keystr(got_path), jax.tree_util.keystr(want_path)
+            return f"a leaf at {where} where params have one at {want_where}"
+        if _leaf(leaf) != _leaf(want):
+            return f"{_leaf(leaf)} at {jax.tree_util.keystr(got_path)} where params have {_leaf(want)}"
+    if jax.tree.structure(updates) != jax.tree.structure(params):  # the same paths in other containers
+        return f"the tree {jax.tree.structure(updates)} where params have {jax.tree.structure(params)}"
+    return None
+
+
+def _checked_update(update: optax.TransformUpdateExtraArgsFn, updates, state, params=None, **extra_args):
+    """`optax.flatten`'s ``update``, after refusing ``updates`` that flattening would misread: of another tree
+    structure, leaf shape or dtype than ``params``, where given, or of another total size than the parameters the
+    flat ``state`` was made for (its [N] vectors: Adam's moments, a momentum; a state without them, as plain SGD's,
+    records no size). Without ``params`` a tree of the state's size but another shape cannot be told apart: pass
+    them, as `rnn_jax.train` does. Reads only trees, shapes and dtypes, static under jit.
+
+    Raises:
+      ValueError: naming ``updates``, what was expected and the first leaf (its path) that differs.
+    """
+    expected = "the tree structure, shapes and dtypes of params"
+    difference = None if params is None else _tree_difference(updates, params)
+    if difference is not None:
+        raise ValueError(f"updates: expected {expected}; got {difference}")
+    size = sum(int(np.size(leaf)) for leaf in jax.tree.leaves(updates))
+    recorded = {jnp.shape(leaf)[0] for leaf in jax.tree.leaves(state) if jnp.ndim(leaf) == 1}
+    if recorded and recorded != {size}:
+        raise ValueError(
+            f"updates: expected {' or '.join(map(str, sorted(recorded)))} elements in all (the size of the parameters "
+            f"the optimiser state was initialised with), got {size}"
+        )
+    return update(updates, state, params, **extra_args)
 
 
 def clip_fired(config: OptimConfig, grads) -> jax.Array:

@@ -211,3 +211,22 @@ def test_bfloat16_tensors_convert_exactly():
     params = rj_torch.from_torch(module.state_dict())
     assert params.w_x.dtype == jax.numpy.bfloat16
     np.testing.assert_array_equal(np.asarray(params.w_x, np.float32), module.weight_ih_l0.detach().float().numpy().T)
+
+
+@pytest.mark.parametrize("model", ["elman", "lstm", "gru"])
+@pytest.mark.parametrize(("missing", "present"), [("bias_ih_l0", "bias_hh_l0"), ("bias_hh_l0", "bias_ih_l0")])
+def test_a_state_dict_with_one_bias_of_two_is_refused_naming_the_missing_one(model, missing, present):
+    """A module has both biases or neither (bias=False); the missing one was read as zeros, silently."""
+    state = {k: v for k, v in _numpy_state(_torch_module(model, "tanh")).items() if k != missing}
+    with pytest.raises(ValueError, match=rf"state_dict: no {missing!r} beside {present!r}.*bias=False"):
+        rj_torch.from_torch(state)
+
+
+def test_a_module_without_biases_converts_with_zero_biases():
+    """bias=False: neither key, both biases zero, the same run as torch's."""
+    torch.manual_seed(0)
+    module = torch.nn.GRU(D, H, bias=False)
+    linear = {"weight": np.ones((O, H), "f4"), "bias": np.zeros(O, "f4")}
+    params = rj_torch.from_torch(module.state_dict(), linear)
+    np.testing.assert_array_equal(params.b_x, np.zeros(3 * H, "f4"))
+    _assert_same_run(params, module, "tanh", "gru", linear)

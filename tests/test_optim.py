@@ -153,3 +153,54 @@ def test_momentum_and_schedule_options_are_checked_only_where_they_apply():
     """An unused option's value is not refused: momentum with Adam, a decay rate with the constant schedule."""
     config = rj.OptimConfig(optimizer="adam", momentum=5.0, decay_rate=-1.0, warmup_steps=-3)
     rj.make_optimizer(config)
+
+
+# the parameters {"a": [4, 3], "b": [3]} (15 elements), and gradients of another tree than theirs: same total size
+# (optax.flatten updated with permuted gradients, silently) or not (a broadcast error deep inside the update rule)
+OTHER_TREES = [
+    pytest.param({"a": (3, 4), "b": (3,)}, "float32",
+                 r"got float32\[3, 4\] at \['a'\] where params have float32\[4, 3\]", id="transposed"),
+    pytest.param({"x": (12,), "y": (3,)}, "float32",
+                 r"got a leaf at \['x'\] where params have one at \['a'\]", id="other-names"),
+    pytest.param({"a": (4, 3)}, "float32", r"got no leaf where params have float32\[3\] at \['b'\]", id="fewer"),
+    pytest.param({"a": (4, 3), "b": (3,), "c": (2,)}, "float32",
+                 r"got an extra leaf float32\[2\] at \['c'\]", id="more"),
+    pytest.param({"a": (4, 3), "b": (3,)}, "bfloat16",
+                 r"got bfloat16\[4, 3\] at \['a'\] where params have float32\[4, 3\]", id="dtype"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(("shapes", "dtype", "message"), OTHER_TREES)
+def test_gradients_of_another_tree_than_params_are_refused_by_path(key, shapes, dtype, message, jit):
+    """optax.adam refuses them (its state has the parameters' tree); the flat optimiser state has not, so the
+    update compares the gradients with ``params``: at trace time, so inside jit too."""
+    opt = _clip_only("global_norm", 1.0)
+    params = _grads(key, 1.0)
+    grads = {name: jnp.ones(shape, dtype) for name, shape in shapes.items()}
+    update = jax.jit(opt.update) if jit else opt.update
+    with pytest.raises(
+        ValueError, match=r"updates: expected the tree structure, shapes and dtypes of params; " + message
+    ):
+        update(grads, opt.init(params), params)
+
+
+def test_without_params_gradients_of_another_size_than_the_state_are_refused(key):
+    """Without ``params`` the update checks what the flat state records: the parameters' total size."""
+    opt = rj.make_optimizer(rj.OptimConfig(optimizer="sgd", momentum=0.9))
+    state = opt.init(_grads(key, 1.0))
+    with pytest.raises(ValueError, match=r"updates: expected 15 elements in all .* got 14"):
+        opt.update({"a": jnp.ones((14,))}, state)
+    with pytest.raises(ValueError, match=r"updates: expected 15 elements in all .* got 16"):
+        opt.update({"a": jnp.ones((16,))}, state, {"a": jnp.ones((16,))})  # a state of other parameters
+
+
+def test_the_checked_optimiser_keeps_optax_flattens_state_and_arithmetic(standard_promotion, key):
+    """The check adds no state (checkpoints of the flat state still resume) and changes no update."""
+    config = rj.OptimConfig(optimizer="adam", clip="global_norm", clip_threshold=0.5)
+    params, grads = _grads(key, 1.0), _grads(jax.random.fold_in(key, 1), 3.0)
+    flat = optax.flatten(optax.chain(optax.clip_by_global_norm(0.5), optax.adam(learning_rate_schedule(config))))
+    opt = rj.make_optimizer(config)
+    assert jax.tree.structure(opt.init(params)) == jax.tree.structure(flat.init(params))
+    ours, theirs = opt.update(grads, opt.init(params), params), flat.update(grads, flat.init(params), params)
+    jax.tree.map(np.testing.assert_array_equal, ours, theirs)

@@ -193,8 +193,9 @@ def from_torch(
       ElmanParams, LSTMParams or GRUParams (float arrays in the state dict's dtype).
 
     Raises:
-      KeyError naming a missing key; ValueError naming the key whose shape is not what H, D and the model imply,
-      a key that is no parameter of these modules, a reverse direction, a projection or other layers;
+      KeyError naming a missing weight; ValueError naming the key whose shape is not what H, D and the model imply,
+      the missing one of the two biases (a module has both or neither), a key that is no parameter of these
+      modules, a reverse direction, a projection or other layers;
       TypeError for a state dict that is no mapping or a tensor of another dtype.
     """
     suffix = f"_l{_check_keys(state_dict, layer)}"
@@ -227,12 +228,19 @@ def from_torch(
         )
     dtype = _tensor(f"weight_hh{suffix}", w_hh, None, "", None).dtype
     _tensor(f"weight_ih{suffix}", w_ih, None, "", dtype)
-    biases = {}
-    for name in ("bias_ih", "bias_hh"):
-        key = name + suffix
-        value = state_dict.get(key)
-        letters = f"{g}H" if g > 1 else "H"
-        biases[name] = np.zeros((g * h,), dtype) if value is None else _tensor(key, value, (g * h,), letters, dtype)
+    keys = {name: name + suffix for name in ("bias_ih", "bias_hh")}
+    present = [key for key in keys.values() if key in state_dict]
+    if len(present) == 1:  # a module has both biases or neither (bias=False); zeros for the other hid the loss
+        (missing,) = set(keys.values()) - set(present)
+        raise ValueError(
+            f"state_dict: no {missing!r} beside {present[0]!r}; an {TORCH_MODULES[model]} has both biases or neither "
+            f"(bias=False), so the state dict is damaged or not one module's"
+        )
+    letters = f"{g}H" if g > 1 else "H"
+    biases = {
+        name: _tensor(key, state_dict[key], (g * h,), letters, dtype) if present else np.zeros((g * h,), dtype)
+        for name, key in keys.items()
+    }
     if linear is None:
         w_y, b_y = np.eye(h, dtype=dtype), np.zeros((h,), dtype)
     else:
