@@ -119,11 +119,14 @@ def _gradcheck(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from rnn_jax import _checks, bench, distributed
+    from rnn_jax import _checks, bench, distributed, plotting
 
     config = _build(BenchConfig, args)
-    if args.json is not None:
-        _output_file("--json", args.json)  # now, not after the first shape's minutes of timing
+    for option, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            _output_file(option, path)  # now, not after the first shape's minutes of timing
+    if args.plot is not None:
+        plotting.check_figure_path("--plot", args.plot)
     # before JAX starts; at most 8 by default, so a many-core machine adds 3 device counts, not 6
     if config.cpu_devices is not None:  # 0 fell back to the default and -1 was reported as "count"
         _checks.positive_int("--cpu-devices", config.cpu_devices)
@@ -159,6 +162,9 @@ def _bench(args: argparse.Namespace) -> int:
     if args.json:
         _write_json_atomically(args.json, result.records)
         print(f"wrote {args.json}")
+    if args.plot and result.records:
+        plotting.benchmark(result.records, args.plot)
+        print(f"wrote {args.plot}")
     disagreeing = [a.impl for a in result.agreement if not a.agrees]
     if disagreeing:
         print(f"error: these implementations computed a different first step: {sorted(set(disagreeing))}")
@@ -486,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_dataclass_options(bench, BenchConfig)
     bench.add_argument("--json", metavar="PATH", default=None, help="also write the records as a JSON list")
+    bench.add_argument(
+        "--plot",
+        metavar="PATH",
+        default=None,
+        help="also draw the times as a figure (.png, .pdf or .svg): each implementation's median over rnn-jax-fast's "
+        "(or the first --impl's), per size, train step and forward pass (rnn_jax.plotting.benchmark, which also "
+        "draws a saved --json file)",
+    )
     bench.set_defaults(command_parser=bench, handler=_bench)
     return parser
 

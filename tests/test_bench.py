@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import rnn_jax as rj
-from rnn_jax import bench, cli
+from rnn_jax import bench, cli, plotting
 from tests.stages import slow_unless
 
 TINY = bench.Shape("elman", 3, 5, 2, 4, 2)
@@ -278,8 +278,10 @@ def test_check_agreement_flags_a_different_loss():
 @pytest.mark.slow
 def test_cli_bench_writes_json_and_exits_zero(tmp_path, capsys, standard_promotion):
     path = tmp_path / "bench.json"
-    code = cli.main(["bench", "--cell", "gru", "--config", "2,4,1,3,1", "--repeats", "1", "--json", str(path)])
-    assert code == 0
+    figure = tmp_path / "bench.png"
+    argv = ["bench", "--cell", "gru", "--config", "2,4,1,3,1", "--repeats", "1", "--json", str(path)]
+    code = cli.main([*argv, "--plot", str(figure)])
+    assert code == 0 and figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     printed = capsys.readouterr().out
     assert "agreement of the first step" in printed and "lower-bound" in printed
     assert "speed goals" in printed and "gru never slower than flax or torch" in printed
@@ -374,6 +376,85 @@ def test_cli_bench_refuses_a_json_path_it_could_not_write_before_timing_anything
     err = capsys.readouterr().err
     assert info.value.code == 2 and f"--json: {str(tmp_path)!r} is a directory" in err
     assert "bench: 1/1" not in err  # refused before the first shape was timed
+
+
+@pytest.mark.parametrize(
+    ("plot", "message"),
+    [("bench.jpg", "--plot: expected a file name ending in .png, .pdf, .svg, got"), ("", "--plot: expected a path")],
+)
+def test_cli_bench_refuses_a_figure_it_could_not_write_before_timing_anything(tmp_path, capsys, plot, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["bench", "--config", "1,2,1,3,1", "--impl", "rnn-jax-fast", "--plot", plot and str(tmp_path / plot)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "bench: 1/1" not in err
+
+
+def _timed(cell, size, mode, impl, median, spread=0.1):
+    """One record as the harness writes it (p10 and p90 ``spread`` below and above the median)."""
+    config = dict(zip(bench.CONFIG_KEYS, (cell, *size), strict=True))
+    return {"config": config, "impl": impl, "mode": mode, "median_ms": float(median), "p10_ms": median - spread,
+            "p90_ms": median + spread, "compile_s": 0.5, "peak_mem_mb": 1.0, "devices": 1}  # fmt: skip
+
+
+def _drawn_figure(monkeypatch, records, path, **options):
+    """The matplotlib figure `plotting.benchmark` saves to ``path`` (the file is written too)."""
+    import matplotlib.figure
+
+    drawn, save = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(
+        matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: (drawn.append(fig), save(fig, *a, **k))
+    )
+    plotting.benchmark(records, str(path), **options)
+    return drawn[0]
+
+
+def _bars(ax):
+    """{label: [bar heights]} of an axes' bar series."""
+    from matplotlib.container import BarContainer
+
+    return {c.get_label(): [round(p.get_height(), 9) for p in c] for c in ax.containers if isinstance(c, BarContainer)}
+
+
+def test_the_benchmark_figure_draws_each_time_over_the_references(tmp_path, monkeypatch):
+    """Each bar is the record's median over the reference's at its size and mode (torch's thread counts one
+    series), its whiskers p10 and p90 over the same; a size the reference missed is left out of its mode."""
+    small, large = (2, 10, 1, 4, 1), (8, 20, 3, 16, 3)
+    records = [
+        _timed("elman", small, "train", "rnn-jax-fast", 2.0), _timed("elman", small, "train", "flax", 3.0),
+        _timed("elman", small, "train", "torch-1thread", 5.0), _timed("elman", small, "train", "lower-bound", 1.0),
+        _timed("elman", large, "train", "rnn-jax-fast", 8.0), _timed("elman", large, "train", "torch-2threads", 4.0),
+        _timed("elman", small, "forward", "rnn-jax-fast", 1.0), _timed("elman", small, "forward", "flax", 0.5),
+        _timed("elman", large, "forward", "flax", 9.0),  # no reference here: not drawn
+    ]  # fmt: skip
+    path = tmp_path / "bench.png"
+    fig = _drawn_figure(monkeypatch, records, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    train, forward = fig.axes
+    torch = "torch (the better of 1thread, 2threads)"
+    assert _bars(train) == {"rnn-jax-fast": [1.0, 1.0], "flax": [1.5], torch: [2.5, 0.5], "lower-bound": [0.5]}
+    assert _bars(forward) == {"rnn-jax-fast": [1.0], "flax": [0.5]}
+    assert [t.get_text() for t in forward.get_xticklabels()] == ["(2,10,1,4,1)\nrnn-jax-fast: 1 ms"]
+    flax_train = next(c for c in train.containers if c.get_label() == "flax" and hasattr(c, "errorbar"))
+    low, high = flax_train.errorbar.lines[2][0].get_segments()[0][:, 1]
+    assert (round(low, 9), round(high, 9)) == (1.45, 1.55)  # (3.0 -+ 0.1) / 2.0
+
+
+def test_the_benchmark_figure_takes_another_reference_and_refuses_one_never_timed(tmp_path, monkeypatch):
+    size = (2, 3, 1, 2, 1)
+    records = [_timed("gru", size, "train", "flax", 4.0), _timed("gru", size, "train", "torch-1thread", 2.0)]
+    fig = _drawn_figure(monkeypatch, records, tmp_path / "f.svg")  # no rnn-jax-fast: the first is the reference
+    assert _bars(fig.axes[0]) == {"flax": [1.0], "torch (1thread)": [0.5]}
+    fig = _drawn_figure(monkeypatch, records, tmp_path / "g.pdf", reference="torch")
+    assert _bars(fig.axes[0]) == {"flax": [2.0], "torch (1thread)": [1.0]}
+    never = r"reference: expected one of the records' implementations \['flax', 'torch'\], got 'rnn-jax-fast'"
+    with pytest.raises(ValueError, match=never):
+        plotting.benchmark(records, str(tmp_path / "h.png"), reference="rnn-jax-fast")
+    with pytest.raises(ValueError, match="path: expected a file name ending in .png, .pdf, .svg, got 'x.jpg'"):
+        plotting.benchmark(records, "x.jpg")
+    with pytest.raises(ValueError, match="records: expected at least one record, got none"):
+        plotting.benchmark([], str(tmp_path / "i.png"))
+    with pytest.raises(ValueError, match="record: expected keys"):
+        plotting.benchmark([{"impl": "flax"}], str(tmp_path / "j.png"))
 
 
 def _with_random_biases(problem):
