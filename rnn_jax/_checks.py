@@ -6,6 +6,7 @@ import functools
 import math
 import operator
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +80,13 @@ def real(name: str, value: object, expected: str, holds: Callable[[float], bool]
 def positive_real(name: str, value: object, expected: str = "a finite value > 0") -> float:
     """`real` for a finite value > 0 (a rate, a threshold, a scale, a temperature)."""
     return real(name, value, expected, lambda v: 0 < v < math.inf)
+
+
+def representable(name: str, value: float, dtype: Any = jnp.float32) -> float:
+    """`real` for a value at most the largest finite value of ``dtype``: a number finite in Python (1e300) that the
+    arithmetic's dtype turns into an infinity (a scale of W_s, a learning rate, a clip threshold)."""
+    largest = float(jnp.finfo(dtype).max)
+    return real(name, value, f"at most {largest:.2g} ({jnp.dtype(dtype).name}'s largest)", lambda v: v <= largest)
 
 
 def rank(name: str, array: jax.Array, expected: int, letters: str) -> None:

@@ -36,15 +36,25 @@ _SCHEDULES = {
 }
 
 
+def _positive_float32(name: str, value: object) -> None:
+    """Raises ValueError unless ``value`` is a number > 0 that float32 can hold: the optimiser's arithmetic runs in
+    the parameters' dtype (float32 by default), where a learning rate of 1e39 is inf (NaN parameters) and a clip
+    threshold of 1e300 overflowed in NumPy's cast with a RuntimeWarning."""
+    _checks.positive_real(name, value)
+    _checks.representable(name, value, jnp.float32)
+
+
 def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) -> optax.Schedule:
     """The learning rate as a function of the step, from optax.schedules.
 
     Raises:
-      ValueError: for an unknown schedule, a decaying one without ``total_steps``, an exponential decay factor
-        that is not > 0, or a warm-up that is not in [0, total_steps).
+      ValueError: for an unknown schedule, a learning rate that is not a number > 0 that float32 can hold (at most
+        3.4e+38), a decaying schedule without ``total_steps``, an exponential decay factor that is not > 0, or a
+        warm-up that is not in [0, total_steps).
     """
     if config.schedule not in _SCHEDULES:
         raise ValueError(f"schedule: expected one of {list(_SCHEDULES)}, got {config.schedule!r}")
+    _positive_float32("learning_rate", config.learning_rate)
     if config.schedule != "constant" and (total_steps is None or total_steps < 1):
         raise ValueError(
             f"total_steps: the {config.schedule!r} schedule decays over the run and needs its length "
@@ -62,13 +72,14 @@ def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) 
 
 def _check_clip(config: OptimConfig) -> None:
     """Refuses (TypeError) a ``config`` that is not an `OptimConfig` and (ValueError) an unknown clip or, where one
-    clips, a threshold that is not a finite number > 0: what `make_optimizer` and `clip_fired` both read."""
+    clips, a threshold that is not a number > 0 that float32 can hold: what `make_optimizer` and `clip_fired`
+    both read."""
     if not isinstance(config, OptimConfig):
         raise TypeError(f"config: expected an rnn_jax.OptimConfig, got {type(config).__name__} {config!r}")
     if config.clip not in ("none", "value", "global_norm"):
         raise ValueError(f"clip: expected 'none', 'value' or 'global_norm', got {config.clip!r}")
     if config.clip != "none":
-        _checks.positive_real("clip_threshold", config.clip_threshold)
+        _positive_float32("clip_threshold", config.clip_threshold)
 
 
 def _clip(config: OptimConfig) -> optax.GradientTransformation:
@@ -137,13 +148,13 @@ def make_optimizer(config: OptimConfig, total_steps: int | None = None) -> optax
 
     Raises:
       ValueError: for an unknown optimiser, clip or schedule name, a learning rate or threshold that is not a
-        finite number > 0, an SGD momentum outside [0, 1), or a schedule's bad option (`learning_rate_schedule`);
-        from ``update``: ``updates`` of another tree, shape or dtype than ``params`` (`_checked_update`).
+        number > 0 that float32 can hold (at most 3.4e+38), an SGD momentum outside [0, 1), or a schedule's bad
+        option (`learning_rate_schedule`); from ``update``: ``updates`` of another tree, shape or dtype than
+        ``params`` (`_checked_update`).
     """
     _check_clip(config)
     if config.optimizer not in _RULES:
         raise ValueError(f"optimizer: expected 'sgd', 'adam', 'adagrad' or 'rmsprop', got {config.optimizer!r}")
-    _checks.positive_real("learning_rate", config.learning_rate)
     if config.optimizer == "sgd":
         _checks.real("momentum", config.momentum, "a value in [0, 1) (0: plain SGD)", lambda v: 0 <= v < 1)
     clip = _clip(config)

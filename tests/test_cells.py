@@ -137,9 +137,49 @@ def test_recurrent_options_that_would_give_nan_weights_are_refused_by_name(key, 
 def test_spectral_radius_zero_or_none_and_numpy_scalars_stay_legal(key, cell):
     assert not np.asarray(cell.init(key, 3, 5, 2, spectral_radius=0.0).w_s).any()
     plain = cell.init(key, 3, 5, 2, recurrent_scale=0.5, spectral_radius=None)
-    scaled = cell.init(key, 3, 5, 2, recurrent_scale=np.float32(0.5), spectral_radius=np.float64(1.5))
+    numpy_scale = cell.init(key, 3, 5, 2, recurrent_scale=np.float32(0.5))
+    rescaled = cell.init(key, 3, 5, 2, recurrent_scale=1.0, spectral_radius=np.float64(1.5))  # the default scale
     np.testing.assert_allclose(np.asarray(cell.init(key, 3, 5, 2).w_s) * 0.5, plain.w_s, rtol=1e-6)
-    assert np.isfinite(np.asarray(scaled.w_s)).all()
+    np.testing.assert_array_equal(numpy_scale.w_s, plain.w_s)
+    assert np.isfinite(np.asarray(rescaled.w_s)).all()
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
+@pytest.mark.parametrize(("scale", "radius"), [(3.0, 0.5), (0.5, 0.0), (np.float32(2.0), np.float64(1.5))])
+def test_a_recurrent_scale_with_a_spectral_radius_is_refused_naming_both(key, cell, scale, radius):
+    """W_s is rescaled to the spectral radius after the scale multiplies it: the scale was ignored without a word
+    (the run was bit-identical to one without it)."""
+    message = (
+        r"recurrent_scale: has no effect with spectral_radius \(W_s is rescaled to that radius after scaling\), "
+        rf"got recurrent_scale={float(scale)!r} and spectral_radius={float(radius)!r}; drop one"
+    )
+    with pytest.raises(ValueError, match=message):
+        cell.init(key, 3, 5, 2, recurrent_scale=scale, spectral_radius=radius)
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"recurrent_scale": 1e300}, r"recurrent_scale: expected at most 3.4e\+38 \(float32's largest\), got 1e\+300"),
+        ({"spectral_radius": 1e39}, r"spectral_radius: expected at most 3.4e\+38 \(float32's largest\), got 1e\+39"),
+        (
+            {"spectral_radius": 1e39, "dtype": jnp.bfloat16},
+            r"spectral_radius: expected at most 3.4e\+38 \(bfloat16's largest\), got 1e\+39",
+        ),
+        ({"recurrent_scale": 1e5, "dtype": jnp.float16}, r"recurrent_scale: expected at most 6.6e\+04 \(float16's"),
+    ],
+)
+def test_a_scale_or_radius_the_parameters_dtype_cannot_hold_is_refused_by_name(key, cell, kwargs, message):
+    """Finite in Python but past the dtype's largest value: W_s was inf (then "training diverged") without a word."""
+    with pytest.raises(ValueError, match=message):
+        cell.init(key, 3, 5, 2, **kwargs)
+
+
+@pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())
+def test_a_radius_float64_can_hold_stays_legal(key, x64, cell):
+    params = cell.init(key, 3, 5, 2, spectral_radius=1e300, dtype=jnp.float64)
+    assert np.isfinite(np.asarray(params.w_s)).all()
 
 
 @pytest.mark.parametrize("cell", CELLS.values(), ids=CELLS.keys())

@@ -104,6 +104,10 @@ def test_schedules_follow_optax():
         ({"learning_rate": "1e-3"}, r"learning_rate: expected a finite value > 0, got '1e-3'"),  # YAML's 1e-3
         ({"learning_rate": float("inf")}, r"learning_rate: expected a finite value > 0, got inf"),
         ({"clip_threshold": -1.0}, r"clip_threshold: expected a finite value > 0, got -1.0"),
+        # finite in Python, past float32's largest: NaN parameters, or numpy's "overflow encountered in cast"
+        ({"learning_rate": 1e39}, r"learning_rate: expected at most 3.4e\+38 \(float32's largest\), got 1e\+39"),
+        ({"learning_rate": 1e300}, r"learning_rate: expected at most 3.4e\+38 \(float32's largest\), got 1e\+300"),
+        ({"clip_threshold": 1e300}, r"clip_threshold: expected at most 3.4e\+38 \(float32's largest\), got 1e\+300"),
         ({"optimizer": "sgd", "momentum": 1.5}, r"momentum: expected a value in \[0, 1\) \(0: plain SGD\), got 1.5"),
         ({"optimizer": "sgd", "momentum": float("nan")}, r"momentum: expected a value in \[0, 1\).*got nan"),
         ({"schedule": "cosine"}, r"total_steps: the 'cosine' schedule decays over the run and needs its length"),
@@ -120,7 +124,8 @@ def test_bad_optimiser_config_gets_a_clear_error(changes, message):
     ("changes", "message"),
     [({"clip": "norm"}, r"clip: expected 'none', 'value' or 'global_norm', got 'norm'"),
      ({"clip_threshold": float("nan")}, r"clip_threshold: expected a finite value > 0, got nan"),
-     ({"clip": "value", "clip_threshold": -1.0}, r"clip_threshold: expected a finite value > 0, got -1.0")],
+     ({"clip": "value", "clip_threshold": -1.0}, r"clip_threshold: expected a finite value > 0, got -1.0"),
+     ({"clip": "value", "clip_threshold": 1e39}, r"clip_threshold: expected at most 3.4e\+38 \(float32's largest\)")],
 )  # fmt: skip
 def test_clip_fired_refuses_the_clips_make_optimizer_refuses(key, changes, message):
     """clip_fired read clip="norm" and a NaN threshold as "not fired" and a negative one as "always fired"."""
@@ -147,6 +152,17 @@ def test_a_config_that_is_no_optim_config_is_named_and_no_arrays_never_clip():
 def test_bad_schedule_options_get_a_clear_error(changes, message):
     with pytest.raises(ValueError, match=message):
         rj.make_optimizer(dataclasses.replace(rj.OptimConfig(), **changes), total_steps=10)
+
+
+@pytest.mark.parametrize(
+    ("learning_rate", "message"),
+    [(float("nan"), r"learning_rate: expected a finite value > 0, got nan"),
+     (1e39, r"learning_rate: expected at most 3.4e\+38 \(float32's largest\), got 1e\+39")],
+)  # fmt: skip
+def test_the_schedule_refuses_the_learning_rates_make_optimizer_refuses(learning_rate, message):
+    """`learning_rate_schedule` (the learning rate the train loop logs) took a NaN or an overflowing rate."""
+    with pytest.raises(ValueError, match=message):
+        learning_rate_schedule(rj.OptimConfig(learning_rate=learning_rate))
 
 
 def test_momentum_and_schedule_options_are_checked_only_where_they_apply():

@@ -71,6 +71,11 @@ def test_batches_are_a_pure_function_of_the_key(key):
         (TaskConfig(task="xor", min_len=3), r"min_len: the xor task has fixed-length streams"),
         (TaskConfig(task="adding", seq_len=10, min_len=11), r"min_len: expected a value in \[2, seq_len=10\], got 11"),
         (TaskConfig(task="adding", seq_len=0), r"seq_len: expected a positive integer, got 0"),
+        # with T = 1 no target is an XOR bit: accuracy_xor_bits was a mean of nothing, NaN in metrics.jsonl
+        (
+            TaskConfig(task="xor", seq_len=1),
+            r"seq_len: the xor task needs at least 2 steps \(a bit to predict\), got 1$",
+        ),
         # these two tasks set their own lengths: --seq-len was ignored without a word
         (TaskConfig(task="numbers", seq_len=10), r"seq_len: the numbers task's sequences have their own lengths"),
         (TaskConfig(task="japanese-vowels", seq_len=10), r"seq_len: the japanese-vowels task's sequences have their"),
@@ -118,3 +123,31 @@ def test_every_tasks_batch_names_a_bad_key_or_batch_size(key, options):
         assert task.stream(key, 2, 5).inputs.shape[:2] == (5, 2)
     batch = jax.jit(task.batch, static_argnums=1)(key, 2)  # a traced key passes
     assert {leaf.shape[-1] if leaf.ndim == 1 else leaf.shape[1] for leaf in jax.tree.leaves(batch)} == {2}
+
+
+SHORTEST = [{"task": "adding", "seq_len": 2}, {"task": "adding", "seq_len": 2, "min_len": 2},
+            {"task": "xor", "seq_len": 2}, {"task": "temporal_order", "seq_len": 10},
+            {"task": "shakespeare", "seq_len": 1}, {"task": "sunspots", "seq_len": 1},
+            {"task": "japanese-vowels"}]  # fmt: skip
+
+
+@pytest.mark.parametrize("options", SHORTEST, ids=[str(list(o.values())) for o in SHORTEST])
+def test_every_tasks_metrics_are_finite_at_its_shortest_legal_length(key, options):
+    """A metric that averages over no step is NaN (the xor task's at T = 1 was, in metrics.jsonl and summary.json):
+    at each task's shortest accepted ``seq_len`` every metric of a training batch and of the held-out splits is
+    finite, for any outputs."""
+    task = tasks.make(TaskConfig(**options))
+    splits = ("validation", "test") if hasattr(task, "eval_batch") else ()
+    batches = [task.batch(key, 2), *(task.eval_batch(split) for split in splits)]
+    for batch in batches:
+        outputs = jax.random.normal(key, batch.targets.shape[:2] + (task.output_size,))
+        for name, value in task.metrics(outputs, batch).items():
+            assert np.isfinite(float(value)), (name, float(value))
+
+
+def test_an_xor_stream_may_be_one_step_long(key):
+    """Truncated BPTT draws a stream of steps * k1 bits, 1 with --steps 1 --tbptt-k1 1: the length check of the
+    task's ``seq_len`` (>= 2) does not apply to it."""
+    stream = tasks.TemporalXOR().stream(key, 3, 1)
+    assert stream.inputs.shape == (1, 3, 1) and stream.targets.shape == (1, 3)
+    np.testing.assert_array_equal(stream.targets, tasks.TemporalXOR(seq_len=2).batch(key, 3).targets[:1])

@@ -33,18 +33,28 @@ def check_init_args(
     return d, h, o
 
 
-def check_recurrent_init(recurrent_init: str, recurrent_scale: float, spectral_radius: float | None) -> None:
+def check_recurrent_init(
+    recurrent_init: str, recurrent_scale: float, spectral_radius: float | None, dtype: jnp.dtype
+) -> None:
     """Checks the options of the recurrent matrix W_s: its initialiser's name, ``recurrent_scale`` (finite, > 0)
-    and ``spectral_radius`` (None, or finite and >= 0); a NaN or an infinity there made NaN parameters silently.
+    and ``spectral_radius`` (None, or finite and >= 0), each at most the largest value of the parameters' ``dtype``
+    (a NaN, an infinity or a 1e300 there made inf or NaN parameters silently), and not both: W_s is rescaled to the
+    spectral radius after the scale multiplies it, so a scale other than 1 with a radius was silently ignored.
 
     Raises:
       ValueError naming the argument, with the expected and the received value.
     """
     _check_choice("recurrent_init", recurrent_init, list(initializers.MATRIX_INITS))
     _checks.positive_real("recurrent_scale", recurrent_scale, "a finite number > 0")
-    if spectral_radius is not None:
-        _checks.real(
-            "spectral_radius", spectral_radius, "a value >= 0 and finite, or None", lambda v: 0 <= v < math.inf
+    _checks.representable("recurrent_scale", recurrent_scale, dtype)
+    if spectral_radius is None:
+        return
+    _checks.real("spectral_radius", spectral_radius, "a value >= 0 and finite, or None", lambda v: 0 <= v < math.inf)
+    _checks.representable("spectral_radius", spectral_radius, dtype)
+    if recurrent_scale != 1.0:
+        raise ValueError(
+            "recurrent_scale: has no effect with spectral_radius (W_s is rescaled to that radius after scaling), "
+            f"got recurrent_scale={float(recurrent_scale)!r} and spectral_radius={float(spectral_radius)!r}; drop one"
         )
 
 

@@ -63,8 +63,8 @@ def init(
         "identity".
       recurrent_init: initialiser of W_s, one of `initializers.MATRIX_INITS`; "identity"
         with ``activation="relu"`` is the IRNN of Le et al. (2015).
-      recurrent_scale: multiplies W_s after drawing it (finite, > 0).
-      spectral_radius: if given (finite, >= 0), W_s is finally rescaled to this spectral radius.
+      recurrent_scale: multiplies W_s after drawing it (finite, > 0); leave it at 1 with ``spectral_radius``.
+      spectral_radius: if given (>= 0), W_s is finally rescaled to this spectral radius.
       dtype: float32 (default), float64 (needs ``jax_enable_x64``) or bfloat16.
 
     Returns:
@@ -72,12 +72,13 @@ def init(
 
     Raises:
       ValueError / TypeError naming the argument: a ``key`` that is not one PRNG key, a size that is not a positive
-        integer, a non-floating dtype, an unknown initialiser, a non-finite or non-positive ``recurrent_scale``, a
-        negative or non-finite ``spectral_radius``.
+        integer, a non-floating dtype, an unknown initialiser, a ``recurrent_scale`` that is not > 0, a negative
+        ``spectral_radius``, either one non-finite or above ``dtype``'s largest value, a ``recurrent_scale`` other
+        than 1 with a ``spectral_radius`` (which would override it).
     """
     _checks.prng_key("key", key)
     d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
-    _common.check_recurrent_init(recurrent_init, recurrent_scale, spectral_radius)
+    _common.check_recurrent_init(recurrent_init, recurrent_scale, spectral_radius, dtype)
     k_x, k_s, k_y = jax.random.split(key, 3)
     w_s = initializers.matrix(k_s, recurrent_init, (h, h), dtype, recurrent_scale)
     if spectral_radius is not None:

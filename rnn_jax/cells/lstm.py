@@ -81,8 +81,8 @@ def init(
       input_size, hidden_size, output_size: D, H, O (each >= 1).
       input_init: initialiser of W_x and W_y, one of `initializers.MATRIX_INITS` except "identity".
       recurrent_init: initialiser of each [H, H] gate block of W_s.
-      recurrent_scale: multiplies W_s after drawing it (finite, > 0).
-      spectral_radius: if given (finite, >= 0), each [H, H] gate block of W_s is rescaled to this spectral radius.
+      recurrent_scale: multiplies W_s after drawing it (finite, > 0); leave it at 1 with ``spectral_radius``.
+      spectral_radius: if given (>= 0), each [H, H] gate block of W_s is rescaled to this spectral radius.
       dtype: float32 (default), float64 (needs ``jax_enable_x64``) or bfloat16.
       forget_bias: the initial bias of the forget gate (the f block of b_s), finite.
 
@@ -91,12 +91,13 @@ def init(
 
     Raises:
       ValueError / TypeError naming the argument: a ``key`` that is not one PRNG key, a size that is not a positive
-        integer, a non-floating dtype, an unknown initialiser, a non-finite or non-positive ``recurrent_scale``, a
-        negative or non-finite ``spectral_radius``, a non-finite ``forget_bias``.
+        integer, a non-floating dtype, an unknown initialiser, a ``recurrent_scale`` that is not > 0, a negative
+        ``spectral_radius``, either one non-finite or above ``dtype``'s largest value, a ``recurrent_scale`` other
+        than 1 with a ``spectral_radius`` (which would override it), a non-finite ``forget_bias``.
     """
     _checks.prng_key("key", key)
     d, h, o = _common.check_init_args(input_size, hidden_size, output_size, input_init, dtype)
-    _common.check_recurrent_init(recurrent_init, recurrent_scale, spectral_radius)
+    _common.check_recurrent_init(recurrent_init, recurrent_scale, spectral_radius, dtype)
     forget_bias = _checks.real("forget_bias", forget_bias, "a finite number", math.isfinite)
     k_x, k_s, k_y = jax.random.split(key, 3)
     b_s = jnp.zeros((4 * h,), dtype).at[h : 2 * h].set(jnp.asarray(forget_bias, dtype))

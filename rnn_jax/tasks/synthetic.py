@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import jax
@@ -21,7 +20,8 @@ class TemporalXOR:
     coin flips. Input x_t is bit t, the target is bit t + 1 (two classes, cross-entropy on
     logits). Only every third bit (the c's, targets at t = 1, 4, 7, ... counting from 0) is
     predictable; the others are coin flips, so the best possible loss there is ln 2 and the best
-    accuracy 1/2. Each of the B sequences is its own stream and starts with an ``a`` bit.
+    accuracy 1/2. Each of the B sequences is its own stream and starts with an ``a`` bit. A batch needs
+    ``seq_len`` T >= 2 (the first XOR bit is the target at t = 1); a `stream` may be one step long.
 
     References:
       Elman, J. L. (1990). Finding structure in time. Cognitive Science 14(2), 179-211.
@@ -35,6 +35,8 @@ class TemporalXOR:
 
     def __post_init__(self):
         _checks.positive_int("seq_len", self.seq_len)
+        if self.seq_len < 2:  # the first XOR bit is the target at t = 1; with none, accuracy_xor_bits was NaN
+            raise ValueError(f"seq_len: the xor task needs at least 2 steps (a bit to predict), got {self.seq_len}")
 
     def predictable(self) -> np.ndarray:
         """[T] bool: the steps whose target (the next bit) is an XOR bit (static, NumPy)."""
@@ -42,22 +44,23 @@ class TemporalXOR:
 
     def batch(self, key: jax.Array, batch_size: int, dtype: jnp.dtype = jnp.float32) -> Batch:
         """B independent streams of T + 1 bits: inputs [T, B, 1], integer targets [T, B]."""
+        return self.stream(key, batch_size, self.seq_len, dtype)
+
+    def stream(self, key: jax.Array, batch_size: int, length: int, dtype: jnp.dtype = jnp.float32) -> Batch:
+        """B independent streams of ``length`` steps (for truncated BPTT, where a window may be 1 step long): a batch
+        with T = length."""
         batch_size = check_batch_arguments(key, batch_size)
-        triples = self.seq_len // 3 + 1
+        length = _checks.positive_int("length", length)
+        triples = length // 3 + 1
         ab = jax.random.bernoulli(key, 0.5, (triples, 2, batch_size)).astype(jnp.int32)
         stream = jnp.concatenate([ab, (ab[:, 0] ^ ab[:, 1])[:, None]], axis=1)  # [triples, 3, B]
-        stream = stream.reshape(3 * triples, batch_size)[: self.seq_len + 1]  # [T + 1, B]
+        stream = stream.reshape(3 * triples, batch_size)[: length + 1]  # [T + 1, B]
         return Batch(
             inputs=stream[:-1, :, None].astype(dtype),
             targets=stream[1:],
-            mask=jnp.ones((self.seq_len, batch_size), bool),
-            lengths=jnp.full((batch_size,), self.seq_len, jnp.int32),
+            mask=jnp.ones((length, batch_size), bool),
+            lengths=jnp.full((batch_size,), length, jnp.int32),
         )
-
-    def stream(self, key: jax.Array, batch_size: int, length: int, dtype: jnp.dtype = jnp.float32) -> Batch:
-        """B independent streams of ``length`` steps (for truncated BPTT): a batch with T = length."""
-        _checks.positive_int("length", length)  # the batch of T = length checks the key and the batch size
-        return dataclasses.replace(self, seq_len=length).batch(key, batch_size, dtype)
 
     def metrics(self, outputs: jax.Array, batch: Batch) -> dict[str, jax.Array]:
         """Accuracy on the predictable (XOR) targets and on the coin-flip targets."""
