@@ -3,6 +3,7 @@
 
     python3 dev.py train [rnn-jax train options]   # the main job: a real training run on the CPU
     python3 dev.py test  [pytest options]          # the test suite: the default stage, then the slow stage
+    python3 dev.py test --fast | --slow [-m EXPR]  # one stage (-m narrows it)
 
 Each command first makes ``.venv`` beside this file and installs the package into it (again only
 when setup.cfg or pyproject.toml changed), then runs inside it.
@@ -93,23 +94,57 @@ def _install(stamp_file: str) -> None:
         f.write(_stamp())
 
 
+def test_stages(rest: list[str]) -> tuple[list[str], list[str]]:
+    """The pytest marker of each stage that ``dev.py test`` runs, and the pytest options ``rest`` without dev.py's
+    own. Stage 1: the default suite (a few minutes). Stage 2: the slow tests (the studies' --quick runs), only when
+    stage 1 passed. --fast runs stage 1 alone, --slow stage 2 alone; a user's ``-m EXPR`` narrows that one stage
+    (pytest's last -m wins, so it replaced the stage's marker: both stages then ran the same tests).
+
+    Raises:
+      ValueError: for --fast with --slow, or -m without one of them.
+    """
+    fast, slow = "--fast" in rest, "--slow" in rest
+    if fast and slow:
+        raise ValueError("--fast and --slow exclude each other (--fast: the default stage; --slow: the slow tests)")
+    stages = ["not slow"] if fast else ["slow"] if slow else ["not slow", "slow"]
+    kept, marker, take = [], None, False
+    for arg in rest:
+        if take:
+            marker, take = arg, False
+        elif arg == "-m":
+            take = True
+        elif arg.startswith("-m"):  # -mEXPR
+            marker = arg[2:]
+        elif arg not in ("--fast", "--slow"):
+            kept.append(arg)
+    if marker is not None or take:
+        if len(stages) > 1:
+            raise ValueError("-m replaces the stages' markers; pass it with --fast or --slow, which it then narrows")
+        if take:
+            raise ValueError("-m: expected a marker expression after it")
+        stages = [f"({stages[0]}) and ({marker})"]
+    return stages, kept
+
+
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] not in ("train", "test"):
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__)
+        return 0
+    if not argv or argv[0] not in ("train", "test"):
+        problem = f"unknown command {argv[0]!r}" if argv else "expected a command"
+        print(f"dev.py: {problem}; the commands are train and test\n{__doc__}", file=sys.stderr)
         return 2
     command, rest = argv[0], argv[1:]
+    if command == "test":
+        try:  # before the install, which a fresh machine would otherwise wait for
+            stages, rest = test_stages(rest)
+        except ValueError as error:
+            print(f"dev.py test: {error}", file=sys.stderr)
+            return 2
     ensure_environment()
     env = dict(os.environ)
     if command == "train":
         return subprocess.call([os.path.join(BIN, "rnn-jax"), "train", *rest], cwd=ROOT, env=env)
-    # Stage 1: the default suite (a few minutes). Stage 2: the slow tests (the studies' --quick runs), only
-    # when stage 1 passed. --fast runs stage 1 alone; --slow runs stage 2 alone.
-    stages = ["not slow", "slow"]
-    if "--fast" in rest:
-        stages = ["not slow"]
-    if "--slow" in rest:
-        stages = ["slow"]
-    rest = [a for a in rest if a not in ("--fast", "--slow")]
     # Both stages run on pytest-xdist workers, one per core (at most 4; "-n N" after `test` chooses): the suite is
     # mostly XLA compilation, which runs on one core, so two workers on two cores take about 60% of the time.
     if not any(a.startswith(("-n", "--numprocesses")) for a in rest):

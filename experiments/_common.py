@@ -14,6 +14,9 @@ from typing import Any
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 QUICK_FOLDER = "quick"  # where a --quick run writes by default, below the study's folder (git ignores it)
+# the files the studies write into --out end so: results, summaries, figures, run logs, samples (their folders,
+# such as a real-data study's checkpoints/, do not)
+OUTPUT_SUFFIXES = (".json", ".jsonl", ".md", ".png", ".pdf", ".svg", ".txt")
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -55,9 +58,23 @@ def parse_args(
         args.out = str(quick_out if args.quick else full)
     try:
         cli.output_directory("--out", args.out)
+        _check_output_files(args.out)
     except ValueError as error:
         parser.error(str(error))
     return args
+
+
+def _check_output_files(out: str) -> None:
+    """Refuses an entry of ``out`` that a study would write as a file (a name ending in one of `OUTPUT_SUFFIXES`:
+    results.json, summary.md, a figure) but that is a directory or another non-file: the study failed writing it,
+    with a traceback, after all its work."""
+    with os.scandir(out) as entries:
+        refused = [e for e in entries if e.name.endswith(OUTPUT_SUFFIXES) and not e.is_file()]
+    if refused:
+        what = "a directory" if refused[0].is_dir() else "not a regular file"
+        raise ValueError(
+            f"--out: {refused[0].path!r} is {what}, where the study writes a file; move it away or choose another --out"
+        )
 
 
 def run(main: Callable[..., Any], *args: Any, **kwargs: Any) -> None:

@@ -34,6 +34,19 @@ OUT=${OUT:-gpu-out}
 PY=${PYTHON:-python3}
 PRESET=${PRESET:-gpu}
 STAGES=${STAGES:-fused}
+# a misspelt stage ran nothing and exited 0, a lease spent on env.txt: refuse it before anything runs
+KNOWN_STAGES="fused fused-gru warps h128 graphs deep preset gated gated-carry tests"
+read -r -a chosen <<<"$STAGES"
+if [[ ${#chosen[@]} -eq 0 ]]; then
+    echo "gpu_run.sh: STAGES names no stage; the stages are: $KNOWN_STAGES" >&2
+    exit 2
+fi
+for stage in "${chosen[@]}"; do
+    if [[ " $KNOWN_STAGES " != *" $stage "* ]]; then
+        echo "gpu_run.sh: unknown stage '$stage' in STAGES='$STAGES'; the stages are: $KNOWN_STAGES" >&2
+        exit 2
+    fi
+done
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_PREALLOCATE=false
 

@@ -52,7 +52,7 @@ from rnn_jax.cells._common import readout
 from rnn_jax.cells.elman import ElmanParams
 from rnn_jax.cells.gru import GRUParams
 from rnn_jax.cells.lstm import LSTMParams, LSTMState
-from rnn_jax.unroll import check_params, lax_scan, scan, scan_in_form, sequence_mask, stackable, unroll
+from rnn_jax.unroll import Projections, check_params, lax_scan, scan, scan_in_form, sequence_mask, stackable, unroll
 
 LossName = losses.LossName
 
@@ -941,6 +941,8 @@ def truncated_loss(
     activation: str | Callable = "tanh",
     backward: Literal["autodiff", "bptt", "fast"] = "autodiff",
     cell=elman,
+    unroll_factor: int = 1,
+    projections: Projections = "auto",
 ) -> tuple[jax.Array, jax.Array]:
     """The truncated objective of one window, and the state to carry into the next window.
 
@@ -952,7 +954,8 @@ def truncated_loss(
       entering_state: the state before the window's first step, [B, H] (a constant).
       inputs, targets, valid, scored: one window (see `Windows`), [k2, B, ...].
       k1: steps per update; the carried state is the one after the window's k1-th step.
-      loss, reduction, activation, backward, cell: as in `rnn_jax.unroll` and `rnn_jax.losses`.
+      loss, reduction, activation, backward, cell, projections: as in `rnn_jax.unroll` and `rnn_jax.losses`;
+      unroll_factor: `rnn_jax.unroll`'s ``unroll`` (the scan's unroll factor).
 
     Returns:
       (loss on the scored steps, the state entering the next window [B, H]).
@@ -964,8 +967,9 @@ def truncated_loss(
     check_truncation(k1, jnp.shape(inputs)[0])
     entering_state = jax.tree.map(jax.lax.stop_gradient, entering_state)
     run = unroll(
-        params, inputs, activation=activation, initial_state=entering_state, mask=valid, backward=backward, cell=cell
-    )
+        params, inputs, activation=activation, initial_state=entering_state, mask=valid, backward=backward, cell=cell,
+        unroll=unroll_factor, projections=projections,
+    )  # fmt: skip
     carried = jax.tree.map(lambda s: jax.lax.stop_gradient(s[k1 - 1]), run.states)
     return loss_value(loss, run.outputs, targets, scored, reduction), carried
 

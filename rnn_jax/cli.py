@@ -216,6 +216,15 @@ def _write_json_atomically(path: str, records: Any) -> None:
     os.replace(path + ".tmp", path)
 
 
+# Names in the library's messages that no option has, and the option (its dest) that sets what they name: the
+# unroll's compute dtype is what --precision sets (None there: the parameters' dtype, --precision's default),
+# truncated BPTT's own checks (`rnn_jax.bptt.check_truncation`) say k1 and k2, and the text a task encodes is
+# sample's --prime.
+_ALIASES = {"compute_dtype": "precision", "k1": "tbptt_k1", "k2": "tbptt_k2", "text": "prime"}
+# a dtype as Python prints it (jnp.bfloat16, jnp.dtype("bfloat16"), np.dtype("float32")): an option takes its name
+_DTYPE_REPR = re.compile(r"<class '(?:jax\.numpy|numpy)\.(\w+)'>|\bdtype\('?(\w+)'?\)")
+
+
 def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
     """``message`` with the config fields it names written as ``parser``'s options (``learning_rate`` ->
     ``--learning-rate``), so that a command-line user reads what to type.
@@ -224,11 +233,16 @@ def _as_flags(message: str, parser: argparse.ArgumentParser) -> str:
     other fields after it (``"... got optimizer 'adam'; drop momentum or change optimizer"``). A field named
     first, a field with an underscore, one followed by a quoted value or a comparison, one after "drop",
     "change", "needs" or "with", and one in a parenthesised list become options; a name that is also an English
-    word stays a word elsewhere ("the numbers task's sequences").
+    word stays a word elsewhere ("the numbers task's sequences"). A library name that no option has (`_ALIASES`)
+    becomes the option that sets it, its ``=None`` that option's default, and a dtype's repr its name.
     """
     flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings and a.dest != "help"}
-    if "tbptt_k1" in flags:  # truncated BPTT's own checks (`rnn_jax.bptt.check_truncation`) say k1 and k2
-        flags |= {"k1": flags["tbptt_k1"], "k2": flags["tbptt_k2"]}
+    defaults = {a.dest: a.default for a in parser._actions if a.dest in flags}
+    aliases = {alias: dest for alias, dest in _ALIASES.items() if dest in flags and alias not in flags}
+    flags |= {alias: flags[dest] for alias, dest in aliases.items()}
+    message = _DTYPE_REPR.sub(lambda m: repr(m.group(1) or m.group(2)), message)
+    for alias, dest in aliases.items():  # the library's None is the option's default ("compute_dtype=None")
+        message = re.sub(rf"(?<![\w'./-]){alias}=None\b", f"{alias}={defaults[dest]!r}", message)
     head, colon, body = message.partition(": ")
     names = [name.strip() for name in head.split(",")]
     if colon and all(name in flags for name in names):
@@ -259,8 +273,10 @@ def _train(args: argparse.Namespace) -> int:
     from rnn_jax import distributed
 
     config = config_from_args(args)
-    if config.run.devices is not None and config.run.devices > 1:
-        distributed.present_cpu_devices(config.run.devices)  # before JAX starts; make_mesh checks the count
+    if config.run.devices is not None:
+        _check_devices(config)
+        if config.run.devices > 1:
+            distributed.present_cpu_devices(config.run.devices)  # before JAX starts; make_mesh checks the count
     if config.model.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
     if config.run.resume and config.run.out is None:
@@ -272,17 +288,18 @@ def _train(args: argparse.Namespace) -> int:
     output_directory("--out", out)
     from rnn_jax import tasks
     from rnn_jax.checkpoint import CheckpointError
-    from rnn_jax.train import TrainingDiverged, TrainingInterrupted, train_and_evaluate
+    from rnn_jax.train import TrainingDiverged, TrainingInterrupted, check_config, train_and_evaluate
 
-    print(
-        f"rnn-jax train: {config.model.model} (H={config.model.hidden}, {config.model.activation}) on "
-        f"{config.task.task} ({tasks.describe(config.task)}), "
-        f"{config.optim.optimizer} lr={config.optim.learning_rate}, clip={config.optim.clip}, "
-        f"{config.run.steps} steps, seed {config.run.seed}, backend {jax.default_backend()}"
-    )
     if config.run.resume:
         _quiet_abandoned_reads()
     try:
+        check_config(config)  # the header shows only values that passed their checks
+        print(
+            f"rnn-jax train: {config.model.model} (H={config.model.hidden}, {config.model.activation}) on "
+            f"{config.task.task} ({tasks.describe(config.task)}), "
+            f"{config.optim.optimizer} lr={config.optim.learning_rate}, clip={config.optim.clip}, "
+            f"{config.run.steps} steps, seed {config.run.seed}, backend {jax.default_backend()}"
+        )
         summary = train_and_evaluate(config, out)
     except TrainingDiverged as error:
         print(f"error: {error}", file=sys.stderr)
@@ -295,7 +312,7 @@ def _train(args: argparse.Namespace) -> int:
     except (CheckpointError, ImportError) as error:
         if made:
             _remove_if_empty(out)  # a refused run leaves no empty run directory behind
-        print(f"rnn-jax train: error: {error}", file=sys.stderr)
+        print(f"rnn-jax train: error: {_as_flags(str(error), args.command_parser)}", file=sys.stderr)
         return 2
     except (ValueError, TypeError):
         if made:
@@ -315,6 +332,16 @@ def _train(args: argparse.Namespace) -> int:
     files += ["sample.txt"] if "sample" in summary else []
     print("wrote " + ", ".join(os.path.join(out, name) for name in files))
     return 0
+
+
+def _check_devices(config: Config) -> None:
+    """Refuses a device count that the batch cannot be split over (`rnn_jax.distributed.check_batch_size`, which
+    the run asks again of its mesh) before JAX makes that many CPU devices: making 100000 took over a minute."""
+    from rnn_jax import _checks, distributed
+
+    devices = _checks.positive_int("devices", config.run.devices)
+    batch_size = _checks.positive_int("batch_size", config.task.batch_size)
+    distributed.check_batch_size(batch_size, devices)
 
 
 def _quiet_abandoned_reads() -> None:
@@ -414,7 +441,11 @@ def _sample(args: argparse.Namespace) -> int:
     try:
         config, params = load_trained(args.checkpoint)
     except (FileNotFoundError, CheckpointError) as error:
-        print(f"rnn-jax sample: error: {error}", file=sys.stderr)
+        summary = os.path.join(args.checkpoint, "summary.json")  # what sample builds the model from: "now"
+        message = str(error).replace(  # the check of a checkpoint against its config is resume's too
+            "so resuming could not reproduce the run", f"so sample cannot load it into the model {summary} describes"
+        )
+        print(f"rnn-jax sample: error: {_as_flags(message, args.command_parser)}", file=sys.stderr)
         return 2
     task = tasks.make(config.task)
     if not hasattr(task, "decode"):

@@ -91,9 +91,10 @@ def make_mesh(devices: int | None = None) -> Mesh:
     return Mesh(np.asarray(available[:devices]), (AXIS,))
 
 
-def check_batch_size(batch_size: int, mesh: Mesh, name: str = "batch_size") -> None:
-    """Raises a ValueError naming both numbers unless ``batch_size`` divides evenly across the mesh."""
-    n = mesh.size
+def check_batch_size(batch_size: int, mesh: Mesh | int, name: str = "batch_size") -> None:
+    """Raises a ValueError naming both numbers unless ``batch_size`` divides evenly across the mesh (or across that
+    many devices, before they are made: the command line checks ``--devices`` so)."""
+    n = mesh if isinstance(mesh, int) else mesh.size
     if batch_size % n:
         raise ValueError(
             f"{name}: a batch of {batch_size} sequences does not divide evenly across {n} devices; "

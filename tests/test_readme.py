@@ -65,3 +65,54 @@ def test_two_set_up_commands_started_together_install_once(tmp_path, monkeypatch
     for command in commands:
         command.join()
     assert len(installs) == 1
+
+
+@pytest.fixture
+def dev(monkeypatch):
+    """dev.py as a module, its install and its pytest runs replaced: ``dev.calls`` holds each command it would run."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("dev_commands_under_test", ROOT / "dev.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.calls = []
+    monkeypatch.setattr(module, "ensure_environment", lambda: None)
+    monkeypatch.setattr(module.subprocess, "call", lambda command, **kwargs: module.calls.append(command) or 0)
+    return module
+
+
+def test_dev_help_prints_the_usage_and_exits_0(dev, capsys):
+    assert dev.main(["--help"]) == 0 and dev.main(["-h"]) == 0
+    assert "python3 dev.py test" in capsys.readouterr().out and dev.calls == []
+
+
+@pytest.mark.parametrize(("argv", "message"), [(["bogus"], "unknown command 'bogus'"), ([], "expected a command")])
+def test_dev_without_a_known_command_says_so_and_exits_2(dev, capsys, argv, message):
+    assert dev.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"dev.py: {message}" in err and "python3 dev.py test" in err and dev.calls == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [  # --fast --slow ran the slow stage alone; -m replaced each stage's marker, so one suite ran twice
+        (["--fast", "--slow"], "dev.py test: --fast and --slow exclude each other"),
+        (["-m", "not slow"], "dev.py test: -m replaces the stages' markers; pass it with --fast or --slow"),
+        (["-mgpu"], "dev.py test: -m replaces the stages' markers"),
+    ],
+)
+def test_dev_test_refuses_options_that_undo_its_stages(dev, capsys, argv, message):
+    assert dev.main(["test", *argv]) == 2
+    assert message in capsys.readouterr().err and dev.calls == []
+
+
+def test_dev_test_runs_a_users_marker_within_the_chosen_stage(dev):
+    assert dev.main(["test", "--fast", "-m", "not gpu_only", "-q"]) == 0
+    [command] = dev.calls
+    pytest_options = command[command.index("pytest") + 1 :]  # after `python -m pytest`
+    assert pytest_options[:2] == ["-m", "(not slow) and (not gpu_only)"] and pytest_options.count("-m") == 1
+    assert pytest_options[-1] == "-q"
+    dev.calls.clear()
+    assert dev.main(["test", "--slow", "-mgpu"]) == 0
+    [command] = dev.calls
+    assert command[command.index("pytest") + 1 :][:2] == ["-m", "(slow) and (gpu)"] and "-mgpu" not in command

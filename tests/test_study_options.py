@@ -120,3 +120,49 @@ def test_an_unexpected_divergence_ends_a_study_in_one_line_with_status_1(capsys,
     assert info.value.code == 1
     [line] = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("sunspots: training diverged at step 7: loss = nan, gradient norm = inf.")
+
+
+@pytest.mark.parametrize("name", ["results.json", "summary.md", "runs.jsonl", "loss_curve.png", "sample.txt"])
+def test_a_directory_where_a_study_writes_a_file_is_refused_before_any_work(tmp_path, capsys, name):
+    """gate_input_product ran its 17 s, then failed in write_json with a traceback: OUT/results.json was a folder."""
+    (tmp_path / name).mkdir()
+    with pytest.raises(SystemExit) as info:
+        _common.parse_args("gate_input_product", "A study.", argv=["--out", str(tmp_path)])
+    assert info.value.code == 2
+    assert f"--out: {str(tmp_path / name)!r} is a directory" in capsys.readouterr().err
+
+
+def test_the_folders_a_study_keeps_in_its_out_are_accepted(tmp_path):
+    """The real-data studies' checkpoints/ and the committed results' quick/ and xeon/ are folders by design."""
+    for name in ("checkpoints", "quick", "xeon"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "results.json").write_text("{}")  # an earlier run's results are replaced
+    assert _common.parse_args("sunspots", "A study.", argv=["--out", str(tmp_path)]).out == str(tmp_path)
+
+
+GPU_RUN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "gpu_run.sh")
+
+
+@pytest.mark.parametrize("stages", ["fusde", "fused tset", " "])
+def test_gpu_run_refuses_an_unknown_stage_before_anything_runs(tmp_path, stages):
+    """A typo in STAGES wrote env.txt and exited 0: a GPU lease spent on nothing."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "STAGES": stages, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", GPU_RUN], env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "STAGES" in done.stderr and "fused fused-gru" in done.stderr  # names the setting and lists the stages
+    assert not out.exists()
+
+
+def test_gpu_run_lists_every_stage_it_runs():
+    """The list that STAGES is checked against is the stages the script has."""
+    import re
+
+    with open(GPU_RUN) as f:
+        script = f.read()
+    listed = re.search(r'^KNOWN_STAGES="([^"]*)"', script, re.M)
+    assert listed is not None
+    assert set(listed.group(1).split()) == set(re.findall(r'\[\[ " \$STAGES " == \*" ([\w-]+) "\* \]\]', script))

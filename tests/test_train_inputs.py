@@ -1,0 +1,233 @@
+"""Bad input to a training run is refused before any work, and nothing a refused run leaves blocks its rerun."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from rnn_jax import bptt, cli, tasks, train
+from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
+
+pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's adam (see conftest)
+
+TINY = ["--steps", "2", "--hidden", "4", "--seq-len", "5", "--batch-size", "2", "--eval-every", "1",
+        "--eval-batches", "1", "--log-every", "1", "--no-progress"]  # fmt: skip
+
+
+def _config(**sections) -> Config:
+    base = Config(
+        model=ModelConfig(hidden=4),
+        task=TaskConfig(task="adding", seq_len=5, batch_size=2),
+        optim=OptimConfig(),
+        run=RunConfig(steps=2, eval_every=1, log_every=1, eval_batches=1, progress=False),
+    )
+    return dataclasses.replace(base, **{k: dataclasses.replace(getattr(base, k), **v) for k, v in sections.items()})
+
+
+# ------------------------------------------------------------------ 1. paths inside the output directory
+
+
+@pytest.mark.parametrize("name", ["summary.json", "metrics.jsonl", "loss_curve.png", "sample.txt"])
+def test_a_directory_where_the_run_writes_a_file_is_refused_before_training(tmp_path, name):
+    (tmp_path / name).mkdir()
+    with pytest.raises(ValueError, match=rf"^out: {tmp_path / name} is a directory"):
+        train.train_and_evaluate(_config(), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # nothing written, no checkpoints/
+
+
+def test_a_file_where_the_run_keeps_its_checkpoints_is_refused_before_training(tmp_path):
+    (tmp_path / "checkpoints").touch()
+    with pytest.raises(ValueError, match=rf"^out: {tmp_path / 'checkpoints'} is not a directory"):
+        train.train_and_evaluate(_config(), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+
+
+def test_the_command_line_refuses_a_bad_output_path_with_status_2(tmp_path, capsys):
+    (tmp_path / "loss_curve.png").mkdir()
+    with pytest.raises(SystemExit) as info:
+        cli.main(["train", *TINY, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"--out: {tmp_path / 'loss_curve.png'} is a directory" in err, err
+    assert "Traceback" not in err
+
+
+# ------------------------------------------------------------------ 2. refused before the first step is traced
+
+
+@pytest.mark.parametrize(
+    "model, field",
+    [
+        ({"unroll": 0}, "unroll"),
+        ({"unroll": -1}, "unroll"),
+        ({"backward": "bptt", "remat": "2"}, "backward"),
+        ({"backward": "fused", "remat": "2"}, "backward"),
+        ({"backward": "bptt", "precision": "bfloat16"}, "backward"),
+        ({"backward": "fused", "precision": "bfloat16"}, "backward"),
+        ({"precision": "bfloat16", "dtype": "float64"}, "precision"),
+        ({"model": "lstm", "backward": "bptt", "projections": "hoisted"}, "projections"),
+        ({"backward": "fused", "projections": "in_step"}, "projections"),
+    ],
+)
+def test_a_model_that_cannot_be_traced_is_refused_before_the_run_directory_is_touched(tmp_path, model, field):
+    config = _config(model=model)
+    with pytest.raises(ValueError, match=rf"^{field}: "):
+        train.check_model(config.model, config.task.task)
+    workdir = tmp_path / "run"
+    with pytest.raises(ValueError, match=rf"^{field}: "):
+        train.train_and_evaluate(config, str(workdir))
+    assert not workdir.exists()
+
+
+def test_an_empty_metrics_file_and_checkpoint_directory_are_not_an_earlier_run(tmp_path):
+    """What a run that failed before its first step left (an empty metrics.jsonl, an empty checkpoints/) does not
+    refuse the corrected rerun."""
+    (tmp_path / "metrics.jsonl").touch()
+    (tmp_path / "checkpoints").mkdir()
+    assert train.train_and_evaluate(_config(), str(tmp_path))["status"] == "completed"
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["kind"] for line in lines] == ["train", "eval", "train", "eval"]
+
+
+def test_a_run_that_fails_before_its_first_step_leaves_no_metrics_file(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise RuntimeError("failed while compiling")
+
+    monkeypatch.setattr(train, "make_train_step", lambda *a, **k: fail)
+    with pytest.raises(RuntimeError, match="failed while compiling"):
+        train.train_and_evaluate(_config(), str(tmp_path))
+    assert not (tmp_path / "metrics.jsonl").exists()
+    monkeypatch.undo()
+    assert train.train_and_evaluate(_config(), str(tmp_path))["status"] == "completed"
+
+
+def test_an_update_that_makes_the_parameters_non_finite_is_not_applied():
+    """A learning rate that overflows float32 (1e300 as float32 is inf) gave finite loss and gradient but infinite
+    parameters, which the next evaluation failed on (and which a divergence then kept as "the last good")."""
+    config = _config()
+    task = tasks.make(config.task)
+    params = train.init_params(config.model, task, jax.random.key(0))
+    optimizer = optax.chain(optax.scale(1e30), optax.scale(1e30))  # 1e60 g: inf in float32
+    state = train.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    before = jax.device_get(state)
+    state, metrics = train.make_train_step(config, task, optimizer)(state, task.batch(jax.random.key(1), 2))
+    assert np.isfinite(metrics.loss) and np.isfinite(metrics.grad_norm) and not bool(metrics.finite)
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(state), before)
+
+
+def test_an_overflowing_update_stops_the_run_suggesting_a_smaller_learning_rate(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "make_optimizer", lambda *a: optax.chain(optax.scale(1e30), optax.scale(1e30)))
+    advice = "would have made the parameters non-finite; try a smaller --learning-rate"
+    with pytest.raises(train.TrainingDiverged, match=advice) as info:
+        train.train_and_evaluate(_config(), str(tmp_path))
+    assert info.value.step == 1 and all(bool(jnp.isfinite(p).all()) for p in info.value.params)
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "diverged"
+
+
+# ------------------------------------------------------------------ 3. TBPTT and the unroll options
+
+
+@pytest.mark.parametrize("model", [{"unroll": 2}, {"projections": "in_step"}, {"unroll": 3, "projections": "hoisted"}])
+def test_truncated_bptt_unrolls_its_windows_with_the_configured_options(tmp_path, monkeypatch, model):
+    """`make_tbptt_step` passes --unroll and --projections on to every window's unroll (it ignored them)."""
+    seen, real = [], bptt.unroll
+
+    def recording(*args, **options):
+        seen.append((options["unroll"], options["projections"]))
+        return real(*args, **options)
+
+    monkeypatch.setattr(bptt, "unroll", recording)
+    config = _config(model=model, task={"task": "xor", "seq_len": 6}, run={"tbptt_k1": 3})
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+    expected = (model.get("unroll", 1), model.get("projections", "auto"))
+    assert seen and set(seen) == {expected}
+
+
+# ------------------------------------------------------------------ 4. a damaged summary.json
+
+
+@pytest.mark.parametrize("text", ["[]", '{"status": "x"}', "{", '{"config": 3}', '{"config": {"model": 3}}'])
+def test_a_damaged_summary_is_a_value_error_naming_the_file(tmp_path, text):
+    path = tmp_path / "summary.json"
+    path.write_text(text)
+    for read in (train.load_trained, train.stored_summary):
+        with pytest.raises(ValueError, match=rf"^{path}: "):
+            read(str(tmp_path))
+
+
+def test_sampling_a_run_with_a_damaged_summary_exits_2_naming_the_file(tmp_path, capsys):
+    (tmp_path / "summary.json").write_text("[]")
+    with pytest.raises(SystemExit) as info:
+        cli.main(["sample", "--checkpoint", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and f"{tmp_path / 'summary.json'}: expected an rnn-jax train summary" in err, err
+
+
+def test_an_interrupted_summary_write_leaves_the_old_summary(tmp_path, monkeypatch):
+    train._write_summary(str(tmp_path), {"status": "running", "config": {}})
+    real_dump = json.dump
+
+    def interrupted(obj, f, **kwargs):
+        f.write('{"status": "comp')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train._write_summary(str(tmp_path), {"status": "completed", "config": {}})
+    monkeypatch.setattr(json, "dump", real_dump)
+    assert train.stored_summary(str(tmp_path)) == {"status": "running", "config": {}}
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+# ------------------------------------------------------------------ 5. a held-out set larger than the memory
+
+
+def test_a_held_out_set_larger_than_the_memory_is_refused_before_it_is_built():
+    """10**9 x 2 sequences need hundreds of GB; the check reads only shapes, so even a broken one allocates nothing
+    here (the run itself got the process killed by the kernel)."""
+    config = _config(run={"eval_batches": 10**9})
+    task = tasks.make(config.task)
+    with pytest.raises(ValueError, match=r"^eval_batches: .*1000000000 x batch_size 2 = 2000000000 sequences"):
+        train._check_held_out_memory(config, task, jax.random.key(0), jnp.float32)
+    assert 0 < train._memory_limit() < 2**50
+
+
+def test_the_held_out_set_is_compared_with_the_memory(monkeypatch, tmp_path):
+    """The estimate counts the held-out set and the states of its unroll: 1000 x 2 sequences of 5 steps are
+    1000 x 2 x 5 x (D 2 + O 1 + H 4) float32s (140 kB) and the mask and lengths."""
+    monkeypatch.setattr(train, "_memory_limit", lambda: 100_000)
+    with pytest.raises(ValueError, match=r"^eval_batches: .*1000 x batch_size 2"):
+        train.train_and_evaluate(_config(run={"eval_batches": 1000}), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setattr(train, "_memory_limit", lambda: 1_000_000)
+    assert train.train_and_evaluate(_config(run={"eval_batches": 1000}))["status"] == "completed"
+
+
+# ------------------------------------------------------------------ 6. divergence at the first step
+
+
+def test_divergence_at_the_first_step_points_at_the_initialisation(tmp_path):
+    config = _config(model={"activation": "identity", "recurrent_init": "identity", "recurrent_scale": 1000.0},
+                     task={"seq_len": 50})  # fmt: skip
+    with pytest.raises(train.TrainingDiverged) as info:
+        train.train_and_evaluate(config, str(tmp_path))
+    message = str(info.value)
+    assert info.value.step == 1 and "initial parameters already give a non-finite loss or gradient" in message
+    assert "--recurrent-scale" in message and "--seq-len" in message
+    assert "--learning-rate" not in message and "--clip global_norm" not in message
+
+
+@pytest.mark.parametrize("clip", ["global_norm", "value"])
+def test_divergence_with_clipping_on_does_not_suggest_turning_it_on(clip):
+    message = str(train.TrainingDiverged(5, float("nan"), float("inf"), clip=clip))
+    assert "--learning-rate" in message and "--clip global_norm" not in message and "--clip-threshold" in message
+
+
+def test_divergence_without_clipping_suggests_it():
+    message = str(train.TrainingDiverged(5, float("nan"), float("inf"), clip="none"))
+    assert "--learning-rate" in message and "(--clip global_norm)" in message
