@@ -96,7 +96,7 @@ def _check_options(activation: Any, input_init: str, recurrent_init: str, param_
     if not jnp.issubdtype(param_dtype, jnp.floating):
         raise TypeError(f"param_dtype: expected a floating dtype, got {jnp.dtype(param_dtype)}")
     _common.check_init_args(1, 1, 1, input_init, param_dtype)
-    _common.check_recurrent_init(recurrent_init, 1.0, None)
+    _common.check_recurrent_init(recurrent_init, 1.0, None, param_dtype)
 
 
 def _check_params(params: Any) -> None:
