@@ -18,7 +18,7 @@ import numpy as np
 from rnn_jax import cells, deep, plotting, tasks
 from rnn_jax.config import Config, ModelConfig
 from rnn_jax.tasks import Shakespeare, Sunspots, Task
-from rnn_jax.train import DTYPES, forward
+from rnn_jax.train import DTYPES, forward, write_summary
 from rnn_jax.unroll import generate, unroll
 
 
@@ -111,6 +111,5 @@ def finish(config: Config, summary: dict[str, Any], workdir: str) -> dict[str, A
         path = os.path.join(workdir, "summary.json")
         with open(path) as f:
             written = json.load(f)
-        with open(path, "w") as f:
-            json.dump({**written, **extra}, f, indent=2)
+        write_summary(workdir, {**written, **extra})  # through a rename, as the run's own writes
     return {**summary, **extra}

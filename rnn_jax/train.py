@@ -728,7 +728,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
             sink.write({"kind": "test", "step": run.steps, **summary["final_test"]})
     except TrainingDiverged as error:
         summary.update(status="diverged", diverged_at_step=error.step, final_eval=last_eval)
-        _write_summary(workdir, summary)
+        write_summary(workdir, summary)
         raise
     except _Stop:
         stopped = int(state.step)
@@ -736,7 +736,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
             checkpoints.save(checkpoint.Position(state, carried, position.key))
             saved_step = stopped
         summary.update(status="interrupted", interrupted_at_step=stopped, final_train=last_train, final_eval=last_eval)
-        _write_summary(workdir, summary)
+        write_summary(workdir, summary)
         raise TrainingInterrupted(stopped, saved_step == stopped, stop[0], state.params) from None
     finally:
         sink.close()
@@ -753,7 +753,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     )
     if steps_run == 0:  # a finished run resumed to its own length: keep the timing of the run that trained it
         summary.update({k: v for k, v in stored_summary(workdir).items() if k in _TIMING})
-    _write_summary(workdir, summary)
+    write_summary(workdir, summary)
     return {**summary, "params": state.params, "records": sink.records}
 
 
@@ -958,7 +958,7 @@ def stored_summary(workdir: str | None) -> dict[str, Any]:
     return summary
 
 
-def _write_summary(workdir: str | None, summary: dict[str, Any]) -> None:
+def write_summary(workdir: str | None, summary: dict[str, Any]) -> None:
     """Writes ``workdir/summary.json`` through a temporary file and a rename, so that an interrupted write leaves
     the earlier summary whole rather than half a file."""
     if workdir is None:

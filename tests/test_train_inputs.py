@@ -144,7 +144,7 @@ def test_sampling_a_run_with_a_damaged_summary_exits_2_naming_the_file(tmp_path,
 
 
 def test_an_interrupted_summary_write_leaves_the_old_summary(tmp_path, monkeypatch):
-    train._write_summary(str(tmp_path), {"status": "running", "config": {}})
+    train.write_summary(str(tmp_path), {"status": "running", "config": {}})
     real_dump = json.dump
 
     def interrupted(obj, f, **kwargs):
@@ -153,10 +153,35 @@ def test_an_interrupted_summary_write_leaves_the_old_summary(tmp_path, monkeypat
 
     monkeypatch.setattr(json, "dump", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train._write_summary(str(tmp_path), {"status": "completed", "config": {}})
+        train.write_summary(str(tmp_path), {"status": "completed", "config": {}})
     monkeypatch.setattr(json, "dump", real_dump)
     assert train.stored_summary(str(tmp_path)) == {"status": "running", "config": {}}
     assert [p.name for p in tmp_path.iterdir()] == ["summary.json"]
+
+
+def test_the_reports_addition_to_the_summary_is_written_through_a_rename_too(tmp_path, monkeypatch):
+    """`report.finish` rewrote summary.json in place: interrupted there, it left half a file, which `sample` then
+    refused."""
+    from rnn_jax import plotting, report
+
+    config = _config()
+    train.write_summary(str(tmp_path), {"status": "completed", "config": {}})
+    monkeypatch.setattr(plotting, "loss_curve", lambda *a, **k: None)
+    monkeypatch.setattr(report, "write", lambda *a: {"sample": "abc"})
+    real_dump = json.dump
+
+    def interrupted(obj, f, **kwargs):
+        f.write('{"status": "comp')
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.finish(config, {"records": [], "baseline": {"loss": 1.0}, "params": None}, str(tmp_path))
+    monkeypatch.setattr(json, "dump", real_dump)
+    assert train.stored_summary(str(tmp_path)) == {"status": "completed", "config": {}}
+    summary = report.finish(config, {"records": [], "baseline": {"loss": 1.0}, "params": None}, str(tmp_path))
+    assert train.stored_summary(str(tmp_path)) == {"status": "completed", "config": {}, "sample": "abc"}
+    assert summary["sample"] == "abc"
 
 
 # ------------------------------------------------------------------ 5. a held-out set larger than the memory
