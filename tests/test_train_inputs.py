@@ -143,15 +143,16 @@ def test_sampling_a_run_with_a_damaged_summary_exits_2_naming_the_file(tmp_path,
     assert info.value.code == 2 and f"{tmp_path / 'summary.json'}: expected an rnn-jax train summary" in err, err
 
 
+def _interrupted_dump(obj, f, **kwargs):
+    """json.dump stopped halfway (Ctrl-C, a full disk)."""
+    f.write('{"status": "comp')
+    raise KeyboardInterrupt
+
+
 def test_an_interrupted_summary_write_leaves_the_old_summary(tmp_path, monkeypatch):
     train.write_summary(str(tmp_path), {"status": "running", "config": {}})
     real_dump = json.dump
-
-    def interrupted(obj, f, **kwargs):
-        f.write('{"status": "comp')
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(json, "dump", interrupted)
+    monkeypatch.setattr(json, "dump", _interrupted_dump)
     with pytest.raises(KeyboardInterrupt):
         train.write_summary(str(tmp_path), {"status": "completed", "config": {}})
     monkeypatch.setattr(json, "dump", real_dump)
@@ -169,12 +170,7 @@ def test_the_reports_addition_to_the_summary_is_written_through_a_rename_too(tmp
     monkeypatch.setattr(plotting, "loss_curve", lambda *a, **k: None)
     monkeypatch.setattr(report, "write", lambda *a: {"sample": "abc"})
     real_dump = json.dump
-
-    def interrupted(obj, f, **kwargs):
-        f.write('{"status": "comp')
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(json, "dump", interrupted)
+    monkeypatch.setattr(json, "dump", _interrupted_dump)
     with pytest.raises(KeyboardInterrupt):
         report.finish(config, {"records": [], "baseline": {"loss": 1.0}, "params": None}, str(tmp_path))
     monkeypatch.setattr(json, "dump", real_dump)
