@@ -35,7 +35,7 @@ from jax.sharding import Mesh
 from rnn_jax import _checks, bptt, cells, checkpoint, deep, diagnostics, distributed, seq2seq, tasks
 from rnn_jax.config import DEEP_OPTIONS, Config, ModelConfig, check_choices
 from rnn_jax.optim import check_unused, clip_fired, learning_rate_schedule, make_optimizer
-from rnn_jax.unroll import remat_chunk, resolve_projections, unroll
+from rnn_jax.unroll import check_backward, remat_chunk, resolve_projections, unroll
 
 DTYPES = {"float32": jnp.float32, "float64": jnp.float64, "bfloat16": jnp.bfloat16}
 
@@ -226,38 +226,6 @@ def _deep_options() -> str:
     return ", ".join(DEEP_OPTIONS)
 
 
-def _check_custom_vjp(config: ModelConfig) -> None:
-    """Refuses, before anything is traced, what `rnn_jax.unroll.unroll` refuses of a single-layer network with a
-    hand-derived backward pass (``backward`` "bptt" or "fused") only when the first step is traced: remat or mixed
-    precision, a projection form the pass does not compute, a state too wide for the compiled fused kernels."""
-    backward = config.backward
-    if backward not in ("bptt", "fused"):
-        return
-    if config.remat is not None or config.precision != "float32":
-        got = f"remat {config.remat!r}" if config.remat is not None else f"precision {config.precision!r}"
-        raise ValueError(
-            f"backward: {backward!r} (a hand-derived custom VJP) keeps every state and runs in the parameters' "
-            f"dtype; it cannot rematerialise or compute in another precision (got {got}): use backward 'autodiff' "
-            "or 'fast'"
-        )
-    if backward == "bptt" and config.model in ("lstm", "gru") and config.projections in ("hoisted", "hoisted_readout"):
-        raise ValueError(
-            f"projections: the {config.model.upper()}'s hand-derived backward pass (backward 'bptt') keeps the gate "
-            "values of a forward pass that computes its products in the step; use projections 'auto' or 'in_step', "
-            f"or backward 'autodiff' (got {config.projections!r})"
-        )
-    if backward == "fused":
-        if config.projections in ("in_step", "hoisted_readout"):
-            raise ValueError(
-                "projections: the fused kernels compute only the recurrent product in each step (the others are "
-                f"hoisted out of the loop); use projections 'auto' or 'hoisted' with backward 'fused', got "
-                f"{config.projections!r}"
-            )
-        from rnn_jax import fused  # Pallas: imported only where used, as `rnn_jax.unroll` does
-
-        fused.check_hidden(config.hidden, cells.get(config.model))
-
-
 def check_model(config: ModelConfig, task_name: str | None = None) -> None:
     """Refuses, naming the option, what the deep options (`rnn_jax.deep`) cannot combine with, and what the unroll
     would refuse only once the first step is traced (after a run had set up its directory).
@@ -266,8 +234,8 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
       ValueError: for a choice that is none of its field's (`rnn_jax.config.check_choices`), a hidden size or
         ``unroll`` that is not a positive integer, a bad ``remat`` text (here, before anything is traced), mixed
         precision with parameters other than float32, ``backward="bptt"`` or ``"fused"`` with remat, mixed
-        precision or a projection form it does not compute (`_check_custom_vjp`), a bad layer count or dropout
-        rate, ``residual`` without a second layer, ``backward="bptt"`` or ``"fused"`` with a deep network, or a
+        precision or a projection form it does not compute (`rnn_jax.unroll.check_backward`), a bad layer count or
+        dropout rate, ``residual`` without a second layer, ``backward="bptt"`` or ``"fused"`` with a deep network, or a
         bidirectional network on a next-step prediction task (its backward direction would see the target). A
         deep network takes ``remat``, ``precision`` and ``projections`` (`rnn_jax.deep.apply`).
     """
@@ -275,10 +243,11 @@ def check_model(config: ModelConfig, task_name: str | None = None) -> None:
     _checks.positive_int("hidden", config.hidden)  # the option's own name (the cells' init says hidden_size)
     _checks.positive_int("unroll", config.unroll)
     remat_chunk(config.remat, 1)
-    _compute_dtype(config)
+    compute_dtype = _compute_dtype(config)
     resolve_projections(config.projections, config.remat is None and config.precision == "float32")
-    if not config.is_deep:
-        _check_custom_vjp(config)
+    if not config.is_deep:  # what the unroll refuses only once traced (after a run had set up its directory)
+        cell = cells.get(config.model)
+        check_backward(config.backward, cell, config.projections, config.remat, compute_dtype, config.hidden)
         return
     if isinstance(config.layers, bool) or not isinstance(config.layers, int) or config.layers < 1:
         raise ValueError(f"layers: expected a positive integer, got {config.layers!r}")

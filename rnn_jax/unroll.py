@@ -596,6 +596,46 @@ def initial_carry(initial_state, cell, params, batch: int, compute_dtype: jnp.dt
     return initial_state
 
 
+def check_backward(backward: str, cell, projections: Projections, remat: Remat, compute_dtype, hidden: int) -> None:
+    """Refuses what a hand-derived backward pass (``backward`` "bptt" or "fused", as resolved) cannot run: remat or
+    mixed precision, a projection form it does not compute, a cell it is not derived for, a state too wide for the
+    fused kernels. Reads no arrays: `unroll` calls it, and `rnn_jax.train.check_model` before a run starts.
+
+    Raises:
+      ValueError: naming the option.
+    """
+    if backward not in ("bptt", "fused"):
+        return
+    if remat is not None or compute_dtype is not None:
+        raise ValueError(
+            f"backward: {backward!r} (a hand-derived custom VJP) keeps every state and runs in the parameters' "
+            f"dtype; it cannot rematerialise or compute in another dtype (got remat={remat!r}, "
+            f"compute_dtype={compute_dtype!r}): use backward='autodiff' or 'fast'"
+        )
+    if backward == "bptt":
+        if (cell is lstm or cell is gru) and projections in ("hoisted", "hoisted_readout"):
+            raise ValueError(
+                f"projections: the {cell.__name__.rsplit('.', 1)[-1].upper()}'s hand-derived backward pass "
+                "(backward='bptt') keeps the gate pre-activations and outputs of a forward pass that computes "
+                f"its products in the step; use projections='auto' or 'in_step', or backward='autodiff' (got "
+                f"{projections!r})"
+            )
+        return
+    from rnn_jax import fused  # fused sits on this module, like bptt
+
+    if cell not in fused.SCANS:
+        raise ValueError(
+            f"backward: 'fused' (rnn_jax.fused) exists for the Elman, LSTM and GRU cells only, got cell {cell.__name__}"
+        )
+    if projections in ("in_step", "hoisted_readout"):
+        raise ValueError(
+            "projections: the fused kernels compute only the recurrent product in each step (the others are "
+            f"hoisted out of the loop); use projections='auto' or 'hoisted' with backward='fused', got "
+            f"{projections!r}"
+        )
+    fused.check_hidden(hidden, cell)
+
+
 def unroll(
     params: elman.ElmanParams,
     xs: jax.Array,
@@ -700,23 +740,11 @@ def unroll(
     form = resolve_projections(projections, plain, cell=cell, batch=batch, widths=widths)
     if backward == "fast":
         backward = _fast_backward(cell, plain, projections, batch, params.w_s.shape[0], params.w_s.dtype)
-    if backward in ("bptt", "fused") and not plain:
-        raise ValueError(
-            f"backward: {backward!r} (a hand-derived custom VJP) keeps every state and runs in the parameters' "
-            f"dtype; it cannot rematerialise or compute in another dtype (got remat={remat!r}, "
-            f"compute_dtype={compute_dtype!r}): use backward='autodiff' or 'fast'"
-        )
+    check_backward(backward, cell, projections, remat, compute_dtype, params.w_s.shape[0])
     if backward == "bptt":
         from rnn_jax import bptt  # bptt sits on this module; imported here to keep the arrow one way
 
         if cell is lstm or cell is gru:
-            if projections in ("hoisted", "hoisted_readout"):
-                raise ValueError(
-                    f"projections: the {cell.__name__.rsplit('.', 1)[-1].upper()}'s hand-derived backward pass "
-                    "(backward='bptt') keeps the gate pre-activations and outputs of a forward pass that computes "
-                    f"its products in the step; use projections='auto' or 'in_step', or backward='autodiff' (got "
-                    f"{projections!r})"
-                )
             gated_scan = bptt.lstm_scan if cell is lstm else bptt.gru_scan
             # a forward pass alone takes the "auto" form (the read-out hoisted with few rows on a CPU: the LSTM's
             # forward pass at (8,256,8,32,8) 0.620 against 0.946 ms in the step, README); training keeps the step
@@ -734,18 +762,6 @@ def unroll(
     elif backward == "fused":
         from rnn_jax import fused  # fused sits on this module, like bptt
 
-        if cell not in fused.SCANS:
-            raise ValueError(
-                f"backward: 'fused' (rnn_jax.fused) exists for the Elman, LSTM and GRU cells only, got cell "
-                f"{cell.__name__}"
-            )
-        if projections in ("in_step", "hoisted_readout"):
-            raise ValueError(
-                "projections: the fused kernels compute only the recurrent product in each step (the others are "
-                f"hoisted out of the loop); use projections='auto' or 'hoisted' with backward='fused', got "
-                f"{projections!r}"
-            )
-        fused.check_hidden(params.w_s.shape[0], cell)
         outputs, states, final = fused.SCANS[cell](params, xs, initial_state, mask, activation)
     elif backward == "autodiff" and form != "in_step":
         outputs, states, final = scan_in_form(cell, params, xs, initial_state, mask, activation, unroll, form)
