@@ -114,7 +114,9 @@ def split_along(mesh: Mesh, ndim: int, axis: int) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec(*spec))
 
 
-def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+def _put(x: Any, sharding: NamedSharding) -> Any:
+    if isinstance(x, jax.ShapeDtypeStruct):  # a shape only: placed for lowering, nothing allocated
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
     if jax.process_count() == 1:
         return jax.device_put(x, sharding)
     # multi-host: every process holds the same global value; each supplies its own devices' shards
@@ -123,7 +125,10 @@ def _put(x: Any, sharding: NamedSharding) -> jax.Array:
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-    """``tree`` with every leaf replicated over the mesh (the train state: step, parameters, optimizer state)."""
+    """``tree`` with every leaf replicated over the mesh (the train state: step, parameters, optimizer state).
+
+    Here and in `shard` a leaf may be a `jax.ShapeDtypeStruct` (from `jax.eval_shape`): it comes back as one with
+    the sharding, for lowering a jitted function before its arguments exist."""
     sharding = replicated(mesh)
     return jax.tree.map(lambda x: _put(x, sharding), tree)
 

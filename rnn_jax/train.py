@@ -606,10 +606,12 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
     if hasattr(task, "eval_batch"):  # real data: the validation split periodically, the test split at the end
         eval_set = task.eval_batch("validation", dtype)
     else:
-        _check_held_out_memory(config, task, k_eval, dtype)
+        _check_held_out_memory(config, task, evaluate, state.params, k_eval, dtype, mesh)
         eval_set = task.batch(k_eval, config.task.batch_size * run.eval_batches, dtype)
     eval_set = _shard_batch(task, eval_set, mesh, replicate_uneven=True)
-    advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype, mesh)
+    building = time.perf_counter()
+    advance, carried = _make_advance(config, task, optimizer, params, k_train, dtype, mesh)  # compiles the step
+    step_compile_s = time.perf_counter() - building
     initial = checkpoint.Position(state, carried, jax.random.key_data(k_train))
     checkpoints, position = checkpoint.open_run(workdir, config, initial)  # with --resume: the newest checkpoint
     # a restored position comes back on one device: place it on the mesh again
@@ -677,7 +679,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
                 state, carried, metrics = advance(state, carried, step)
                 if step == resumed_from + 1:  # the first step includes compilation: time it apart
                     jax.block_until_ready(metrics)
-                    summary["compile_s"] = time.perf_counter() - start
+                    summary["compile_s"] = step_compile_s + time.perf_counter() - start
                     start = time.perf_counter()
                 pending.append(metrics)
                 save_checkpoint = checkpoints is not None and checkpoints.due(step, run.steps)
@@ -727,7 +729,7 @@ def train_and_evaluate(config: Config, workdir: str | None = None) -> dict[str, 
 
 
 def _memory_limit() -> int:
-    """Bytes of memory the held-out set can use: the default device's allocator limit on an accelerator, the
+    """Bytes of memory a compiled step can use: the default device's allocator limit on an accelerator, the
     machine's physical memory on a CPU (where JAX's arrays are host memory)."""
     stats = jax.devices()[0].memory_stats() or {}  # None on a CPU
     if "bytes_limit" in stats:
@@ -735,24 +737,53 @@ def _memory_limit() -> int:
     return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _check_held_out_memory(config: Config, task: tasks.Task, key: jax.Array, dtype) -> None:
-    """Refuses, before it is built, a held-out set (``eval_batches`` x ``batch_size`` sequences, evaluated in one
-    call) that cannot fit in memory: its arrays (their shapes from `jax.eval_shape`, nothing allocated) and the
-    [T, N, H] states of its unroll, a lower bound of what the evaluation needs, against `_memory_limit` (a set past
-    the host's memory got the process killed by the kernel, without a word)."""
-    rows = config.task.batch_size * config.run.eval_batches
-    leaves = jax.tree.leaves(jax.eval_shape(lambda k: task.batch(k, rows, dtype), key))
-    held_out = sum(math.prod(leaf.shape) * leaf.dtype.itemsize for leaf in leaves)
-    steps = max((leaf.shape[0] for leaf in leaves if leaf.ndim >= 2), default=1)
-    needed = held_out + steps * rows * config.model.hidden * jnp.dtype(dtype).itemsize
+def _check_memory(argument: str, what: str, advice: str, mesh: Mesh, jitted, *args: Any) -> None:
+    """Refuses a jitted call whose compiled program cannot fit in memory, before anything is allocated: ``args``
+    may be shapes (`jax.ShapeDtypeStruct`, placed by `distributed.shard`/`replicate`), and XLA's memory analysis of
+    the program compiled for them (its arguments, outputs and temporaries, less what a donated argument reuses) is
+    compared with `_memory_limit`. The compilation is JAX's cached one, so the first real call does not compile
+    again. On a CPU the devices of ``mesh`` share the host's memory, so each device's figure counts once per device.
+    (A batch past the host's memory got the process killed by the kernel, without a word.)
+
+    Raises:
+      ValueError: naming ``argument``, the size of ``what`` and the limit, with ``advice``.
+    """
+    stats = jitted.lower(*args).compile().memory_analysis()
+    if stats is None:  # a backend without the analysis: nothing to compare
+        return
+    needed = (
+        stats.argument_size_in_bytes + stats.output_size_in_bytes + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )  # fmt: skip
+    if mesh.devices.flat[0].platform == "cpu":
+        needed *= mesh.size
     limit = _memory_limit()
     if needed > limit:
         raise ValueError(
-            f"eval_batches: the held-out set of eval_batches {config.run.eval_batches} x batch_size "
-            f"{config.task.batch_size} = {rows} sequences, evaluated at once, needs at least {needed / 1e9:.3g} GB "
-            f"(its arrays and the states of its unroll), more than the {limit / 1e9:.3g} GB of memory here; use a "
-            "smaller eval_batches"
+            f"{argument}: {what} needs {needed / 1e9:.3g} GB (XLA's memory analysis of the compiled program: its "
+            f"arrays, the states its unroll keeps and its temporaries), more than the {limit / 1e9:.3g} GB of "
+            f"memory here; {advice}"
         )
+
+
+def _check_held_out_memory(config: Config, task: tasks.Task, evaluate, params, key: jax.Array, dtype, mesh) -> None:
+    """`_check_memory` of the evaluation on the held-out set of ``eval_batches`` x ``batch_size`` sequences (one
+    call), from its shapes: the set itself is not built."""
+    rows = config.task.batch_size * config.run.eval_batches
+    held_out = _shard_batch(task, jax.eval_shape(lambda k: task.batch(k, rows, dtype), key), mesh, True)
+    _check_memory(
+        "eval_batches",
+        f"the held-out set of eval_batches {config.run.eval_batches} x batch_size {config.task.batch_size} = "
+        f"{rows} sequences, evaluated at once,",
+        "use a smaller eval_batches",
+        mesh, evaluate, params, held_out,
+    )  # fmt: skip
+
+
+def _state_shapes(optimizer: optax.GradientTransformation, params: Any, mesh: Mesh) -> TrainState:
+    """The shapes of the replicated `TrainState` that `train_and_evaluate` starts from (nothing allocated)."""
+    shapes = jax.eval_shape(lambda p: TrainState(jnp.zeros((), jnp.int32), p, optimizer.init(p)), params)
+    return distributed.replicate(shapes, mesh)
 
 
 def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.Array, dtype, mesh=None):
@@ -771,6 +802,13 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
             raise ValueError("tbptt_k2: needs tbptt_k1 as well (the number of steps per update)")
         train_step = make_train_step(config, task, optimizer, mesh)
         make_batch = jax.jit(lambda k: task.batch(k, config.task.batch_size, dtype))
+        _check_memory(
+            "batch_size",
+            f"one train step on a batch of {config.task.batch_size} sequences",
+            "use a smaller batch_size or seq_len, or train with remat (fewer of the unroll's states kept)",
+            mesh, train_step, _state_shapes(optimizer, params, mesh),
+            _shard_batch(task, jax.eval_shape(make_batch, key), mesh),
+        )  # fmt: skip
 
         def advance_on_batches(state, carried, step):
             batch = _shard_batch(task, make_batch(jax.random.fold_in(key, step)), mesh)
@@ -787,12 +825,23 @@ def _make_advance(config: Config, task: tasks.Task, optimizer, params, key: jax.
     k1, k2 = bptt.check_truncation(run.tbptt_k1, run.tbptt_k2 or run.tbptt_k1)
     if not hasattr(task, "stream"):
         raise ValueError(f"tbptt_k1: the {task.name!r} task has no stream to truncate; streaming tasks: xor")
-    stream = task.stream(key, config.task.batch_size, run.steps * k1, dtype)
-    padded_inputs, padded_targets = bptt.pad_stream(stream.inputs, k1, k2), bptt.pad_stream(stream.targets, k1, k2)
-    padded_inputs, padded_targets = distributed.shard((padded_inputs, padded_targets), mesh, axis=1)  # [N, B, ...]
-    tbptt_step = make_tbptt_step(config, task, optimizer, k1, k2, mesh)
 
+    def padded_stream(key):
+        stream = task.stream(key, config.task.batch_size, run.steps * k1, dtype)
+        return bptt.pad_stream(stream.inputs, k1, k2), bptt.pad_stream(stream.targets, k1, k2)
+
+    tbptt_step = make_tbptt_step(config, task, optimizer, k1, k2, mesh)
     zero_state = distributed.shard(cells.get(config.model.model).initial_state(params, config.task.batch_size), mesh, 0)
+    _check_memory(
+        "batch_size",
+        f"truncated BPTT on {config.task.batch_size} streams of steps x tbptt_k1 = {run.steps * k1} steps, "
+        "held whole,",
+        "use a smaller batch_size or fewer steps",
+        mesh, tbptt_step, _state_shapes(optimizer, params, mesh), zero_state,
+        *distributed.shard(jax.eval_shape(padded_stream, key), mesh, axis=1),
+        jax.ShapeDtypeStruct((), jnp.int32),
+    )  # fmt: skip
+    padded_inputs, padded_targets = distributed.shard(padded_stream(key), mesh, axis=1)  # [N, B, ...]
 
     def advance_on_windows(state, carried, step):
         if run.tbptt_reset_every and (step - 1) % run.tbptt_reset_every == 0:

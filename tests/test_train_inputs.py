@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 
 import jax
-import jax.numpy as jnp
 import pytest
 
-from rnn_jax import bptt, cli, tasks, train
+from rnn_jax import bptt, cli, train
 from rnn_jax.config import Config, ModelConfig, OptimConfig, RunConfig, TaskConfig
 
 pytestmark = pytest.mark.usefixtures("standard_promotion")  # optax's adam (see conftest)
@@ -92,12 +92,20 @@ def test_an_empty_metrics_file_and_checkpoint_directory_are_not_an_earlier_run(t
     assert [json.loads(line)["kind"] for line in lines] == ["train", "eval", "train", "eval"]
 
 
-def test_a_run_that_fails_before_its_first_step_leaves_no_metrics_file(tmp_path, monkeypatch):
-    def fail(*args, **kwargs):
-        raise RuntimeError("failed while compiling")
+class _FailsWhenRun:
+    """A jitted step that compiles (for the memory check) but fails when called, as a first step can."""
 
-    monkeypatch.setattr(train, "make_train_step", lambda *a, **k: fail)
-    with pytest.raises(RuntimeError, match="failed while compiling"):
+    def __init__(self, step):
+        self.lower = step.lower
+
+    def __call__(self, *args):
+        raise RuntimeError("failed in the first step")
+
+
+def test_a_run_that_fails_in_its_first_step_leaves_no_metrics_file(tmp_path, monkeypatch):
+    make_train_step = train.make_train_step
+    monkeypatch.setattr(train, "make_train_step", lambda *a, **k: _FailsWhenRun(make_train_step(*a, **k)))
+    with pytest.raises(RuntimeError, match="failed in the first step"):
         train.train_and_evaluate(_config(), str(tmp_path))
     assert not (tmp_path / "metrics.jsonl").exists()
     monkeypatch.undo()
@@ -180,28 +188,63 @@ def test_the_reports_addition_to_the_summary_is_written_through_a_rename_too(tmp
     assert summary["sample"] == "abc"
 
 
-# ------------------------------------------------------------------ 5. a held-out set larger than the memory
+# ------------------------------------------------------------------ 5. a train step or held-out set past the memory
 
 
-def test_a_held_out_set_larger_than_the_memory_is_refused_before_it_is_built():
-    """10**9 x 2 sequences need hundreds of GB; the check reads only shapes, so even a broken one allocates nothing
-    here (the run itself got the process killed by the kernel)."""
-    config = _config(run={"eval_batches": 10**9})
-    task = tasks.make(config.task)
+def test_a_held_out_set_larger_than_the_memory_is_refused_before_it_is_built(tmp_path):
+    """10**9 x 2 sequences need hundreds of GB; the check compiles for their shapes only, so it allocates nothing
+    (the run itself got the process killed by the kernel)."""
     with pytest.raises(ValueError, match=r"^eval_batches: .*1000000000 x batch_size 2 = 2000000000 sequences"):
-        train._check_held_out_memory(config, task, jax.random.key(0), jnp.float32)
+        train.train_and_evaluate(_config(run={"eval_batches": 10**9}), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
     assert 0 < train._memory_limit() < 2**50
 
 
 def test_the_held_out_set_is_compared_with_the_memory(monkeypatch, tmp_path):
-    """The estimate counts the held-out set and the states of its unroll: 1000 x 2 sequences of 5 steps are
-    1000 x 2 x 5 x (D 2 + O 1 + H 4) float32s (140 kB) and the mask and lengths."""
-    monkeypatch.setattr(train, "_memory_limit", lambda: 100_000)
+    """The held-out set alone, 1000 x 2 sequences of 5 steps, is 1000 x 2 x 5 x (D 2 + O 1) float32s and the
+    mask and lengths (138 kB): a limit below that is refused, ten times it is enough for the whole run."""
+    monkeypatch.setattr(train, "_memory_limit", lambda: 130_000)
     with pytest.raises(ValueError, match=r"^eval_batches: .*1000 x batch_size 2"):
         train.train_and_evaluate(_config(run={"eval_batches": 1000}), str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
-    monkeypatch.setattr(train, "_memory_limit", lambda: 1_000_000)
+    monkeypatch.setattr(train, "_memory_limit", lambda: 1_380_000)
     assert train.train_and_evaluate(_config(run={"eval_batches": 1000}))["status"] == "completed"
+
+
+def test_a_train_step_larger_than_the_memory_is_refused_before_it_runs(tmp_path):
+    """A training batch of 10**7 Shakespeare windows (whose held-out set is its own fixed split, so the held-out
+    check passes) needs about a terabyte; it was killed by the kernel. Refused, naming the batch, before the run's
+    directory is made."""
+    config = _config(task={"task": "shakespeare", "seq_len": 50, "batch_size": 10**7})
+    with pytest.raises(ValueError, match=r"^batch_size: one train step on a batch of 10000000 sequences needs .* GB"):
+        train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_train_step_is_compared_with_the_memory_and_compiled_once(monkeypatch, caplog):
+    """The step keeps at least its batch, 64 sequences x 200 steps x (D 2 + O 1) float32s and the mask (167 kB), and
+    the [T, B, H] states of the unroll for its backward pass (410 kB): refused under 500 kB (the held-out set's
+    check left out); with the memory to spare the step is compiled once (the check's compilation is the one the
+    first step uses)."""
+    config = _config(task={"seq_len": 200, "batch_size": 64}, model={"hidden": 8})
+    monkeypatch.setattr(train, "_check_held_out_memory", lambda *args: None)
+    monkeypatch.setattr(train, "_memory_limit", lambda: 500_000)
+    with pytest.raises(ValueError, match=r"^batch_size: one train step on a batch of 64 sequences"):
+        train.train_and_evaluate(config)
+    monkeypatch.setattr(train, "_memory_limit", lambda: 2**40)
+    with jax.log_compiles(), caplog.at_level(logging.WARNING):
+        assert train.train_and_evaluate(config)["status"] == "completed"
+    compiled = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling jit(train_step)")]
+    assert len(compiled) == 1, compiled
+
+
+def test_truncated_bptt_streams_larger_than_the_memory_are_refused(monkeypatch):
+    """With --tbptt-k1 the streams of steps x k1 steps are held whole: 2 streams of 100000 x 100 steps (160 MB of
+    float32 inputs and int32 targets) against a 10 MB limit."""
+    monkeypatch.setattr(train, "_memory_limit", lambda: 10_000_000)
+    config = _config(task={"task": "xor", "seq_len": 6, "batch_size": 2}, run={"tbptt_k1": 100, "steps": 100_000})
+    with pytest.raises(ValueError, match=r"^batch_size: truncated BPTT on 2 streams of steps x tbptt_k1 = 10000000"):
+        train.train_and_evaluate(config)
 
 
 # ------------------------------------------------------------------ 6. divergence at the first step
