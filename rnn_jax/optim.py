@@ -49,8 +49,8 @@ def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) 
 
     Raises:
       ValueError: for an unknown schedule, a learning rate that is not a number > 0 that float32 can hold (at most
-        3.4e+38), a decaying schedule without ``total_steps``, an exponential decay factor that is not > 0, or a
-        warm-up that is not in [0, total_steps).
+        3.4e+38), a decaying schedule without ``total_steps``, an exponential decay factor that is not > 0 (or
+        that takes the rate past float32's largest by the last step), or a warm-up that is not in [0, total_steps).
     """
     if config.schedule not in _SCHEDULES:
         raise ValueError(f"schedule: expected one of {list(_SCHEDULES)}, got {config.schedule!r}")
@@ -62,6 +62,12 @@ def learning_rate_schedule(config: OptimConfig, total_steps: int | None = None) 
         )
     if config.schedule == "exponential":  # 0 would be optax's "no decay"; a negative factor, a NaN rate
         _checks.positive_real("decay_rate", config.decay_rate, "a finite factor > 0")
+        end, largest = config.learning_rate * config.decay_rate, float(jnp.finfo(jnp.float32).max)
+        if end > largest:  # a factor > 1 grows the rate to this at the last step: inf parameters
+            raise ValueError(
+                f"decay_rate: the exponential schedule ends at learning_rate x decay_rate = {end:.3g}, past "
+                f"float32's largest value ({largest:.2g}); use a smaller decay_rate"
+            )
     warmup = config.warmup_steps
     if config.schedule == "warmup_cosine" and (
         isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup < total_steps

@@ -145,6 +145,7 @@ def test_a_config_that_is_no_optim_config_is_named_and_no_arrays_never_clip():
     [  # each once gave a NaN or constant learning rate, or a warm-up past the run's end, without a word
         ({"schedule": "exponential", "decay_rate": -0.5}, r"decay_rate: expected a finite factor > 0, got -0.5"),
         ({"schedule": "exponential", "decay_rate": 0.0}, r"decay_rate: expected a finite factor > 0, got 0.0"),
+        ({"schedule": "exponential", "decay_rate": 1e42}, r"decay_rate: .* learning_rate x decay_rate = 1e\+39, past"),
         ({"schedule": "warmup_cosine", "warmup_steps": -1}, r"warmup_steps: expected an integer in \[0, .* got -1"),
         ({"schedule": "warmup_cosine", "warmup_steps": 10}, r"warmup_steps: expected an integer in \[0, .* got 10"),
     ],
