@@ -98,7 +98,8 @@ def test_stages(rest: list[str]) -> tuple[list[str], list[str]]:
     """The pytest marker of each stage that ``dev.py test`` runs, and the pytest options ``rest`` without dev.py's
     own. Stage 1: the default suite (a few minutes). Stage 2: the slow tests (the studies' --quick runs), only when
     stage 1 passed. --fast runs stage 1 alone, --slow stage 2 alone; a user's ``-m EXPR`` narrows that one stage
-    (pytest's last -m wins, so it replaced the stage's marker: both stages then ran the same tests).
+    (pytest's last -m wins, so it replaced the stage's marker: both stages then ran the same tests). With pytest's
+    ``-h``/``--help`` one stage runs (it printed the same help twice).
 
     Raises:
       ValueError: for --fast with --slow, or -m without one of them.
@@ -123,6 +124,8 @@ def test_stages(rest: list[str]) -> tuple[list[str], list[str]]:
         if take:
             raise ValueError("-m: expected a marker expression after it")
         stages = [f"({stages[0]}) and ({marker})"]
+    if "-h" in kept or "--help" in kept:  # pytest's help, which no marker changes: once, not once per stage
+        stages = stages[:1]
     return stages, kept
 
 

@@ -106,6 +106,13 @@ def test_dev_test_refuses_options_that_undo_its_stages(dev, capsys, argv, messag
     assert message in capsys.readouterr().err and dev.calls == []
 
 
+@pytest.mark.parametrize("option", ["--help", "-h"])
+def test_dev_test_prints_pytests_help_once(dev, option):
+    assert dev.main(["test", option]) == 0
+    [command] = dev.calls
+    assert command[-1] == option
+
+
 def test_dev_test_runs_a_users_marker_within_the_chosen_stage(dev):
     assert dev.main(["test", "--fast", "-m", "not gpu_only", "-q"]) == 0
     [command] = dev.calls
