@@ -192,6 +192,40 @@ def test_cpu_weight_sums_threshold_is_lower_in_a_split_step(monkeypatch):
     assert bptt._sums_in_scan(1)
 
 
+@pytest.mark.parametrize("loss", ["squared_error", "cross_entropy"])
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_hand_bptt_with_a_gapped_mask_and_an_initial_state_equals_jax_grad(x64, loss, reduction):
+    """The drawn problems above start from s_0 = 0 and mask only the ends of sequences (lengths), where a frozen
+    step's pass-through error and the first step's s_0 term vanish; here the mask has gaps inside the sequences,
+    s_0 is not zero and O = 3 (the mean divides by the valid steps and O). The hand-derived gradients and the
+    per-lag terms' sum equal `jax.grad` through `rj.unroll` in float64; the per-lag terms vanish for lags past the
+    start (k > t), and lag t, s_0's term, does not."""
+    keys = jax.random.split(jax.random.key(11), 4)
+    t, b, d, h, o = 6, 3, 2, 4, 3
+    params = rj.elman.init(keys[0], d, h, o, dtype=jnp.float64)
+    xs = jax.random.normal(keys[1], (t, b, d), jnp.float64)
+    s0 = 0.5 * jax.random.normal(keys[2], (b, h), jnp.float64)
+    if loss == "cross_entropy":
+        targets = jax.random.randint(keys[3], (t, b), 0, o)
+    else:
+        targets = jax.random.normal(keys[3], (t, b, o), jnp.float64)
+    mask = jnp.array([[1, 1, 0], [0, 1, 1], [1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 0, 0]], bool)  # gaps in every row
+
+    def f(p):
+        out = rj.unroll(p, xs, initial_state=s0, mask=mask).outputs
+        return rj.losses.by_name(loss, out, targets, mask, reduction)
+
+    value, reference = jax.value_and_grad(f)(params)
+    options = dict(loss=loss, reduction=reduction, initial_state=s0, mask=mask)
+    by_hand_value, by_hand = bptt.loss_and_gradients(params, xs, targets, **options)
+    np.testing.assert_allclose(by_hand_value, value, rtol=1e-12)
+    chex.assert_trees_all_close(by_hand, reference, rtol=1e-10, atol=1e-13)
+    terms = np.asarray(bptt.per_lag_contributions(params, xs, targets, **options))
+    np.testing.assert_allclose(terms.sum(axis=(0, 1)), reference.w_s, rtol=1e-9, atol=1e-13)
+    np.testing.assert_array_equal(terms[np.triu(np.ones((t, t), bool), k=1)], 0.0)
+    assert np.abs(np.diagonal(terms)).max() > 1e-3  # [t, t]: s_0^T times the error reaching step 0
+
+
 @pytest.mark.slow
 @SETTINGS
 @given(problems())
@@ -204,7 +238,7 @@ def test_per_lag_contributions_sum_to_the_total(x64, problem):
     assert terms.shape == (t, t, h, h)
     _, reference = _autodiff(params, xs, targets, lengths, activation, loss, reduction)
     np.testing.assert_allclose(terms.sum(axis=(0, 1)), reference.w_s, rtol=1e-9, atol=1e-13)
-    # no lag reaches before the start: the term [t, k] vanishes for k >= t (s_{t-k-1} would precede s_0's step)
+    # no lag reaches before the start: the term [t, k] vanishes for k > t; lag t is s_0's term, zero here (s_0 = 0)
     upper = np.triu(np.ones((t, t), bool), k=0)  # k >= t  <=>  index [t, k] on or above the diagonal
     np.testing.assert_array_equal(np.asarray(terms)[upper], 0.0)
 

@@ -54,6 +54,34 @@ def test_a_dropped_activation_derivative_is_caught(monkeypatch):
     assert "largest disagreement: " in gradcheck.explain(report)
 
 
+def test_a_finite_difference_disagreement_of_a_thousandth_is_caught(monkeypatch):
+    """The planted bugs above are large; this one is small: central differences scaled by 1 + 1e-3 (as an autodiff
+    gradient wrong by a thousandth would look) must fail the autodiff-vs-finite-difference comparison, and only it
+    (its tolerance is 1e-6 relative; at 1e-1 every planted bug above still failed)."""
+    central_differences = gradcheck._central_differences
+    monkeypatch.setattr(gradcheck, "_central_differences", lambda *a: central_differences(*a) * (1 + 1e-3))
+    report = gradcheck.check_gradients(QUICK)
+    failed = {f"{c.method} vs {c.reference}" for c in report.comparisons if not c.passed}
+    assert failed == {"autodiff vs finite_diff"}
+    assert 5e-4 < report.worst()["autodiff vs finite_diff"].max_rel < 2e-3
+
+
+def test_agreement_is_judged_relative_to_the_gradients_size():
+    """`Tolerance`: pass when max |a - b| <= rtol * max(max |a|, max |b|, floor). A gradient of size 1e8 that agrees
+    to 1e-12 relative passes (its absolute error, 1e-4, is far above rtol); one of size 1e-8 that is wrong by 100%
+    fails (its absolute error, 1e-8, is far below rtol); below the floor, errors are judged against the floor."""
+    tolerance = gradcheck.Tolerance(rtol=1e-6, floor=1e-12)
+
+    def passes(got, want):
+        [comparison] = gradcheck._compare(0, "m", "r", ["w"], [np.asarray(got)], [np.asarray(want)], tolerance)
+        return comparison.passed
+
+    assert passes([1e8, 1.0], [1e8 + 1e-4, 1.0])
+    assert not passes([1e-8, 2e-8], [2e-8, 2e-8])
+    assert passes([1e-19, 0.0], [0.0, 0.0])  # 1e-19 against the floor 1e-12: within 1e-6 of it
+    assert not passes([1e-17, 0.0], [0.0, 0.0])
+
+
 @pytest.mark.slow
 def test_a_rematerialisation_bug_is_caught(monkeypatch):
     """Plant a bug in the checkpointed scan (each chunk recomputed from a state detached from the chunk before):

@@ -46,6 +46,23 @@ def test_global_norm_clip_sets_the_norm_to_the_threshold_and_keeps_direction(key
     assert bool(rj.clip_fired(dataclasses.replace(rj.OptimConfig(), clip_threshold=1.0), grads)) == (norm > 1.0)
 
 
+@pytest.mark.parametrize("clip", ["global_norm", "value"])
+@pytest.mark.parametrize("factor", [0.5, 0.9, 1.1, 2.0])
+def test_clip_fired_says_whether_the_clip_changes_the_gradients(key, clip, factor):
+    """The oracle is the clip itself: `clip_fired` is True exactly when the clipped gradients differ from the
+    gradients, at thresholds either side of the norm (or of the largest entry) that is not 1 (where a norm and its
+    square, say, are on the same side)."""
+    grads = _grads(key, 3.0)
+    size = optax.tree.norm(grads) if clip == "global_norm" else max(jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grads))
+    threshold = float(size) * factor
+    opt = _clip_only(clip, threshold)
+    updates, _ = opt.update(grads, opt.init(grads))
+    pairs = zip(jax.tree.leaves(grads), jax.tree.leaves(updates), strict=True)
+    changed = any(not np.allclose(-u, g, rtol=1e-6) for g, u in pairs)
+    assert changed == (factor < 1)
+    assert bool(rj.clip_fired(rj.OptimConfig(clip=clip, clip_threshold=threshold), grads)) == changed
+
+
 def test_value_clip_bounds_every_element(key):
     grads = _grads(key, 10.0)
     opt = _clip_only("value", 5.0)
